@@ -1,0 +1,285 @@
+"""Benchmark: multi-head Tucker (HOOI) on every attention layer of a LLaMA-2-7B-shaped model.
+
+For each of `--layers` random layers (W_q, W_k, W_v, W_o: hidden x hidden, nn.Linear layout, in the
+checkpoint dtype, built on the device), the timed step is: stack the heads into a
+hidden x head_dim x 4 x heads tensor (Q, K, V, O^T), run `tensorllm.tensor.tucker.hooi` on modes
+0, 1, 2, rebuild the tensor and write it back into the four matrices. A first call on a copy of
+layer 0 (CUDA context, cuSOLVER handles, kernel loading) is timed separately as warm-up.
+
+    pip install -e .                                        # the script imports tensorllm
+    python bench/tucker_7b.py --device cuda --layers 32 --json out/tucker_7b.json
+    python bench/tucker_7b.py --device cuda --compute-dtype float64,float32 --tensorly
+    python bench/tucker_7b.py --device cpu --layers 1 --hidden 512 --heads 4   # quick CPU check
+
+`--tensorly` also times TensorLy's `partial_tucker` on layer 0 on the CPU (numpy backend) next to
+ours on the CPU, both capped at `--tensorly-n-iter-max` sweeps, and, with `--device cuda`, TensorLy
+with the pytorch backend on the GPU (any failure is caught and reported).
+Random Gaussian weights have flat spectra, the slowest case for HOOI to converge; `--weights
+decaying` draws matrices whose singular values decay, closer to trained weights.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import time
+import traceback
+from pathlib import Path
+
+import torch
+
+from tensorllm.tensor.tucker import hooi, hosvd, reconstruct
+
+DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
+COMPUTE = {"float32": torch.float32, "float64": torch.float64}
+MODES = (0, 1, 2)
+
+
+def to_heads(wq, wk, wv, wo, heads):
+    """(H*d, D) x3 and (D, H*d) -> (D, d, 4, H): head i's blocks Wq[i*d:(i+1)*d].T, ..., Wo[:, i*d:(i+1)*d]."""
+    hidden = wq.shape[1]
+    d = wq.shape[0] // heads
+
+    def rows(w):
+        return w.view(heads, d, hidden).permute(2, 1, 0)  # (H, d, D) -> (D, d, H)
+
+    o = wo.view(hidden, heads, d).permute(0, 2, 1)  # (D, H, d) -> (D, d, H)
+    return torch.stack([rows(wq), rows(wk), rows(wv), o], dim=2)  # (D, d, 4, H)
+
+
+def from_heads(x, wq, wk, wv, wo):
+    """Inverse of `to_heads`, written in place (cast to the matrices' dtype)."""
+    hidden, d, _, heads = x.shape
+    for idx, w in enumerate((wq, wk, wv)):
+        w.copy_(x[:, :, idx, :].permute(2, 1, 0).reshape(heads * d, hidden))  # (H*d, D)
+    wo.copy_(x[:, :, 3, :].permute(0, 2, 1).reshape(hidden, heads * d))  # (D, H*d)
+
+
+def make_layer(args, layer, device):
+    """Four deterministic random matrices for one layer, in the checkpoint dtype, on `device`."""
+    gen = torch.Generator(device=device).manual_seed(args.seed * 1000 + layer)
+    n = args.hidden
+    mats = []
+    for _ in range(4):
+        w = torch.randn(n, n, generator=gen, device=device, dtype=torch.float32)  # (D, D)
+        if args.weights == "decaying":
+            # scale the columns of one Gaussian factor: singular values fall off like k^-0.5
+            scale = torch.arange(1, n + 1, device=device, dtype=torch.float32).rsqrt()  # (D,)
+            g = torch.randn(n, n, generator=gen, device=device, dtype=torch.float32)  # (D, D)
+            w = (w * scale) @ g / n**0.5  # (D, D)
+        mats.append((0.02 * w / w.std()).to(DTYPES[args.dtype]))
+    return mats
+
+
+def sync(device):
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def compress_layer(mats, args, ranks, compute_dtype, heads, n_iter_max=None):
+    """The timed step: stack, HOOI, rebuild, write back. Returns the TuckerResult."""
+    x = to_heads(*mats, heads)  # (D, d, 4, H)
+    res = hooi(
+        x,
+        ranks,
+        MODES,
+        n_iter_max=args.n_iter_max if n_iter_max is None else n_iter_max,
+        tol=args.tol,
+        compute_dtype=compute_dtype,
+    )
+    from_heads(reconstruct(res), *mats)
+    return res
+
+
+def timed(fn, device):
+    sync(device)
+    t0 = time.perf_counter()
+    out = fn()
+    sync(device)
+    return out, time.perf_counter() - t0
+
+
+def run_config(args, ranks, compute_name, device):
+    compute_dtype = COMPUTE[compute_name]
+    print(f"\n== compute dtype {compute_name}: building {args.layers} layers on {device} ...")
+    layers = [make_layer(args, i, device) for i in range(args.layers)]
+    warm = [w.clone() for w in layers[0]]
+    warm_res, warm_s = timed(lambda: compress_layer(warm, args, ranks, compute_dtype, args.heads), device)
+    del warm
+    print(f"warm-up (layer 0 copy): {warm_s:.3f} s, {warm_res.n_iter} sweeps")
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    per_layer = []
+    for i, mats in enumerate(layers):
+        res, secs = timed(lambda: compress_layer(mats, args, ranks, compute_dtype, args.heads), device)
+        per_layer.append(
+            {
+                "layer": i,
+                "seconds": secs,
+                "n_iter": res.n_iter,
+                "converged": res.converged,
+                "hosvd_error": res.errors[0],
+                "final_error": res.errors[-1],
+            }
+        )
+        print(
+            f"  layer {i + 1}/{args.layers}: {secs:.3f} s, {res.n_iter} sweeps, "
+            f"error {res.errors[0]:.5f} -> {res.errors[-1]:.5f}",
+            flush=True,
+        )
+    secs = [p["seconds"] for p in per_layer]
+    total_sweeps = sum(p["n_iter"] for p in per_layer)
+    out = {
+        "compute_dtype": compute_name,
+        "warmup_s": warm_s,
+        "total_s": sum(secs),
+        "median_layer_s": statistics.median(secs),
+        "max_layer_s": max(secs),
+        "total_sweeps": total_sweeps,
+        "layers": per_layer,
+        "breakdown": breakdown(args, ranks, compute_dtype, device),
+    }
+    if device.type == "cuda":
+        out["peak_mem_gib"] = torch.cuda.max_memory_allocated(device) / 2**30
+    return out
+
+
+def breakdown(args, ranks, compute_dtype, device):
+    """Where a layer's time goes: one Gram + eigh of the largest mode, and a plain HOSVD."""
+    mats = make_layer(args, 0, device)
+    x = to_heads(*mats, args.heads).to(compute_dtype)  # (D, d, 4, H)
+    mat = x.reshape(x.shape[0], -1)  # (D, d*4*H)
+    gram, gram_s = timed(lambda: mat @ mat.T, device)  # (D, D)
+    _, eigh_s = timed(lambda: torch.linalg.eigh(gram), device)
+    _, hosvd_s = timed(lambda: hosvd(x, ranks, MODES, compute_dtype=compute_dtype), device)
+    return {"gram_mode0_s": gram_s, "eigh_mode0_s": eigh_s, "hosvd_s": hosvd_s}
+
+
+def run_tensorly(args, ranks, device):
+    """TensorLy's partial_tucker vs ours on layer 0, same sweep cap; GPU attempt if CUDA."""
+    import tensorly as tl  # lazy: only needed here
+    from tensorly.decomposition import partial_tucker
+
+    cap = args.tensorly_n_iter_max
+    mats = [w.float().cpu() for w in make_layer(args, 0, device)]
+    x = to_heads(*mats, args.heads).double().contiguous()  # (D, d, 4, H) float64 on the CPU
+    out = {"tensorly_version": tl.__version__, "n_iter_max": cap}
+    res, secs = timed(lambda: hooi(x, ranks, MODES, n_iter_max=cap, tol=args.tol), torch.device("cpu"))
+    out["ours_cpu"] = {"seconds": secs, "n_iter": res.n_iter, "final_error": res.errors[-1]}
+    print(f"ours, CPU float64: {secs:.2f} s, {res.n_iter} sweeps, error {res.errors[-1]:.5f}")
+
+    def call(t):
+        return partial_tucker(t, rank=list(ranks), modes=list(MODES), n_iter_max=cap, tol=args.tol)
+
+    tl.set_backend("numpy")
+    try:
+        ((_, _), errs), secs = timed(lambda: call(x.numpy()), torch.device("cpu"))
+        out["tensorly_cpu"] = {"seconds": secs, "n_iter": len(errs), "final_error": float(errs[-1])}
+        print(f"TensorLy, CPU numpy float64: {secs:.2f} s, {len(errs)} sweeps, error {float(errs[-1]):.5f}")
+    except Exception as exc:  # report, do not hide: the comparison is the point
+        out["tensorly_cpu"] = {"error": f"{type(exc).__name__}: {exc}"}
+        print(f"TensorLy on the CPU failed: {type(exc).__name__}: {exc}")
+    if device.type == "cuda":
+        tl.set_backend("pytorch")
+        try:
+            xg = x.to(device)
+            ((_, _), errs), secs = timed(lambda: call(xg), device)
+            out["tensorly_gpu"] = {"seconds": secs, "n_iter": len(errs), "final_error": float(errs[-1])}
+            print(f"TensorLy, GPU pytorch float64: {secs:.2f} s, {len(errs)} sweeps")
+        except Exception as exc:
+            out["tensorly_gpu"] = {
+                "error": f"{type(exc).__name__}: {exc}",
+                "traceback": traceback.format_exc(limit=3),
+            }
+            print(f"TensorLy on the GPU failed: {type(exc).__name__}: {exc}")
+        finally:
+            tl.set_backend("numpy")
+    return out
+
+
+def print_table(runs, args):
+    print(f"\n{args.layers} layers of {args.hidden}x{args.hidden // args.heads}x4x{args.heads}, "
+          f"ranks {tuple(args.ranks)}, input {args.dtype}, tol {args.tol:g}, n_iter_max {args.n_iter_max}")
+    head = f"{'compute':>8} | {'warm-up s':>9} | {'total s':>8} | {'median/layer s':>14} | {'sweeps':>6} | {'eigh(D) s':>9} | {'hosvd s':>8}"
+    print(head)
+    print("-" * len(head))
+    for r in runs:
+        b = r["breakdown"]
+        print(f"{r['compute_dtype']:>8} | {r['warmup_s']:>9.3f} | {r['total_s']:>8.3f} | "
+              f"{r['median_layer_s']:>14.3f} | {r['total_sweeps']:>6} | {b['eigh_mode0_s']:>9.3f} | "
+              f"{b['hosvd_s']:>8.3f}")
+
+
+def self_check():
+    """to_heads/from_heads round trip and block layout on a tiny layer."""
+    heads, d = 3, 2
+    mats = [torch.randn(heads * d, heads * d) for _ in range(4)]
+    x = to_heads(*mats, heads)
+    assert torch.equal(x[:, :, 0, 1], mats[0][d : 2 * d, :].T)
+    assert torch.equal(x[:, :, 3, 2], mats[3][:, 2 * d : 3 * d])
+    copies = [torch.empty_like(m) for m in mats]
+    from_heads(x, *copies)
+    assert all(torch.equal(a, b) for a, b in zip(mats, copies))
+
+
+def parse_args():
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--layers", type=int, default=32)
+    p.add_argument("--hidden", type=int, default=4096)
+    p.add_argument("--heads", type=int, default=32)
+    p.add_argument("--ranks", default=None, help="R1,R2,R3 (default hidden/4, head_dim/2, 3: 1024,64,3 for 7B)")
+    p.add_argument("--dtype", choices=sorted(DTYPES), default="bf16", help="checkpoint dtype")
+    p.add_argument("--compute-dtype", default="float64", help="comma list of float64, float32")
+    p.add_argument("--n-iter-max", type=int, default=100)
+    p.add_argument("--tol", type=float, default=1e-8)
+    p.add_argument("--weights", choices=["gaussian", "decaying"], default="gaussian")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--linalg", choices=["default", "cusolver", "magma"], default="default",
+                   help="torch.backends.cuda.preferred_linalg_library (CUDA only)")
+    p.add_argument("--tensorly", action="store_true", help="also time TensorLy's partial_tucker on layer 0")
+    p.add_argument("--tensorly-n-iter-max", type=int, default=3)
+    p.add_argument("--json", type=Path, default=None, help="write the results here")
+    args = p.parse_args()
+    if args.hidden % args.heads:
+        p.error("--hidden must be a multiple of --heads")
+    d = args.hidden // args.heads
+    args.ranks = [int(r) for r in args.ranks.split(",")] if args.ranks else [args.hidden // 4, d // 2, 3]
+    if len(args.ranks) != 3:
+        p.error("--ranks takes three numbers R1,R2,R3")
+    args.compute_dtypes = [c.strip() for c in args.compute_dtype.split(",")]
+    bad = [c for c in args.compute_dtypes if c not in COMPUTE]
+    if bad:
+        p.error(f"unknown --compute-dtype {bad}; use float64 and/or float32")
+    return args
+
+
+def main():
+    args = parse_args()
+    self_check()
+    device = torch.device(args.device)
+    if device.type == "cuda" and args.linalg != "default":
+        torch.backends.cuda.preferred_linalg_library(args.linalg)
+    env = {
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu",
+        "cpu_threads": torch.get_num_threads(),
+    }
+    print(f"torch {env['torch']} on {env['device']}")
+    runs = [run_config(args, args.ranks, c, device) for c in args.compute_dtypes]
+    print_table(runs, args)
+    result = {"config": {k: v for k, v in vars(args).items() if k != "json"}, "environment": env, "runs": runs}
+    if args.tensorly:
+        print("\n== TensorLy comparison on layer 0")
+        result["tensorly"] = run_tensorly(args, args.ranks, device)
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(result, indent=2, default=str))
+        print(f"\nwrote {args.json}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,63 @@
+"""Python entry point: `tensorllm.compress(model, recipe) -> (model, report)`.
+
+    import tensorllm
+    model, report = tensorllm.compress("smollm2-135m", {"steps": [
+        {"method": "tucker", "layers": [9], "ranks": [144, 48, 4]}]})
+
+`model` may be a MODEL string (loaded with the recipe's dtype/device), a `Loaded`, or an
+in-memory Hugging Face model of a supported architecture. The model is edited in place.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from tensorllm.archs import head_layout, spec_for
+from tensorllm.methods import registry
+from tensorllm.models.io import Loaded, load_model, resolve_device
+from tensorllm.recipe import Recipe
+from tensorllm.report import Report
+
+
+def as_recipe(recipe: Recipe | dict | str | Path) -> Recipe:
+    if isinstance(recipe, Recipe):
+        return recipe
+    if isinstance(recipe, dict):
+        return Recipe.from_dict(recipe)
+    return Recipe.load(recipe)
+
+
+def model_info(model: nn.Module, source: str | None = None) -> dict:
+    D, H, Hkv, d = head_layout(model.config)
+    return {"source": source, "architecture": spec_for(model.config).name, "class": type(model).__name__,
+            "hidden": D, "heads": H, "kv_heads": Hkv, "head_dim": d,
+            "layers": model.config.num_hidden_layers,
+            "parameters": sum(p.numel() for p in model.parameters())}
+
+
+def compress(model: Any, recipe: Recipe | dict | str | Path, *, tokenizer: Any = None,
+             progress: bool = True) -> tuple[nn.Module, Report]:
+    recipe = as_recipe(recipe)
+    loaded = model if isinstance(model, Loaded) else None
+    if isinstance(model, (str, Path)):
+        loaded = load_model(str(model), dtype=recipe.dtype, device=recipe.device)
+    if loaded is not None:
+        model, tokenizer = loaded.model, tokenizer or loaded.tokenizer
+    arch = spec_for(model.config)
+    device = resolve_device(recipe.device)
+    ctx = registry.RunContext(device=device, seed=recipe.seed, tokenizer=tokenizer, source=loaded, progress=progress)
+    report = Report(recipe=recipe.to_dict(), model=model_info(model, loaded.spec if loaded else None))
+    t0 = time.perf_counter()
+    torch.manual_seed(recipe.seed)
+    for step in recipe.steps:
+        method = registry.get(step.method)
+        ts = time.perf_counter()
+        result = method.apply(model, arch, step.config, ctx)
+        report.steps.append({"method": step.method, **result, "seconds": time.perf_counter() - ts})
+    report.seconds = time.perf_counter() - t0
+    return model, report

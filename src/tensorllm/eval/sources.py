@@ -1,0 +1,182 @@
+"""Where a task's records come from (a local JSON/JSONL file, BIG-bench, Hugging Face datasets),
+and LASER's split: the first 20% of a dataset is validation, the remaining 80% is test.
+
+Local files: a JSON list of records, a BIG-bench `task.json` (an object with `examples`), or JSON
+Lines (one object per line). The record fields each task needs are listed in tasks.py.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+from tensorllm.errors import UserError
+from tensorllm.eval.tasks import Example, TaskSpec
+
+SPLITS = ("val", "test", "all")
+
+
+@dataclass(frozen=True)
+class Dataset:
+    task: str
+    examples: tuple[Example, ...]
+    source: str  # file path or built-in source name
+    skipped: int  # records the task's rules dropped (e.g. WikidataQA items with several targets)
+
+
+def split_examples(examples, split: str) -> list:
+    """LASER: the first floor(n / 5) items (its `int(0.2 * n)`) are validation, the rest test."""
+    if split not in SPLITS:
+        raise UserError(f"unknown split '{split}' (choose from {', '.join(SPLITS)})")
+    n_val = len(examples) // 5
+    if split == "val":
+        return list(examples[:n_val])
+    if split == "test":
+        return list(examples[n_val:])
+    return list(examples)
+
+
+def select(examples, split: str, limit: int | None, task: str = "") -> list:
+    """The split, then its first `limit` items; an empty result is an error."""
+    if limit is not None and limit <= 0:
+        raise UserError(f"--limit must be a positive number of examples, got {limit}")
+    chosen = split_examples(examples, split)
+    if limit is not None:
+        chosen = chosen[:limit]
+    if not chosen:
+        raise UserError(f"the {split} split of task '{task}' is empty ({len(examples)} examples in all)")
+    return chosen
+
+
+def load_task(task: TaskSpec, data: str | Path | None = None) -> Dataset:
+    """All examples of a task, in source order, from `data` or the task's built-in source."""
+    if data is not None:
+        path = Path(data).expanduser()
+        if not path.is_file():
+            raise UserError(f"data file {path} does not exist")
+        st = path.stat()
+        return _load_file(task.name, str(path.resolve()), st.st_mtime_ns, st.st_size)
+    if task.builtin is None:
+        raise UserError(f"task '{task.name}' has no built-in source; pass --data FILE (fields: {task.fields})")
+    return _load_builtin(task.name)
+
+
+def _parse_all(task: TaskSpec, records, where: str) -> Dataset:
+    examples, skipped = [], 0
+    for loc, record in records:
+        if not isinstance(record, dict):
+            raise UserError(f"{where} {loc}: expected a JSON object, got {type(record).__name__}")
+        try:
+            ex = task.parse(record)
+        except ValueError as exc:
+            raise UserError(f"{where} {loc}: {exc}") from None
+        if ex is None:
+            skipped += 1
+        else:
+            examples.append(ex)
+    if not examples:
+        raise UserError(f"{where} holds no usable {task.name} examples (fields: {task.fields}; {skipped} skipped)")
+    return Dataset(task.name, tuple(examples), where, skipped)
+
+
+@functools.lru_cache(maxsize=16)
+def _load_file(task_name: str, path: str, _mtime_ns: int, _size: int) -> Dataset:
+    from tensorllm.eval.tasks import get_task
+
+    return _parse_all(get_task(task_name), read_records(Path(path)), path)
+
+
+def read_records(path: Path) -> list[tuple[str, object]]:
+    """[(location, record)] from a JSON list, a BIG-bench task.json, or a JSON Lines file."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise UserError(f"{path} is not UTF-8 text (byte {exc.start})") from None
+    if not text.strip():
+        raise UserError(f"data file {path} is empty")
+    try:
+        whole = json.loads(text)
+    except json.JSONDecodeError as exc:
+        if text.lstrip().startswith("["):
+            raise UserError(f"{path} line {exc.lineno}: not valid JSON ({exc.msg})") from None
+        whole = None  # not one JSON document: read it as JSON Lines
+    if isinstance(whole, list):
+        return [(f"item {i + 1}", r) for i, r in enumerate(whole)]
+    if isinstance(whole, dict) and isinstance(whole.get("examples"), list):
+        return [(f"example {i + 1}", r) for i, r in enumerate(whole["examples"])]
+    if whole is not None and not isinstance(whole, dict):
+        raise UserError(f"{path}: expected JSON records, got a bare {type(whole).__name__}")
+    records = []
+    for lineno, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            records.append((f"line {lineno}", json.loads(line)))
+        except json.JSONDecodeError as exc:
+            raise UserError(f"{path} line {lineno}: not valid JSON ({exc.msg})") from None
+    return records
+
+
+# -- built-in sources ------------------------------------------------------------------------------
+
+@functools.lru_cache(maxsize=8)
+def _load_builtin(task_name: str) -> Dataset:
+    from tensorllm.eval.tasks import get_task
+
+    task = get_task(task_name)
+    kind, _, name = task.builtin.partition(":")
+    if kind == "bigbench":
+        return _parse_all(task, _bigbench_records(name), f"bigbench-1.0.0:{name}")
+    return _parse_all(task, _hf_records(task, name), f"hf:{name}")
+
+
+def _bigbench_records(name: str) -> list[tuple[str, object]]:
+    from tensorllm.data.bigbench import bigbench_file
+
+    path = bigbench_file(name)
+    doc = json.loads(path.read_text(encoding="utf-8"))
+    if name == "paragraphs":  # SQuAD layout: data[*].paragraphs[*].context; keep each paragraph once
+        seen: dict[str, str] = {}
+        for a, article in enumerate(doc["data"]):
+            for p, para in enumerate(article["paragraphs"]):
+                seen.setdefault(para["context"].strip(), f"article {a + 1} paragraph {p + 1}")
+        return [(loc, {"text": text}) for text, loc in seen.items()]
+    return [(f"example {i + 1}", r) for i, r in enumerate(doc["examples"])]
+
+
+def _hf_records(task: TaskSpec, name: str) -> list[tuple[str, object]]:
+    """LASER's Hugging Face datasets; needs `datasets` and a network (or its local HF cache)."""
+    hint = f"pass --data FILE with fields {task.fields}"
+    try:
+        import datasets
+    except ImportError:
+        raise UserError(f"task '{task.name}' reads Hugging Face datasets, which is not installed; {hint}") from None
+    try:
+        if name == "fever":
+            ds = datasets.load_dataset("EleutherAI/fever", "v1.0")
+            records = []
+            for split in ("paper_dev", "paper_test"):  # LASER: drop claims seen with conflicting labels
+                labels: dict[str, set] = {}
+                for row in ds[split]:
+                    labels.setdefault(row["claim"], set()).add(row["label"])
+                records += [(f"{split} {c!r}", {"claim": c, "label": next(iter(ls))})
+                            for c, ls in labels.items() if len(ls) == 1]
+            return records
+        if name == "hotpotqa":
+            ds = datasets.load_dataset("hotpotqa/hotpot_qa", "fullwiki")
+            n_val = len(ds["validation"])  # LASER: as many train items as validation has, then validation
+            rows = [("train", ds["train"][i]) for i in range(n_val)] + [("validation", r) for r in ds["validation"]]
+            return [(f"{s} item {i + 1}", {"question": r["question"], "answer": r["answer"]})
+                    for i, (s, r) in enumerate(rows)]
+        if name == "bios":
+            ds = datasets.load_dataset("LabHC/bias_in_bios", split="dev")
+            return [(f"dev item {i + 1}", {"hard_text": r["hard_text"], "profession": r["profession"]})
+                    for i, r in enumerate(ds)]
+    except UserError:
+        raise
+    except Exception as exc:  # offline, missing dataset, changed schema: all the same to the user
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise UserError(f"cannot load the Hugging Face data of task '{task.name}' ({first}); {hint}") from None
+    raise UserError(f"unknown built-in source hf:{name}")

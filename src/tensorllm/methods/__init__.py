@@ -1,0 +1,1 @@
+"""Methods, registered by name (see registry.py): tucker, laser, gqa."""
