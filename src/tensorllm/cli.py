@@ -181,7 +181,8 @@ def main() -> None:
         sys.exit(130)
     except Exception as exc:  # click's usage errors (typer vendors click) arrive here in non-standalone mode
         if hasattr(exc, "format_message") and hasattr(exc, "exit_code"):
-            print(f"error: {exc.format_message()}", file=sys.stderr)
+            if exc.format_message():
+                print(f"error: {exc.format_message()}", file=sys.stderr)
             sys.exit(2)
         raise
 
