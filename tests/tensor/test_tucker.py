@@ -1,4 +1,4 @@
-"""Tests for tensorllm.tensor.tucker: layout, mode products, HOSVD/HOOI properties, TensorLy parity."""
+"""Tests for tensorllm.tensor.tucker: layout, mode products, HOSVD/HOOI, TensorLy parity."""
 
 import itertools
 
@@ -38,7 +38,9 @@ def _low_rank(shape=SHAPE, modes=MODES, ranks=RANKS, noise=0.0, seed=0):
         core_shape[m] = r
     # Decaying core entries give every unfolding a clear spectral gap above the noise.
     core = _rand(tuple(core_shape), seed=seed) + 3.0
-    factors = [_orthonormal(shape[m], r, seed + 1 + i) for i, (m, r) in enumerate(zip(modes, ranks))]
+    factors = [
+        _orthonormal(shape[m], r, seed + 1 + i) for i, (m, r) in enumerate(zip(modes, ranks))
+    ]
     x = multi_mode_dot(core, factors, modes)
     return x + noise * _rand(shape, seed=seed + 99)
 

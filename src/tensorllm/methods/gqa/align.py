@@ -95,12 +95,16 @@ def cross_blocks(C: torch.Tensor, heads: int, head_dim: int) -> torch.Tensor:
     return C.reshape(heads, head_dim, heads, head_dim).permute(0, 2, 1, 3)
 
 
-def similarity(blocks: torch.Tensor, planes: Planes) -> torch.Tensor:
-    """(n, n) cosine of every pair of heads after the best allowed alignment; 0 on the diagonal."""
+def similarity(blocks: torch.Tensor, planes: Planes | None) -> torch.Tensor:
+    """(n, n) cosine of every pair of heads after the best allowed alignment; 0 on the diagonal.
+
+    planes=None: no alignment, the plain cosine tr(C_ij) / sqrt(E_i E_j).
+    """
     n = blocks.shape[0]
     energy = torch.diagonal(blocks, dim1=-2, dim2=-1).sum(-1).diagonal()  # (n,) = ||a_i||^2
     iu = torch.triu_indices(n, n, offset=1)
-    score = best_score(blocks[iu[0], iu[1]], planes)  # (n(n-1)/2,) symmetric in (i, j)
+    pair = blocks[iu[0], iu[1]]  # (n(n-1)/2, d, d); the scores are symmetric in (i, j)
+    score = best_score(pair, planes) if planes is not None else torch.diagonal(pair, dim1=-2, dim2=-1).sum(-1)
     denom = (energy[iu[0]] * energy[iu[1]]).sqrt()
     cos = torch.where(denom > 0, score / denom.clamp_min(torch.finfo(blocks.dtype).tiny), torch.zeros_like(score))
     S = torch.zeros(n, n, dtype=blocks.dtype, device=blocks.device)

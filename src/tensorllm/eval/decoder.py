@@ -1,0 +1,156 @@
+"""Batched greedy generation and teacher-forced scoring for decoder-only (causal) LMs.
+
+Every batch is LEFT-padded, so all rows end in the last column: the next-token logits of every
+row are at position -1 and a row's answer tokens are its last columns. Position ids count real
+tokens only, so a padded row computes what it would compute alone. Rows are sorted by length
+(longest first, ties by index: deterministic, and an out-of-memory shows in the first batch) so a
+batch holds similar lengths. The model runs in its own dtype (bf16 on GPU); log-softmax in float32.
+Only the logits that are needed are materialised (`logits_to_keep` where the model supports it).
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+
+import torch
+
+from tensorllm.progress import track
+
+
+@functools.lru_cache(maxsize=64)
+def _forward_params(cls: type) -> frozenset[str]:
+    return frozenset(inspect.signature(cls.forward).parameters)
+
+
+def length_batches(lengths: list[int], batch_size: int, max_batch_tokens: int) -> list[list[int]]:
+    """Indices grouped into batches of <= batch_size rows and <= max_batch_tokens padded tokens."""
+    order = sorted(range(len(lengths)), key=lambda i: (-lengths[i], i))
+    batches: list[list[int]] = []
+    cur: list[int] = []
+    for i in order:
+        # sorted longest first, so the first row of a batch sets its padded width
+        if cur and (len(cur) >= batch_size or (len(cur) + 1) * lengths[cur[0]] > max_batch_tokens):
+            batches.append(cur)
+            cur = []
+        cur.append(i)
+    if cur:
+        batches.append(cur)
+    return batches
+
+
+def left_pad(seqs: list[list[int]], pad_id: int, device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(ids, attention_mask, position_ids), each (B, T), rows right-aligned."""
+    width = max(len(s) for s in seqs)
+    ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(seqs), width), dtype=torch.long)
+    for r, s in enumerate(seqs):
+        ids[r, width - len(s):] = torch.tensor(s, dtype=torch.long)
+        mask[r, width - len(s):] = 1
+    pos = (mask.cumsum(-1) - 1).clamp(min=0)  # 0 at each row's first real token
+    return ids.to(device), mask.to(device), pos.to(device)
+
+
+def _run(model, ids, mask, pos, *, keep: int | None = None, past=None, use_cache: bool = False):
+    params = _forward_params(type(model))
+    kwargs = dict(input_ids=ids, attention_mask=mask, use_cache=use_cache)
+    if "position_ids" in params:
+        kwargs["position_ids"] = pos
+    if past is not None:
+        kwargs["past_key_values"] = past
+    if keep is not None and "logits_to_keep" in params:
+        kwargs["logits_to_keep"] = keep
+    out = model(**kwargs)
+    logits = out.logits if keep is None else out.logits[:, -keep:]
+    return logits, getattr(out, "past_key_values", None)
+
+
+def _device(model) -> torch.device:
+    return next(model.parameters()).device
+
+
+@torch.inference_mode()
+def greedy_generate(model, prompts: list[list[int]], *, max_new_tokens: int, eos_ids: list[int], pad_id: int,
+                    min_new_tokens: int = 1, batch_size: int = 256, max_batch_tokens: int = 65536,
+                    progress: bool = True) -> list[list[int]]:
+    """Greedy continuation of each prompt (token ids), cut after the first EOS (kept).
+
+    Same as `model.generate(do_sample=False, max_new_tokens=..., min_new_tokens=...)` one prompt
+    at a time (LASER passes min_new_tokens=1: EOS is forbidden at the first step), with a KV cache.
+    """
+    device = _device(model)
+    eos = torch.tensor(sorted(set(eos_ids)), dtype=torch.long, device=device)
+    results: list[list[int]] = [[] for _ in prompts]
+    batches = length_batches([len(p) for p in prompts], batch_size, max_batch_tokens)
+    for batch in track(batches, "generate", enabled=progress):
+        ids, mask, pos = left_pad([prompts[i] for i in batch], pad_id, device)
+        logits, past = _run(model, ids, mask, pos, keep=1, use_cache=True)
+        logits = logits[:, -1, :]  # (B, V)
+        done = torch.zeros(len(batch), dtype=torch.bool, device=device)
+        steps = []
+        for step in range(max_new_tokens):
+            if step < min_new_tokens and eos.numel():
+                logits[:, eos] = float("-inf")
+            nxt = torch.where(done, pad_id, logits.argmax(-1))  # (B,)
+            steps.append(nxt)
+            done |= torch.isin(nxt, eos)
+            if step + 1 == max_new_tokens or bool(done.all()):
+                break
+            mask = torch.cat([mask, mask.new_ones((len(batch), 1))], dim=1)
+            pos = pos[:, -1:] + 1
+            logits, past = _run(model, nxt[:, None], mask, pos, past=past, use_cache=True)
+            logits = logits[:, -1, :]
+        eos_set = set(eos.tolist())
+        for r, row in enumerate(torch.stack(steps, dim=1).tolist()):  # (B, steps)
+            cut = next((j + 1 for j, t in enumerate(row) if t in eos_set), len(row))
+            results[batch[r]] = row[:cut]
+    return results
+
+
+def _gathered_logprobs(logits: torch.Tensor, targets: torch.Tensor, budget: int = 1 << 27) -> torch.Tensor:
+    """log_softmax(logits)[..., targets] in float32, computed a few rows at a time to bound memory.
+
+    logits: (B, K, V); targets: (B, K) -> (B, K).
+    """
+    rows = max(1, budget // max(1, logits.shape[1] * logits.shape[2]))
+    parts = []
+    for s in range(0, logits.shape[0], rows):
+        lp = torch.log_softmax(logits[s:s + rows].float(), dim=-1)  # (b, K, V)
+        parts.append(lp.gather(-1, targets[s:s + rows, :, None]).squeeze(-1))
+    return torch.cat(parts)
+
+
+@torch.inference_mode()
+def sequence_nll(model, seqs: list[list[int]], n_scored: list[int], *, pad_id: int, batch_size: int = 256,
+                 max_batch_tokens: int = 65536, progress: bool = True) -> list[tuple[float, int]]:
+    """Teacher forcing: per sequence, (sum of NLL, count) over its last n_scored tokens."""
+    device = _device(model)
+    results: list[tuple[float, int]] = [(0.0, 0)] * len(seqs)
+    batches = length_batches([len(s) for s in seqs], batch_size, max_batch_tokens)
+    for batch in track(batches, "score", enabled=progress):
+        ids, mask, pos = left_pad([seqs[i] for i in batch], pad_id, device)
+        k = max(n_scored[i] for i in batch)
+        logits, _ = _run(model, ids, mask, pos, keep=k + 1)
+        logp = _gathered_logprobs(logits[:, :-1], ids[:, -k:])  # (B, k): column j predicts token T-k+j
+        need = torch.tensor([n_scored[i] for i in batch], device=device)
+        scored = torch.arange(k, device=device)[None, :] >= (k - need)[:, None]  # (B, k)
+        sums = (-(logp * scored).sum(dim=1)).tolist()
+        for r, i in enumerate(batch):
+            results[i] = (sums[r], n_scored[i])
+    return results
+
+
+@torch.inference_mode()
+def last_token_logprobs(model, prompts: list[list[int]], token_ids: list[int], *, pad_id: int,
+                        batch_size: int = 256, max_batch_tokens: int = 65536, progress: bool = True) -> torch.Tensor:
+    """(N, L) float32 log-probabilities (full-vocabulary softmax) of `token_ids` after each prompt."""
+    device = _device(model)
+    out = torch.empty((len(prompts), len(token_ids)), dtype=torch.float32)
+    cand = torch.tensor(token_ids, dtype=torch.long, device=device)
+    batches = length_batches([len(p) for p in prompts], batch_size, max_batch_tokens)
+    for batch in track(batches, "classify", enabled=progress):
+        ids, mask, pos = left_pad([prompts[i] for i in batch], pad_id, device)
+        logits, _ = _run(model, ids, mask, pos, keep=1)
+        lp = torch.log_softmax(logits[:, -1, :].float(), dim=-1)[:, cand]  # (B, L)
+        out[torch.tensor(batch)] = lp.cpu()
+    return out

@@ -1,0 +1,58 @@
+"""Tokenisation helpers shared by the decoder and encoder paths, and the answer-match metric."""
+
+from __future__ import annotations
+
+from tensorllm.errors import UserError
+
+
+def encode(tokenizer, texts: list[str]) -> list[list[int]]:
+    """Token ids of each text with the tokenizer's own special tokens (BOS, [CLS] ... [SEP])."""
+    if not texts:
+        return []
+    return [list(ids) for ids in tokenizer(list(texts), add_special_tokens=True)["input_ids"]]
+
+
+def _trailing_specials(tokenizer, ids: list[int]) -> int:
+    special = set(tokenizer.all_special_ids)
+    n = 0
+    while n < len(ids) and ids[len(ids) - 1 - n] in special:
+        n += 1
+    return n
+
+
+def answer_spans(tokenizer, prompts: list[str], answers: list[str]) -> list[tuple[list[int], int, int]]:
+    """Tokenise `prompt + " " + answer` (LASER's teacher-forcing text) and locate the answer.
+
+    Returns, per example, (ids, start, end): ids[start:end] are the answer's tokens. The answer
+    starts where the joint tokenisation first differs from the prompt's own (usually right after
+    it); trailing special tokens such as BERT's [SEP] stay outside the span.
+    """
+    joint = encode(tokenizer, [f"{p} {a}" if p else a for p, a in zip(prompts, answers)])
+    alone = encode(tokenizer, list(prompts))
+    spans = []
+    for i, (ids, p_ids) in enumerate(zip(joint, alone)):
+        tail = _trailing_specials(tokenizer, p_ids) if p_ids else 0
+        body = p_ids[: len(p_ids) - tail]
+        start = 0
+        while start < min(len(body), len(ids)) and body[start] == ids[start]:
+            start += 1
+        end = len(ids) - tail
+        if end <= start:
+            raise UserError(f"cannot locate the answer tokens of example {i + 1} ({answers[i]!r})")
+        spans.append((ids, start, end))
+    return spans
+
+
+def label_tokens(tokenizer, prompt: str, labels: tuple[str, ...]) -> tuple[list[int], bool]:
+    """First token of each label as it follows `prompt`, and whether every label is one token."""
+    spans = answer_spans(tokenizer, [prompt] * len(labels), list(labels))
+    first = [ids[start] for ids, start, _ in spans]
+    if len(set(first)) != len(first):
+        raise UserError(f"labels {', '.join(labels)} share a first token in this tokenizer; "
+                        "label-logit classification needs distinct first tokens")
+    return first, all(end - start == 1 for _, start, end in spans)
+
+
+def answer_in_text(answer: str, text: str) -> bool:
+    """LASER's generative accuracy: the stripped, lower-cased gold answer is a substring of the text."""
+    return answer.strip().lower() in text.strip().lower()

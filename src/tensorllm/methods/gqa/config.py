@@ -1,0 +1,66 @@
+"""GQAConfig: every option of the MHA -> GQA conversion (recipe step `method: gqa`)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+from tensorllm.errors import UserError
+
+
+@dataclass
+class GQAConfig:
+    """Convert multi-head (or grouped-query) attention to `kv_heads` K/V heads per layer.
+
+    kv_heads          K/V heads after conversion (must divide the query heads; fewer than now)
+    grouping          "similarity": group the heads that align best; "contiguous": heads 0..m-1, ...
+    align             fold RoPE-safe rotations (keys) and Procrustes (values) into the weights first
+    calib_tokens      calibration tokens (streamed statistics; ~32k suffice for the grouping)
+    seq_len           calibration sequence length (also the fine-tune's)
+    calib_file        text / JSON / JSONL file; None = tensorllm.data.default_calibration_text()
+    seed              grouping restarts and fine-tune sampling; None = the recipe's seed
+    restarts          random restarts of the swap search (plus one greedy start)
+    procrustes_iters  generalised-Procrustes iterations per group
+    batch_size        sequences per calibration forward pass
+    train_steps       recovery fine-tune steps (0 = training-free merge)
+    lr                learning rate of the trained weights (Q, O, shared K/V of every layer)
+    gate_lr           learning rate of the gates' log-alpha and of the Lagrange multipliers
+    train_batch_size  sequences per fine-tune step
+    sparsity_warmup   fraction of the steps over which the target share of closed gates rises 0 -> 1
+    train_dir         where the fine-tune checkpoints go (and resume from); None = no checkpoints
+    save_every        fine-tune checkpoint interval in steps
+    """
+
+    kv_heads: int = 0
+    grouping: Literal["similarity", "contiguous"] = "similarity"
+    align: bool = True
+    calib_tokens: int = 32768
+    seq_len: int = 2048
+    calib_file: str | None = None
+    seed: int | None = None
+    restarts: int = 16
+    procrustes_iters: int = 20
+    batch_size: int = 4
+    train_steps: int = 0
+    lr: float = 1e-4
+    gate_lr: float = 0.1
+    train_batch_size: int = 1
+    sparsity_warmup: float = 0.3
+    train_dir: str | None = None
+    save_every: int = 200
+
+    def validate(self) -> None:
+        positive = {"kv_heads": self.kv_heads, "calib_tokens": self.calib_tokens, "restarts": self.restarts,
+                    "procrustes_iters": self.procrustes_iters, "batch_size": self.batch_size,
+                    "train_batch_size": self.train_batch_size, "save_every": self.save_every}
+        for name, value in positive.items():
+            if value < 1:
+                raise UserError(f"gqa.{name} must be at least 1, got {value}")
+        if self.seq_len < 2:
+            raise UserError(f"gqa.seq_len must be at least 2, got {self.seq_len}")
+        if self.train_steps < 0:
+            raise UserError(f"gqa.train_steps must be 0 or more, got {self.train_steps}")
+        if self.lr <= 0 or self.gate_lr <= 0:
+            raise UserError("gqa.lr and gqa.gate_lr must be positive")
+        if not 0 < self.sparsity_warmup <= 1:
+            raise UserError(f"gqa.sparsity_warmup must be in (0, 1], got {self.sparsity_warmup}")

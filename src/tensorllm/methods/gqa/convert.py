@@ -1,0 +1,157 @@
+"""Plan and apply the conversion of one model: calibrate, group, align, permute, merge.
+
+`plan_layer` is the per-layer recipe (weights + input second moment -> aligned and merged
+weights plus numbers for the report); `convert` runs it over every layer and, when asked,
+the gated recovery fine-tune (finetune.py).
+"""
+
+from __future__ import annotations
+
+import copy
+import time
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from tensorllm.archs import ArchSpec, blocks, get_module, head_layout, rotary_dims
+from tensorllm.attention import AttnWeights, read_attention, set_kv_heads, write_attention
+from tensorllm.errors import UserError
+from tensorllm.methods.gqa import align as A
+from tensorllm.methods.gqa.calibrate import progress_track, cross_products, input_grams
+from tensorllm.methods.gqa.config import GQAConfig
+from tensorllm.methods.gqa.grouping import contiguous, partition
+from tensorllm.methods.gqa.heads import merge_kv_heads, permute_kv_heads, transform_heads
+from tensorllm.models.expand_kv import repeat_heads
+
+
+@dataclass
+class LayerPlan:
+    unit: str  # what the groups index: "kv_head" (of the input model) or "query_head" (after expansion)
+    groups: list[list[int]]  # per new K/V head, the old heads it merges (in the new order)
+    aligned: AttnWeights  # permuted + aligned, same function as the input, float64
+    merged: AttnWeights  # kv_heads = G, float64
+    record: dict  # JSON-able numbers for the report
+
+
+def check_convertible(model: nn.Module, arch: ArchSpec, cfg: GQAConfig) -> tuple[int, int]:
+    """Raise UserError unless `model` can become `cfg.kv_heads`-head GQA; return (H, Hkv)."""
+    if not arch.supports_gqa:
+        raise UserError(f"{arch.name} checkpoints have no separate K/V projections with a K/V head count, "
+                        "so they cannot be converted to grouped-query attention")
+    _, H, Hkv, _ = head_layout(model.config)
+    G = cfg.kv_heads
+    if H % G:
+        raise UserError(f"kv_heads={G} does not divide the {H} query heads")
+    if G >= Hkv:
+        raise UserError(f"kv_heads={G} must be fewer than the model's {Hkv} K/V heads")
+    if cfg.align:
+        attn = get_module(blocks(model, arch)[0], arch.o.rsplit(".", 1)[0])
+        if any(getattr(attn, name, None) is not None for name in ("q_norm", "k_norm")):
+            raise UserError("this model normalises queries/keys per dimension, so rotating keys would change "
+                            "it; use --no-align")
+    return H, Hkv
+
+
+def key_planes(model: nn.Module, arch: ArchSpec, head_dim: int) -> A.Planes:
+    rdims = rotary_dims(model.config, head_dim) if arch.rope else 0
+    return A.Planes.for_rope(head_dim, rdims, arch.rope)
+
+
+def _to64(w: AttnWeights, device: torch.device) -> AttnWeights:
+    f = lambda t: None if t is None else t.to(device=device, dtype=torch.float64)  # noqa: E731
+    return w.with_(q=f(w.q), k=f(w.k), v=f(w.v), o=f(w.o), bq=f(w.bq), bk=f(w.bk), bv=f(w.bv), bo=f(w.bo))
+
+
+def _kept(blocks_: torch.Tensor, groups: list[list[int]], T: torch.Tensor) -> float:
+    """Share of activation energy the merged heads keep: sum_g m ||mean_g||^2 / sum_h ||a_h||^2."""
+    energy = torch.diagonal(blocks_, dim1=-2, dim2=-1).sum(-1).diagonal().sum()
+    kept = sum(len(g) * A.merged_energy(blocks_, g, T[g]) for g in groups)
+    return float(kept / energy) if energy > 0 else 1.0
+
+
+def _within(S: torch.Tensor, groups: list[list[int]]) -> float:
+    vals = [float(S[i, j]) for g in groups for a, i in enumerate(g) for j in g[a + 1:]]
+    return sum(vals) / len(vals) if vals else 1.0
+
+
+def plan_layer(w: AttnWeights, gram: torch.Tensor, kv_heads: int, planes_k: A.Planes, *,
+               grouping: str = "similarity", align: bool = True, seed: int = 0, restarts: int = 16,
+               iters: int = 20) -> LayerPlan:
+    """Group, align, permute and merge one layer's heads from its input second moment `gram`."""
+    dev = gram.device
+    w = _to64(w, dev)
+    unit = "kv_head"
+    if w.kv_heads % kv_heads:  # groups must hold whole K/V heads: work on the multi-head view
+        g = w.heads // w.kv_heads
+        w = w.with_(k=repeat_heads(w.k, w.kv_heads, g), v=repeat_heads(w.v, w.kv_heads, g),
+                    bk=repeat_heads(w.bk, w.kv_heads, g), bv=repeat_heads(w.bv, w.kv_heads, g), kv_heads=w.heads)
+        unit = "query_head"
+    n, d = w.kv_heads, w.head_dim
+    CK = A.cross_blocks(cross_products(w.k, w.bk, gram), n, d)  # (n, n, d, d)
+    CV = A.cross_blocks(cross_products(w.v, w.bv, gram), n, d)
+    planes_v = A.Planes.orthogonal(d)
+    SK = A.similarity(CK, planes_k if align else None)
+    SV = A.similarity(CV, planes_v if align else None)
+    groups = partition(SK + SV, kv_heads, seed=seed, restarts=restarts) if grouping == "similarity" \
+        else contiguous(n, kv_heads)
+    eye = torch.eye(d, dtype=torch.float64, device=dev).expand(n, d, d).clone()
+    tk, tv = eye.clone(), eye.clone()
+    if align:
+        for g in groups:
+            tk[g] = A.align_group(CK, g, planes_k, iters)
+            tv[g] = A.align_group(CV, g, planes_v, iters)
+    order = [h for g in groups for h in g]
+    aligned = permute_kv_heads(transform_heads(w, tk if align else None, tv if align else None), order)
+    record = {"unit": unit, "groups": groups,
+              "key_energy_kept": _kept(CK, groups, tk), "value_energy_kept": _kept(CV, groups, tv),
+              "key_similarity": _within(SK, groups), "value_similarity": _within(SV, groups)}
+    if align:
+        record.update(key_energy_kept_unaligned=_kept(CK, groups, eye), value_energy_kept_unaligned=_kept(CV, groups, eye))
+    return LayerPlan(unit, groups, aligned, merge_kv_heads(aligned, kv_heads), record)
+
+
+def convert(model: nn.Module, arch: ArchSpec, cfg: GQAConfig, tokens: torch.Tensor, *,
+            device: torch.device | None = None, seed: int = 0, progress: bool = True) -> dict:
+    """Convert `model` in place to `cfg.kv_heads` K/V heads using calibration `tokens` (n_seq, seq_len)."""
+    _, H, Hkv, d = head_layout(model.config)
+    check_convertible(model, arch, cfg)
+    device = device or next(model.parameters()).device
+    t0 = time.perf_counter()
+    teacher = copy.deepcopy(model).eval().requires_grad_(False) if cfg.train_steps else None
+    grams = input_grams(model, arch, tokens, batch_size=cfg.batch_size, device=device, progress=progress)
+    t_calib = time.perf_counter() - t0
+    planes_k = key_planes(model, arch, d)
+    records, shared, n_aligned = [], [], Hkv
+    layers = range(len(grams))
+    for i in progress_track(layers, len(grams), "grouping + aligning", progress):
+        plan = plan_layer(read_attention(model, arch, i), grams[i], cfg.kv_heads, planes_k, grouping=cfg.grouping,
+                          align=cfg.align, seed=seed, restarts=cfg.restarts, iters=cfg.procrustes_iters)
+        grams[i] = None  # free the (D+1)^2 float64 sum as soon as it is used
+        if teacher is None:
+            write_attention(model, arch, i, plan.merged)
+        else:  # the fine-tune starts from the function-preserving aligned heads plus the merged ones
+            write_attention(model, arch, i, plan.aligned)
+            m = plan.merged
+            shared.append((m.k, m.bk, m.v, m.bv))
+            n_aligned = plan.aligned.kv_heads
+        records.append({"layer": i, **plan.record})
+    t_merge = time.perf_counter() - t0 - t_calib
+    summary = {
+        "kv_heads_before": Hkv, "kv_heads_after": cfg.kv_heads, "query_heads": H, "head_dim": d,
+        "layers": len(records), "calib_tokens": int(tokens.numel()), "calib_sequences": int(tokens.shape[0]),
+        "mean_key_energy_kept": sum(r["key_energy_kept"] for r in records) / len(records),
+        "mean_value_energy_kept": sum(r["value_energy_kept"] for r in records) / len(records),
+        "seconds_calibration": t_calib, "seconds_group_align_merge": t_merge,
+    }
+    if teacher is None:
+        set_kv_heads(model, arch, cfg.kv_heads)
+    else:
+        from tensorllm.methods.gqa.finetune import finetune
+
+        if n_aligned != Hkv:
+            set_kv_heads(model, arch, n_aligned)
+        summary["finetune"] = finetune(model, arch, teacher, shared, tokens, cfg, seed=seed, progress=progress)
+        del teacher
+    summary["seconds"] = time.perf_counter() - t0
+    return {"layers": records, "summary": summary}
