@@ -56,17 +56,22 @@ def _run(model, ids, mask, pos, *, keep: int | None = None, past=None, use_cache
     kwargs = dict(input_ids=ids, attention_mask=mask, use_cache=use_cache)
     if "position_ids" in params:
         kwargs["position_ids"] = pos
-    if past is not None:
-        kwargs["past_key_values"] = past
+    if past is not None:  # transformers >= 5.2x calls the KV cache argument `cache`
+        kwargs["cache" if "cache" in params else "past_key_values"] = past
     if keep is not None and "logits_to_keep" in params:
         kwargs["logits_to_keep"] = keep
     out = model(**kwargs)
     logits = out.logits if keep is None else out.logits[:, -keep:]
-    return logits, getattr(out, "past_key_values", None)
+    if not use_cache:
+        return logits, None
+    return logits, out.cache if hasattr(out, "cache") else out.past_key_values
 
 
 def _device(model) -> torch.device:
-    return next(model.parameters()).device
+    """Where inputs go: the input embedding's device (the first stage of a model spread over GPUs)."""
+    emb = model.get_input_embeddings() if hasattr(model, "get_input_embeddings") else None
+    weight = getattr(emb, "weight", None)
+    return weight.device if weight is not None else next(model.parameters()).device
 
 
 @torch.inference_mode()

@@ -62,7 +62,7 @@ class TuckerConfig:
     variant: Literal["multihead", "single", "trawl"] = "multihead"
     matrix: Literal["q", "k", "v", "o"] | None = None
     n_iter_max: int = 100
-    tol: float = 1e-7
+    tol: float = 1e-5
     compute_dtype: Literal["float32", "float64"] = "float64"
 
     def validate(self) -> None:

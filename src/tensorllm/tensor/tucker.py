@@ -192,9 +192,10 @@ def hooi(
     n_iter_max:    maximum number of sweeps (one sweep updates every factor once).
     tol:           stop when the relative error changes by at most `tol` in one sweep.
     init:          "hosvd", or a list of starting factors `(I_n, R_n)` with orthonormal columns.
-    compute_dtype: float64 (default, accurate) or float32 (faster on GPUs). With float32 the error
-                   computed from the core norm has a floor of about 1e-3 (cancellation in
-                   `||x||^2 - ||core||^2`); use `relative_error` for an exact figure.
+    compute_dtype: float64 (default, accurate) or float32 (faster on GPUs). With float32 the
+                   errors computed from the core norm are only good to about 1e-6 (and read up
+                   to ~1e-3 for a near-exact fit, from cancellation in `||x||^2 - ||core||^2`),
+                   so a `tol` below ~1e-6 rarely stops early; `relative_error` is exact.
 
     Each sweep replaces factor n by the leading eigenvectors of the Gram matrix of
     `x ×_{m != n} U_m^T` unfolded along n; the error never increases from one sweep to the next

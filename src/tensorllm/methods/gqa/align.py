@@ -118,8 +118,8 @@ def merged_energy(blocks: torch.Tensor, members: list[int], T: torch.Tensor) -> 
     sub = blocks[idx[:, None], idx]  # (m, m, d, d)
     m = len(members)
     # sum_{h,j} tr(T_h C_hj T_j^T) / m^2
-    total = torch.einsum("hab,hjbc,jac->", T, sub, T)
-    return total / (m * m)
+    TC = torch.einsum("hab,hjbc->hjac", T, sub)  # (m, m, d, d): T_h C_hj
+    return (TC * T.unsqueeze(0)).sum() / (m * m)
 
 
 def align_group(blocks: torch.Tensor, members: list[int], planes: Planes, iters: int = 20,

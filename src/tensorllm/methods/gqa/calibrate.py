@@ -11,7 +11,6 @@ Activations are never stored; at LLaMA-2-7B size the sums take 32 x 4097^2 x 8 B
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
 import torch
@@ -19,6 +18,7 @@ from torch import nn
 
 from tensorllm.archs import ArchSpec, blocks, get_module
 from tensorllm.errors import UserError
+from tensorllm.progress import track
 
 
 def read_text_file(path: str | Path) -> list[str]:
@@ -98,14 +98,6 @@ def _kv_input_module(block: nn.Module, arch: ArchSpec) -> nn.Module:
     return get_module(block, arch.k if arch.qkv == "separate" else arch.fused)
 
 
-def progress_track(items, total: int, desc: str, enabled: bool):
-    if not (enabled and sys.stderr.isatty()):
-        return items
-    from rich.progress import track
-
-    return track(items, total=total, description=desc, transient=True)
-
-
 @torch.no_grad()
 def input_grams(model: nn.Module, arch: ArchSpec, tokens: torch.Tensor, *, batch_size: int = 4,
                 device: torch.device | None = None, progress: bool = True) -> list[torch.Tensor]:
@@ -131,7 +123,7 @@ def input_grams(model: nn.Module, arch: ArchSpec, tokens: torch.Tensor, *, batch
     model.eval()
     try:
         batches = list(torch.split(tokens, batch_size))
-        for batch in progress_track(batches, len(batches), "calibrating", progress):
+        for batch in track(batches, "gqa: calibrating", enabled=progress):
             model.base_model(input_ids=batch.to(next(model.parameters()).device), use_cache=False)
     finally:
         for h in handles:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
@@ -18,11 +19,12 @@ from tensorllm.archs import ArchSpec, blocks, get_module, head_layout, rotary_di
 from tensorllm.attention import AttnWeights, read_attention, set_kv_heads, write_attention
 from tensorllm.errors import UserError
 from tensorllm.methods.gqa import align as A
-from tensorllm.methods.gqa.calibrate import progress_track, cross_products, input_grams
+from tensorllm.methods.gqa.calibrate import cross_products, input_grams
 from tensorllm.methods.gqa.config import GQAConfig
 from tensorllm.methods.gqa.grouping import contiguous, partition
 from tensorllm.methods.gqa.heads import merge_kv_heads, permute_kv_heads, transform_heads
 from tensorllm.models.expand_kv import repeat_heads
+from tensorllm.progress import track
 
 
 @dataclass
@@ -63,11 +65,18 @@ def _to64(w: AttnWeights, device: torch.device) -> AttnWeights:
     return w.with_(q=f(w.q), k=f(w.k), v=f(w.v), o=f(w.o), bq=f(w.bq), bk=f(w.bk), bv=f(w.bv), bo=f(w.bo))
 
 
+def _energy(blocks_: torch.Tensor) -> float:
+    return float(torch.diagonal(blocks_, dim1=-2, dim2=-1).sum(-1).diagonal().sum())
+
+
 def _kept(blocks_: torch.Tensor, groups: list[list[int]], T: torch.Tensor) -> float:
-    """Share of activation energy the merged heads keep: sum_g m ||mean_g||^2 / sum_h ||a_h||^2."""
-    energy = torch.diagonal(blocks_, dim1=-2, dim2=-1).sum(-1).diagonal().sum()
-    kept = sum(len(g) * A.merged_energy(blocks_, g, T[g]) for g in groups)
-    return float(kept / energy) if energy > 0 else 1.0
+    """Share of activation energy the merged heads keep: sum_g m ||mean_g||^2 / sum_h ||a_h||^2.
+
+    For a mean merge this is 1 - (sum_h ||T_h a_h - mean_g||^2) / (sum_h ||a_h||^2).
+    """
+    energy = _energy(blocks_)
+    kept = sum(float(len(g) * A.merged_energy(blocks_, g, T[g])) for g in groups)
+    return kept / energy if energy > 0 else 1.0
 
 
 def _within(S: torch.Tensor, groups: list[list[int]]) -> float:
@@ -75,11 +84,27 @@ def _within(S: torch.Tensor, groups: list[list[int]]) -> float:
     return sum(vals) / len(vals) if vals else 1.0
 
 
+@contextmanager
+def _one_cpu_thread(device: torch.device):
+    """The grouping/alignment math is many tiny (d x d) ops: on CPU, thread hand-offs cost more than they save."""
+    if device.type != "cpu":
+        yield
+        return
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(old)
+
+
 def plan_layer(w: AttnWeights, gram: torch.Tensor, kv_heads: int, planes_k: A.Planes, *,
                grouping: str = "similarity", align: bool = True, seed: int = 0, restarts: int = 16,
                iters: int = 20) -> LayerPlan:
     """Group, align, permute and merge one layer's heads from its input second moment `gram`."""
     dev = gram.device
+    t0 = time.perf_counter()
+    params_before = w.num_params()
     w = _to64(w, dev)
     unit = "kv_head"
     if w.kv_heads % kv_heads:  # groups must hold whole K/V heads: work on the multi-head view
@@ -91,24 +116,33 @@ def plan_layer(w: AttnWeights, gram: torch.Tensor, kv_heads: int, planes_k: A.Pl
     CK = A.cross_blocks(cross_products(w.k, w.bk, gram), n, d)  # (n, n, d, d)
     CV = A.cross_blocks(cross_products(w.v, w.bv, gram), n, d)
     planes_v = A.Planes.orthogonal(d)
-    SK = A.similarity(CK, planes_k if align else None)
-    SV = A.similarity(CV, planes_v if align else None)
-    groups = partition(SK + SV, kv_heads, seed=seed, restarts=restarts) if grouping == "similarity" \
-        else contiguous(n, kv_heads)
     eye = torch.eye(d, dtype=torch.float64, device=dev).expand(n, d, d).clone()
     tk, tv = eye.clone(), eye.clone()
-    if align:
-        for g in groups:
-            tk[g] = A.align_group(CK, g, planes_k, iters)
-            tv[g] = A.align_group(CV, g, planes_v, iters)
+    with _one_cpu_thread(dev):
+        SK = A.similarity(CK, planes_k if align else None)
+        SV = A.similarity(CV, planes_v if align else None)
+        groups = partition(SK + SV, kv_heads, seed=seed, restarts=restarts) if grouping == "similarity" \
+            else contiguous(n, kv_heads)
+        if align:
+            for g in groups:
+                tk[g] = A.align_group(CK, g, planes_k, iters)
+                tv[g] = A.align_group(CV, g, planes_v, iters)
+        kk, kv = _kept(CK, groups, tk), _kept(CV, groups, tv)
+        record = {"unit": unit, "groups": groups, "key_energy_kept": kk, "value_energy_kept": kv,
+                  "key_similarity": _within(SK, groups), "value_similarity": _within(SV, groups)}
+        if align:
+            record.update(key_energy_kept_unaligned=_kept(CK, groups, eye),
+                          value_energy_kept_unaligned=_kept(CV, groups, eye))
     order = [h for g in groups for h in g]
     aligned = permute_kv_heads(transform_heads(w, tk if align else None, tv if align else None), order)
-    record = {"unit": unit, "groups": groups,
-              "key_energy_kept": _kept(CK, groups, tk), "value_energy_kept": _kept(CV, groups, tv),
-              "key_similarity": _within(SK, groups), "value_similarity": _within(SV, groups)}
-    if align:
-        record.update(key_energy_kept_unaligned=_kept(CK, groups, eye), value_energy_kept_unaligned=_kept(CV, groups, eye))
-    return LayerPlan(unit, groups, aligned, merge_kv_heads(aligned, kv_heads), record)
+    merged = merge_kv_heads(aligned, kv_heads)
+    ek, ev = _energy(CK), _energy(CV)
+    lost = ((1 - kk) * ek + (1 - kv) * ev) / max(ek + ev, 1e-300)
+    # the generic fields every method reports (see cli.print_step_tables)
+    record.update(params_before=params_before, params_after=merged.num_params(),
+                  compression_rate=params_before / merged.num_params(), rel_error=max(lost, 0.0) ** 0.5,
+                  seconds=time.perf_counter() - t0)
+    return LayerPlan(unit, groups, aligned, merged, record)
 
 
 def convert(model: nn.Module, arch: ArchSpec, cfg: GQAConfig, tokens: torch.Tensor, *,
@@ -124,7 +158,7 @@ def convert(model: nn.Module, arch: ArchSpec, cfg: GQAConfig, tokens: torch.Tens
     planes_k = key_planes(model, arch, d)
     records, shared, n_aligned = [], [], Hkv
     layers = range(len(grams))
-    for i in progress_track(layers, len(grams), "grouping + aligning", progress):
+    for i in track(layers, "gqa: grouping, aligning, merging", enabled=progress):
         plan = plan_layer(read_attention(model, arch, i), grams[i], cfg.kv_heads, planes_k, grouping=cfg.grouping,
                           align=cfg.align, seed=seed, restarts=cfg.restarts, iters=cfg.procrustes_iters)
         grams[i] = None  # free the (D+1)^2 float64 sum as soon as it is used

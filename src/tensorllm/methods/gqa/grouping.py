@@ -3,57 +3,57 @@
 Swap-based local search (best improving swap of two heads in different groups until none
 improves) from several seeded random starts plus one greedy start; the best partition wins.
 Deterministic for a given seed. For the sizes that occur (n <= 128) each search is a few
-hundred (n x n) tensor operations.
+hundred small (n x n) array operations, done in NumPy (cheaper than torch at this size).
 """
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 
 
-def objective(S: torch.Tensor, labels: torch.Tensor) -> float:
+def objective(S, labels) -> float:
     """Sum over groups of the similarity of every unordered pair inside the group."""
+    S, labels = np.asarray(S, dtype=np.float64), np.asarray(labels)
     same = labels[:, None] == labels[None, :]
     return float((S * same).sum() / 2)
 
 
-def _local_search(S: torch.Tensor, labels: torch.Tensor, groups: int, max_swaps: int) -> torch.Tensor:
-    labels = labels.clone()
+def _local_search(S: np.ndarray, labels: np.ndarray, groups: int, max_swaps: int) -> np.ndarray:
+    labels = labels.copy()
     n = len(labels)
+    tol = 1e-12 * (1 + np.abs(S).max())
     for _ in range(max_swaps):
-        onehot = torch.nn.functional.one_hot(labels, groups).to(S.dtype)  # (n, G)
-        P = S @ onehot  # (n, G): P[i, g] = similarity of head i to the members of group g
-        own = P[torch.arange(n), labels]  # (n,)
-        to_other = P[:, labels]  # (n, n): [i, j] = similarity of i to j's group
-        # moving i into j's group and j into i's group (S[i, j] is counted in P but i and j trade places)
-        gain = (to_other - S) + (to_other - S).T - own[:, None] - own[None, :]
-        gain = gain.masked_fill(labels[:, None] == labels[None, :], float("-inf"))
-        best = int(torch.argmax(gain))
-        i, j = divmod(best, n)
-        if not gain[i, j] > 1e-12 * (1 + S.abs().max()):
+        P = S @ np.eye(groups)[labels]  # (n, G): P[i, g] = similarity of head i to the members of group g
+        own = P[np.arange(n), labels]  # (n,)
+        to_other = P[:, labels] - S  # (n, n): i's similarity to j's group without j
+        # swap i and j: i joins j's group, j joins i's group
+        gain = to_other + to_other.T - own[:, None] - own[None, :]
+        gain[labels[:, None] == labels[None, :]] = -np.inf
+        i, j = divmod(int(np.argmax(gain)), n)
+        if not gain[i, j] > tol:
             break
-        labels[i], labels[j] = labels[j].clone(), labels[i].clone()
+        labels[i], labels[j] = labels[j], labels[i]
     return labels
 
 
-def _greedy(S: torch.Tensor, groups: int) -> torch.Tensor:
+def _greedy(S: np.ndarray, groups: int) -> np.ndarray:
     """Seed each group with the most similar free pair, then fill it with the heads closest to it."""
     n = S.shape[0]
     size = n // groups
-    labels = torch.full((n,), -1, dtype=torch.long)
+    labels = np.full(n, -1)
     for g in range(groups):
-        free = (labels < 0).nonzero().flatten()
+        free = np.flatnonzero(labels < 0)
         if size == 1:
             labels[free[0]] = g
             continue
-        sub = S[free[:, None], free].clone()
-        sub.fill_diagonal_(float("-inf"))
-        i, j = divmod(int(torch.argmax(sub)), len(free))
+        sub = S[np.ix_(free, free)].copy()
+        np.fill_diagonal(sub, -np.inf)
+        i, j = divmod(int(np.argmax(sub)), len(free))
         members = [int(free[i]), int(free[j])]
         while len(members) < size:
             rest = [int(h) for h in free if int(h) not in members]
-            k = max(rest, key=lambda h: float(S[h, members].sum()))
-            members.append(k)
+            members.append(max(rest, key=lambda h: float(S[h, members].sum())))
         labels[members] = g
     return labels
 
@@ -67,19 +67,18 @@ def partition(S: torch.Tensor, groups: int, *, seed: int = 0, restarts: int = 16
     n = S.shape[0]
     if n % groups:
         raise ValueError(f"{n} heads cannot form {groups} equal groups")
-    S = S.detach().to("cpu", torch.float64).clone()
-    S.fill_diagonal_(0)
-    gen = torch.Generator().manual_seed(seed)
-    base = torch.arange(n) % groups
-    starts = [_greedy(S, groups)] + [base[torch.randperm(n, generator=gen)] for _ in range(restarts)]
+    S = torch.as_tensor(S).detach().to("cpu", torch.float64).numpy().copy()
+    np.fill_diagonal(S, 0)
+    gen = torch.Generator().manual_seed(seed)  # torch's generator: the same starts on every platform
+    base = np.arange(n) % groups
+    starts = [_greedy(S, groups)] + [base[torch.randperm(n, generator=gen).numpy()] for _ in range(restarts)]
     best, best_val = None, float("-inf")
     for start in starts:
         labels = _local_search(S, start, groups, max_swaps)
         val = objective(S, labels)
         if val > best_val + 1e-12:
             best, best_val = labels, val
-    groups_ = [sorted(int(h) for h in (best == g).nonzero().flatten()) for g in range(groups)]
-    return sorted(groups_)
+    return sorted(sorted(int(h) for h in np.flatnonzero(best == g)) for g in range(groups))
 
 
 def contiguous(n: int, groups: int) -> list[list[int]]:

@@ -1,0 +1,111 @@
+"""Time the batched WikidataQA evaluation against a one-example-at-a-time loop (LASER's way).
+
+    python bench/eval_wikidata.py --model smollm2-135m --device cuda --json out/bench_eval.json
+    python bench/eval_wikidata.py --model smollm2-135m --device cpu --limit 64 --sequential 16
+
+Batched: `tensorllm.eval.evaluate` on every single-answer WikidataQA item (split "all"): greedy
+generation of 10 tokens with a KV cache + one teacher-forced pass for the gold-answer loss.
+Sequential: per item `model.generate(...)` and one forward pass, as LASER's reference code does,
+on the first N items. Both report ms per example; on the N shared items their accuracy must match.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+
+import torch
+
+from tensorllm.eval import evaluate, get_task, load_task, select
+from tensorllm.models.io import load_model
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+@torch.inference_mode()
+def sequential(model, tok, items) -> tuple[float, float, float]:
+    """(seconds, accuracy %, loss) of the plain loop: one generate + one forward per example."""
+    device = next(model.parameters()).device
+    correct, losses = 0, []
+    _sync(device)
+    t0 = time.perf_counter()
+    for e in items:
+        enc = tok(e.prompt, return_tensors="pt").to(device)
+        out = model.generate(**enc, max_new_tokens=10, min_new_tokens=1, do_sample=False)
+        text = tok.decode(out[0], skip_special_tokens=True, clean_up_tokenization_spaces=False)
+        correct += e.answer.strip().lower() in text.strip().lower()
+        full = tok(f"{e.prompt} {e.answer}", return_tensors="pt").input_ids.to(device)
+        n_ans = full.shape[1] - enc.input_ids.shape[1]
+        logp = torch.log_softmax(model(full).logits[0, :-1].float(), dim=-1)
+        token_lp = logp.gather(1, full[0, 1:, None])[:, 0]
+        losses.append(-token_lp[-n_ans:].mean().item())
+    _sync(device)
+    return time.perf_counter() - t0, 100.0 * correct / len(items), sum(losses) / len(losses)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--model", default="smollm2-135m")
+    ap.add_argument("--device", default="auto")
+    ap.add_argument("--dtype", default="auto", help="auto = bfloat16 on CUDA, float32 on CPU")
+    ap.add_argument("--batch-size", type=int, default=512)
+    ap.add_argument("--limit", type=int, default=None, help="batched run on the first N items only")
+    ap.add_argument("--sequential", type=int, default=200, help="items for the one-at-a-time loop")
+    ap.add_argument("--json", default=None)
+    args = ap.parse_args()
+
+    dtype = args.dtype
+    if dtype == "auto":
+        dtype = "bfloat16" if (args.device == "auto" and torch.cuda.is_available()) or \
+            args.device.startswith("cuda") else "float32"
+    loaded = load_model(args.model, dtype=dtype, device=args.device)
+    model, tok = loaded.model, loaded.tokenizer
+    device = next(model.parameters()).device
+    all_items = list(load_task(get_task("wikidata_qa")).examples)
+
+    evaluate(model, tok, "wikidata_qa", split="all", limit=64, batch_size=64, progress=False)  # warm-up
+    _sync(device)
+    t0 = time.perf_counter()
+    res = evaluate(model, tok, "wikidata_qa", split="all", limit=args.limit, batch_size=args.batch_size,
+                   progress=False)
+    _sync(device)
+    batched_s = time.perf_counter() - t0
+
+    seq_items = select(all_items, "all", args.sequential)
+    seq_s, seq_acc, seq_loss = sequential(model, tok, seq_items)
+    same = evaluate(model, tok, "wikidata_qa", split="all", limit=args.sequential, batch_size=args.batch_size,
+                    progress=False)
+
+    report = {
+        "model": args.model, "device": str(device), "dtype": str(next(model.parameters()).dtype),
+        "gpu": torch.cuda.get_device_name(device) if device.type == "cuda" else None,
+        "items_in_file_single_answer": len(all_items),
+        "batched": {"n": res.n, "batch_size": args.batch_size, "seconds": round(batched_s, 3),
+                    "ms_per_example": round(1000 * batched_s / res.n, 3), "accuracy": res.accuracy, "loss": res.loss},
+        "sequential": {"n": len(seq_items), "seconds": round(seq_s, 3),
+                       "ms_per_example": round(1000 * seq_s / len(seq_items), 3), "accuracy": seq_acc,
+                       "loss": seq_loss},
+        "same_items_batched": {"n": same.n, "accuracy": same.accuracy, "loss": same.loss},
+    }
+    report["speedup"] = round(report["sequential"]["ms_per_example"] / report["batched"]["ms_per_example"], 1)
+    print(f"batched   : {res.n} items in {batched_s:.2f} s = {report['batched']['ms_per_example']:.3f} ms/example "
+          f"(acc {res.accuracy:.2f}%, loss {res.loss:.4f})")
+    print(f"sequential: {len(seq_items)} items in {seq_s:.2f} s = {report['sequential']['ms_per_example']:.3f} "
+          f"ms/example (acc {seq_acc:.2f}%, loss {seq_loss:.4f}; batched on the same items: "
+          f"acc {same.accuracy:.2f}%, loss {same.loss:.4f})")
+    print(f"speed-up  : {report['speedup']}x")
+    print(json.dumps(report, indent=2))
+    if args.json:
+        from pathlib import Path
+
+        from tensorllm.cache import atomic_write_text
+
+        atomic_write_text(Path(args.json), json.dumps(report, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,122 @@
+"""`tensorllm search`: a resumable layer x rank search (registered on the main app by cli.py).
+
+    tensorllm search smollm2-135m --task wikidata_qa --method tucker --layers all \\
+        --ranks "144,48,4;0.5,0.5,1;auto" --store runs/s-tucker --limit-val 500
+    tensorllm search smollm2-135m --task wikidata_qa --method laser --rhos 0.9,0.5,0.1,0.01 \\
+        --matrix ffn_in --store runs/s-laser
+    tensorllm search smollm2-135m --task wikidata_qa --method hybrid \\
+        --from runs/s-tucker --from runs/s-laser --top-k 3 --store runs/s-hybrid
+    tensorllm search ... --gpus 4                                  # 4 processes, one GPU each
+    torchrun --nproc-per-node 4 -m tensorllm.cli_search search ... # the same, launched by torchrun
+
+Rerunning a command resumes it from its --store.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+
+
+def search(
+    model: str = typer.Argument(..., help="Alias (smollm2-135m), local HF directory, .gguf file or hub id."),
+    task: str = typer.Option(..., help="wikidata_qa, fever_bigbench, fever, hotpotqa, bios_profession, perplexity."),
+    store: Path = typer.Option(..., help="Directory of the results; rerunning the same command resumes from it."),
+    method: str = typer.Option("tucker", help="tucker | laser | hybrid."),
+    layers: str = typer.Option("all", help="Layers (rows of the grid): 9, 0,3,7-9, all."),
+    ranks: Optional[str] = typer.Option(None, help="tucker: rank settings separated by ';', each R1,R2,R3 "
+                                        "integers, fractions of each mode, or auto: '144,48,4;0.5,0.5,1;auto'."),
+    rates: Optional[str] = typer.Option(None, help="tucker: target compression rates, one column each: 5,20,50."),
+    variant: str = typer.Option("multihead", help="tucker: multihead (paper) | single | trawl."),
+    rhos: Optional[str] = typer.Option(None, help="laser: fractions of singular values kept "
+                                       "(default LASER's 0.9,0.8,0.6,0.2,0.1,0.05,0.01)."),
+    matrix: Optional[str] = typer.Option(None, help="laser: ffn_in (default), ffn_out, ... comma-separated for "
+                                         "several; tucker variant single: q, k, v or o."),
+    from_: Optional[List[Path]] = typer.Option(None, "--from", help="hybrid: a store of an earlier search "
+                                               "(repeat; the top-k of each are combined)."),
+    recipe: Optional[List[Path]] = typer.Option(None, help="hybrid: a recipe file, one configuration each (repeat)."),
+    top_k: int = typer.Option(3, help="hybrid: configurations taken from each --from store."),
+    data: Optional[Path] = typer.Option(None, help="Local JSON/JSONL task file instead of the built-in source."),
+    limit_val: Optional[int] = typer.Option(None, help="Use the first N validation examples."),
+    limit_test: Optional[int] = typer.Option(None, help="Use the first N test examples."),
+    batch_size: int = typer.Option(256, help="Evaluation batch size."),
+    answer_mode: str = typer.Option("faithful", help="Generative accuracy: faithful (LASER's code) | continuation."),
+    device: str = typer.Option("auto", help="auto, cpu, cuda (with --gpus N: one GPU per process)."),
+    dtype: str = typer.Option("auto", help="Load dtype: auto, float32, bfloat16, float16."),
+    expand_kv: bool = typer.Option(False, help="Expand grouped-query K/V heads to multi-head after loading."),
+    gpus: int = typer.Option(1, "--gpus", "--nproc", help="Processes, one per GPU (NCCL); with --device cpu, "
+                             "CPU processes (gloo). Ignored under torchrun, which sets the world itself."),
+    threads: Optional[int] = typer.Option(None, help="CPU threads per process (default: cores / processes)."),
+    time_budget: Optional[float] = typer.Option(None, help="Stop starting evaluations after this many seconds "
+                                                "(partial report; rerun to continue)."),
+    seed: int = typer.Option(0),
+    trust_remote_code: bool = typer.Option(False, help="Allow the checkpoint's own Python code to run."),
+    allow_pickle: bool = typer.Option(False, help="Allow pickle (.bin) weights, which can run arbitrary code."),
+    as_json: bool = typer.Option(False, "--json", help="Print report.json to stdout at the end."),
+) -> None:
+    """Evaluate a grid of layer x rank configurations on validation, pick the best, test it, report."""
+    import json
+
+    from tensorllm.search.grid import parse_floats, parse_rank_settings
+    from tensorllm.search.runner import SearchSpec, run_search
+
+    matrices = tuple(m.strip() for m in (matrix or "").split(",") if m.strip())
+    spec = SearchSpec(
+        model=model, task=task, store=str(store), method=method, layers=layers,
+        ranks=tuple(parse_rank_settings(ranks)) if ranks else (),
+        rates=tuple(parse_floats(rates, "--rates")) if rates else (), variant=variant,
+        rhos=tuple(parse_floats(rhos, "--rhos")) if rhos else (), matrices=matrices,
+        sources=tuple(str(p) for p in from_ or ()), recipes=tuple(str(p) for p in recipe or ()), top_k=top_k,
+        data=str(data) if data else None, limit_val=limit_val, limit_test=limit_test, batch_size=batch_size,
+        answer_mode=answer_mode, device=device, dtype=dtype, expand_kv=expand_kv, gpus=gpus, threads=threads,
+        time_budget=time_budget, seed=seed, trust_remote_code=trust_remote_code, allow_pickle=allow_pickle)
+    report = run_search(spec)
+    if report is None:  # a rank other than 0: rank 0 prints
+        return
+    if as_json:
+        print(json.dumps(report, indent=2))
+    else:
+        print_summary(report, store)
+
+
+def print_summary(report: dict, store: Path) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    from tensorllm.search.report import ROLE_TITLES, _loss, _pct, _signed
+
+    console = Console()
+    table = Table(title=f"{report['method']} search on {report['task']} ({report['status']})")
+    for col in ("", "configuration", "val acc", "Δ val", "val loss", "test acc", "Δ test", "test loss"):
+        table.add_column(col, justify="left" if col in ("", "configuration") else "right")
+    for role, title in ROLE_TITLES.items():
+        r = report["roles"].get(role)
+        if r is None:
+            continue
+        v, t = r["val"] or {}, r["test"] or {}
+        table.add_row(title.replace("`", ""), r["describe"], _pct(v.get("accuracy")), _signed(r["delta_val"]),
+                      _loss(v.get("loss")), _pct(t.get("accuracy")), _signed(r["delta_test"]), _loss(t.get("loss")))
+    console.print(table)
+    prog = report["progress"]
+    console.print(f"{prog['val_done']} of {prog['configurations']} configurations on validation; "
+                  f"report.md, report.json and heatmap.png in [bold]{store}[/]")
+
+
+def register(app: typer.Typer) -> None:
+    app.command("search")(search)
+
+
+def main() -> None:
+    """`python -m tensorllm.cli_search search ...` (what torchrun runs): the main CLI with `search` on it."""
+    from tensorllm import cli
+
+    if "cli_search" not in cli._EXTENSIONS:
+        register(cli.app)
+    cli.main()
+
+
+if __name__ == "__main__":
+    main()
+

@@ -1,0 +1,242 @@
+"""`evaluate(model, tokenizer, task, split=...)`: LASER's accuracy and loss for one task split.
+
+Accuracy (percent):
+- generative tasks: greedy decoding (10 / 15 new tokens, EOS forbidden at the first step as in
+  LASER's `min_new_tokens=1`); correct iff the lower-cased gold answer is a substring of the decoded
+  text. `answer_mode="faithful"` decodes prompt + continuation as LASER's code does (an answer that
+  appears in the question counts); `"continuation"` decodes the new tokens only. Encoders fill 5
+  appended masks and decode only those (`answer_mode` reported as "masks").
+- classification tasks: the candidate labels' logits at the last position (encoders: at one
+  appended mask); the highest wins.
+Loss: mean over examples of the per-token NLL of the gold answer given the prompt, teacher-forced
+on `prompt + " " + answer` (encoders: the answer's tokens masked). Perplexity task: token-weighted
+mean NLL over the paragraphs, perplexity = exp(loss).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import asdict, dataclass
+
+from tensorllm.errors import UserError
+from tensorllm.eval import decoder, encoder
+from tensorllm.eval.sources import load_task, select
+from tensorllm.eval.tasks import Example, TaskSpec, get_task
+from tensorllm.eval.tokens import answer_in_text, answer_spans, encode, label_tokens
+
+ANSWER_MODES = ("faithful", "continuation")
+PERPLEXITY_MAX_TOKENS = 512
+
+
+@dataclass
+class EvalResult:
+    task: str
+    split: str
+    n: int
+    accuracy: float | None  # percent; None for the perplexity task
+    loss: float | None
+    perplexity: float | None = None  # perplexity task only
+    metric: str = ""  # how accuracy was computed: generate-substring, label-logits, mlm-fill, mlm-label, token-nll
+    answer_mode: str | None = None  # generative tasks: faithful, continuation, or masks (encoders)
+    model_kind: str = "decoder"
+    seconds: float = 0.0
+    batch_size: int = 0
+    source: str = ""
+    skipped: int = 0  # records of the source that the task's rules dropped
+    examples: list[dict] | None = None  # per-example details when keep_examples=True
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass
+class _Run:
+    batch_size: int
+    max_batch_tokens: int
+    progress: bool
+    answer_mode: str
+
+
+def model_kind(model) -> str:
+    """"decoder" (causal LM head) or "encoder" (masked-LM head); anything else is a UserError."""
+    name = type(model).__name__
+    if getattr(model.config, "is_encoder_decoder", False):
+        raise UserError(f"{name} is an encoder-decoder model; evaluation supports decoders and MLM encoders")
+    head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    if head is None:
+        raise UserError(f"the model ({name}) has no language-model head: this checkpoint holds only the "
+                        "encoder, so masked-LM evaluation is impossible (use a *ForMaskedLM checkpoint)")
+    if name.endswith("ForMaskedLM"):
+        return "encoder"
+    if name.endswith(("ForCausalLM", "LMHeadModel")) or getattr(model.config, "is_decoder", False):
+        return "decoder"
+    raise UserError(f"cannot tell whether {name} is a causal or a masked LM")
+
+
+def evaluate(model, tokenizer, task: str | TaskSpec, split: str = "val", limit: int | None = None, *,
+             batch_size: int = 256, answer_mode: str = "faithful", data=None, kind: str | None = None,
+             max_batch_tokens: int = 65536, keep_examples: bool = False, progress: bool = True) -> EvalResult:
+    """Evaluate an in-memory model on one task split (see the module docstring for the metrics)."""
+    spec = task if isinstance(task, TaskSpec) else get_task(task)
+    if answer_mode not in ANSWER_MODES:
+        raise UserError(f"unknown answer mode '{answer_mode}' (choose from {', '.join(ANSWER_MODES)})")
+    if batch_size <= 0 or max_batch_tokens <= 0:
+        raise UserError("batch size and max batch tokens must be positive")
+    kind = kind or model_kind(model)
+    if spec.kind == "perplexity" and kind == "encoder":
+        raise UserError("the perplexity task needs a decoder (causal) model; encoders have no next-token loss")
+    start = time.perf_counter()
+    dataset = load_task(spec, data)
+    examples, skipped = list(dataset.examples), dataset.skipped
+    if spec.max_answer_tokens is not None:
+        lengths = [len(ids) for ids in tokenizer([e.answer for e in examples])["input_ids"]]
+        kept = [e for e, n in zip(examples, lengths) if n <= spec.max_answer_tokens]
+        skipped += len(examples) - len(kept)
+        examples = kept
+    items = select(examples, split, limit, spec.name)
+    run = _Run(batch_size, max_batch_tokens, progress, answer_mode)
+    was_training = model.training
+    model.eval()
+    try:
+        if kind == "decoder":
+            scored = {"generate": _decoder_generate, "classify": _decoder_classify,
+                      "perplexity": _decoder_perplexity}[spec.kind](model, tokenizer, spec, items, run)
+        else:
+            _check_encoder_length(model, tokenizer, items)
+            scored = {"generate": _encoder_generate, "classify": _encoder_classify}[spec.kind](
+                model, tokenizer, spec, items, run)
+    finally:
+        model.train(was_training)
+    metric, mode, correct, nll, predictions = scored
+    if spec.kind == "perplexity":
+        loss = sum(s for s, _ in nll) / max(1, sum(c for _, c in nll))
+        accuracy, ppl = None, math.exp(loss)
+    else:
+        loss = sum(s / c for s, c in nll) / len(nll)
+        accuracy, ppl = 100.0 * sum(correct) / len(correct), None
+    details = None
+    if keep_examples:
+        details = [{"prompt": e.prompt, "answer": e.answer, "prediction": predictions[i] if predictions else None,
+                    "correct": correct[i] if correct else None, "nll_sum": nll[i][0], "tokens": nll[i][1]}
+                   for i, e in enumerate(items)]
+    return EvalResult(spec.name, split, len(items), accuracy, loss, ppl, metric, mode, kind,
+                      time.perf_counter() - start, batch_size, dataset.source, skipped, details)
+
+
+# -- decoder models ------------------------------------------------------------------------------
+
+def _decoder_ids(model, tokenizer) -> tuple[list[int], int]:
+    """EOS ids as `generate` would use them (generation config first), and a pad id."""
+    config = getattr(model, "generation_config", None)
+    eos = getattr(config, "eos_token_id", None) if config is not None else None
+    if eos is None:
+        eos = tokenizer.eos_token_id
+    eos_ids = [] if eos is None else [eos] if isinstance(eos, int) else list(eos)
+    pad = tokenizer.pad_token_id
+    if pad is None:
+        pad = eos_ids[0] if eos_ids else 0
+    return eos_ids, pad  # pad positions are masked out, so any valid id works
+
+
+def _teacher_forced(model, tokenizer, items: list[Example], pad: int, run: _Run):
+    spans = answer_spans(tokenizer, [e.prompt for e in items], [e.answer for e in items])
+    return decoder.sequence_nll(model, [ids[:end] for ids, _, end in spans], [end - s for _, s, end in spans],
+                                pad_id=pad, batch_size=run.batch_size, max_batch_tokens=run.max_batch_tokens,
+                                progress=run.progress)
+
+
+def _decoder_generate(model, tokenizer, spec, items, run):
+    eos_ids, pad = _decoder_ids(model, tokenizer)
+    prompts = encode(tokenizer, [e.prompt for e in items])
+    conts = decoder.greedy_generate(model, prompts, max_new_tokens=spec.max_new_tokens, eos_ids=eos_ids,
+                                    pad_id=pad, min_new_tokens=1, batch_size=run.batch_size,
+                                    max_batch_tokens=run.max_batch_tokens, progress=run.progress)
+    decode = dict(skip_special_tokens=True, clean_up_tokenization_spaces=False)
+    new_text = tokenizer.batch_decode(conts, **decode)
+    judged = (tokenizer.batch_decode([p + c for p, c in zip(prompts, conts)], **decode)
+              if run.answer_mode == "faithful" else new_text)
+    correct = [answer_in_text(e.answer, t) for e, t in zip(items, judged)]
+    nll = _teacher_forced(model, tokenizer, items, pad, run)
+    return "generate-substring", run.answer_mode, correct, nll, new_text
+
+
+def _decoder_classify(model, tokenizer, spec, items, run):
+    _, pad = _decoder_ids(model, tokenizer)
+    label_ids, single = label_tokens(tokenizer, items[0].prompt, spec.labels)
+    lp = decoder.last_token_logprobs(model, encode(tokenizer, [e.prompt for e in items]), label_ids, pad_id=pad,
+                                     batch_size=run.batch_size, max_batch_tokens=run.max_batch_tokens,
+                                     progress=run.progress)  # (N, L)
+    return _classified(model, tokenizer, spec, items, lp, single,
+                       lambda: _teacher_forced(model, tokenizer, items, pad, run), "label-logits")
+
+
+def _classified(model, tokenizer, spec, items, lp, single, multi_token_loss, metric):
+    pred = lp.argmax(dim=1).tolist()
+    correct = [p == e.label for p, e in zip(pred, items)]
+    if single:  # the label is one token: its teacher-forced NLL is this very log-probability
+        nll = [(-float(lp[i, e.label]), 1) for i, e in enumerate(items)]
+    else:
+        nll = multi_token_loss()
+    return metric, None, correct, nll, [spec.labels[p] for p in pred]
+
+
+def _decoder_perplexity(model, tokenizer, spec, items, run):
+    _, pad = _decoder_ids(model, tokenizer)
+    seqs = [ids[:PERPLEXITY_MAX_TOKENS] for ids in encode(tokenizer, [e.answer for e in items])]
+    scorable = [i for i, s in enumerate(seqs) if len(s) >= 2]
+    nll = [(0.0, 0)] * len(seqs)
+    got = decoder.sequence_nll(model, [seqs[i] for i in scorable], [len(seqs[i]) - 1 for i in scorable],
+                               pad_id=pad, batch_size=run.batch_size, max_batch_tokens=run.max_batch_tokens,
+                               progress=run.progress)
+    for i, r in zip(scorable, got):
+        nll[i] = r
+    return "token-nll", None, None, nll, None
+
+
+# -- encoder (masked-LM) models ------------------------------------------------------------------
+
+def _mask_id(tokenizer) -> int:
+    if tokenizer.mask_token_id is None:
+        raise UserError("the tokenizer has no mask token; masked-LM evaluation needs one")
+    return tokenizer.mask_token_id
+
+
+def _check_encoder_length(model, tokenizer, items) -> None:
+    limit = getattr(model.config, "max_position_embeddings", None)
+    longest = max(len(ids) for ids in encode(tokenizer, [f"{e.prompt} {e.answer}" for e in items]))
+    if limit is not None and longest + encoder.ACCURACY_MASKS > limit:
+        raise UserError(f"an example is {longest} tokens long; this encoder takes at most {limit}")
+
+
+def _masked_gold_loss(model, tokenizer, items, run):
+    mask = _mask_id(tokenizer)
+    spans = answer_spans(tokenizer, [e.prompt for e in items], [e.answer for e in items])
+    seqs = [ids[:s] + [mask] * (end - s) + ids[end:] for ids, s, end in spans]
+    return encoder.mlm_gold_nll(model, seqs, [ids[s:end] for ids, s, end in spans], mask_id=mask,
+                                pad_id=tokenizer.pad_token_id or 0, batch_size=run.batch_size,
+                                max_batch_tokens=min(run.max_batch_tokens, 16384), progress=run.progress)
+
+
+def _encoder_generate(model, tokenizer, spec, items, run):
+    mask = _mask_id(tokenizer)
+    masks = " ".join([tokenizer.mask_token] * encoder.ACCURACY_MASKS)
+    seqs = encode(tokenizer, [f"{e.prompt} {masks}" for e in items])
+    filled = encoder.mlm_fill(model, seqs, mask_id=mask, pad_id=tokenizer.pad_token_id or 0,
+                              batch_size=run.batch_size, max_batch_tokens=min(run.max_batch_tokens, 16384),
+                              progress=run.progress)
+    text = tokenizer.batch_decode(filled, skip_special_tokens=True, clean_up_tokenization_spaces=False)
+    correct = [answer_in_text(e.answer, t) for e, t in zip(items, text)]
+    return "mlm-fill", "masks", correct, _masked_gold_loss(model, tokenizer, items, run), text
+
+
+def _encoder_classify(model, tokenizer, spec, items, run):
+    mask = _mask_id(tokenizer)
+    label_ids, single = label_tokens(tokenizer, items[0].prompt, spec.labels)
+    seqs = encode(tokenizer, [f"{e.prompt} {tokenizer.mask_token}" for e in items])
+    lp = encoder.mlm_label_logprobs(model, seqs, label_ids, mask_id=mask, pad_id=tokenizer.pad_token_id or 0,
+                                    batch_size=run.batch_size, max_batch_tokens=min(run.max_batch_tokens, 16384),
+                                    progress=run.progress)
+    return _classified(model, tokenizer, spec, items, lp, single,
+                       lambda: _masked_gold_loss(model, tokenizer, items, run), "mlm-label")
+

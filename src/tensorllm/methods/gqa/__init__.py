@@ -1,0 +1,18 @@
+"""MHA -> GQA conversion with aligned heads (arXiv 2412.20677): calibrate, group, align, merge, fine-tune.
+
+    align.py      pure math: RoPE-commuting rotations, Procrustes, pair similarity, group alignment
+    grouping.py   pure math: equal-size grouping by swap search with restarts
+    heads.py      function-preserving edits of AttnWeights: permute, rotate, merge
+    calibrate.py  calibration text -> tokens -> streamed K/V-input second moments (forward hooks)
+    convert.py    per-layer plan and the whole-model conversion
+    finetune.py   gated distillation fine-tune, exported as plain GQA
+    measure.py    perplexity, KV-cache bytes, decode speed
+    method.py     the registered `gqa` method
+    pipeline.py   load -> measure -> convert -> measure -> save (the CLI's work)
+"""
+
+from tensorllm.methods.gqa.config import GQAConfig
+from tensorllm.methods.gqa.convert import LayerPlan, check_convertible, convert, plan_layer
+from tensorllm.methods.gqa.method import apply_gqa, calibration_tokens
+
+__all__ = ["GQAConfig", "LayerPlan", "apply_gqa", "calibration_tokens", "check_convertible", "convert", "plan_layer"]

@@ -1,0 +1,222 @@
+"""Recovery fine-tune: gates hand each head over from its own K/V to its group's shared K/V.
+
+Each layer's k_proj / v_proj is wrapped by a `GatedKV`: K/V head j outputs
+    z_j * own_j(x) + (1 - z_j) * shared_{g(j)}(x)
+with own_j the aligned original head (frozen) and shared_g the group's merged head (trained).
+z_j is a hard-concrete gate (Louizos et al. 2018): z = 1 keeps the original model, z = 0 is
+pure GQA. The expected share of closed gates is pushed to a target that rises linearly from 0
+to 1 over the first `sparsity_warmup` of the steps, with Lagrange multipliers (Xia et al.,
+Sheared LLaMA); the loss is the KL divergence from the original model's next-token
+distribution on the calibration text. Q, O and the shared K/V of every layer are trained.
+At the end the gates are closed and the shared heads become the GQA checkpoint's K/V.
+
+Checkpoints (`train_dir/finetune.pt`) hold the trained tensors, gates, multipliers, optimiser
+states, sampling RNG and the step; a later run with the same conversion resumes from them.
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from tensorllm.archs import ArchSpec, blocks, get_module
+from tensorllm.attention import read_attention, set_kv_heads, write_attention
+from tensorllm.errors import UserError
+from tensorllm.methods.gqa.config import GQAConfig
+
+CKPT = "finetune.pt"
+
+
+class HardConcreteGates(nn.Module):
+    """n stochastic gates in [0, 1], exactly 0 or 1 with positive probability."""
+
+    def __init__(self, n: int, init: float = 3.0, beta: float = 2 / 3, gamma: float = -0.1, zeta: float = 1.1):
+        super().__init__()
+        self.log_alpha = nn.Parameter(torch.full((n,), float(init)))
+        self.beta, self.gamma, self.zeta = beta, gamma, zeta
+        self.z: torch.Tensor | None = None  # the gate values the wrapped projections read
+
+    def sample(self, generator: torch.Generator) -> torch.Tensor:
+        u = torch.rand(self.log_alpha.shape, generator=generator, dtype=torch.float64)
+        u = u.clamp(1e-6, 1 - 1e-6).to(self.log_alpha)
+        s = torch.sigmoid((u.log() - (-u).log1p() + self.log_alpha) / self.beta)
+        self.z = (s * (self.zeta - self.gamma) + self.gamma).clamp(0, 1)
+        return self.z
+
+    def set(self, value: float) -> None:
+        self.z = torch.full_like(self.log_alpha, value).detach()
+
+    def prob_open(self) -> torch.Tensor:
+        """P(z > 0) per gate (the expected L0 norm)."""
+        return torch.sigmoid(self.log_alpha - self.beta * math.log(-self.gamma / self.zeta))
+
+
+class GatedKV(nn.Module):
+    """K or V projection whose n heads mix their own output with their group's shared head."""
+
+    def __init__(self, own: nn.Linear, shared_w: torch.Tensor, shared_b: torch.Tensor | None,
+                 gates: HardConcreteGates, head_dim: int):
+        super().__init__()
+        self.own = own.requires_grad_(False)
+        D = own.in_features
+        self.shared = nn.Linear(D, shared_w.shape[0], bias=shared_b is not None,
+                                device=own.weight.device, dtype=own.weight.dtype)
+        with torch.no_grad():
+            self.shared.weight.copy_(shared_w)
+            if shared_b is not None:
+                self.shared.bias.copy_(shared_b)
+        self.gates = gates
+        self.d = head_dim
+        self.n = own.out_features // head_dim
+        self.groups = shared_w.shape[0] // head_dim
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        lead = x.shape[:-1]
+        own = self.own(x).unflatten(-1, (self.n, self.d))  # (..., n, d)
+        shared = self.shared(x).unflatten(-1, (self.groups, 1, self.d))  # (..., G, 1, d)
+        shared = shared.expand(*lead, self.groups, self.n // self.groups, self.d).reshape(*lead, self.n, self.d)
+        z = self.gates.z.to(own.dtype)[:, None]  # (n, 1)
+        return (z * own + (1 - z) * shared).flatten(-2)  # (..., n*d)
+
+
+def _parent(block: nn.Module, path: str) -> tuple[nn.Module, str]:
+    head, _, name = path.rpartition(".")
+    return (get_module(block, head) if head else block), name
+
+
+def _install(model, arch, shared, head_dim, n_heads) -> list[HardConcreteGates]:
+    gates = []
+    for block, (kw, kb, vw, vb) in zip(blocks(model, arch), shared):
+        g = HardConcreteGates(n_heads).to(next(model.parameters()).device)
+        for path, w, b in ((arch.k, kw, kb), (arch.v, vw, vb)):
+            parent, name = _parent(block, path)
+            setattr(parent, name, GatedKV(getattr(parent, name), w, b, g, head_dim))
+        gates.append(g)
+    return gates
+
+
+def _uninstall_as_gqa(model, arch, groups: int) -> None:
+    """Put plain Linear K/V back holding the shared heads, and record `groups` K/V heads."""
+    shared = []
+    for block in blocks(model, arch):
+        entry = []
+        for path in (arch.k, arch.v):
+            parent, name = _parent(block, path)
+            wrapper = getattr(parent, name)
+            entry.append((wrapper.shared.weight.detach(), None if wrapper.shared.bias is None else wrapper.shared.bias.detach()))
+            setattr(parent, name, wrapper.own)
+        shared.append(entry)
+    for i, ((kw, kb), (vw, vb)) in enumerate(shared):
+        w = read_attention(model, arch, i)
+        write_attention(model, arch, i, w.with_(k=kw, bk=kb, v=vw, bv=vb, kv_heads=groups))
+    set_kv_heads(model, arch, groups)
+
+
+def _trainable(model, arch) -> list[tuple[str, nn.Parameter]]:
+    model.requires_grad_(False)
+    for block in blocks(model, arch):
+        for path in (arch.q, arch.o):
+            get_module(block, path).requires_grad_(True)
+        for path in (arch.k, arch.v):
+            wrapper = get_module(block, path)
+            wrapper.shared.requires_grad_(True)
+            wrapper.gates.requires_grad_(True)
+    return [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+
+
+def _kl(student_logits: torch.Tensor, teacher_logits: torch.Tensor) -> torch.Tensor:
+    """Mean over tokens of KL(teacher || student)."""
+    t = F.log_softmax(teacher_logits.float(), dim=-1)
+    s = F.log_softmax(student_logits.float(), dim=-1)
+    return F.kl_div(s.flatten(0, -2), t.flatten(0, -2), log_target=True, reduction="batchmean")
+
+
+def finetune(model: nn.Module, arch: ArchSpec, teacher: nn.Module, shared: list, tokens: torch.Tensor,
+             cfg: GQAConfig, *, seed: int = 0, progress: bool = True) -> dict:
+    """Train gates + weights for `cfg.train_steps` steps, then export `model` as plain GQA in place."""
+    t0 = time.perf_counter()
+    device = next(model.parameters()).device
+    head_dim = read_attention(model, arch, 0).head_dim
+    n_heads = model.config.num_key_value_heads
+    flags = {n: p.requires_grad for n, p in model.named_parameters()}
+    gates = _install(model, arch, shared, head_dim, n_heads)
+    named = _trainable(model, arch)
+    gate_ids = {id(g.log_alpha) for g in gates}
+    weights = [p for _, p in named if id(p) not in gate_ids]
+    lambdas = nn.Parameter(torch.zeros(2, device=device))
+    opt_w = torch.optim.AdamW(weights, lr=cfg.lr, weight_decay=0.0)
+    opt_g = torch.optim.Adam([g.log_alpha for g in gates], lr=cfg.gate_lr)
+    opt_l = torch.optim.Adam([lambdas], lr=cfg.gate_lr, maximize=True)
+    gen = torch.Generator().manual_seed(seed)
+    meta = {"layers": len(gates), "kv_heads_own": n_heads, "kv_heads": cfg.kv_heads, "trained": [n for n, _ in named]}
+    path = Path(cfg.train_dir) / CKPT if cfg.train_dir else None
+    start = 0
+    if path is not None and path.is_file():
+        state = torch.load(path, map_location=device, weights_only=True)
+        if state["meta"] != meta:
+            raise UserError(f"{path} is a checkpoint of a different conversion; remove it or pick another train_dir")
+        with torch.no_grad():
+            for n, p in named:
+                p.copy_(state["params"][n])
+            lambdas.copy_(state["lambdas"])
+        for opt, key in ((opt_w, "opt_w"), (opt_g, "opt_g"), (opt_l, "opt_l")):
+            opt.load_state_dict(state[key])
+        gen.set_state(state["rng"])
+        start = int(state["step"])
+
+    def save(step: int) -> None:
+        if path is None:
+            return
+        state = {"meta": meta, "step": step, "params": {n: p.detach() for n, p in named}, "lambdas": lambdas.detach(),
+                 "opt_w": opt_w.state_dict(), "opt_g": opt_g.state_dict(), "opt_l": opt_l.state_dict(),
+                 "rng": gen.get_state()}
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(path.name + ".tmp")
+        torch.save(state, tmp)
+        tmp.replace(path)
+
+    steps, warm = cfg.train_steps, max(1, round(cfg.sparsity_warmup * cfg.train_steps))
+    losses, history = [], []
+    every = max(1, (steps - start) // 50)
+    model.eval()  # no dropout; gates are sampled explicitly
+    show = progress and sys.stderr.isatty()
+    for step in range(start, steps):
+        rows = torch.arange(step * cfg.train_batch_size, (step + 1) * cfg.train_batch_size) % tokens.shape[0]
+        batch = tokens[rows].to(device)
+        with torch.no_grad():
+            target_logits = teacher(input_ids=batch, use_cache=False).logits
+        for g in gates:
+            g.sample(gen)
+        kl = _kl(model(input_ids=batch, use_cache=False).logits, target_logits)
+        target = min(1.0, (step + 1) / warm)  # share of gates that should be closed
+        closed = 1 - torch.cat([g.prob_open() for g in gates]).mean()
+        gap = closed - target
+        loss = kl + lambdas[0] * gap + lambdas[1] * gap * gap
+        for opt in (opt_w, opt_g, opt_l):
+            opt.zero_grad(set_to_none=True)
+        loss.backward()
+        for opt in (opt_w, opt_g, opt_l):
+            opt.step()
+        losses.append(float(kl.detach()))
+        if step % every == 0 or step == steps - 1:
+            history.append({"step": step + 1, "kl": losses[-1], "closed": float(closed.detach()), "target": target,
+                            "lambda": [float(x) for x in lambdas.detach()]})
+        if show and (step % 10 == 0 or step == steps - 1):
+            print(f"  step {step + 1}/{steps}  kl {float(kl):.4f}  closed {float(closed):.2f} (target {target:.2f})",
+                  file=sys.stderr)
+        if (step + 1) % cfg.save_every == 0 or step == steps - 1:
+            save(step + 1)
+    open_share = float(torch.cat([g.prob_open() for g in gates]).mean().detach())
+    _uninstall_as_gqa(model, arch, cfg.kv_heads)
+    for n, p in model.named_parameters():
+        p.requires_grad_(flags.get(n, True))
+    return {"steps": steps, "resumed_from": start, "kl_first": losses[0] if losses else None,
+            "kl_last": losses[-1] if losses else None, "kl_last10": sum(losses[-10:]) / len(losses[-10:]) if losses else None,
+            "final_open_probability": open_share, "history": history, "seconds": time.perf_counter() - t0,
+            "checkpoint": str(path) if path else None}

@@ -1,0 +1,64 @@
+"""`tensorllm gqa` end to end: load, measure, convert, measure, save checkpoint + recipe + report.
+
+Held-out perplexity uses the tokens right after the calibration tokens of the same text,
+so the two never overlap.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+from tensorllm.methods import registry
+from tensorllm.methods.gqa.calibrate import chunk
+from tensorllm.methods.gqa.convert import check_convertible
+from tensorllm.methods.gqa.measure import decode_tokens_per_s, kv_cache_bytes_per_token, perplexity
+from tensorllm.methods.gqa.method import calibration_tokens
+from tensorllm.models.io import check_output_dir, load_model, resolve_device, save_checkpoint
+from tensorllm.recipe import Recipe
+from tensorllm.report import versions
+
+
+def _measure(model, held_out, decode_tokens: int, batch_size: int) -> dict:
+    out = {"kv_heads": getattr(model.config, "num_key_value_heads", None) or model.config.num_attention_heads,
+           "kv_cache_bytes_per_token": kv_cache_bytes_per_token(model),
+           "perplexity": perplexity(model, held_out, batch_size=batch_size)}
+    if decode_tokens:
+        out["decode_tokens_per_s"] = decode_tokens_per_s(model, new_tokens=decode_tokens)
+    return out
+
+
+def run_gqa(model_spec: str, out: Path, recipe: Recipe, *, eval_tokens: int = 8192, decode_tokens: int = 32,
+            overwrite: bool = False, progress: bool = True) -> tuple[Path, dict]:
+    """Convert `model_spec` with the single `gqa` step of `recipe`; returns (output dir, report)."""
+    t0 = time.perf_counter()
+    (step,) = recipe.steps
+    cfg = step.config
+    loaded = load_model(model_spec, dtype=recipe.dtype, device=recipe.device)
+    check_output_dir(out, [loaded.path], overwrite)
+    model, arch = loaded.model, loaded.arch
+    check_convertible(model, arch, cfg)  # fail before measuring
+    calib, ids = calibration_tokens(loaded.tokenizer, cfg)
+    held_out = chunk(ids, eval_tokens, cfg.seq_len, offset=calib.numel(), what="held-out evaluation")
+    t_load = time.perf_counter() - t0
+    before = _measure(model, held_out, decode_tokens, cfg.batch_size)
+    t1 = time.perf_counter()
+    ctx = registry.RunContext(device=resolve_device(recipe.device), seed=recipe.seed, tokenizer=loaded.tokenizer,
+                              source=loaded, progress=progress)
+    result = registry.get("gqa").apply(model, arch, cfg, ctx)
+    t_convert = time.perf_counter() - t1
+    after = _measure(model, held_out, decode_tokens, cfg.batch_size)
+    report = {
+        "model": model_spec, "architecture": arch.name, "recipe": recipe.to_dict(),
+        "before": before, "after": after,
+        "eval": {"held_out_tokens": int(held_out.numel()), "seq_len": int(held_out.shape[1]),
+                 "calib_tokens": int(calib.numel()), "decode_new_tokens": decode_tokens, "decode_batch": 1},
+        "layers": result["layers"], "summary": result["summary"],
+        "seconds": {"load_and_tokenise": t_load, "convert": t_convert, "total_before_save": time.perf_counter() - t0},
+        "versions": versions(),
+    }
+    text = json.dumps(report, indent=2, default=str)
+    out = save_checkpoint(loaded, out, overwrite=overwrite,
+                          extra_files={"recipe.yaml": recipe.to_yaml(), "report.json": text})
+    return out, report

@@ -1,0 +1,208 @@
+"""Process-level parallelism for the search (and helpers for spreading one model over GPUs).
+
+Two ways to run N processes, both data-parallel over configurations:
+
+- `tensorllm search ... --gpus N` spawns N processes itself (`torch.multiprocessing`, start
+  method "spawn"), each told its rank through the same environment variables torchrun sets;
+- `torchrun --nproc-per-node N -m tensorllm.cli_search ...` starts them from outside; the
+  search reads RANK / WORLD_SIZE / LOCAL_RANK and does not spawn again.
+
+Backend: NCCL between GPUs, gloo on CPU. The processes only ever meet at barriers (every
+decision is read from the shared store on disk, see store.py), so no tensor is communicated.
+Anything this module launches gets `NCCL_NVLS_ENABLE=0`: NVLink multicast (NVLS) stays off.
+
+`device_map_kwargs` / `input_device` are for the other kind of multi-GPU work, one model too big
+for one GPU spread over several with accelerate's `device_map="auto"` (`tensorllm eval --device-map`).
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any, Callable, Iterator
+
+import torch
+
+from tensorllm.errors import UserError
+
+# A rank that finished its share waits at a barrier for the slowest one; a search phase can take
+# hours, far past the default collective timeouts (10 min for NCCL), so barriers wait this long.
+BARRIER_TIMEOUT = timedelta(hours=48)
+SAFE_ENV = {"NCCL_NVLS_ENABLE": "0"}
+
+
+@dataclass(frozen=True)
+class World:
+    rank: int = 0
+    size: int = 1
+    local_rank: int = 0
+    local_size: int = 1
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    def share(self, items: list) -> list:
+        """This rank's items: every size-th one, starting at its rank (index % size == rank)."""
+        return list(items[self.rank::self.size])
+
+
+def world_from_env() -> World | None:
+    """The world torchrun (or our own spawn) described in the environment; None when not launched so."""
+    env = os.environ
+    if "RANK" not in env or "WORLD_SIZE" not in env:
+        return None
+    try:
+        size, rank = int(env["WORLD_SIZE"]), int(env["RANK"])
+        local = int(env.get("LOCAL_RANK", rank))
+        local_size = int(env.get("LOCAL_WORLD_SIZE", size))
+    except ValueError:
+        raise UserError("RANK / WORLD_SIZE / LOCAL_RANK in the environment must be integers") from None
+    if not 0 <= rank < size:
+        raise UserError(f"RANK {rank} is outside WORLD_SIZE {size}")
+    return World(rank, size, local, local_size)
+
+
+def apply_safe_env() -> None:
+    """Settings every process the toolkit starts must see (NVLink multicast off)."""
+    os.environ.update(SAFE_ENV)
+
+
+def rank_device(device: str, world: World) -> torch.device:
+    """The device of this rank: cuda:<local rank> when several processes share a GPU host."""
+    from tensorllm.models.io import resolve_device
+
+    dev = resolve_device(device)
+    if dev.type != "cuda" or world.size == 1:
+        return dev
+    if dev.index is not None:
+        raise UserError(f"--device {device} names one GPU, but {world.size} processes run; use --device cuda")
+    count = torch.cuda.device_count()
+    if world.local_rank >= count:
+        raise UserError(f"process {world.local_rank} has no GPU of its own ({count} visible)")
+    return torch.device("cuda", world.local_rank)
+
+
+def check_gpus(n: int, device: str) -> None:
+    """Before spawning: n processes need n GPUs, unless they run on the CPU."""
+    if n < 1:
+        raise UserError(f"--gpus must be >= 1, got {n}")
+    from tensorllm.models.io import resolve_device
+
+    if resolve_device(device).type == "cuda" and n > torch.cuda.device_count():
+        raise UserError(f"--gpus {n} asked for, but only {torch.cuda.device_count()} GPU(s) are visible")
+
+
+@contextmanager
+def process_group(world: World, device: torch.device) -> Iterator[None]:
+    """Join the process group for the duration of the block (nothing to do for one process)."""
+    if world.size == 1:
+        yield
+        return
+    import torch.distributed as dist
+
+    apply_safe_env()
+    backend = "nccl" if device.type == "cuda" else "gloo"
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+    kwargs: dict[str, Any] = {}
+    if backend == "nccl":
+        kwargs["device_id"] = device  # binds the communicator to this rank's GPU up front
+    dist.init_process_group(backend, rank=world.rank, world_size=world.size, timeout=BARRIER_TIMEOUT, **kwargs)
+    try:
+        yield
+    finally:
+        dist.destroy_process_group()
+
+
+def barrier(world: World) -> None:
+    if world.size == 1:
+        return
+    import torch.distributed as dist
+
+    if dist.get_backend() == "nccl":
+        dist.barrier(device_ids=[torch.cuda.current_device()])
+    else:
+        dist.barrier()
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _spawned(index: int, fn: Callable, nprocs: int, args: tuple) -> None:
+    os.environ.update(RANK=str(index), WORLD_SIZE=str(nprocs), LOCAL_RANK=str(index),
+                      LOCAL_WORLD_SIZE=str(nprocs))
+    fn(*args)
+
+
+def spawn(fn: Callable, nprocs: int, args: tuple) -> None:
+    """Run `fn(*args)` in `nprocs` fresh processes (ranks 0..nprocs-1 on this host); wait for all.
+
+    A UserError in any process comes back as a UserError; a process that dies takes the others down.
+    """
+    import torch.multiprocessing as mp
+
+    keys = ("MASTER_ADDR", "MASTER_PORT", *SAFE_ENV)
+    saved = {k: os.environ.get(k) for k in keys}
+    os.environ.update(SAFE_ENV, MASTER_ADDR="127.0.0.1", MASTER_PORT=str(free_port()))
+    try:
+        mp.spawn(_spawned, args=(fn, nprocs, args), nprocs=nprocs, join=True)
+    except mp.ProcessRaisedException as exc:
+        text = str(exc)
+        marker = "tensorllm.errors.UserError: "
+        if marker in text:
+            raise UserError(text.rsplit(marker, 1)[1].strip().splitlines()[0]) from None
+        raise
+    except mp.ProcessExitedException as exc:
+        raise UserError(f"search process {exc.error_index} died ({exc}); rerun the same command to resume "
+                        "(finished configurations are kept in the store)") from None
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+# -- one model over several GPUs (for `tensorllm eval --device-map auto`) ------------------------
+
+def device_map_kwargs(device_map: str | None, *, gpus: int | None = None,
+                      headroom: float = 0.9) -> dict[str, Any]:
+    """`from_pretrained` keyword arguments that spread a model over the visible GPUs with accelerate.
+
+    device_map: None (no spreading), "auto", "balanced", "balanced_low_0" or "sequential".
+    gpus: use only the first `gpus` GPUs. headroom: fraction of each GPU's memory that weights may
+    fill; the rest is left for activations and the KV cache of batched generation.
+    """
+    if device_map is None:
+        return {}
+    allowed = ("auto", "balanced", "balanced_low_0", "sequential")
+    if device_map not in allowed:
+        raise UserError(f"--device-map must be one of {', '.join(allowed)}, got '{device_map}'")
+    if not torch.cuda.is_available():
+        raise UserError("--device-map spreads a model over GPUs, but no CUDA GPU is available")
+    n = torch.cuda.device_count() if gpus is None else gpus
+    if not 1 <= n <= torch.cuda.device_count():
+        raise UserError(f"--gpus {gpus}: {torch.cuda.device_count()} GPU(s) are visible")
+    max_memory = {i: int(torch.cuda.get_device_properties(i).total_memory * headroom) for i in range(n)}
+    return {"device_map": device_map, "max_memory": max_memory}
+
+
+def is_dispatched(model) -> bool:
+    """True when accelerate spread the model's modules over more than one device."""
+    placement = getattr(model, "hf_device_map", None) or {}
+    return len({str(d) for d in placement.values()}) > 1
+
+
+def input_device(model) -> torch.device:
+    """Where input ids must go: the device of the input embedding (the first stage of a spread model)."""
+    emb = model.get_input_embeddings() if hasattr(model, "get_input_embeddings") else None
+    if emb is not None and getattr(emb, "weight", None) is not None:
+        return emb.weight.device
+    return next(model.parameters()).device

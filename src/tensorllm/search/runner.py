@@ -1,0 +1,312 @@
+"""Run (or resume) a layer x rank search: the loop from a SearchSpec to the store and the report.
+
+    from tensorllm.search import SearchSpec, run_search
+    report = run_search(SearchSpec("smollm2-135m", "wikidata_qa", "runs/s-tucker", method="tucker",
+                                   layers="all", ranks=[(144, 48, 4), (0.5, 0.5, 1.0), "auto"]))
+
+1. Load the model once; build the grid (grid.py) and the search identity; open the store.
+2. Validation phase: the baseline and every distinct configuration not yet in the store, each
+   applied (apply.py), evaluated on the validation split and appended to the store at once.
+   With several processes, the pending list is dealt out round-robin (index % world == rank).
+3. Selection (select.py) on validation accuracy, ties by lower loss.
+4. Test phase: the winner, the baseline and, for Tucker grids with an `auto` column, the best
+   data-free configuration and the data-free one at the winner's layer, on the test split.
+5. Rank 0 writes report.md / report.json / heatmap.png into the store (report.py).
+
+A rerun of the same command resumes: everything already in the store is read, not recomputed.
+`time_budget` stops starting new evaluations after that many seconds (a partial report is written;
+rerun to continue), so a long search can be split over several time-limited jobs.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+
+from tensorllm.errors import UserError
+from tensorllm.progress import track
+from tensorllm.search import dist, report as report_mod, select
+from tensorllm.search.apply import Applier
+from tensorllm.search.grid import BASELINE, Config, Grid, hybrid_grid, laser_grid, recipes_grid, tucker_grid
+from tensorllm.search.store import (FORMAT, IDENTITY_KEYS, Store, code_version, data_identity, model_fingerprint,
+                                    now)
+
+METHODS = ("tucker", "laser", "hybrid")
+LASER_RHOS = (0.9, 0.8, 0.6, 0.2, 0.1, 0.05, 0.01)  # LASER's published grid
+
+
+@dataclass
+class SearchSpec:
+    """Everything that defines one search run. See `tensorllm search --help` for each option."""
+
+    model: str
+    task: str
+    store: str
+    method: str = "tucker"
+    layers: str = "all"
+    ranks: tuple = ()  # tucker: rank settings, each (R1, R2, R3) integers, fractions, or "auto"
+    rates: tuple = ()  # tucker: target compression rates (one column each)
+    variant: str = "multihead"
+    rhos: tuple = ()  # laser (default: LASER's grid)
+    matrices: tuple = ()  # laser: ffn_in (default), ffn_out, ...; tucker variant single: q, k, v or o
+    sources: tuple = ()  # hybrid: stores of earlier searches whose top-k are combined
+    recipes: tuple = ()  # hybrid: explicit recipe files, one configuration each
+    top_k: int = 3
+    data: str | None = None
+    limit_val: int | None = None
+    limit_test: int | None = None
+    batch_size: int = 256
+    answer_mode: str = "faithful"
+    device: str = "auto"
+    dtype: str = "auto"
+    expand_kv: bool = False
+    gpus: int = 1
+    threads: int | None = None
+    time_budget: float | None = None
+    seed: int = 0
+    trust_remote_code: bool = False
+    allow_pickle: bool = False
+    cache_bytes: int = 2 << 30
+    progress: bool = True
+
+    def validate(self) -> None:
+        from tensorllm.eval import ANSWER_MODES, get_task
+
+        get_task(self.task)
+        if self.method not in METHODS:
+            raise UserError(f"unknown search method '{self.method}' (choose from {', '.join(METHODS)})")
+        if self.answer_mode not in ANSWER_MODES:
+            raise UserError(f"unknown answer mode '{self.answer_mode}' (choose from {', '.join(ANSWER_MODES)})")
+        for name in ("limit_val", "limit_test"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise UserError(f"--{name.replace('_', '-')} must be >= 1, got {value}")
+        if self.batch_size < 1 or self.top_k < 1 or self.gpus < 1:
+            raise UserError("--batch-size, --top-k and --gpus must be >= 1")
+        if self.time_budget is not None and self.time_budget <= 0:
+            raise UserError(f"--time-budget must be positive, got {self.time_budget}")
+        if self.method == "hybrid" and bool(self.sources) == bool(self.recipes):
+            raise UserError("a hybrid search needs either --from STORE (two or more) or --recipe FILE (one or more)")
+        if self.method != "hybrid" and (self.sources or self.recipes):
+            raise UserError("--from and --recipe belong to --method hybrid")
+        if self.method == "tucker" and not (self.ranks or self.rates):
+            raise UserError("a tucker search needs --ranks (e.g. '144,48,4;0.5,0.5,1;auto') or --rates (e.g. 5,20,50)")
+        if self.method == "tucker" and (self.variant == "single") != (len(self.matrices) == 1):
+            raise UserError("tucker variant 'single' needs exactly one --matrix (q, k, v or o), and only it takes one")
+
+
+def run_search(spec: SearchSpec, *, loaded=None, log: Callable[[str], None] | None = None) -> dict | None:
+    """Run or resume `spec`; return the report (None on ranks other than 0 of a distributed run).
+
+    `loaded` (a `tensorllm.models.io.Loaded`) reuses a model already in memory, as it is; it is
+    restored bit-exactly after every configuration, so several searches can share it.
+    """
+    spec.validate()
+    world = dist.world_from_env()
+    if world is None and spec.gpus > 1:
+        if loaded is not None:
+            raise ValueError("an in-memory model cannot be shared with spawned processes; pass loaded=None")
+        dist.check_gpus(spec.gpus, spec.device)
+        dist.spawn(_spawned_main, spec.gpus, (spec,))
+        path = os.path.join(os.path.expanduser(spec.store), "report.json")
+        with open(path, encoding="utf-8") as f:
+            return json.load(f)
+    return Search(spec, world or dist.World(), loaded, log).run()
+
+
+def _spawned_main(spec: SearchSpec) -> None:
+    Search(spec, dist.world_from_env() or dist.World(), None, None).run()
+
+
+def _stderr_log(prefix: str) -> Callable[[str], None]:
+    def log(msg: str) -> None:
+        print(f"{prefix}{msg}", file=sys.stderr, flush=True)
+
+    return log
+
+
+def _fmt_seconds(s: float) -> str:
+    s = int(round(s))
+    return f"{s // 3600}h{s % 3600 // 60:02d}m" if s >= 3600 else f"{s // 60}m{s % 60:02d}s"
+
+
+class Search:
+    def __init__(self, spec: SearchSpec, world: dist.World, loaded, log):
+        self.spec = spec
+        self.world = world
+        self.loaded = loaded
+        self.log = log or _stderr_log(f"[rank {world.rank}] " if world.size > 1 else "")
+        self.started = time.perf_counter()
+        self.deadline = self.started + spec.time_budget if spec.time_budget else None
+        self.evaluated: list[str] = []  # "key/split" evaluated by this process in this run
+
+    # -- setup ---------------------------------------------------------------------------------
+    def _load(self, device: torch.device) -> None:
+        from tensorllm.models.io import load_model
+
+        spec = self.spec
+        if self.loaded is None:
+            self.loaded = load_model(spec.model, dtype=spec.dtype, device=str(device),
+                                     trust_remote_code=spec.trust_remote_code, allow_pickle=spec.allow_pickle)
+            if spec.expand_kv:
+                from tensorllm.models.expand_kv import expand_kv
+
+                expand_kv(self.loaded.model, self.loaded.arch)
+        self.model, self.tokenizer, self.arch = self.loaded.model, self.loaded.tokenizer, self.loaded.arch
+        self.device = next(self.model.parameters()).device
+
+    def _identity(self) -> tuple[dict, dict]:
+        from tensorllm import __version__
+        from tensorllm.report import versions
+
+        spec = self.spec
+        identity = {"format": FORMAT, "model": model_fingerprint(self.model), "task": spec.task,
+                    "data": data_identity(spec.task, spec.data), "limit_val": spec.limit_val,
+                    "limit_test": spec.limit_test, "answer_mode": spec.answer_mode, "method": spec.method,
+                    "dtype": str(next(self.model.parameters()).dtype).replace("torch.", ""),
+                    "device_type": self.device.type, "tensorllm": __version__}
+        info = {"model_spec": spec.model, "expand_kv": spec.expand_kv, "architecture": self.arch.name,
+                "data_file": str(spec.data) if spec.data else None, "created": now(),
+                "code_version": code_version(), "versions": versions()}
+        return identity, info
+
+    def _grid(self, identity: dict) -> Grid:
+        spec = self.spec
+        if spec.method == "tucker":
+            matrix = spec.matrices[0] if spec.variant == "single" else None
+            return tucker_grid(self.model, self.arch, spec.layers, spec.ranks, spec.rates, spec.variant, matrix)
+        if spec.method == "laser":
+            return laser_grid(self.model, self.arch, spec.layers, spec.rhos or LASER_RHOS, spec.matrices or ("ffn_in",))
+        if spec.recipes:
+            return recipes_grid(list(spec.recipes))
+        return hybrid_grid([self._top_k(src, identity) for src in spec.sources])
+
+    def _top_k(self, source: str, identity: dict) -> list[tuple[str, Config]]:
+        store = Store(source)
+        found = store.manifest()
+        if found is None:
+            raise UserError(f"--from {source} is not a search store (no store.json)")
+        diff = [f"{k} {found.get(k)!r} != {identity.get(k)!r}" for k in IDENTITY_KEYS
+                if k != "method" and found.get(k) != identity.get(k)]
+        if diff:
+            raise UserError(f"--from {source} was measured on a different search ({'; '.join(diff)})")
+        done = [line for line in store.results("val").values() if line["steps"]]
+        if not done:
+            raise UserError(f"--from {source} holds no evaluated configuration")
+        top = select.rank(done)[: self.spec.top_k]
+        return [(Config(tuple(line["steps"])).describe(), Config(tuple(line["steps"]))) for line in top]
+
+    # -- the run -------------------------------------------------------------------------------
+    def run(self) -> dict | None:
+        spec, world = self.spec, self.world
+        device = dist.rank_device(spec.device, world)
+        with dist.process_group(world, device):
+            if spec.threads:
+                torch.set_num_threads(spec.threads)
+            elif world.size > 1 and device.type == "cpu":
+                torch.set_num_threads(max(1, (os.cpu_count() or 1) // world.local_size))
+            self._load(device)
+            identity, info = self._identity()
+            self.grid = self._grid(identity)
+            self.store = Store(spec.store)
+            self.writer = None
+            try:
+                if world.is_main:
+                    self.store.open(identity, info)
+                dist.barrier(world)
+                if not world.is_main:
+                    self.store.check(identity)
+                self.writer = self.store.writer(world.rank)
+                self.applier = Applier(self.model, self.arch, tokenizer=self.tokenizer, seed=spec.seed,
+                                       cache_bytes=spec.cache_bytes)
+                return self._phases(identity, info)
+            finally:
+                if self.writer is not None:
+                    self.writer.close()
+                self.store.close()
+
+    def _phases(self, identity: dict, info: dict) -> dict | None:
+        configs = [BASELINE] + self.grid.configs()
+        val_done = self._phase("val", configs)
+        val = self.store.results("val")
+        roles: dict[str, Config] = {}
+        test_done = False
+        if val_done:
+            roles = self._test_roles(val)
+            unique = list({c.key: c for c in roles.values()}.values())
+            test_done = self._phase("test", unique)
+        result = None
+        if self.world.is_main:
+            result = report_mod.build(self.grid, identity, info, val, self.store.results("test"), roles,
+                                      status="complete" if val_done and test_done else "partial",
+                                      run_seconds=time.perf_counter() - self.started,
+                                      evaluated=len(self.evaluated), cache=self.applier.cache)
+            report_mod.write(self.store.root, result)
+            self.log(f"report: {self.store.root / 'report.md'} ({result['status']})")
+        dist.barrier(self.world)
+        return result
+
+    def _test_roles(self, val: dict[str, dict]) -> dict[str, Config]:
+        by_key = {c.key: c for c in self.grid.configs()}
+        winner = select.best([val[k] for k in by_key])
+        roles = {"baseline": BASELINE, "winner": by_key[winner["key"]]}
+        auto = [(row, self.grid.cells[(row, "auto")]) for row in self.grid.rows if (row, "auto") in self.grid.cells]
+        if self.grid.method == "tucker" and auto:
+            roles["auto_best"] = by_key[select.best([val[c.key] for _, c in auto])["key"]]
+            winner_row = self.grid.cells_of(winner["key"])[0][0]
+            if (winner_row, "auto") in self.grid.cells:
+                roles["auto_at_winner_layer"] = self.grid.cells[(winner_row, "auto")]
+        return roles
+
+    def _out_of_time(self) -> bool:
+        return self.deadline is not None and time.perf_counter() >= self.deadline
+
+    def _phase(self, split: str, configs: list[Config]) -> bool:
+        """Evaluate this rank's share of what the store lacks; True when the split is complete."""
+        done = self.store.results(split)
+        pending = [c for c in configs if c.key not in done]
+        mine = self.world.share(pending)
+        share = f"; {len(mine)} on this rank" if self.world.size > 1 else ""
+        self.log(f"{split}: {len(configs) - len(pending)} of {len(configs)} configurations already in the store, "
+                 f"{len(pending)} to evaluate{share}")
+        t0 = time.perf_counter()
+        bar = self.spec.progress and self.world.is_main
+        for i, cfg in enumerate(track(mine, f"search ({split})", enabled=bar)):
+            if self._out_of_time():
+                self.log(f"time budget of {self.spec.time_budget:g} s reached: stopping; rerun to continue")
+                break
+            line = self._evaluate(cfg, split)
+            elapsed = time.perf_counter() - t0
+            eta = elapsed / (i + 1) * (len(mine) - i - 1)
+            acc = "-" if line["accuracy"] is None else f"{line['accuracy']:.2f}"
+            self.log(f"{split} {i + 1}/{len(mine)}  {cfg.describe()}  acc {acc}  loss {line['loss']:.4f}  "
+                     f"{line['seconds']:.1f} s  (eta {_fmt_seconds(eta)})")
+        dist.barrier(self.world)
+        done = self.store.results(split)
+        return all(c.key in done for c in configs)
+
+    def _evaluate(self, cfg: Config, split: str) -> dict:
+        from tensorllm.eval import evaluate
+
+        spec = self.spec
+        t0 = time.perf_counter()
+        with self.applier.applied(cfg) as steps:
+            res = evaluate(self.model, self.tokenizer, spec.task, split=split,
+                           limit=spec.limit_val if split == "val" else spec.limit_test,
+                           batch_size=spec.batch_size, answer_mode=spec.answer_mode, data=spec.data, progress=False)
+        ev = res.to_dict()
+        ev.pop("examples", None)
+        cells = self.grid.cells_of(cfg.key)
+        line = {"key": cfg.key, "split": split, "cell": list(cells[0]) if cells else ["baseline", ""],
+                "describe": cfg.describe(), "steps": list(cfg.steps), "accuracy": res.accuracy, "loss": res.loss,
+                "n": res.n, "apply": steps, "eval": ev, "seconds": round(time.perf_counter() - t0, 3),
+                "rank": self.world.rank, "world": self.world.size, "finished": now()}
+        self.writer.append(line)
+        self.evaluated.append(f"{cfg.key}/{split}")
+        return line

@@ -1,0 +1,241 @@
+"""The search store: one directory that holds everything a search has finished, so it can resume.
+
+    STORE/
+      store.json            manifest: the search identity (written once, atomically) + info
+      results-rank0.jsonl   append-only results, one JSON line per (configuration, split)
+      results-rank1.jsonl   ... one file per process rank of a distributed search
+      report.md, report.json, heatmap.png   written by rank 0 at the end of each run
+
+Why append-only JSON Lines, one file per rank (rather than one file per configuration): a result
+is one `write` of one line followed by `fsync`, so a finished configuration is durable before the
+next one starts; a SIGKILL can only tear the very last line of a file, which the reader ignores
+and the next writer of that file cuts off before appending (it holds an exclusive `flock`, so no
+two processes ever write one file). Every process owns its file, so ranks never contend, and the
+store stays a handful of files that `cat`, `jq` or pandas read directly. The reader merges all
+files and keeps the first line of each (key, split); the search never evaluates a pair that is
+already there, so duplicates do not arise in normal use.
+
+A line's `key` is a stable hash of the configuration's canonical recipe steps (grid.py), so an
+extended grid (more layers, more ranks) reuses the results it shares with an earlier one.
+
+The identity (model fingerprint, task, data, split limits, answer mode, method, dtype, device
+type, tensorllm version) is fixed when the store is created; a store written by a different search
+is refused, because mixing results measured on different data or models would make the
+selection meaningless.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import json
+import os
+import subprocess
+import time
+from pathlib import Path
+from typing import Iterator
+
+import torch
+
+from tensorllm.cache import atomic_write_text
+from tensorllm.errors import UserError
+
+FORMAT = 1
+MANIFEST = "store.json"
+RESULTS_GLOB = "results-rank*.jsonl"
+IDENTITY_KEYS = ("format", "model", "task", "data", "limit_val", "limit_test", "answer_mode", "method", "dtype",
+                 "device_type", "tensorllm")
+_OWN_FILES = {MANIFEST, ".lock", "report.md", "report.json", "heatmap.png"}
+
+
+# -- identity --------------------------------------------------------------------------------------
+
+def model_fingerprint(model) -> str:
+    """A cheap, stable hash of a model: its shape-defining config and a strided sample of every tensor.
+
+    Independent of where the checkpoint lives (a moved directory is the same model) and of the
+    transformers version's config defaults; different weights, dtype or head layout change it.
+    """
+    h = hashlib.sha256()
+    cfg = model.config
+    for name in ("model_type", "hidden_size", "num_hidden_layers", "num_attention_heads", "num_key_value_heads",
+                 "head_dim", "intermediate_size", "vocab_size"):
+        h.update(f"{name}={getattr(cfg, name, None)};".encode())
+    with torch.no_grad():
+        for name, p in sorted(model.named_parameters()):
+            flat = p.detach().reshape(-1)
+            step = max(1, flat.numel() // 4096)
+            sample = flat[::step][:4096].float().cpu().numpy().tobytes()
+            h.update(f"{name}:{tuple(p.shape)}:{p.dtype};".encode())
+            h.update(sample)
+    return h.hexdigest()[:16]
+
+
+def data_identity(task: str, data: str | os.PathLike | None) -> str:
+    """The task's built-in source name, or the sha256 of the --data file's bytes."""
+    if data is None:
+        from tensorllm.eval import get_task
+
+        return str(get_task(task).builtin)
+    path = Path(data).expanduser()
+    if not path.is_file():
+        raise UserError(f"data file {path} does not exist")
+    from tensorllm.cache import sha256_file
+
+    return "sha256:" + sha256_file(path)[:16]
+
+
+def code_version() -> str:
+    """tensorllm's version plus the git commit of its source tree when it is a checkout."""
+    from tensorllm import __version__
+
+    here = Path(__file__).resolve().parent
+    try:
+        out = subprocess.run(["git", "-C", str(here), "rev-parse", "--short", "HEAD"], capture_output=True,
+                             text=True, timeout=5)
+        commit = out.stdout.strip() if out.returncode == 0 else ""
+    except (OSError, subprocess.SubprocessError):
+        commit = ""
+    return f"{__version__}+{commit}" if commit else __version__
+
+
+def mismatch(expected: dict, found: dict) -> list[str]:
+    return [f"{k} {found.get(k)!r} != {expected.get(k)!r}" for k in IDENTITY_KEYS if found.get(k) != expected.get(k)]
+
+
+# -- writing ---------------------------------------------------------------------------------------
+
+class Writer:
+    """Appends result lines to one file that this process owns (exclusive flock) until `close`."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self.fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_APPEND, 0o644)
+        try:
+            fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(self.fd)
+            raise UserError(f"another search is writing {path} (one search per store at a time)") from None
+        self._cut_torn_tail()
+
+    def _cut_torn_tail(self) -> None:
+        """Drop a last line without its newline (a write that a kill interrupted)."""
+        size = os.fstat(self.fd).st_size
+        if size == 0:
+            return
+        tail = os.pread(self.fd, min(size, 1 << 20), max(0, size - (1 << 20)))
+        if tail.endswith(b"\n"):
+            return
+        cut = tail.rfind(b"\n")
+        keep = (size - len(tail) + cut + 1) if cut >= 0 else 0
+        if cut < 0 and size > len(tail):
+            raise UserError(f"{self.path}: last line longer than 1 MiB without a newline; not a result file")
+        os.ftruncate(self.fd, keep)
+        os.fsync(self.fd)
+
+    def append(self, record: dict) -> None:
+        data = (json.dumps(record, sort_keys=True) + "\n").encode()
+        view = memoryview(data)
+        while view:
+            n = os.write(self.fd, view)
+            view = view[n:]
+        os.fsync(self.fd)
+
+    def close(self) -> None:
+        if self.fd >= 0:
+            fcntl.flock(self.fd, fcntl.LOCK_UN)
+            os.close(self.fd)
+            self.fd = -1
+
+
+# -- the store -------------------------------------------------------------------------------------
+
+class Store:
+    def __init__(self, root: str | os.PathLike):
+        self.root = Path(root).expanduser()
+        self._lock_fd = -1
+
+    @property
+    def manifest_path(self) -> Path:
+        return self.root / MANIFEST
+
+    def manifest(self) -> dict | None:
+        if not self.manifest_path.is_file():
+            return None
+        try:
+            return json.loads(self.manifest_path.read_text(encoding="utf-8"))
+        except ValueError:
+            raise UserError(f"{self.manifest_path} is not valid JSON (not a search store?)") from None
+
+    def open(self, identity: dict, info: dict) -> None:
+        """Create the store for `identity`, or check that the existing one belongs to it (main process).
+
+        Also takes the store's lock for the life of this process, so a second search on the same
+        store stops here instead of evaluating the same configurations again.
+        """
+        if self.root.exists() and not self.root.is_dir():
+            raise UserError(f"--store {self.root} exists and is not a directory")
+        self.root.mkdir(parents=True, exist_ok=True)
+        self._lock_fd = os.open(self.root / ".lock", os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(self._lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            self.close()
+            raise UserError(f"another search is running on store {self.root}") from None
+        found = self.manifest()
+        if found is None:
+            stray = sorted(p.name for p in self.root.iterdir() if p.name not in _OWN_FILES)
+            if stray:
+                raise UserError(f"--store {self.root} is a non-empty directory without {MANIFEST} "
+                                f"(holds {stray[0]}); pick a new or empty directory")
+            atomic_write_text(self.manifest_path, json.dumps({**identity, "info": info}, indent=2) + "\n")
+            return
+        self.check(identity, found)
+
+    def check(self, identity: dict, found: dict | None = None) -> None:
+        found = self.manifest() if found is None else found
+        if found is None:
+            raise UserError(f"{self.root} is not a search store (no {MANIFEST})")
+        diff = mismatch(identity, found)
+        if diff:
+            raise UserError(f"store {self.root} belongs to a different search ({'; '.join(diff)}); "
+                            "use another --store")
+
+    def close(self) -> None:
+        if self._lock_fd >= 0:
+            os.close(self._lock_fd)  # releases the flock
+            self._lock_fd = -1
+
+    def writer(self, rank: int) -> Writer:
+        return Writer(self.root / f"results-rank{rank}.jsonl")
+
+    def files(self) -> list[Path]:
+        return sorted(self.root.glob(RESULTS_GLOB), key=lambda p: (len(p.name), p.name))
+
+    def lines(self) -> Iterator[dict]:
+        """Every complete result line of every rank file (a torn last line is skipped)."""
+        for path in self.files():
+            chunks = path.read_bytes().split(b"\n")
+            # The last chunk has no newline after it: empty, or a write that a kill cut short (the
+            # next writer of this file cuts it off). Only newline-terminated lines count.
+            for i, chunk in enumerate(chunks[:-1]):
+                if not chunk.strip():
+                    continue
+                try:
+                    yield json.loads(chunk)
+                except ValueError:
+                    raise UserError(f"{path} line {i + 1} is corrupt (not JSON)") from None
+
+    def results(self, split: str | None = None) -> dict[str, dict]:
+        """{key: line} of one split (or {(key, split) as "key/split": line} for all), first line wins."""
+        out: dict[str, dict] = {}
+        for line in self.lines():
+            if split is not None and line.get("split") != split:
+                continue
+            k = line["key"] if split is not None else f"{line['key']}/{line['split']}"
+            out.setdefault(k, line)
+        return out
+
+
+def now() -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%S%z")

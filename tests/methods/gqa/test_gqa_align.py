@@ -1,0 +1,124 @@
+"""Pure alignment math: allowed transforms commute with transformers' own RoPE, and are optimal."""
+
+import math
+
+import pytest
+import torch
+
+from tensorllm.methods.gqa import align as A
+
+D = 16
+
+
+def _rope_half(x, pos, theta=10000.0):
+    from transformers.models.llama.modeling_llama import apply_rotary_pos_emb
+
+    inv = 1.0 / theta ** (torch.arange(0, D, 2, dtype=torch.float64) / D)
+    ang = pos[:, None].double() * inv[None]  # (T, D/2)
+    emb = torch.cat([ang, ang], dim=-1)[None]  # (1, T, D)
+    q, _ = apply_rotary_pos_emb(x, x, emb.cos(), emb.sin())
+    return q
+
+
+def _rope_interleaved(x, pos, rotary_dim):
+    from transformers.models.gptj.modeling_gptj import apply_rotary_pos_emb, create_sinusoidal_positions
+
+    table = create_sinusoidal_positions(64, rotary_dim).double()[pos][None]  # (1, T, rotary_dim)
+    sin, cos = torch.split(table, table.shape[-1] // 2, dim=-1)  # each (1, T, r/2)
+    x = x.transpose(1, 2)  # GPT-J: (B, T, heads, d)
+    rot = apply_rotary_pos_emb(x[..., :rotary_dim], sin, cos)
+    return torch.cat([rot, x[..., rotary_dim:]], dim=-1).transpose(1, 2)
+
+
+@pytest.mark.parametrize("pairing,rdims", [("half", D), ("interleaved", D), ("interleaved", 8), (None, 0)])
+def test_allowed_transforms_commute_with_the_runtime_rope(pairing, rdims):
+    gen = torch.Generator().manual_seed(1)
+    planes = A.Planes.for_rope(D, rdims, pairing)
+    T = A.best_transform(torch.randn(D, D, generator=gen, dtype=torch.float64), planes)
+    assert torch.allclose(T @ T.T, torch.eye(D, dtype=torch.float64), atol=1e-12)
+    q, k = torch.randn(2, 1, 1, 20, D, generator=gen, dtype=torch.float64)  # (B, heads, T, d)
+    pos = torch.arange(20)
+
+    def rope(x):
+        if pairing == "half":
+            return _rope_half(x, pos)
+        if pairing == "interleaved":
+            return _rope_interleaved(x, pos, rdims)
+        return x
+
+    scores = rope(q) @ rope(k).transpose(-1, -2)
+    q2, k2 = q @ T.T, k @ T.T  # each head vector x -> T x
+    assert not torch.allclose(q2, q)
+    assert torch.allclose(rope(q2) @ rope(k2).transpose(-1, -2), scores, atol=1e-10)
+
+
+def test_a_reflection_in_a_plane_does_not_commute():
+    """Why the key transforms must be rotations (det +1) in each RoPE plane."""
+    gen = torch.Generator().manual_seed(2)
+    F = torch.eye(D, dtype=torch.float64)
+    F[0, 0], F[D // 2, D // 2] = 1.0, -1.0  # reflection inside the half-split plane (0, 8)
+    q, k = torch.randn(2, 1, 1, 20, D, generator=gen, dtype=torch.float64)
+    pos = torch.arange(20)
+    before = _rope_half(q, pos) @ _rope_half(k, pos).transpose(-1, -2)
+    after = _rope_half(q @ F.T, pos) @ _rope_half(k @ F.T, pos).transpose(-1, -2)
+    assert (after - before).abs().max() > 1e-3
+
+
+@pytest.mark.parametrize("planes", [A.Planes.for_rope(D, D, "half"), A.Planes.for_rope(D, 8, "interleaved"),
+                                    A.Planes.orthogonal(D)])
+def test_best_transform_is_optimal(planes):
+    gen = torch.Generator().manual_seed(3)
+    M = torch.randn(D, D, generator=gen, dtype=torch.float64)
+    T = A.best_transform(M, planes)
+    best = float(torch.trace(T @ M))
+    assert best == pytest.approx(float(A.best_score(M, planes)), rel=1e-10)
+    for _ in range(200):  # no other allowed transform does better
+        other = A.best_transform(torch.randn(D, D, generator=gen, dtype=torch.float64), planes)
+        assert float(torch.trace(other @ M)) <= best + 1e-9
+    if planes.pairs.numel():  # each plane block is a rotation, not a reflection
+        idx = planes.pairs[0]
+        block = T[idx[:, None], idx]  # (2, 2)
+        assert float(torch.linalg.det(block)) == pytest.approx(1.0)
+
+
+def test_single_plane_angle_matches_a_grid_search():
+    planes = A.Planes.for_rope(2, 2, "half")
+    M = torch.tensor([[0.3, -1.2], [0.4, 0.9]], dtype=torch.float64)
+    T = A.best_transform(M, planes)
+    grid = max(math.cos(t) * 1.2 + math.sin(t) * (-1.6) for t in torch.linspace(-math.pi, math.pi, 20001).tolist())
+    assert float(torch.trace(T @ M)) == pytest.approx(grid, abs=1e-6)
+
+
+def _planted(n, planes, noise, seed=4, tokens=400):
+    """Heads that are allowed rotations of one head (plus noise): cross products and the rotations."""
+    gen = torch.Generator().manual_seed(seed)
+    base = torch.randn(tokens, D, generator=gen, dtype=torch.float64) * torch.linspace(3, 0.5, D, dtype=torch.float64)
+    R = A.best_transform(torch.randn(n, D, D, generator=gen, dtype=torch.float64), planes)
+    acts = [base @ R[h].T + noise * torch.randn(tokens, D, generator=gen, dtype=torch.float64) for h in range(n)]
+    X = torch.cat(acts, dim=1)  # (tokens, n*d)
+    return A.cross_blocks(X.T @ X, n, D), R, acts
+
+
+@pytest.mark.parametrize("planes", [A.Planes.for_rope(D, D, "half"), A.Planes.orthogonal(D)])
+def test_similarity_and_group_alignment_undo_planted_rotations(planes):
+    blocks, R, acts = _planted(3, planes, noise=0.0)
+    S = A.similarity(blocks, planes)
+    assert torch.allclose(S + torch.eye(3, dtype=torch.float64), torch.ones(3, 3, dtype=torch.float64), atol=1e-10)
+    assert float(A.similarity(blocks, None)[0, 1]) < 0.9  # unaligned they look different
+    T = A.align_group(blocks, [0, 1, 2], planes)
+    assert torch.allclose(T[0], torch.eye(D, dtype=torch.float64), atol=1e-12)  # first member is the frame
+    for h in range(3):
+        assert torch.allclose(acts[h] @ T[h].T, acts[0], atol=1e-8)
+
+
+def test_group_alignment_reduces_the_residual_with_noise():
+    planes = A.Planes.for_rope(D, D, "half")
+    blocks, _, acts = _planted(4, planes, noise=0.5)
+    T = A.align_group(blocks, [0, 1, 2, 3], planes)
+    eye = torch.eye(D, dtype=torch.float64).expand(4, D, D)
+    energy = sum(float((a ** 2).sum()) for a in acts)
+    aligned_kept = 4 * float(A.merged_energy(blocks, [0, 1, 2, 3], T)) / energy
+    plain_kept = 4 * float(A.merged_energy(blocks, [0, 1, 2, 3], eye)) / energy
+    assert aligned_kept > 0.8 > plain_kept
+    mean = sum(a @ t.T for a, t in zip(acts, T)) / 4  # merged_energy agrees with the activations
+    assert 4 * float((mean ** 2).sum()) / energy == pytest.approx(aligned_kept, rel=1e-9)

@@ -1,0 +1,70 @@
+"""Apply/restore: only touched parameters are snapshotted, restoration is bit-exact, and a step
+(same layer, same ranks) is decomposed once per process."""
+
+import pytest
+import torch
+
+import tensorllm.methods.tucker as tucker_mod
+from tensorllm.search.apply import Applier, touched_params
+from tensorllm.search.grid import Config, laser_step, tucker_step
+
+
+def _state(model):
+    return {n: p.detach().clone() for n, p in model.named_parameters()}
+
+
+def _configs(loaded):
+    m, a = loaded.model, loaded.arch
+    t = tucker_step(m, a, 1, {"ranks": (8, 4, 2)})
+    lz = laser_step(m, a, 2, "ffn_in", 0.25)
+    return {"tucker": Config((t,)), "laser": Config((lz,)), "hybrid": Config((t, lz))}
+
+
+@pytest.mark.parametrize("which", ["tucker", "laser", "hybrid"])
+def test_restore_is_bit_exact_and_only_touched_params_change(loaded, which):
+    cfg = _configs(loaded)[which]
+    before = _state(loaded.model)
+    applier = Applier(loaded.model, loaded.arch)
+    touched = {n for s in cfg.steps for n in touched_params(loaded.model, loaded.arch, s)}
+    with applier.applied(cfg):
+        during = _state(loaded.model)
+    changed = {n for n in before if not torch.equal(before[n], during[n])}
+    assert changed and changed <= touched
+    after = _state(loaded.model)
+    assert all(torch.equal(before[n], after[n]) for n in before)
+    assert all(after[n].dtype == before[n].dtype for n in before)
+
+
+def test_restore_after_an_error_inside_the_block(loaded):
+    before = _state(loaded.model)
+    with pytest.raises(RuntimeError, match="boom"):
+        with Applier(loaded.model, loaded.arch).applied(_configs(loaded)["tucker"]):
+            raise RuntimeError("boom")
+    assert all(torch.equal(before[n], p) for n, p in loaded.model.named_parameters())
+
+
+def test_same_step_is_decomposed_once_and_the_cache_is_exact(loaded, monkeypatch):
+    calls = []
+    real = tucker_mod.compress_layer
+    monkeypatch.setattr(tucker_mod, "compress_layer", lambda *a, **k: calls.append(1) or real(*a, **k))
+    cfgs = _configs(loaded)
+    applier = Applier(loaded.model, loaded.arch)
+    with applier.applied(cfgs["tucker"]):
+        first = _state(loaded.model)
+    with applier.applied(cfgs["hybrid"]) as reports:  # reuses the tucker step
+        assert reports[0]["cached"] and not reports[1]["cached"]
+    with applier.applied(cfgs["tucker"]):
+        again = _state(loaded.model)
+    assert len(calls) == 1
+    assert all(torch.equal(first[n], again[n]) for n in first)
+
+
+def test_step_after_a_step_on_the_same_params_is_not_cached(loaded):
+    m, a = loaded.model, loaded.arch
+    t1 = tucker_step(m, a, 0, {"ranks": (8, 4, 2)})
+    t2 = tucker_step(m, a, 0, {"ranks": (16, 4, 6)})
+    applier = Applier(m, a)
+    with applier.applied(Config((t1, t2))) as reports:
+        assert not reports[1]["cached"]
+    with applier.applied(Config((t2,))) as reports:  # t2 on original weights is a different result
+        assert not reports[0]["cached"]

@@ -1,0 +1,67 @@
+"""Data-parallel search over configurations on CPU (gloo): two processes, spawned by the search
+itself or started by torchrun, give exactly the store of one process."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from tensorllm.search import Store, run_search
+from tensorllm.search.dist import World, world_from_env
+
+from conftest import spec_for, store_numbers
+
+
+def test_world_share_is_round_robin():
+    items = list(range(7))
+    assert World(0, 3).share(items) == [0, 3, 6]
+    assert World(2, 3).share(items) == [2, 5]
+    assert sorted(sum((World(r, 3).share(items) for r in range(3)), [])) == items
+
+
+def test_world_from_env(monkeypatch):
+    for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE"):
+        monkeypatch.delenv(k, raising=False)
+    assert world_from_env() is None
+    monkeypatch.setenv("RANK", "1")
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    assert world_from_env() == World(1, 2, 1, 2)
+
+
+@pytest.fixture(scope="module")
+def one_process(tiny, tmp_path_factory):
+    store = tmp_path_factory.mktemp("dist") / "one"
+    report = run_search(spec_for(tiny, store, layers="all"))
+    return store, report
+
+
+def test_two_spawned_gloo_processes_equal_one_process(tiny, tmp_path, one_process):
+    store, report = one_process
+    two = run_search(spec_for(tiny, tmp_path / "two", layers="all", gpus=2))
+    assert store_numbers(tmp_path / "two") == store_numbers(store)
+    assert two["roles"]["winner"]["key"] == report["roles"]["winner"]["key"]
+    per_rank = [p.read_text().count("\n") for p in Store(tmp_path / "two").files()]
+    assert len(per_rank) == 2 and all(n > 0 for n in per_rank)  # both ranks did a share
+    assert (tmp_path / "two" / "heatmap.png").is_file()
+
+
+def test_torchrun_resumes_a_partial_store_and_equals_one_process(tiny, tmp_path, one_process):
+    store, _ = one_process
+    run_search(spec_for(tiny, tmp_path / "s", layers="0"))  # part of the grid, by one process
+    first = store_numbers(tmp_path / "s")
+    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK")}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+           "-m", "tensorllm.cli_search", "search", tiny["model"], "--task", "wikidata_qa", "--data", tiny["data"],
+           "--store", str(tmp_path / "s"), "--layers", "all", "--ranks", "8,4,2;0.5,0.5,1;auto",
+           "--limit-val", "8", "--limit-test", "10", "--batch-size", "16", "--device", "cpu", "--threads", "1",
+           "--json"]
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=180, env=env)
+    assert out.returncode == 0, out.stderr[-3000:]
+    report = json.loads(out.stdout[out.stdout.index("{"):])  # only rank 0 prints
+    assert report["status"] == "complete"
+    final = store_numbers(tmp_path / "s")
+    assert all(final[k] == v for k, v in first.items())  # kept, not recomputed
+    assert final == store_numbers(store)
