@@ -89,19 +89,23 @@ def _load_file(task_name: str, path: str, _mtime_ns: int, _size: int) -> Dataset
 
 
 def read_records(path: Path) -> list[tuple[str, object]]:
-    """[(location, record)] from a JSON list, a BIG-bench task.json, or a JSON Lines file."""
+    """[(location, record)] from a JSON list, a BIG-bench task.json, or a JSON Lines file.
+
+    `.jsonl` files are always read line by line; other files as one JSON document first.
+    """
     try:
         text = path.read_text(encoding="utf-8")
     except UnicodeDecodeError as exc:
         raise UserError(f"{path} is not UTF-8 text (byte {exc.start})") from None
     if not text.strip():
         raise UserError(f"data file {path} is empty")
-    try:
-        whole = json.loads(text)
-    except json.JSONDecodeError as exc:
-        if text.lstrip().startswith("["):
-            raise UserError(f"{path} line {exc.lineno}: not valid JSON ({exc.msg})") from None
-        whole = None  # not one JSON document: read it as JSON Lines
+    whole = None  # stays None for JSON Lines
+    if path.suffix.lower() != ".jsonl":
+        try:
+            whole = json.loads(text)
+        except json.JSONDecodeError as exc:
+            if text.lstrip().startswith("["):
+                raise UserError(f"{path} line {exc.lineno}: not valid JSON ({exc.msg})") from None
     if isinstance(whole, list):
         return [(f"item {i + 1}", r) for i, r in enumerate(whole)]
     if isinstance(whole, dict) and isinstance(whole.get("examples"), list):

@@ -24,7 +24,8 @@ class GQAConfig:
     batch_size        sequences per calibration forward pass
     train_steps       recovery fine-tune steps (0 = training-free merge)
     lr                learning rate of the trained weights (Q, O, shared K/V of every layer)
-    gate_lr           learning rate of the gates' log-alpha and of the Lagrange multipliers
+    gate_lr           learning rate of the gates' log-alpha and the Lagrange multipliers; None = 10 / warm-up
+                      steps (clipped to [0.01, 1]): log-alpha must travel ~10 during the warm-up
     train_batch_size  sequences per fine-tune step
     sparsity_warmup   fraction of the steps over which the target share of closed gates rises 0 -> 1
     train_dir         where the fine-tune checkpoints go (and resume from); None = no checkpoints
@@ -43,7 +44,7 @@ class GQAConfig:
     batch_size: int = 4
     train_steps: int = 0
     lr: float = 1e-4
-    gate_lr: float = 0.1
+    gate_lr: float | None = None
     train_batch_size: int = 1
     sparsity_warmup: float = 0.3
     train_dir: str | None = None
@@ -60,7 +61,7 @@ class GQAConfig:
             raise UserError(f"gqa.seq_len must be at least 2, got {self.seq_len}")
         if self.train_steps < 0:
             raise UserError(f"gqa.train_steps must be 0 or more, got {self.train_steps}")
-        if self.lr <= 0 or self.gate_lr <= 0:
+        if self.lr <= 0 or (self.gate_lr is not None and self.gate_lr <= 0):
             raise UserError("gqa.lr and gqa.gate_lr must be positive")
         if not 0 < self.sparsity_warmup <= 1:
             raise UserError(f"gqa.sparsity_warmup must be in (0, 1], got {self.sparsity_warmup}")

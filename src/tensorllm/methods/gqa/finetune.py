@@ -36,9 +36,10 @@ CKPT = "finetune.pt"
 class HardConcreteGates(nn.Module):
     """n stochastic gates in [0, 1], exactly 0 or 1 with positive probability."""
 
-    def __init__(self, n: int, init: float = 3.0, beta: float = 2 / 3, gamma: float = -0.1, zeta: float = 1.1):
+    def __init__(self, n: int, init: float = 2.0, beta: float = 2 / 3, gamma: float = -0.1, zeta: float = 1.1):
         super().__init__()
-        self.log_alpha = nn.Parameter(torch.full((n,), float(init)))
+        self.init = float(init)
+        self.log_alpha = nn.Parameter(torch.full((n,), self.init))
         self.beta, self.gamma, self.zeta = beta, gamma, zeta
         self.z: torch.Tensor | None = None  # the gate values the wrapped projections read
 
@@ -49,8 +50,11 @@ class HardConcreteGates(nn.Module):
         self.z = (s * (self.zeta - self.gamma) + self.gamma).clamp(0, 1)
         return self.z
 
-    def set(self, value: float) -> None:
-        self.z = torch.full_like(self.log_alpha, value).detach()
+    @torch.no_grad()
+    def clamp_(self) -> None:
+        """Gates only ever hand over: never more open than at the start (where the penalty's
+        gradient would vanish and a gate could get stuck open), never past fully closed."""
+        self.log_alpha.clamp_(-10.0, self.init)
 
     def prob_open(self) -> torch.Tensor:
         """P(z > 0) per gate (the expected L0 norm)."""
@@ -151,8 +155,10 @@ def finetune(model: nn.Module, arch: ArchSpec, teacher: nn.Module, shared: list,
     weights = [p for _, p in named if id(p) not in gate_ids]
     lambdas = nn.Parameter(torch.zeros(2, device=device))
     opt_w = torch.optim.AdamW(weights, lr=cfg.lr, weight_decay=0.0)
-    opt_g = torch.optim.Adam([g.log_alpha for g in gates], lr=cfg.gate_lr)
-    opt_l = torch.optim.Adam([lambdas], lr=cfg.gate_lr, maximize=True)
+    steps, warm = cfg.train_steps, max(1, round(cfg.sparsity_warmup * cfg.train_steps))
+    gate_lr = cfg.gate_lr if cfg.gate_lr is not None else min(1.0, max(0.01, 10.0 / warm))
+    opt_g = torch.optim.Adam([g.log_alpha for g in gates], lr=gate_lr)
+    opt_l = torch.optim.Adam([lambdas], lr=gate_lr, maximize=True)
     gen = torch.Generator().manual_seed(seed)
     meta = {"layers": len(gates), "kv_heads_own": n_heads, "kv_heads": cfg.kv_heads, "trained": [n for n, _ in named]}
     path = Path(cfg.train_dir) / CKPT if cfg.train_dir else None
@@ -181,7 +187,6 @@ def finetune(model: nn.Module, arch: ArchSpec, teacher: nn.Module, shared: list,
         torch.save(state, tmp)
         tmp.replace(path)
 
-    steps, warm = cfg.train_steps, max(1, round(cfg.sparsity_warmup * cfg.train_steps))
     losses, history = [], []
     every = max(1, (steps - start) // 50)
     model.eval()  # no dropout; gates are sampled explicitly
@@ -203,6 +208,8 @@ def finetune(model: nn.Module, arch: ArchSpec, teacher: nn.Module, shared: list,
         loss.backward()
         for opt in (opt_w, opt_g, opt_l):
             opt.step()
+        for g in gates:
+            g.clamp_()
         losses.append(float(kl.detach()))
         if step % every == 0 or step == steps - 1:
             history.append({"step": step + 1, "kl": losses[-1], "closed": float(closed.detach()), "target": target,
