@@ -129,7 +129,8 @@ def main(argv=None) -> dict:
     print("| stage | role | configuration | val acc | Δ val | test acc | Δ test | test loss |")
     print("|---|---|---|---:|---:|---:|---:|---:|")
     for r in rows:
-        print(f"| {r['stage']} | {r['role']} | {r['configuration']} | {_f(r['val_acc'])} | {_f(r['delta_val'], '{:+.2f}')} "
+        print(f"| {r['stage']} | {r['role']} | {r['configuration']} | {_f(r['val_acc'])} "
+              f"| {_f(r['delta_val'], '{:+.2f}')} "
               f"| {_f(r['test_acc'])} | {_f(r['delta_test'], '{:+.2f}')} | {_f(r['test_loss'], '{:.4f}')} |")
     evaluated = sum(rep["run"]["evaluated_this_run"] for rep in reports.values())
     print(f"status: {status}; {evaluated} evaluations this run; total {total:.1f} s (model load {load_s:.1f} s)")

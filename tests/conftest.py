@@ -151,8 +151,8 @@ def tree_hash():
 # ------------------------------------------------------------------------------- the CLI
 
 
-@pytest.fixture
-def run_cli(monkeypatch):
+@pytest.fixture(scope="session")
+def run_cli():
     """Run `tensorllm ARGS...` in this process through `tensorllm.cli.main`: (rc, stdout, stderr).
 
     Exceptions other than the ones the CLI handles propagate, so a test can see them.
@@ -161,13 +161,15 @@ def run_cli(monkeypatch):
 
     def run(*args: str) -> tuple[int, str, str]:
         out, err = io.StringIO(), io.StringIO()
-        monkeypatch.setattr(sys, "argv", ["tensorllm", *map(str, args)])
+        saved_argv, sys.argv = sys.argv, ["tensorllm", *map(str, args)]
         rc = 0
-        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-            try:
+        try:
+            with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
                 cli.main()
-            except SystemExit as exc:
-                rc = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+        except SystemExit as exc:
+            rc = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+        finally:
+            sys.argv = saved_argv
         return rc, out.getvalue(), err.getvalue()
 
     return run

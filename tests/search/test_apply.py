@@ -13,54 +13,54 @@ def _state(model):
     return {n: p.detach().clone() for n, p in model.named_parameters()}
 
 
-def _configs(loaded):
-    m, a = loaded.model, loaded.arch
+def _configs(tiny_loaded):
+    m, a = tiny_loaded.model, tiny_loaded.arch
     t = tucker_step(m, a, 1, {"ranks": (8, 4, 2)})
     lz = laser_step(m, a, 2, "ffn_in", 0.25)
     return {"tucker": Config((t,)), "laser": Config((lz,)), "hybrid": Config((t, lz))}
 
 
 @pytest.mark.parametrize("which", ["tucker", "laser", "hybrid"])
-def test_restore_is_bit_exact_and_only_touched_params_change(loaded, which):
-    cfg = _configs(loaded)[which]
-    before = _state(loaded.model)
-    applier = Applier(loaded.model, loaded.arch)
-    touched = {n for s in cfg.steps for n in touched_params(loaded.model, loaded.arch, s)}
+def test_restore_is_bit_exact_and_only_touched_params_change(tiny_loaded, which):
+    cfg = _configs(tiny_loaded)[which]
+    before = _state(tiny_loaded.model)
+    applier = Applier(tiny_loaded.model, tiny_loaded.arch)
+    touched = {n for s in cfg.steps for n in touched_params(tiny_loaded.model, tiny_loaded.arch, s)}
     with applier.applied(cfg):
-        during = _state(loaded.model)
+        during = _state(tiny_loaded.model)
     changed = {n for n in before if not torch.equal(before[n], during[n])}
     assert changed and changed <= touched
-    after = _state(loaded.model)
+    after = _state(tiny_loaded.model)
     assert all(torch.equal(before[n], after[n]) for n in before)
     assert all(after[n].dtype == before[n].dtype for n in before)
 
 
-def test_restore_after_an_error_inside_the_block(loaded):
-    before = _state(loaded.model)
+def test_restore_after_an_error_inside_the_block(tiny_loaded):
+    before = _state(tiny_loaded.model)
     with pytest.raises(RuntimeError, match="boom"):
-        with Applier(loaded.model, loaded.arch).applied(_configs(loaded)["tucker"]):
+        with Applier(tiny_loaded.model, tiny_loaded.arch).applied(_configs(tiny_loaded)["tucker"]):
             raise RuntimeError("boom")
-    assert all(torch.equal(before[n], p) for n, p in loaded.model.named_parameters())
+    assert all(torch.equal(before[n], p) for n, p in tiny_loaded.model.named_parameters())
 
 
-def test_same_step_is_decomposed_once_and_the_cache_is_exact(loaded, monkeypatch):
+def test_same_step_is_decomposed_once_and_the_cache_is_exact(tiny_loaded, monkeypatch):
     calls = []
     real = tucker_mod.compress_layer
     monkeypatch.setattr(tucker_mod, "compress_layer", lambda *a, **k: calls.append(1) or real(*a, **k))
-    cfgs = _configs(loaded)
-    applier = Applier(loaded.model, loaded.arch)
+    cfgs = _configs(tiny_loaded)
+    applier = Applier(tiny_loaded.model, tiny_loaded.arch)
     with applier.applied(cfgs["tucker"]):
-        first = _state(loaded.model)
+        first = _state(tiny_loaded.model)
     with applier.applied(cfgs["hybrid"]) as reports:  # reuses the tucker step
         assert reports[0]["cached"] and not reports[1]["cached"]
     with applier.applied(cfgs["tucker"]):
-        again = _state(loaded.model)
+        again = _state(tiny_loaded.model)
     assert len(calls) == 1
     assert all(torch.equal(first[n], again[n]) for n in first)
 
 
-def test_step_after_a_step_on_the_same_params_is_not_cached(loaded):
-    m, a = loaded.model, loaded.arch
+def test_step_after_a_step_on_the_same_params_is_not_cached(tiny_loaded):
+    m, a = tiny_loaded.model, tiny_loaded.arch
     t1 = tucker_step(m, a, 0, {"ranks": (8, 4, 2)})
     t2 = tucker_step(m, a, 0, {"ranks": (16, 4, 6)})
     applier = Applier(m, a)

@@ -7,11 +7,12 @@ import subprocess
 import sys
 
 import pytest
+import torch
 
 from tensorllm.search import Store, run_search
 from tensorllm.search.dist import World, world_from_env
 
-from conftest import spec_for, store_numbers
+from search_helpers import spec_for, store_numbers
 
 
 def test_world_share_is_round_robin():
@@ -32,15 +33,15 @@ def test_world_from_env(monkeypatch):
 
 
 @pytest.fixture(scope="module")
-def one_process(tiny, tmp_path_factory):
+def one_process(search_tiny, tmp_path_factory):
     store = tmp_path_factory.mktemp("dist") / "one"
-    report = run_search(spec_for(tiny, store, layers="all"))
+    report = run_search(spec_for(search_tiny, store, layers="all"))
     return store, report
 
 
-def test_two_spawned_gloo_processes_equal_one_process(tiny, tmp_path, one_process):
+def test_two_spawned_gloo_processes_equal_one_process(search_tiny, tmp_path, one_process):
     store, report = one_process
-    two = run_search(spec_for(tiny, tmp_path / "two", layers="all", gpus=2))
+    two = run_search(spec_for(search_tiny, tmp_path / "two", layers="all", gpus=2))
     assert store_numbers(tmp_path / "two") == store_numbers(store)
     assert two["roles"]["winner"]["key"] == report["roles"]["winner"]["key"]
     per_rank = [p.read_text().count("\n") for p in Store(tmp_path / "two").files()]
@@ -48,13 +49,14 @@ def test_two_spawned_gloo_processes_equal_one_process(tiny, tmp_path, one_proces
     assert (tmp_path / "two" / "heatmap.png").is_file()
 
 
-def test_torchrun_resumes_a_partial_store_and_equals_one_process(tiny, tmp_path, one_process):
+def test_torchrun_resumes_a_partial_store_and_equals_one_process(search_tiny, tmp_path, one_process):
     store, _ = one_process
-    run_search(spec_for(tiny, tmp_path / "s", layers="0"))  # part of the grid, by one process
+    run_search(spec_for(search_tiny, tmp_path / "s", layers="0"))  # part of the grid, by one process
     first = store_numbers(tmp_path / "s")
     env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK")}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
-           "-m", "tensorllm.cli_search", "search", tiny["model"], "--task", "wikidata_qa", "--data", tiny["data"],
+           "-m", "tensorllm.cli_search", "search", search_tiny["model"], "--task", "wikidata_qa",
+           "--data", search_tiny["data"],
            "--store", str(tmp_path / "s"), "--layers", "all", "--ranks", "8,4,2;0.5,0.5,1;auto",
            "--limit-val", "8", "--limit-test", "10", "--batch-size", "16", "--device", "cpu", "--threads", "1",
            "--json"]
@@ -65,3 +67,17 @@ def test_torchrun_resumes_a_partial_store_and_equals_one_process(tiny, tmp_path,
     final = store_numbers(tmp_path / "s")
     assert all(final[k] == v for k, v in first.items())  # kept, not recomputed
     assert final == store_numbers(store)
+
+
+def test_device_map_helpers_on_a_cpu_machine(tiny_loaded):
+    from tensorllm.errors import UserError
+    from tensorllm.search.dist import device_map_kwargs, input_device, is_dispatched
+
+    assert device_map_kwargs(None) == {}
+    with pytest.raises(UserError):
+        device_map_kwargs("everywhere")
+    if not torch.cuda.is_available():
+        with pytest.raises(UserError, match="no CUDA GPU"):
+            device_map_kwargs("auto")
+    assert not is_dispatched(tiny_loaded.model)
+    assert input_device(tiny_loaded.model).type == "cpu"

@@ -20,9 +20,10 @@ def test_key_is_stable_and_ignores_dict_order():
     assert config_key([]) == BASELINE.key != config_key(a)
 
 
-def test_tucker_grid_resolves_ranks_and_merges_equal_settings(loaded):
+def test_tucker_grid_resolves_ranks_and_merges_equal_settings(tiny_loaded):
     # tiny model: tensor (D=32, d=8, 2g+2=6, Hkv=2); 0.5,0.5,1 -> (16,4,6), the same as the explicit 16,4,6
-    grid = tucker_grid(loaded.model, loaded.arch, "0,2", ranks=[(16, 4, 6), (0.5, 0.5, 1.0), "auto"], rates=[4.0])
+    grid = tucker_grid(tiny_loaded.model, tiny_loaded.arch, "0,2", ranks=[(16, 4, 6), (0.5, 0.5, 1.0), "auto"],
+                       rates=[4.0])
     assert grid.rows == ["L0", "L2"] and grid.cols == ["16,4,6", "0.5,0.5,1", "auto", "rate 4"]
     assert grid.cells[("L0", "16,4,6")].key == grid.cells[("L0", "0.5,0.5,1")].key
     step = grid.cells[("L2", "auto")].steps[0]
@@ -32,18 +33,18 @@ def test_tucker_grid_resolves_ranks_and_merges_equal_settings(loaded):
     assert grid.row_layer == {"L0": 0, "L2": 2}
 
 
-def test_tucker_rank_too_large_names_the_layer(loaded):
+def test_tucker_rank_too_large_names_the_layer(tiny_loaded):
     with pytest.raises(UserError, match="layer 1: rank 99"):
-        tucker_grid(loaded.model, loaded.arch, "1", ranks=[(8, 99, 2)])
+        tucker_grid(tiny_loaded.model, tiny_loaded.arch, "1", ranks=[(8, 99, 2)])
 
 
-def test_laser_grid_uses_integer_ranks(loaded):
-    grid = laser_grid(loaded.model, loaded.arch, "all", rhos=[0.5, 0.1], matrices=("ffn_in", "ffn_out"))
+def test_laser_grid_uses_integer_ranks(tiny_loaded):
+    grid = laser_grid(tiny_loaded.model, tiny_loaded.arch, "all", rhos=[0.5, 0.1], matrices=("ffn_in", "ffn_out"))
     assert len(grid.rows) == 3 and grid.cols == ["ffn_in 0.5", "ffn_in 0.1", "ffn_out 0.5", "ffn_out 0.1"]
     step = grid.cells[("L1", "ffn_in 0.5")].steps[0]
     assert step["rank"] == 16 and step["rho"] is None  # ffn_in is (48, 32): floor(32 * 0.5)
     with pytest.raises(UserError, match="no matrix"):
-        laser_grid(loaded.model, loaded.arch, "0", rhos=[0.5], matrices=("nope",))
+        laser_grid(tiny_loaded.model, tiny_loaded.arch, "0", rhos=[0.5], matrices=("nope",))
 
 
 def test_hybrid_grid_combines_every_pair():

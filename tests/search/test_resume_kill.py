@@ -9,7 +9,7 @@ import time
 
 from tensorllm.search import run_search
 
-from conftest import spec_for, store_numbers
+from search_helpers import spec_for, store_numbers
 
 # Runs the real CLI with every evaluation followed by a pause, so the test can kill it mid-run.
 HARNESS = """
@@ -38,12 +38,12 @@ def _lines(path):
     return path.read_bytes().count(b"\n") if path.exists() else 0
 
 
-def test_sigkill_mid_run_then_resume(tiny, tmp_path):
+def test_sigkill_mid_run_then_resume(search_tiny, tmp_path):
     harness = tmp_path / "harness.py"
     harness.write_text(HARNESS)
     store = tmp_path / "killed"
     results = store / "results-rank0.jsonl"
-    proc = subprocess.Popen([sys.executable, str(harness), "0.5", *cli_args(tiny, store)],
+    proc = subprocess.Popen([sys.executable, str(harness), "0.5", *cli_args(search_tiny, store)],
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     deadline = time.time() + 90
     while _lines(results) < 3:
@@ -57,7 +57,7 @@ def test_sigkill_mid_run_then_resume(tiny, tmp_path):
     before = store_numbers(store)
     assert len(before) >= 3
 
-    resumed = subprocess.run([sys.executable, str(harness), "0", *cli_args(tiny, store)], capture_output=True,
+    resumed = subprocess.run([sys.executable, str(harness), "0", *cli_args(search_tiny, store)], capture_output=True,
                              text=True, timeout=120)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert f"{len(before)} of " in resumed.stderr and "already in the store" in resumed.stderr
@@ -65,5 +65,5 @@ def test_sigkill_mid_run_then_resume(tiny, tmp_path):
     assert all(after[k] == v for k, v in before.items())
 
     reference = tmp_path / "uninterrupted"
-    run_search(spec_for(tiny, reference, layers="all", ranks=((8, 4, 2), (0.5, 0.5, 1.0), "auto")))
+    run_search(spec_for(search_tiny, reference, layers="all", ranks=((8, 4, 2), (0.5, 0.5, 1.0), "auto")))
     assert after == store_numbers(reference)

@@ -9,15 +9,15 @@ import tensorllm.methods.tucker as tucker_mod
 from tensorllm.errors import UserError
 from tensorllm.search import BASELINE, Store, run_search
 
-from conftest import spec_for, store_numbers
+from search_helpers import spec_for, store_numbers
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 
 @pytest.fixture(scope="module")
-def tucker_run(tiny, tmp_path_factory):
+def tucker_run(search_tiny, tmp_path_factory):
     store = tmp_path_factory.mktemp("tucker") / "store"
-    report = run_search(spec_for(tiny, store, layers="0,2"))
+    report = run_search(spec_for(search_tiny, store, layers="0,2"))
     return store, report
 
 
@@ -54,53 +54,53 @@ def test_winner_follows_the_selection_rule_and_is_tested(tucker_run):
     assert report["roles"]["baseline"]["val"]["n"] == 8
 
 
-def test_each_config_once_and_rerun_evaluates_nothing(tucker_run, tiny):
+def test_each_config_once_and_rerun_evaluates_nothing(tucker_run, search_tiny):
     store, report = tucker_run
     before = store_numbers(store)
     n_configs = len({c["key"] for row in report["grid"]["cells"] for c in row})
     assert sum(1 for (_, split) in before if split == "val") == n_configs + 1  # + baseline
-    again = run_search(spec_for(tiny, store, layers="0,2"))
+    again = run_search(spec_for(search_tiny, store, layers="0,2"))
     assert again["run"]["evaluated_this_run"] == 0
     assert store_numbers(store) == before
     assert again["roles"]["winner"]["key"] == report["roles"]["winner"]["key"]
 
 
-def test_extended_grid_reuses_the_shared_configs(tucker_run, tiny, tmp_path):
+def test_extended_grid_reuses_the_shared_configs(tucker_run, search_tiny, tmp_path):
     store, _ = tucker_run
     copy = tmp_path / "copy"
     copy.mkdir()
     for p in store.iterdir():
         if p.name != ".lock":
             (copy / p.name).write_bytes(p.read_bytes())
-    report = run_search(spec_for(tiny, copy, layers="all"))  # adds layer 1: 3 configs (+3 test roles at most)
+    report = run_search(spec_for(search_tiny, copy, layers="all"))  # adds layer 1: 3 configs (+3 test roles at most)
     assert 3 <= report["run"]["evaluated_this_run"] <= 6
 
 
 @pytest.mark.parametrize("change", [{"limit_val": 6}, {"task": "hotpotqa"}, {"answer_mode": "continuation"},
                                     {"method": "laser", "rhos": (0.5,)}, {"model": "other"}])
-def test_refuses_a_store_written_by_another_search(tucker_run, tiny, change):
+def test_refuses_a_store_written_by_another_search(tucker_run, search_tiny, change):
     store, _ = tucker_run
     if change.get("model") == "other":
-        change = {"model": tiny["other_model"]}
+        change = {"model": search_tiny["other_model"]}
     with pytest.raises(UserError) as exc:
-        run_search(spec_for(tiny, store, layers="0,2", **change))
+        run_search(spec_for(search_tiny, store, layers="0,2", **change))
     assert "different search" in str(exc.value) and "\n" not in str(exc.value)
 
 
-def test_no_tucker_is_decomposed_twice(tiny, tmp_path, monkeypatch):
+def test_no_tucker_is_decomposed_twice(search_tiny, tmp_path, monkeypatch):
     calls = []
     real = tucker_mod.compress_layer
     monkeypatch.setattr(tucker_mod, "compress_layer", lambda *a, **k: calls.append(1) or real(*a, **k))
     # "16,4,6" and "0.5,0.5,1" select the same ranks: one configuration; the winner and the auto
     # configurations are evaluated again on test from the cache
-    report = run_search(spec_for(tiny, tmp_path / "s", layers="1", ranks=((16, 4, 6), (0.5, 0.5, 1.0), "auto")))
+    report = run_search(spec_for(search_tiny, tmp_path / "s", layers="1", ranks=((16, 4, 6), (0.5, 0.5, 1.0), "auto")))
     distinct = {c["key"] for row in report["grid"]["cells"] for c in row}
     assert len(distinct) == 2 and len(calls) == 2
     assert report["run"]["step_cache"]["hits"] >= 1
 
 
-def test_time_budget_gives_a_partial_report_then_resumes(tiny, tmp_path):
-    spec = spec_for(tiny, tmp_path / "s", layers="0,1", time_budget=1e-9)
+def test_time_budget_gives_a_partial_report_then_resumes(search_tiny, tmp_path):
+    spec = spec_for(search_tiny, tmp_path / "s", layers="0,1", time_budget=1e-9)
     partial = run_search(spec)
     assert partial["status"] == "partial" and partial["run"]["evaluated_this_run"] == 0
     assert "Partial" in (tmp_path / "s" / "report.md").read_text()
@@ -109,11 +109,12 @@ def test_time_budget_gives_a_partial_report_then_resumes(tiny, tmp_path):
     assert done["status"] == "complete" and done["progress"]["val_done"] == done["progress"]["configurations"]
 
 
-def test_laser_then_hybrid_from_two_stores(tiny, tmp_path, tucker_run):
+def test_laser_then_hybrid_from_two_stores(search_tiny, tmp_path, tucker_run):
     tucker_store, _ = tucker_run
-    laser = run_search(spec_for(tiny, tmp_path / "laser", method="laser", layers="1,2", rhos=(0.5, 0.1), ranks=()))
+    laser = run_search(spec_for(search_tiny, tmp_path / "laser", method="laser", layers="1,2", rhos=(0.5, 0.1),
+                                ranks=()))
     assert laser["status"] == "complete" and "auto_best" not in laser["roles"]
-    hybrid = run_search(spec_for(tiny, tmp_path / "hybrid", method="hybrid", ranks=(), top_k=2,
+    hybrid = run_search(spec_for(search_tiny, tmp_path / "hybrid", method="hybrid", ranks=(), top_k=2,
                                  sources=(str(tucker_store), str(tmp_path / "laser"))))
     assert hybrid["status"] == "complete"
     assert len(hybrid["grid"]["rows"]) == 2 and len(hybrid["grid"]["cols"]) == 2
@@ -122,28 +123,29 @@ def test_laser_then_hybrid_from_two_stores(tiny, tmp_path, tucker_run):
     assert (tmp_path / "hybrid" / "heatmap.png").read_bytes().startswith(PNG_MAGIC)
 
 
-def test_hybrid_refuses_sources_of_another_search(tiny, tmp_path, tucker_run):
-    other = run_search(spec_for(tiny, tmp_path / "other", layers="0", limit_val=4))
+def test_hybrid_refuses_sources_of_another_search(search_tiny, tmp_path, tucker_run):
+    other = run_search(spec_for(search_tiny, tmp_path / "other", layers="0", limit_val=4))
     assert other["status"] == "complete"
     with pytest.raises(UserError, match="different search"):
-        run_search(spec_for(tiny, tmp_path / "h", method="hybrid", ranks=(),
+        run_search(spec_for(search_tiny, tmp_path / "h", method="hybrid", ranks=(),
                             sources=(str(tucker_run[0]), str(tmp_path / "other"))))
 
 
-def test_hybrid_from_explicit_recipes(tiny, tmp_path):
+def test_hybrid_from_explicit_recipes(search_tiny, tmp_path):
     r1 = tmp_path / "a.yaml"
-    r1.write_text("steps:\n  - {method: tucker, layers: [0], ranks: [8, 4, 2]}\n  - {method: laser, layers: [1], rho: 0.5}\n")
+    r1.write_text("steps:\n  - {method: tucker, layers: [0], ranks: [8, 4, 2]}\n"
+                  "  - {method: laser, layers: [1], rho: 0.5}\n")
     r2 = tmp_path / "b.yaml"
     r2.write_text("steps:\n  - {method: laser, layers: [2], rho: 0.25}\n")
-    rep = run_search(spec_for(tiny, tmp_path / "s", method="hybrid", ranks=(), recipes=(str(r1), str(r2))))
+    rep = run_search(spec_for(search_tiny, tmp_path / "s", method="hybrid", ranks=(), recipes=(str(r1), str(r2))))
     assert rep["grid"]["rows"] == ["a", "b"] and rep["status"] == "complete"
 
 
-def test_bad_options_are_user_errors(tiny, tmp_path):
+def test_bad_options_are_user_errors(search_tiny, tmp_path):
     with pytest.raises(UserError, match="needs --ranks"):
-        run_search(spec_for(tiny, tmp_path / "s", ranks=()))
+        run_search(spec_for(search_tiny, tmp_path / "s", ranks=()))
     with pytest.raises(UserError, match="unknown task"):
-        run_search(spec_for(tiny, tmp_path / "s", task="nope"))
+        run_search(spec_for(search_tiny, tmp_path / "s", task="nope"))
     with pytest.raises(UserError, match="hybrid"):
-        run_search(spec_for(tiny, tmp_path / "s", method="hybrid", ranks=()))
+        run_search(spec_for(search_tiny, tmp_path / "s", method="hybrid", ranks=()))
     assert BASELINE.key  # the baseline is a configuration with no steps

@@ -22,6 +22,7 @@ A local copy of the sdist can be given with `--sdist PATH` or `TENSORLLM_BIGBENC
 from __future__ import annotations
 
 import hashlib
+import http.client
 import json
 import os
 import re
@@ -93,15 +94,18 @@ def fetch_bigbench(sdist: str | Path | None = None, *, progress: bool = True) ->
         path = Path(local).expanduser()
         if not path.is_file():
             raise UserError(f"BIG-bench sdist {path} does not exist")
-        with open(path, "rb") as fh:
-            _extract(fh, path.stat().st_size, directory, str(path), progress)
+        try:
+            with open(path, "rb") as fh:
+                _extract(fh, path.stat().st_size, directory, str(path), progress)
+        except OSError as exc:
+            raise UserError(f"cannot read {path} ({_reason(exc)})") from None
         return FetchResult(directory, True, str(path))
     url, size = _find_sdist_url()
     try:
         with urllib.request.urlopen(urllib.request.Request(url), timeout=60, context=_ssl_context()) as resp:
             total = int(resp.headers.get("Content-Length") or size or 0)
             _extract(resp, total, directory, url, progress)
-    except (urllib.error.URLError, OSError) as exc:
+    except (urllib.error.URLError, OSError, http.client.HTTPException) as exc:
         raise UserError(f"download of {SDIST} failed ({_reason(exc)}); download it yourself and pass "
                         f"--sdist PATH (or set {SDIST_ENV})") from None
     return FetchResult(directory, True, url)
@@ -204,7 +208,7 @@ def _extract(raw: BinaryIO, total: int, directory: Path, source: str, progress: 
                             out.write(chunk)
                     found[rel] = h.hexdigest()
             reader.drain()  # the digest covers the whole file, including any trailing bytes
-        except (tarfile.TarError, EOFError, OSError) as exc:
+        except (tarfile.TarError, EOFError) as exc:  # corrupt or truncated data (network errors propagate)
             raise UserError(f"{source} is not a readable {SDIST} ({_reason(exc)})") from None
         if reader.sha.hexdigest() != SDIST_SHA256:
             raise UserError(f"{source} does not have the sha256 of {SDIST} (got {reader.sha.hexdigest()[:16]}..., "

@@ -65,8 +65,9 @@ def model_kind(model) -> str:
         raise UserError(f"{name} is an encoder-decoder model; evaluation supports decoders and MLM encoders")
     head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
     if head is None:
-        raise UserError(f"the model ({name}) has no language-model head: this checkpoint holds only the "
-                        "encoder, so masked-LM evaluation is impossible (use a *ForMaskedLM checkpoint)")
+        raise UserError(f"the model ({name}) has no language-model head (the checkpoint holds only the "
+                        "encoder / backbone, e.g. a sentence-embedding model): evaluation needs a causal LM or a "
+                        "*ForMaskedLM checkpoint")
     if name.endswith("ForMaskedLM"):
         return "encoder"
     if name.endswith(("ForCausalLM", "LMHeadModel")) or getattr(model.config, "is_decoder", False):
@@ -84,6 +85,8 @@ def evaluate(model, tokenizer, task: str | TaskSpec, split: str = "val", limit: 
     if batch_size <= 0 or max_batch_tokens <= 0:
         raise UserError("batch size and max batch tokens must be positive")
     kind = kind or model_kind(model)
+    if kind not in ("decoder", "encoder"):
+        raise UserError(f"unknown model kind '{kind}' (decoder or encoder)")
     if spec.kind == "perplexity" and kind == "encoder":
         raise UserError("the perplexity task needs a decoder (causal) model; encoders have no next-token loss")
     start = time.perf_counter()

@@ -57,10 +57,10 @@ def load_task(task: TaskSpec, data: str | Path | None = None) -> Dataset:
         if not path.is_file():
             raise UserError(f"data file {path} does not exist")
         st = path.stat()
-        return _load_file(task.name, str(path.resolve()), st.st_mtime_ns, st.st_size)
+        return _load_file(task, str(path.resolve()), st.st_mtime_ns, st.st_size)
     if task.builtin is None:
         raise UserError(f"task '{task.name}' has no built-in source; pass --data FILE (fields: {task.fields})")
-    return _load_builtin(task.name)
+    return _load_builtin(task)
 
 
 def _parse_all(task: TaskSpec, records, where: str) -> Dataset:
@@ -81,11 +81,9 @@ def _parse_all(task: TaskSpec, records, where: str) -> Dataset:
     return Dataset(task.name, tuple(examples), where, skipped)
 
 
-@functools.lru_cache(maxsize=16)
-def _load_file(task_name: str, path: str, _mtime_ns: int, _size: int) -> Dataset:
-    from tensorllm.eval.tasks import get_task
-
-    return _parse_all(get_task(task_name), read_records(Path(path)), path)
+@functools.lru_cache(maxsize=16)  # keyed by the file's mtime and size too: an edited file is re-read
+def _load_file(task: TaskSpec, path: str, _mtime_ns: int, _size: int) -> Dataset:
+    return _parse_all(task, read_records(Path(path)), path)
 
 
 def read_records(path: Path) -> list[tuple[str, object]]:
@@ -126,10 +124,7 @@ def read_records(path: Path) -> list[tuple[str, object]]:
 # -- built-in sources ------------------------------------------------------------------------------
 
 @functools.lru_cache(maxsize=8)
-def _load_builtin(task_name: str) -> Dataset:
-    from tensorllm.eval.tasks import get_task
-
-    task = get_task(task_name)
+def _load_builtin(task: TaskSpec) -> Dataset:
     kind, _, name = task.builtin.partition(":")
     if kind == "bigbench":
         return _parse_all(task, _bigbench_records(name), f"bigbench-1.0.0:{name}")
@@ -157,6 +152,9 @@ def _hf_records(task: TaskSpec, name: str) -> list[tuple[str, object]]:
         import datasets
     except ImportError:
         raise UserError(f"task '{task.name}' reads Hugging Face datasets, which is not installed; {hint}") from None
+    unreachable = _hub_unreachable()
+    if unreachable:  # fail at once instead of after `datasets`' retries with back-off
+        raise UserError(f"task '{task.name}' reads the Hugging Face Hub, which is unreachable ({unreachable}); {hint}")
     try:
         if name == "fever":
             ds = datasets.load_dataset("EleutherAI/fever", "v1.0")
@@ -184,3 +182,24 @@ def _hf_records(task: TaskSpec, name: str) -> list[tuple[str, object]]:
         first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
         raise UserError(f"cannot load the Hugging Face data of task '{task.name}' ({first}); {hint}") from None
     raise UserError(f"unknown built-in source hf:{name}")
+
+
+def _hub_unreachable() -> str | None:
+    """Why the Hub's host cannot be resolved, or None (also None in offline mode: the local cache serves)."""
+    import os
+    import socket
+    import urllib.parse
+
+    if os.environ.get("HF_HUB_OFFLINE") or os.environ.get("HF_DATASETS_OFFLINE"):
+        return None
+    try:
+        from huggingface_hub import constants
+
+        host = urllib.parse.urlsplit(constants.ENDPOINT).hostname
+        if host:
+            socket.getaddrinfo(host, 443)
+    except OSError as exc:
+        return str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+    except ImportError:
+        return None
+    return None

@@ -3,14 +3,18 @@
 A task says how to turn one raw record into an `Example` (the model prompt and the gold answer),
 what kind of scoring it uses, and where its records come from when no `--data FILE` is given.
 
-| task            | kind       | prompt                                                         | record fields (`--data`)            |
-|-----------------|------------|----------------------------------------------------------------|-------------------------------------|
-| wikidata_qa     | generate   | the raw BIG-bench input (10 new tokens)                        | `input`, `target` (str or [one str]) |
-| fever_bigbench  | classify   | LASER's FEVER prompt around the claim; " true" / " false"      | `claim`, `label` or BIG-bench `input`, `target_scores` |
-| fever           | classify   | same, on EleutherAI/fever v1.0 paper_dev + paper_test          | `claim`, `label`                     |
-| hotpotqa        | generate   | `<question> The answer is` (15 new tokens)                     | `question`, `answer`                 |
-| bios_profession | classify   | LASER's Bios prompt; 8 single-token professions                | `hard_text` (or `text`), `profession` |
-| perplexity      | perplexity | none: mean token NLL of English paragraphs                     | `text`                               |
+- wikidata_qa (generate, 10 new tokens): BIG-bench qa_wikidata, prompt = the raw input.
+  Fields: `input`, `target` (a string, or a list: only items with exactly one target are kept).
+- fever_bigbench (classify " true" / " false"): BIG-bench fact_checker/fever, the claim cut out of
+  the BIG-bench input and put in LASER's FEVER prompt. Fields: `claim`, `label`, or BIG-bench's
+  `input`, `target_scores`.
+- fever (classify): the same on LASER's set, EleutherAI/fever v1.0 paper_dev + paper_test with
+  conflicting claims removed. Fields: `claim`, `label`.
+- hotpotqa (generate, 15 new tokens): prompt `<question> The answer is` ("?" added when the
+  question has no end punctuation, as LASER's code). Fields: `question`, `answer`.
+- bios_profession (classify among 8 single-token professions): LASER's Bios prompt.
+  Fields: `hard_text` (or `text`), `profession`.
+- perplexity: token-weighted mean NLL of English paragraphs (no prompt). Field: `text`.
 
 `label` may be true/false, "true"/"false", 1/0, or FEVER's "SUPPORTS"/"REFUTES" ("NOT ENOUGH INFO"
 records are skipped). `profession` is one of the 8 names or LabHC/bias_in_bios' integer id; other
@@ -180,7 +184,8 @@ TASKS: dict[str, TaskSpec] = {t.name: t for t in (
              "conflicting claims removed", parse_fever, "claim, label", labels=FEVER_LABELS, builtin="hf:fever"),
     TaskSpec("hotpotqa", "generate", "HotpotQA fullwiki (LASER: train[:len(validation)] + validation)",
              parse_hotpot, "question, answer", max_new_tokens=15, max_answer_tokens=15, builtin="hf:hotpotqa",
-             notes="answers longer than 15 tokens of the evaluated tokenizer are dropped, as LASER does"),
+             notes="answers of more than 15 tokens are dropped, as LASER does (counted by the evaluated "
+             "tokenizer with its special tokens; LASER counted with Llama-2's, BOS included)"),
     TaskSpec("bios_profession", "classify", "LabHC/bias_in_bios dev, 8 single-token professions",
              parse_bios, "hard_text, profession", labels=BIOS_PROFESSIONS, builtin="hf:bios"),
     TaskSpec("perplexity", "perplexity", "English Wikipedia paragraphs (BIG-bench squad_shifts new_wiki)",

@@ -12,12 +12,14 @@ def encode(tokenizer, texts: list[str]) -> list[list[int]]:
     return [list(ids) for ids in tokenizer(list(texts), add_special_tokens=True)["input_ids"]]
 
 
-def _trailing_specials(tokenizer, ids: list[int]) -> int:
-    special = set(tokenizer.all_special_ids)
-    n = 0
-    while n < len(ids) and ids[len(ids) - 1 - n] in special:
-        n += 1
-    return n
+def _added_suffix(tokenizer, text: str) -> int:
+    """How many tokens the tokenizer appends after the text ([SEP], </s>, an EOS): 0 for most decoders."""
+    full = tokenizer(text, add_special_tokens=True)["input_ids"]
+    bare = tokenizer(text, add_special_tokens=False)["input_ids"]
+    for offset in range(len(full) - len(bare) + 1):
+        if full[offset:offset + len(bare)] == bare:
+            return len(full) - offset - len(bare)
+    return 0
 
 
 def answer_spans(tokenizer, prompts: list[str], answers: list[str]) -> list[tuple[list[int], int, int]]:
@@ -29,9 +31,9 @@ def answer_spans(tokenizer, prompts: list[str], answers: list[str]) -> list[tupl
     """
     joint = encode(tokenizer, [f"{p} {a}" if p else a for p, a in zip(prompts, answers)])
     alone = encode(tokenizer, list(prompts))
+    tail = _added_suffix(tokenizer, next((p for p in prompts if p), "a")) if prompts else 0
     spans = []
     for i, (ids, p_ids) in enumerate(zip(joint, alone)):
-        tail = _trailing_specials(tokenizer, p_ids) if p_ids else 0
         body = p_ids[: len(p_ids) - tail]
         start = 0
         while start < min(len(body), len(ids)) and body[start] == ids[start]:

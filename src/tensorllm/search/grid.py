@@ -60,7 +60,10 @@ def describe_step(step: dict) -> str:
     layers = ",".join(map(str, step.get("layers") or []))
     if step["method"] == "tucker":
         ranks = step.get("ranks")
-        shown = ",".join(map(str, ranks)) if isinstance(ranks, list) else str(ranks if ranks else f"rate {step['rate']}")
+        if isinstance(ranks, list):
+            shown = ",".join(map(str, ranks))
+        else:
+            shown = str(ranks) if ranks else f"rate {step['rate']}"
         extra = "" if step.get("variant", "multihead") == "multihead" else f" {step['variant']}"
         return f"tucker L{layers} ({shown}){extra}"
     if step["method"] == "laser":
@@ -174,7 +177,8 @@ def laser_step(model, arch, layer: int, matrix: str, rho: float) -> dict:
     try:
         weight = get_module(blocks(model, arch)[layer], path).weight
     except AttributeError:
-        raise UserError(f"{arch.name} has no matrix '{matrix}' (named ones: {', '.join(arch.matrix_paths())})") from None
+        named = ", ".join(arch.matrix_paths())
+        raise UserError(f"{arch.name} has no matrix '{matrix}' (named ones: {named}; or a module path)") from None
     if not 0 < rho <= 1:
         raise UserError(f"laser rho must lie in (0, 1], got {rho}")
     return _canonical("laser", {"layers": [layer], "matrix": matrix, "rank": laser_rank(tuple(weight.shape), rho)})

@@ -60,8 +60,9 @@ def build(grid: Grid, identity: dict, info: dict, val: dict[str, dict], test: di
         for c in grid.cols:
             cfg = grid.cells.get((r, c))
             line = val.get(cfg.key) if cfg is not None else None
-            row.append(None if line is None else {"key": line["key"], "accuracy": line["accuracy"], "loss": line["loss"],
-                                                  "delta": _delta(line["accuracy"], base_acc), "ranks": _ranks_of(line)})
+            row.append(None if line is None else {
+                "key": line["key"], "accuracy": line["accuracy"], "loss": line["loss"],
+                "delta": _delta(line["accuracy"], base_acc), "ranks": _ranks_of(line)})
         cells.append(row)
     configs = grid.configs()
     done = [val[c.key] for c in configs if c.key in val]
@@ -73,7 +74,8 @@ def build(grid: Grid, identity: dict, info: dict, val: dict[str, dict], test: di
         v, t = val.get(cfg.key), test.get(cfg.key)
         base_t = test.get(BASELINE.key)
         role_rows[role] = {"key": cfg.key, "describe": cfg.describe(), "steps": list(cfg.steps),
-                           "cells": [list(rc) for rc in grid.cells_of(cfg.key)], "val": _metrics(v), "test": _metrics(t),
+                           "cells": [list(rc) for rc in grid.cells_of(cfg.key)],
+                           "val": _metrics(v), "test": _metrics(t),
                            "delta_val": _delta(v and v["accuracy"], base_acc),
                            "delta_test": _delta(t and t["accuracy"], base_t and base_t["accuracy"])}
     every = list(val.values()) + list(test.values())
@@ -138,7 +140,8 @@ def markdown(rep: dict) -> str:
     lines += [f"- model: `{info.get('model_spec')}` ({info.get('architecture')}, {ident['dtype']}, "
               f"{ident['device_type']}, fingerprint {ident['model']}"
               + (", K/V heads expanded to multi-head" if info.get("expand_kv") else "") + ")",
-              f"- data: {ident['data']}; validation n = {n_val}, test n = {n_test}; answer mode: {ident['answer_mode']}",
+              f"- data: {ident['data']}; validation n = {n_val}, test n = {n_test}; "
+              f"answer mode: {ident['answer_mode']}",
               f"- configurations: {prog['val_done']} of {prog['configurations']} evaluated on validation; "
               f"selection: {rep['selection']}",
               f"- code: tensorllm {info.get('code_version')}; this run {rep['run']['seconds']:.1f} s, "
@@ -154,9 +157,9 @@ def markdown(rep: dict) -> str:
         if r is None:
             continue
         v, t = r["val"] or {}, r["test"] or {}
-        lines.append(f"| {ROLE_TITLES[role]} | {r['describe']} | {_pct(v.get('accuracy'))} | {_signed(r['delta_val'])} | "
-                     f"{_loss(v.get('loss'))} | {_pct(t.get('accuracy'))} | {_signed(r['delta_test'])} | "
-                     f"{_loss(t.get('loss'))} |")
+        lines.append(f"| {ROLE_TITLES[role]} | {r['describe']} | {_pct(v.get('accuracy'))} | "
+                     f"{_signed(r['delta_val'])} | {_loss(v.get('loss'))} | {_pct(t.get('accuracy'))} | "
+                     f"{_signed(r['delta_test'])} | {_loss(t.get('loss'))} |")
     lines.append("")
     if "auto_best" in rep["roles"]:
         lines += ["`auto` ranks come from the weights alone (Gavish-Donoho threshold on each unfolding); the "
@@ -164,7 +167,8 @@ def markdown(rep: dict) -> str:
                   "\"at the winner's layer\" row compares ranks with everything else held equal.", ""]
     elif rep["method"] == "tucker":
         lines += ["No data-free comparison: the grid has no `auto` column (add `;auto` to --ranks).", ""]
-    lines += ["## Best on validation", "", "| # | configuration | val acc | Δ val | val loss |", "|---:|---|---:|---:|---:|"]
+    lines += ["## Best on validation", "", "| # | configuration | val acc | Δ val | val loss |",
+              "|---:|---|---:|---:|---:|"]
     for i, x in enumerate(rep["ranking"], 1):
         lines.append(f"| {i} | {x['describe']} | {_pct(x['accuracy'])} | {_signed(x['delta'])} | {_loss(x['loss'])} |")
     g = rep["grid"]

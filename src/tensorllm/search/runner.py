@@ -34,8 +34,7 @@ from tensorllm.progress import track
 from tensorllm.search import dist, report as report_mod, select
 from tensorllm.search.apply import Applier
 from tensorllm.search.grid import BASELINE, Config, Grid, hybrid_grid, laser_grid, recipes_grid, tucker_grid
-from tensorllm.search.store import (FORMAT, IDENTITY_KEYS, Store, code_version, data_identity, model_fingerprint,
-                                    now)
+from tensorllm.search.store import FORMAT, Store, code_version, data_identity, mismatch, model_fingerprint, now
 
 METHODS = ("tucker", "laser", "hybrid")
 LASER_RHOS = (0.9, 0.8, 0.6, 0.2, 0.1, 0.05, 0.01)  # LASER's published grid
@@ -192,8 +191,7 @@ class Search:
         found = store.manifest()
         if found is None:
             raise UserError(f"--from {source} is not a search store (no store.json)")
-        diff = [f"{k} {found.get(k)!r} != {identity.get(k)!r}" for k in IDENTITY_KEYS
-                if k != "method" and found.get(k) != identity.get(k)]
+        diff = [d for d in mismatch(identity, found) if not d.startswith("method:")]
         if diff:
             raise UserError(f"--from {source} was measured on a different search ({'; '.join(diff)})")
         done = [line for line in store.results("val").values() if line["steps"]]
@@ -272,6 +270,7 @@ class Search:
         done = self.store.results(split)
         pending = [c for c in configs if c.key not in done]
         mine = self.world.share(pending)
+        dist.barrier(self.world)  # every rank has read the same store before anyone appends to it
         share = f"; {len(mine)} on this rank" if self.world.size > 1 else ""
         self.log(f"{split}: {len(configs) - len(pending)} of {len(configs)} configurations already in the store, "
                  f"{len(pending)} to evaluate{share}")

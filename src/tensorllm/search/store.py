@@ -100,7 +100,9 @@ def code_version() -> str:
 
 
 def mismatch(expected: dict, found: dict) -> list[str]:
-    return [f"{k} {found.get(k)!r} != {expected.get(k)!r}" for k in IDENTITY_KEYS if found.get(k) != expected.get(k)]
+    """'key: store has X, this search Y' for every identity field that differs."""
+    return [f"{k}: store has {found.get(k)!r}, this search {expected.get(k)!r}" for k in IDENTITY_KEYS
+            if found.get(k) != expected.get(k)]
 
 
 # -- writing ---------------------------------------------------------------------------------------

@@ -36,7 +36,7 @@ CKPT = "finetune.pt"
 class HardConcreteGates(nn.Module):
     """n stochastic gates in [0, 1], exactly 0 or 1 with positive probability."""
 
-    def __init__(self, n: int, init: float = 2.0, beta: float = 2 / 3, gamma: float = -0.1, zeta: float = 1.1):
+    def __init__(self, n: int, init: float = 3.0, beta: float = 2 / 3, gamma: float = -0.1, zeta: float = 1.1):
         super().__init__()
         self.init = float(init)
         self.log_alpha = nn.Parameter(torch.full((n,), self.init))
@@ -50,11 +50,19 @@ class HardConcreteGates(nn.Module):
         self.z = (s * (self.zeta - self.gamma) + self.gamma).clamp(0, 1)
         return self.z
 
+    def fix(self, value: float) -> None:
+        """Set every gate to `value` (1: own K/V, 0: shared) instead of sampling."""
+        self.z = torch.full_like(self.log_alpha, float(value)).detach()
+
+    FLOOR = -10.0  # P(open) = 2e-4: closed
+
     @torch.no_grad()
-    def clamp_(self) -> None:
-        """Gates only ever hand over: never more open than at the start (where the penalty's
-        gradient would vanish and a gate could get stuck open), never past fully closed."""
-        self.log_alpha.clamp_(-10.0, self.init)
+    def clamp_(self, target: float) -> None:
+        """Keep log-alpha under a ceiling that falls from its start value to FLOOR as the target share
+        of closed gates rises 0 -> 1. Gates only ever hand over (an open gate's penalty gradient
+        vanishes, so one pushed far open could stay stuck), and all are closed when the warm-up ends,
+        whichever gates the Lagrangian chose to close first."""
+        self.log_alpha.clamp_(self.FLOOR, self.init - (self.init - self.FLOOR) * target)
 
     def prob_open(self) -> torch.Tensor:
         """P(z > 0) per gate (the expected L0 norm)."""
@@ -209,7 +217,7 @@ def finetune(model: nn.Module, arch: ArchSpec, teacher: nn.Module, shared: list,
         for opt in (opt_w, opt_g, opt_l):
             opt.step()
         for g in gates:
-            g.clamp_()
+            g.clamp_(target)
         losses.append(float(kl.detach()))
         if step % every == 0 or step == steps - 1:
             history.append({"step": step + 1, "kl": losses[-1], "closed": float(closed.detach()), "target": target,

@@ -1,0 +1,121 @@
+"""Gated recovery fine-tune on tiny models: wiring, lower held-out KL than the merge, export, resume."""
+
+import copy
+
+import pytest
+import torch
+from torch import nn
+
+from gqa_models import logits, rel_diff, tiny_llama
+from tensorllm.archs import spec_for
+from tensorllm.errors import UserError
+from tensorllm.methods import registry
+from tensorllm.methods.gqa import convert
+from tensorllm.methods.gqa import finetune as ft
+
+GEN = torch.Generator().manual_seed(0)
+CALIB = torch.randint(0, 256, (32, 64), generator=GEN)
+HELD_OUT = torch.randint(0, 256, (8, 64), generator=GEN)
+
+
+def _cfg(**opts):
+    return registry.config_from_dict("gqa", {"kv_heads": 1, "train_batch_size": 4, **opts})
+
+
+def _model():
+    return tiny_llama(4, 4, dtype=torch.float32)
+
+
+@torch.no_grad()
+def _held_out_kl(model, teacher):
+    return float(ft._kl(model(input_ids=HELD_OUT).logits, teacher(input_ids=HELD_OUT).logits))
+
+
+def test_open_gates_reproduce_the_original_and_closed_gates_the_merge():
+    model = _model()
+    arch = spec_for(model.config)
+    ref = logits(model, HELD_OUT)
+    merged = _model()
+    convert(merged, arch, _cfg(), CALIB, progress=False)
+
+    # the aligned (unmerged) weights plus the merged heads, as the fine-tune sees them
+    from tensorllm.attention import read_attention, write_attention
+    from tensorllm.methods.gqa.calibrate import input_grams
+    from tensorllm.methods.gqa.convert import key_planes, plan_layer
+
+    grams = input_grams(model, arch, CALIB, progress=False)
+    shared = []
+    for i, gram in enumerate(grams):
+        plan = plan_layer(read_attention(model, arch, i), gram, 1, key_planes(model, arch, 16))
+        write_attention(model, arch, i, plan.aligned)
+        shared.append((plan.merged.k, plan.merged.bk, plan.merged.v, plan.merged.bv))
+    gates = ft._install(model, arch, shared, 16, 4)
+    for g in gates:
+        g.fix(1.0)
+    assert rel_diff(logits(model, HELD_OUT), ref) < 1e-5
+    for g in gates:
+        g.fix(0.0)
+    assert rel_diff(logits(model, HELD_OUT), logits(merged, HELD_OUT)) < 1e-5
+
+
+def test_hard_concrete_gates():
+    g = ft.HardConcreteGates(1000)
+    z = g.sample(torch.Generator().manual_seed(0))
+    assert z.min() >= 0 and z.max() <= 1
+    assert 0.75 < float((z == 1).float().mean()) < 0.85  # P(z = 1) = sigmoid(3 - beta * logit(11/12)) = 0.80
+    assert float(g.prob_open().mean().detach()) == pytest.approx(float((z > 0).float().mean()), abs=0.03)
+    with torch.no_grad():
+        g.log_alpha.fill_(5.0)
+    g.clamp_(target=1.0)  # the ceiling reaches FLOOR when every gate should be closed
+    assert float(g.log_alpha.max()) == g.FLOOR
+    assert float(g.sample(torch.Generator().manual_seed(1)).max()) == 0.0
+
+
+def test_finetune_beats_the_training_free_merge_and_exports_plain_gqa(tmp_path):
+    kl = {}
+    for steps in (0, 40):
+        model = _model()
+        teacher = copy.deepcopy(model)
+        result = convert(model, spec_for(model.config), _cfg(train_steps=steps, lr=3e-3), CALIB, progress=False)
+        kl[steps] = _held_out_kl(model, teacher)
+    assert kl[40] < 0.95 * kl[0]
+    info = result["summary"]["finetune"]
+    assert info["final_open_probability"] < 0.01 and info["kl_last10"] < kl[0]
+    assert model.config.num_key_value_heads == 1
+    attn = model.model.layers[0].self_attn
+    assert type(attn.k_proj) is nn.Linear and attn.k_proj.weight.shape == (16, 64)
+    assert all(p.requires_grad for p in model.parameters())  # as loaded
+    model.save_pretrained(tmp_path / "ft")
+    from transformers import AutoModelForCausalLM
+
+    again = AutoModelForCausalLM.from_pretrained(tmp_path / "ft")
+    assert rel_diff(logits(again, HELD_OUT), logits(model, HELD_OUT)) < 1e-6
+
+
+def test_an_interrupted_finetune_resumes_to_the_same_result(tmp_path, monkeypatch):
+    arch = spec_for(_model().config)
+    straight = _model()
+    convert(straight, arch, _cfg(train_steps=6, lr=3e-3), CALIB, progress=False)
+
+    calls = {"n": 0}
+    real_kl = ft._kl
+
+    def crash_on_step_5(s, t):
+        calls["n"] += 1
+        if calls["n"] == 5:
+            raise KeyboardInterrupt
+        return real_kl(s, t)
+
+    monkeypatch.setattr(ft, "_kl", crash_on_step_5)
+    cfg = _cfg(train_steps=6, lr=3e-3, train_dir=str(tmp_path), save_every=2)
+    with pytest.raises(KeyboardInterrupt):
+        convert(_model(), arch, cfg, CALIB, progress=False)
+    monkeypatch.setattr(ft, "_kl", real_kl)
+    resumed = _model()
+    info = convert(resumed, arch, cfg, CALIB, progress=False)["summary"]["finetune"]
+    assert info["resumed_from"] == 4
+    for a, b in zip(straight.parameters(), resumed.parameters()):
+        assert torch.allclose(a, b, atol=1e-6)
+
+    with pytest.raises(UserError, match="different conversion"):
+        convert(_model(), arch, _cfg(kv_heads=2, train_steps=6, train_dir=str(tmp_path)), CALIB, progress=False)

@@ -1,0 +1,372 @@
+"""Bad input to loading, compressing and saving: each is a UserError from the Python API and a
+single `error: ...` line with exit code 2 from the CLI, with nothing written to --out and the
+input left byte-for-byte untouched. Plus atomic saving and --overwrite.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+import torch
+import transformers
+from safetensors.torch import load_file, save_file
+
+import tensorllm
+from tensorllm.errors import UserError
+
+WEIGHTS = "model.safetensors"
+GOOD_FLAGS = {"--layers": "0", "--ranks": "8,4,2", "--device": "cpu"}  # tiny tensor: (64, 16, 6, 2)
+
+
+@dataclass
+class Case:
+    model: Path  # what the user passes as MODEL
+    match: str  # part of the one-line message
+    flags: dict = field(default_factory=dict)  # CLI flags overriding GOOD_FLAGS (None drops one)
+    out: Path | None = None  # default: <tmp>/out
+    load: dict = field(default_factory=dict)  # load_model keyword arguments (API)
+
+
+def _copy(tiny_ckpt: Path, tmp: Path) -> Path:
+    return Path(shutil.copytree(tiny_ckpt, tmp / "model"))
+
+
+def _damage_weights(path: Path, fn) -> None:
+    sd = load_file(path / WEIGHTS)
+    fn(sd)
+    save_file(sd, path / WEIGHTS, metadata={"format": "pt"})
+
+
+def _rewrite_header(path: Path, header: bytes, length: int | None = None) -> None:
+    data = (path / WEIGHTS).read_bytes()
+    n = int.from_bytes(data[:8], "little")
+    length = len(header) if length is None else length
+    (path / WEIGHTS).write_bytes(length.to_bytes(8, "little") + header + data[8 + n:])
+
+
+def case_missing(tmp, ckpt, tiny):
+    return Case(tmp / "no-such-model", "not found")
+
+
+def case_no_config(tmp, ckpt, tiny):
+    p = _copy(ckpt, tmp)
+    (p / "config.json").unlink()
+    return Case(p, "no config.json")
+
+
+def case_truncated(tmp, ckpt, tiny):
+    p = _copy(ckpt, tmp)
+    data = (p / WEIGHTS).read_bytes()
+    (p / WEIGHTS).write_bytes(data[: len(data) * 6 // 10])
+    return Case(p, "corrupt safetensors")
+
+
+def case_padded(tmp, ckpt, tiny):
+    p = _copy(ckpt, tmp)
+    with open(p / WEIGHTS, "ab") as f:
+        f.write(b"\0" * 1000)
+    return Case(p, "corrupt safetensors")
+
+
+def case_garbage_header(tmp, ckpt, tiny):
+    p = _copy(ckpt, tmp)
+    _rewrite_header(p, bytes(range(7, 71)))
+    return Case(p, "corrupt safetensors")
+
+
+def case_huge_header(tmp, ckpt, tiny):
+    p = _copy(ckpt, tmp)
+    _rewrite_header(p, b"{}", length=1 << 40)
+    return Case(p, "corrupt safetensors")
+
+
+def case_pickle_only(tmp, ckpt, tiny):
+    p = _copy(ckpt, tmp)
+    sd = load_file(p / WEIGHTS)
+    torch.save(sd, p / "pytorch_model.bin")
+    (p / WEIGHTS).unlink()
+    return Case(p, "--allow-pickle")
+
+
+def case_no_weights(tmp, ckpt, tiny):
+    p = _copy(ckpt, tmp)
+    (p / WEIGHTS).unlink()
+    return Case(p, "holds no weights")
+
+
+def case_unknown_arch(tmp, ckpt, tiny):
+    p = tmp / "opt"
+    config = transformers.OPTConfig(hidden_size=64, num_attention_heads=4, num_hidden_layers=2, ffn_dim=128,
+                                    vocab_size=128, max_position_embeddings=64, word_embed_proj_dim=64)
+    transformers.OPTForCausalLM(config).save_pretrained(p)
+    tiny.tokenizer().save_pretrained(p)
+    return Case(p, "unsupported architecture 'opt' (supported: bert, gemma")
+
+
+def case_layer_out_of_range(tmp, ckpt, tiny):
+    return Case(_copy(ckpt, tmp), "layer 2 is out of range", {"--layers": "2"})
+
+
+def case_rank_zero(tmp, ckpt, tiny):
+    return Case(_copy(ckpt, tmp), "must be positive", {"--ranks": "0,4,2"})
+
+
+def case_rank_negative(tmp, ckpt, tiny):
+    return Case(_copy(ckpt, tmp), "must be positive", {"--ranks": "8,-4,2"})
+
+
+def case_rank_too_large_mode1(tmp, ckpt, tiny):
+    return Case(_copy(ckpt, tmp), "rank 65 is larger than mode 1", {"--ranks": "65,4,2"})
+
+
+def case_rank_too_large_mode2(tmp, ckpt, tiny):
+    return Case(_copy(ckpt, tmp), "rank 17 is larger than mode 2", {"--ranks": "8,17,2"})
+
+
+def case_rank_too_large_mode3(tmp, ckpt, tiny):
+    return Case(_copy(ckpt, tmp), "rank 7 is larger than mode 3", {"--ranks": "8,4,7"})
+
+
+def case_rate_unreachable(tmp, ckpt, tiny):
+    return Case(_copy(ckpt, tmp), "no ranks reach compression rate", {"--ranks": None, "--rate": "1000000"})
+
+
+def case_bad_dtype(tmp, ckpt, tiny):
+    return Case(_copy(ckpt, tmp), "unknown dtype 'float8'", {"--dtype": "float8"}, load={"dtype": "float8"})
+
+
+def case_out_exists(tmp, ckpt, tiny):
+    out = tmp / "out"
+    out.mkdir()
+    (out / "keep.txt").write_text("mine")
+    return Case(_copy(ckpt, tmp), "already exists", out=out)
+
+
+def case_out_inside_input(tmp, ckpt, tiny):
+    p = _copy(ckpt, tmp)
+    return Case(p, "lies inside the input", out=p / "compressed")
+
+
+def case_out_is_input(tmp, ckpt, tiny):
+    p = _copy(ckpt, tmp)
+    return Case(p, "lies inside the input", out=p)
+
+
+def case_nan(tmp, ckpt, tiny):
+    p = _copy(ckpt, tmp)
+    _damage_weights(p, lambda sd: sd["model.layers.1.mlp.up_proj.weight"].view(-1).__setitem__(5, float("nan")))
+    return Case(p, "contain NaN or Inf (first in model.layers.1.mlp.up_proj.weight)")
+
+
+def case_inf(tmp, ckpt, tiny):
+    p = _copy(ckpt, tmp)
+    _damage_weights(p, lambda sd: sd["model.layers.0.self_attn.k_proj.weight"].view(-1).__setitem__(0, float("-inf")))
+    return Case(p, "contain NaN or Inf")
+
+
+CASES = {name[5:]: fn for name, fn in globals().items() if name.startswith("case_")}
+
+
+def _leftovers(out: Path) -> list[str]:
+    return sorted(p.name for p in out.parent.iterdir() if p.name.startswith(f".{out.name}."))
+
+
+def _state(case: Case, out: Path, tree_hash):
+    return (tree_hash(case.model) if case.model.exists() else None,
+            tree_hash(out) if out.exists() else None)
+
+
+def _api(case: Case, out: Path) -> None:
+    """The Python path the CLI takes: load, compress, save."""
+    step = {"method": "tucker", "layers": [0], "ranks": [8, 4, 2]}
+    flags = {**GOOD_FLAGS, **case.flags}
+    if flags.get("--layers"):
+        step["layers"] = [int(flags["--layers"])]
+    if flags.get("--ranks") is None:
+        step.pop("ranks")
+        step["rate"] = float(flags["--rate"])
+    else:
+        step["ranks"] = [int(r) for r in flags["--ranks"].split(",")]
+    loaded = tensorllm.load_model(str(case.model), device="cpu", **case.load)
+    tensorllm.compress(loaded, {"device": "cpu", "steps": [step]}, progress=False)
+    tensorllm.save_checkpoint(loaded, out)
+
+
+def _cli_args(case: Case, out: Path) -> list[str]:
+    args = ["compress", str(case.model), "--out", str(out), "--method", "tucker"]
+    for flag, value in {**GOOD_FLAGS, **case.flags}.items():
+        if value is not None:
+            args.append(f"{flag}={value}")
+    return args
+
+
+def _assert_one_error_line(rc: int, stdout: str, stderr: str, match: str) -> None:
+    assert rc == 2, f"exit code {rc}; stderr: {stderr!r}"
+    lines = stderr.splitlines()
+    assert len(lines) == 1, f"expected one line on stderr, got {lines!r}"
+    assert lines[0].startswith("error: ") and match in lines[0], lines[0]
+    assert stdout == ""
+
+
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_bad_input_is_a_user_error_and_writes_nothing(name, tmp_path, tiny_ckpt, tiny, tree_hash, run_cli):
+    case = CASES[name](tmp_path, tiny_ckpt, tiny)
+    out = case.out or tmp_path / "out"
+    before = _state(case, out, tree_hash)
+
+    with pytest.raises(UserError) as exc:
+        _api(case, out)
+    message = str(exc.value)
+    assert case.match in message and "\n" not in message, message
+    assert _state(case, out, tree_hash) == before
+    assert _leftovers(out) == []
+
+    rc, stdout, stderr = run_cli(*_cli_args(case, out))
+    _assert_one_error_line(rc, stdout, stderr, case.match)
+    assert _state(case, out, tree_hash) == before
+    assert _leftovers(out) == []
+    if before[1] is None:
+        assert not out.exists()
+
+
+@pytest.mark.skipif(not hasattr(os, "geteuid") or os.geteuid() == 0,
+                    reason="root reads every directory whatever its mode (see case_no_config instead)")
+def test_unreadable_model_dir(tmp_path, tiny_ckpt, run_cli):
+    p = _copy(tiny_ckpt, tmp_path)
+    p.chmod(0)
+    try:
+        with pytest.raises(UserError, match="not readable"):
+            tensorllm.load_model(str(p), device="cpu")
+        rc, stdout, stderr = run_cli(*_cli_args(Case(p, ""), tmp_path / "out"))
+        _assert_one_error_line(rc, stdout, stderr, "not readable")
+        assert not (tmp_path / "out").exists()
+    finally:
+        p.chmod(0o755)
+
+
+def test_pickle_checkpoint_loads_when_allowed(tmp_path, tiny_ckpt, tiny):
+    case = case_pickle_only(tmp_path, tiny_ckpt, tiny)
+    loaded = tensorllm.load_model(str(case.model), device="cpu", allow_pickle=True)
+    ref = load_file(tiny_ckpt / WEIGHTS)
+    for name, p in loaded.model.state_dict().items():
+        assert torch.equal(p, ref[name]), name
+
+
+@pytest.mark.parametrize("command", ["compress", "info", "expand-kv"])
+def test_every_command_reports_a_missing_model_on_one_line(command, tmp_path, run_cli):
+    args = [command, str(tmp_path / "nope")]
+    if command != "info":
+        args += ["--out", str(tmp_path / "out")]
+    if command == "compress":
+        args += ["--layers", "0", "--ranks", "8,4,2"]
+    rc, stdout, stderr = run_cli(*args)
+    _assert_one_error_line(rc, stdout, stderr, "not found")
+    assert not (tmp_path / "out").exists()
+
+
+def test_expand_kv_refuses_an_existing_output(tmp_path, tiny_ckpt, run_cli, tree_hash):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "keep.txt").write_text("mine")
+    before = tree_hash(out), tree_hash(tiny_ckpt)
+    rc, stdout, stderr = run_cli("expand-kv", str(tiny_ckpt), "--out", str(out))
+    _assert_one_error_line(rc, stdout, stderr, "already exists")
+    assert (tree_hash(out), tree_hash(tiny_ckpt)) == before
+
+
+def test_real_process_exit_code_and_single_line(tmp_path, run_cli_process):
+    """`python -m tensorllm.cli` in its own process (not only the in-process runner) behaves the same."""
+    rc, stdout, stderr = run_cli_process("compress", str(tmp_path / "nope"), "--out", str(tmp_path / "out"),
+                                         "--layers", "0", "--ranks", "8,4,2")
+    _assert_one_error_line(rc, stdout, stderr, "not found")
+    assert not (tmp_path / "out").exists()
+
+
+def test_usage_errors_are_one_line_too(tmp_path, tiny_ckpt, run_cli):
+    rc, stdout, stderr = run_cli("compress", str(tiny_ckpt))  # no --out
+    _assert_one_error_line(rc, stdout, stderr, "--out")
+    rc, stdout, stderr = run_cli("compress", str(tiny_ckpt), "--out", str(tmp_path / "out"), "--ranks", "8,four,2")
+    _assert_one_error_line(rc, stdout, stderr, "--ranks '8,four,2'")
+    rc, stdout, stderr = run_cli("compress", str(tiny_ckpt), "--out", str(tmp_path / "out"), "--method", "prune",
+                                 "--layers", "0")
+    _assert_one_error_line(rc, stdout, stderr, "unknown method 'prune'")
+    assert not (tmp_path / "out").exists()
+
+
+# ----------------------------------------------------------------- atomic output
+
+
+def _failing_save(monkeypatch) -> list[Path]:
+    """Make every save_pretrained write one file and then fail, as a full disk would."""
+    seen: list[Path] = []
+
+    def save_pretrained(self, save_directory, *args, **kwargs):
+        seen.append(Path(save_directory))
+        (Path(save_directory) / WEIGHTS).write_bytes(b"partial")
+        raise OSError("No space left on device")
+
+    monkeypatch.setattr(transformers.PreTrainedModel, "save_pretrained", save_pretrained)
+    return seen
+
+
+def test_failed_save_leaves_no_output_api(tmp_path, tiny_ckpt, monkeypatch, tree_hash):
+    loaded = tensorllm.load_model(str(tiny_ckpt), device="cpu")
+    seen = _failing_save(monkeypatch)
+    out = tmp_path / "out"
+    with pytest.raises(OSError, match="No space"):
+        tensorllm.save_checkpoint(loaded, out, extra_files={"recipe.yaml": "x"})
+    assert seen and seen[0].parent == tmp_path and seen[0] != out  # it wrote into a temporary sibling
+    assert not out.exists() and not seen[0].exists()
+    assert _leftovers(out) == [] and sorted(os.listdir(tmp_path)) == []
+
+    # with --overwrite, a failed save keeps the old output as it was
+    out.mkdir()
+    (out / "old.txt").write_text("previous result")
+    before = tree_hash(out)
+    with pytest.raises(OSError):
+        tensorllm.save_checkpoint(loaded, out, overwrite=True)
+    assert tree_hash(out) == before and _leftovers(out) == []
+
+
+def test_failed_save_leaves_no_output_cli(tmp_path, tiny_ckpt, monkeypatch, run_cli, tree_hash):
+    before = tree_hash(tiny_ckpt)
+    seen = _failing_save(monkeypatch)
+    out = tmp_path / "out"
+    with pytest.raises(OSError, match="No space"):  # not a user error: the CLI lets it through
+        run_cli("compress", str(tiny_ckpt), "--out", str(out), "--layers", "0", "--ranks", "8,4,2",
+                "--device", "cpu")
+    assert seen and not out.exists() and _leftovers(out) == []
+    assert tree_hash(tiny_ckpt) == before
+
+
+def test_cli_writes_a_checkpoint_and_overwrite_replaces_it(tmp_path, tiny_ckpt, tiny, run_cli, tree_hash):
+    before = tree_hash(tiny_ckpt)
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "stale.txt").write_text("from an earlier run")
+    rc, stdout, stderr = run_cli("compress", str(tiny_ckpt), "--out", str(out), "--layers", "1", "--ranks", "8,4,2",
+                                 "--device", "cpu", "--overwrite")
+    assert rc == 0, stderr
+    assert "saved checkpoint" in stdout
+    assert not (out / "stale.txt").exists()
+    assert {"config.json", WEIGHTS, "recipe.yaml", "report.json", "tokenizer.json"} <= set(os.listdir(out))
+    assert _leftovers(out) == [] and tree_hash(tiny_ckpt) == before
+
+    new, old = load_file(out / WEIGHTS), load_file(tiny_ckpt / WEIGHTS)
+    assert new.keys() == old.keys()
+    changed = {k for k in new if not torch.equal(new[k], old[k])}
+    assert changed == {f"model.layers.1.self_attn.{m}_proj.weight" for m in "qkvo"}
+    reloaded = transformers.AutoModelForCausalLM.from_pretrained(out).eval()
+    ids = tiny.inputs()
+    assert torch.isfinite(tiny.logits(reloaded, ids)).all()
+
+    # a second --overwrite run with the saved recipe gives the same weights
+    rc, _, stderr = run_cli("compress", str(tiny_ckpt), "--out", str(out), "--recipe", str(out / "recipe.yaml"),
+                            "--overwrite")
+    assert rc == 0, stderr
+    again = load_file(out / WEIGHTS)
+    assert all(torch.equal(again[k], new[k]) for k in new)
