@@ -159,7 +159,7 @@ def demo(out: Path = typer.Option(Path("runs/demo"), help="Where to save the com
     run_demo(out=out, layer=layer, ranks=parse_ranks(ranks), eval_items=eval_items, overwrite=overwrite, console=console)
 
 
-_EXTENSIONS = ()  # TODO(lead): cli_eval, cli_gqa, cli_search as they land
+_EXTENSIONS = ("cli_eval", "cli_gqa", "cli_search")
 
 
 def _register_extensions() -> None:

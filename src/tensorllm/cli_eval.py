@@ -121,13 +121,14 @@ def _fmt(x, spec: str) -> str:
 
 
 def _table(model: str, results) -> Table:
-    table = Table(title=f"{model}: LASER-protocol evaluation")
-    for col in ("task", "split", "n", "accuracy %", "loss", "perplexity", "scoring", "seconds"):
-        table.add_column(col, justify="right" if col not in ("task", "split", "scoring") else "left")
+    how = "; ".join(dict.fromkeys(f"{r.task}: {r.metric}" + (f" ({r.answer_mode})" if r.answer_mode else "")
+                                  for r in results))
+    table = Table(title=f"{model}: LASER-protocol evaluation", caption=f"accuracy in percent; {how}")
+    for col in ("task", "split", "n", "acc %", "loss", "ppl", "seconds"):
+        table.add_column(col, justify="left" if col in ("task", "split") else "right", no_wrap=True)
     for r in results:
-        how = r.metric + (f" ({r.answer_mode})" if r.answer_mode else "")
         table.add_row(r.task, r.split, str(r.n), _fmt(r.accuracy, ".2f"), _fmt(r.loss, ".4f"),
-                      _fmt(r.perplexity, ".2f"), how, f"{r.seconds:.1f}")
+                      _fmt(r.perplexity, ".2f"), f"{r.seconds:.1f}")
     return table
 
 

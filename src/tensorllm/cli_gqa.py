@@ -71,11 +71,13 @@ def print_report(report: dict) -> None:
     for col in ("", "before", "after"):
         table.add_column(col, justify="right")
     table.add_row("K/V heads", str(before["kv_heads"]), str(after["kv_heads"]))
-    table.add_row("KV cache bytes / token", f"{before['kv_cache_bytes_per_token']:,}", f"{after['kv_cache_bytes_per_token']:,}")
+    table.add_row("KV cache bytes / token", f"{before['kv_cache_bytes_per_token']:,}",
+                  f"{after['kv_cache_bytes_per_token']:,}")
     table.add_row(f"held-out perplexity ({report['eval']['held_out_tokens']} tok)",
                   f"{before['perplexity']:.3f}", f"{after['perplexity']:.3f}")
     if "decode_tokens_per_s" in before:
-        table.add_row("decode tokens/s (batch 1)", f"{before['decode_tokens_per_s']:.1f}", f"{after['decode_tokens_per_s']:.1f}")
+        table.add_row("decode tokens/s (batch 1)", f"{before['decode_tokens_per_s']:.1f}",
+                      f"{after['decode_tokens_per_s']:.1f}")
     ft = report["summary"].get("finetune")
     if ft:
         table.add_row("fine-tune KL (first / last 10)", f"{ft['kl_first']:.4f}" if ft["kl_first"] is not None else "-",

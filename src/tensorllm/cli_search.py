@@ -87,16 +87,21 @@ def print_summary(report: dict, store: Path) -> None:
 
     from tensorllm.search.report import ROLE_TITLES, _loss, _pct, _signed
 
+    SHORT_TITLES = {"baseline": "baseline", "winner": "winner (val)", "auto_best": "auto ranks, layer on val",
+                    "auto_at_winner_layer": "auto ranks, winner's layer"}
+
     console = Console()
+    if not console.is_terminal:  # a log file: no reason to squeeze the table into 80 columns
+        console = Console(width=200)
     table = Table(title=f"{report['method']} search on {report['task']} ({report['status']})")
     for col in ("", "configuration", "val acc", "Δ val", "val loss", "test acc", "Δ test", "test loss"):
         table.add_column(col, justify="left" if col in ("", "configuration") else "right")
-    for role, title in ROLE_TITLES.items():
+    for role in ROLE_TITLES:
         r = report["roles"].get(role)
         if r is None:
             continue
         v, t = r["val"] or {}, r["test"] or {}
-        table.add_row(title.replace("`", ""), r["describe"], _pct(v.get("accuracy")), _signed(r["delta_val"]),
+        table.add_row(SHORT_TITLES[role], r["describe"], _pct(v.get("accuracy")), _signed(r["delta_val"]),
                       _loss(v.get("loss")), _pct(t.get("accuracy")), _signed(r["delta_test"]), _loss(t.get("loss")))
     console.print(table)
     prog = report["progress"]

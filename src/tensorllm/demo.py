@@ -94,7 +94,7 @@ def run_demo(*, out: Path, layer: int, ranks, eval_items: int, overwrite: bool, 
     summary.add_row("max |logit change| on the prompts", "0", f"{(after_logits - before_logits).abs().max():.3f}")
     if before_eval is not None:
         summary.add_row(f"WikidataQA accuracy ({before_eval.n} val items, {before_eval.answer_mode})",
-                        f"{100 * before_eval.accuracy:.1f}%", f"{100 * after_eval.accuracy:.1f}%")
+                        f"{before_eval.accuracy:.1f}%", f"{after_eval.accuracy:.1f}%")
         summary.add_row("WikidataQA gold-answer loss", f"{before_eval.loss:.3f}", f"{after_eval.loss:.3f}")
     console.print(summary)
 

@@ -50,7 +50,8 @@ def make_weights(D=32, H=4, Hkv=4, d=8, *, bias=False, seed=0, planted: int | No
 
 
 def cfg(**kw) -> TuckerConfig:
-    return registry.config_from_dict("tucker", {"layers": [0], **kw})
+    """A validated config; few HOOI sweeps unless asked (ranks, rates and layouts do not depend on them)."""
+    return registry.config_from_dict("tucker", {"layers": [0], "n_iter_max": 5, **kw})
 
 
 def rel(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -260,7 +261,7 @@ def test_single_variant_at_low_rank_changes_only_its_matrix(matrix):
 
 def test_low_rank_error_is_reported_and_consistent():
     w = make_weights(D=32, H=4, d=8, seed=5)
-    new, rec = compress_layer(w, cfg(ranks=[8, 4, 2]), CPU)
+    new, rec = compress_layer(w, cfg(ranks=[8, 4, 2], n_iter_max=200), CPU)
     t_old, t_new = to_tensor(w, "multihead"), to_tensor(new, "multihead")
     assert rec["rel_error"] == pytest.approx(rel(t_new, t_old), rel=1e-9)
     for n in ("q", "k", "v", "o"):
@@ -399,12 +400,18 @@ def test_laser_rank_larger_than_the_matrix_is_a_user_error(tiny):
 
 @pytest.mark.real
 def test_multihead_tucker_matches_tensorly_on_smollm2(smollm2, smollm2_model):
-    """Layer 9 of SmolLM2-135M made multi-head (9 K/V heads): our HOOI vs TensorLy's partial_tucker."""
+    """Layer 9 of SmolLM2-135M made multi-head (9 K/V heads): our HOOI vs TensorLy's partial_tucker.
+
+    Both start from the HOSVD and run the same number of HOOI sweeps (tol=0 disables both
+    stopping rules). Equal sweep counts are needed: at these ranks HOOI creeps, and the rebuilt
+    weights after 20 and 44 sweeps (tol 1e-7 vs 1e-9) differ by ~7e-3 relative on either side,
+    so "both converged" is not reachable in a test's time; equal sweeps agree to ~1e-14.
+    """
     tl = pytest.importorskip("tensorly")
     from tensorly.decomposition import partial_tucker
 
     model, arch = smollm2_model, smollm2.arch
-    layer, ranks, n_iter, tol = 9, [144, 48, 3], 500, 1e-9
+    layer, ranks, sweeps = 9, [144, 48, 3], 3
     assert expand_kv(model, arch) == 3
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
     w = read_attention(model, arch, layer)
@@ -417,24 +424,24 @@ def test_multihead_tucker_matches_tensorly_on_smollm2(smollm2, smollm2_model):
         rows = slice(i * d, (i + 1) * d)
         x[:, :, 0, i], x[:, :, 1, i], x[:, :, 2, i] = w.q[rows].T, w.k[rows].T, w.v[rows].T
         x[:, :, 3, i] = w.o[:, rows]
-    with tl.backend_context("pytorch"):
+    with tl.backend_context("pytorch"):  # TensorLy's algorithm; torch only does its linear algebra
         (core, factors), errors = partial_tucker(x, rank=ranks, modes=[0, 1, 2], init="svd", svd="truncated_svd",
-                                                 n_iter_max=n_iter, tol=tol)
+                                                 n_iter_max=sweeps, tol=0)
         x_hat = tl.tenalg.multi_mode_dot(core, factors, modes=[0, 1, 2])  # (D, d, 4, h)
-    assert len(errors) < n_iter, "TensorLy did not converge"
+    assert len(errors) == sweeps
     ref = {"q": torch.cat([x_hat[:, :, 0, i].T for i in range(h)]), "k": torch.cat([x_hat[:, :, 1, i].T for i in range(h)]),
            "v": torch.cat([x_hat[:, :, 2, i].T for i in range(h)]), "o": torch.cat([x_hat[:, :, 3, i] for i in range(h)], 1)}
 
     _, report = tensorllm.compress(model, {"device": "cpu", "steps": [
-        {"method": "tucker", "layers": [layer], "ranks": ranks, "n_iter_max": n_iter, "tol": tol}]}, progress=False)
+        {"method": "tucker", "layers": [layer], "ranks": ranks, "n_iter_max": sweeps, "tol": 0.0}]}, progress=False)
     rec = report.steps[0]["layers"][0]
-    assert rec["converged"] and rec["tensor_shape"] == [D, d, 4, h]
-    assert rec["rel_error"] == pytest.approx(float(errors[-1]), abs=1e-6)
+    assert rec["hooi_iterations"] == sweeps and rec["tensor_shape"] == [D, d, 4, h]
+    assert rec["rel_error"] == pytest.approx(float(errors[-1]), abs=1e-9)
     new = read_attention(model, arch, layer)
     for n in ("q", "k", "v", "o"):
         err = rel(getattr(new, n), ref[n])
         assert err < 1e-4, f"{n}: ours vs TensorLy relative difference {err:.2e}"
-        assert rel(getattr(new, n), getattr(w, n)) > 1e-2  # and the layer really was compressed
+        assert rel(getattr(new, n), before[f"model.layers.{layer}.self_attn.{n}_proj.weight"]) > 1e-2  # compressed
 
     prefix = f"model.layers.{layer}.self_attn."
     for n, p in model.named_parameters():

@@ -8,6 +8,8 @@ import tensorllm.methods.tucker as tucker_mod
 from tensorllm.search.apply import Applier, touched_params
 from tensorllm.search.grid import Config, laser_step, tucker_step
 
+FAST = {"n_iter_max": 3}  # a few HOOI iterations: what is tested here does not depend on convergence
+
 
 def _state(model):
     return {n: p.detach().clone() for n, p in model.named_parameters()}
@@ -15,7 +17,7 @@ def _state(model):
 
 def _configs(tiny_loaded):
     m, a = tiny_loaded.model, tiny_loaded.arch
-    t = tucker_step(m, a, 1, {"ranks": (8, 4, 2)})
+    t = tucker_step(m, a, 1, {"ranks": (8, 4, 2), **FAST})
     lz = laser_step(m, a, 2, "ffn_in", 0.25)
     return {"tucker": Config((t,)), "laser": Config((lz,)), "hybrid": Config((t, lz))}
 
@@ -61,8 +63,8 @@ def test_same_step_is_decomposed_once_and_the_cache_is_exact(tiny_loaded, monkey
 
 def test_step_after_a_step_on_the_same_params_is_not_cached(tiny_loaded):
     m, a = tiny_loaded.model, tiny_loaded.arch
-    t1 = tucker_step(m, a, 0, {"ranks": (8, 4, 2)})
-    t2 = tucker_step(m, a, 0, {"ranks": (16, 4, 6)})
+    t1 = tucker_step(m, a, 0, {"ranks": (8, 4, 2), **FAST})
+    t2 = tucker_step(m, a, 0, {"ranks": (16, 4, 6), **FAST})
     applier = Applier(m, a)
     with applier.applied(Config((t1, t2))) as reports:
         assert not reports[1]["cached"]

@@ -203,7 +203,7 @@ def _extract(raw: BinaryIO, total: int, directory: Path, source: str, progress: 
                     target.parent.mkdir(parents=True, exist_ok=True)
                     h = hashlib.sha256()
                     with open(target, "wb") as out:
-                        for chunk in iter(lambda: src.read(1 << 20), b""):
+                        while chunk := src.read(1 << 20):
                             h.update(chunk)
                             out.write(chunk)
                     found[rel] = h.hexdigest()

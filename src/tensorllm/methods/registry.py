@@ -41,7 +41,7 @@ class Method:
 
 
 _METHODS: dict[str, Method] = {}
-_MODULES = ("tucker", "laser")  # TODO(lead): add gqa when it lands
+_MODULES = ("tucker", "laser", "gqa")
 
 
 def register(name: str, config_cls: type):

@@ -157,7 +157,9 @@ def markdown(rep: dict) -> str:
         if r is None:
             continue
         v, t = r["val"] or {}, r["test"] or {}
-        lines.append(f"| {ROLE_TITLES[role]} | {r['describe']} | {_pct(v.get('accuracy'))} | "
+        same = role.startswith("auto") and r["key"] == rep["roles"]["winner"]["key"]
+        described = r["describe"] + (" (= the winner)" if same else "")
+        lines.append(f"| {ROLE_TITLES[role]} | {described} | {_pct(v.get('accuracy'))} | "
                      f"{_signed(r['delta_val'])} | {_loss(v.get('loss'))} | {_pct(t.get('accuracy'))} | "
                      f"{_signed(r['delta_test'])} | {_loss(t.get('loss'))} |")
     lines.append("")

@@ -29,7 +29,8 @@ def english_text(min_chars: int = 60_000) -> str:
                  "heapq", "bisect", "contextlib", "abc", "enum", "string", "re", "difflib", "pprint"):
         mod = importlib.import_module(name)
         for obj in [mod] + [getattr(mod, a) for a in sorted(dir(mod)) if not a.startswith("_")]:
-            doc = inspect.getdoc(obj) if (inspect.ismodule(obj) or inspect.isclass(obj) or inspect.isfunction(obj)) else None
+            documented = inspect.ismodule(obj) or inspect.isclass(obj) or inspect.isfunction(obj)
+            doc = inspect.getdoc(obj) if documented else None
             if doc and len(doc) > 200 and doc not in docs:
                 docs.append(doc)
         if sum(map(len, docs)) >= min_chars:

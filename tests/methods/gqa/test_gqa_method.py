@@ -5,7 +5,8 @@ import json
 import pytest
 import torch
 
-from gqa_models import english_text, hide_structure, logits, rel_diff, smollm2_tokenizer, tiny_gpt2, tiny_gptj, tiny_llama
+from gqa_models import (english_text, hide_structure, logits, rel_diff, smollm2_tokenizer, tiny_gpt2, tiny_gptj,
+                        tiny_llama)
 from tensorllm.archs import spec_for
 from tensorllm.errors import UserError
 from tensorllm.methods import registry
@@ -149,6 +150,8 @@ def test_json_and_jsonl_calibration_files(tokenizer, tmp_path):
     from tensorllm.methods.gqa.calibrate import read_text_file
 
     paragraphs = english_text(5000).split("\n\n")[:6]
+    (tmp_path / "a.txt").write_text("\n\n".join(paragraphs), encoding="utf-8")
+    assert read_text_file(tmp_path / "a.txt") == ["\n\n".join(paragraphs)]
     (tmp_path / "a.json").write_text(json.dumps([{"text": p} for p in paragraphs]), encoding="utf-8")
     (tmp_path / "a.jsonl").write_text("\n".join(json.dumps({"text": p}) for p in paragraphs), encoding="utf-8")
     assert read_text_file(tmp_path / "a.json") == paragraphs

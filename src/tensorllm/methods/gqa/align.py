@@ -102,7 +102,7 @@ def similarity(blocks: torch.Tensor, planes: Planes | None) -> torch.Tensor:
     """
     n = blocks.shape[0]
     energy = torch.diagonal(blocks, dim1=-2, dim2=-1).sum(-1).diagonal()  # (n,) = ||a_i||^2
-    iu = torch.triu_indices(n, n, offset=1)
+    iu = torch.triu_indices(n, n, offset=1, device=blocks.device)
     pair = blocks[iu[0], iu[1]]  # (n(n-1)/2, d, d); the scores are symmetric in (i, j)
     score = best_score(pair, planes) if planes is not None else torch.diagonal(pair, dim1=-2, dim2=-1).sum(-1)
     denom = (energy[iu[0]] * energy[iu[1]]).sqrt()
@@ -123,25 +123,24 @@ def merged_energy(blocks: torch.Tensor, members: list[int], T: torch.Tensor) -> 
 
 
 def align_group(blocks: torch.Tensor, members: list[int], planes: Planes, iters: int = 20,
-                tol: float = 1e-12) -> torch.Tensor:
+                tol: float = 1e-5) -> torch.Tensor:
     """Generalised Procrustes of one group of heads; returns T (m, d, d), first member's T = I.
 
     Start by aligning every member onto the first; then repeatedly align each member onto the
-    mean of the aligned group (the residual sum_h ||T_h a_h - mean||^2 never increases).
-    The group's common frame is free; it is fixed so that the first member does not move.
+    mean of the aligned group (the residual sum_h ||T_h a_h - mean||^2 never increases) until the
+    share of energy the mean keeps grows by less than `tol`. The group's common frame is free; it
+    is fixed so that the first member does not move.
     """
     idx = torch.tensor(members, device=blocks.device)
     sub = blocks[idx[:, None], idx]  # (m, m, d, d): sub[h, j] = sum_t a_h a_j^T
-    m, d = len(members), planes.head_dim
+    m = len(members)
+    energy = float(torch.diagonal(sub, dim1=-2, dim2=-1).sum(-1).diagonal().sum())
     T = best_transform(sub[:, 0], planes)  # align each a_h onto a_first: maximise tr(T sub[h, 0])
-    energy = torch.diagonal(sub, dim1=-2, dim2=-1).sum(-1).diagonal().sum()
-    prev = None
-    for _ in range(iters if m > 1 else 0):
+    kept = m * float(merged_energy(blocks, members, T))
+    for _ in range(iters if m > 2 else 0):  # two heads: aligning one onto the other is already optimal
         # M_h = sum_t a_h mean^T = (1/m) sum_j sub[h, j] T_j^T
-        M = torch.einsum("hjab,jcb->hac", sub, T) / m
-        T = best_transform(M, planes)
-        residual = energy - m * merged_energy(blocks, members, T)
-        if prev is not None and prev - residual <= tol * energy:
+        T = best_transform(torch.einsum("hjab,jcb->hac", sub, T) / m, planes)
+        prev, kept = kept, m * float(merged_energy(blocks, members, T))
+        if kept - prev <= tol * energy:
             break
-        prev = residual
     return T[0].T.unsqueeze(0) @ T  # regauge: T_h <- T_first^T T_h (allowed transforms form a group)

@@ -22,7 +22,8 @@ from tensorllm.progress import track
 
 
 def read_text_file(path: str | Path) -> list[str]:
-    """Documents from a plain text file (blank-line separated), a JSON list, or JSONL with "text"."""
+    """Documents: a plain text file is one document; JSON (a list, or one record) and JSONL records
+    are strings or objects with a string "text" field."""
     p = Path(path).expanduser()
     if not p.is_file():
         raise UserError(f"calibration file {p} does not exist")
@@ -40,7 +41,7 @@ def read_text_file(path: str | Path) -> list[str]:
         data = _json(raw, str(p))
         items = data if isinstance(data, list) else [data]
         return [_text_field(item, str(p)) for item in items]
-    return [d for d in raw.split("\n\n") if d.strip()]
+    return [raw]
 
 
 def _json(text: str, where: str):
@@ -64,26 +65,39 @@ def calibration_documents(calib_file: str | None) -> list[str]:
     try:
         from tensorllm.data import default_calibration_text
     except ImportError:
-        raise UserError("no calibration text: pass --calib-file FILE (tensorllm.data is not available)") from None
+        raise UserError("no calibration text: pass --calib-file FILE "
+                        "(tensorllm.data.default_calibration_text is not available)") from None
     text = default_calibration_text()
-    return [text] if isinstance(text, str) else list(text)
+    return [text] if isinstance(text, str) else list(text)  # one string, or a list of documents
 
 
 def token_stream(tokenizer, docs: list[str]) -> torch.Tensor:
-    """All documents tokenised and joined (EOS between documents) into one 1-D LongTensor."""
+    """All documents tokenised and joined (EOS between documents) into one 1-D LongTensor.
+
+    Documents are tokenised paragraph by paragraph (each keeps its blank line), so a long text
+    never exceeds the tokenizer's maximum length.
+    """
     if tokenizer is None:
         raise UserError("the gqa method needs the model's tokenizer for its calibration text")
-    docs = [d for d in docs if d.strip()]
+    docs = [d.strip() for d in docs if d.strip()]
     if not docs:
         raise UserError("the calibration text is empty")
-    sep = [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []
+    pieces, owner = [], []
+    for i, doc in enumerate(docs):
+        paragraphs = [p for p in doc.split("\n\n") if p.strip()]
+        pieces += [p + "\n\n" for p in paragraphs[:-1]] + paragraphs[-1:]
+        owner += [i] * len(paragraphs)
+    eos = [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []
     ids: list[int] = []
-    for piece in tokenizer(docs, add_special_tokens=False)["input_ids"]:
-        ids.extend(piece + sep)
+    for j, piece in enumerate(tokenizer(pieces, add_special_tokens=False)["input_ids"]):
+        ids += piece
+        if j + 1 == len(pieces) or owner[j + 1] != owner[j]:
+            ids += eos
     return torch.tensor(ids, dtype=torch.long)
 
 
-def chunk(ids: torch.Tensor, n_tokens: int, seq_len: int, *, offset: int = 0, what: str = "calibration") -> torch.Tensor:
+def chunk(ids: torch.Tensor, n_tokens: int, seq_len: int, *, offset: int = 0,
+          what: str = "calibration") -> torch.Tensor:
     """Tokens [offset, offset + n_tokens) as (n_tokens // seq_len, seq_len) rows (seq_len capped at n_tokens)."""
     seq_len = min(seq_len, n_tokens)
     n_seq = n_tokens // seq_len

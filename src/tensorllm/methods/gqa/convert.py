@@ -148,6 +148,7 @@ def plan_layer(w: AttnWeights, gram: torch.Tensor, kv_heads: int, planes_k: A.Pl
 def convert(model: nn.Module, arch: ArchSpec, cfg: GQAConfig, tokens: torch.Tensor, *,
             device: torch.device | None = None, seed: int = 0, progress: bool = True) -> dict:
     """Convert `model` in place to `cfg.kv_heads` K/V heads using calibration `tokens` (n_seq, seq_len)."""
+    cfg.validate()
     _, H, Hkv, d = head_layout(model.config)
     check_convertible(model, arch, cfg)
     device = device or next(model.parameters()).device

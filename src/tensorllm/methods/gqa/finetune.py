@@ -121,7 +121,8 @@ def _uninstall_as_gqa(model, arch, groups: int) -> None:
         for path in (arch.k, arch.v):
             parent, name = _parent(block, path)
             wrapper = getattr(parent, name)
-            entry.append((wrapper.shared.weight.detach(), None if wrapper.shared.bias is None else wrapper.shared.bias.detach()))
+            bias = wrapper.shared.bias
+            entry.append((wrapper.shared.weight.detach(), None if bias is None else bias.detach()))
             setattr(parent, name, wrapper.own)
         shared.append(entry)
     for i, ((kw, kb), (vw, vb)) in enumerate(shared):
@@ -168,7 +169,11 @@ def finetune(model: nn.Module, arch: ArchSpec, teacher: nn.Module, shared: list,
     opt_g = torch.optim.Adam([g.log_alpha for g in gates], lr=gate_lr)
     opt_l = torch.optim.Adam([lambdas], lr=gate_lr, maximize=True)
     gen = torch.Generator().manual_seed(seed)
-    meta = {"layers": len(gates), "kv_heads_own": n_heads, "kv_heads": cfg.kv_heads, "trained": [n for n, _ in named]}
+    # what fixes the starting point: a checkpoint only resumes the same conversion of the same model
+    start_point = {k: getattr(cfg, k) for k in ("kv_heads", "grouping", "align", "calib_tokens", "seq_len",
+                                                 "calib_file", "restarts", "procrustes_iters")}
+    meta = {"layers": len(gates), "kv_heads_own": n_heads, "conversion": start_point, "seed": seed,
+            "calib_sum": int(tokens.sum()), "trained": [n for n, _ in named]}
     path = Path(cfg.train_dir) / CKPT if cfg.train_dir else None
     start = 0
     if path is not None and path.is_file():
@@ -223,15 +228,16 @@ def finetune(model: nn.Module, arch: ArchSpec, teacher: nn.Module, shared: list,
             history.append({"step": step + 1, "kl": losses[-1], "closed": float(closed.detach()), "target": target,
                             "lambda": [float(x) for x in lambdas.detach()]})
         if show and (step % 10 == 0 or step == steps - 1):
-            print(f"  step {step + 1}/{steps}  kl {float(kl):.4f}  closed {float(closed):.2f} (target {target:.2f})",
-                  file=sys.stderr)
+            print(f"  step {step + 1}/{steps}  kl {losses[-1]:.4f}  closed {float(closed.detach()):.2f} "
+                  f"(target {target:.2f})", file=sys.stderr)
         if (step + 1) % cfg.save_every == 0 or step == steps - 1:
             save(step + 1)
     open_share = float(torch.cat([g.prob_open() for g in gates]).mean().detach())
     _uninstall_as_gqa(model, arch, cfg.kv_heads)
     for n, p in model.named_parameters():
         p.requires_grad_(flags.get(n, True))
+    last10 = losses[-10:]
     return {"steps": steps, "resumed_from": start, "kl_first": losses[0] if losses else None,
-            "kl_last": losses[-1] if losses else None, "kl_last10": sum(losses[-10:]) / len(losses[-10:]) if losses else None,
+            "kl_last": losses[-1] if losses else None, "kl_last10": sum(last10) / len(last10) if losses else None,
             "final_open_probability": open_share, "history": history, "seconds": time.perf_counter() - t0,
             "checkpoint": str(path) if path else None}

@@ -31,8 +31,8 @@ def query_order(kv_order: list[int], heads: int, kv_heads: int) -> list[int]:
 
 def permute_kv_heads(w: AttnWeights, kv_order: list[int]) -> AttnWeights:
     """New K/V head p is old head kv_order[p]; query heads follow their K/V head."""
-    kv = torch.as_tensor(kv_order)
-    qo = torch.as_tensor(query_order(kv_order, w.heads, w.kv_heads))
+    kv = torch.as_tensor(kv_order, device=w.q.device)
+    qo = torch.as_tensor(query_order(kv_order, w.heads, w.kv_heads), device=w.q.device)
     H, n = w.heads, w.kv_heads
     o = w.o.reshape(w.o.shape[0], H, -1)[:, qo].reshape(w.o.shape)  # columns (D, H, d) by query head
     return w.with_(

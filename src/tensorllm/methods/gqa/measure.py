@@ -32,20 +32,41 @@ def kv_cache_bytes_per_token(model: nn.Module) -> int:
     return 2 * c.num_hidden_layers * heads * head_dim * size
 
 
+class StepClock:
+    """A `generate` streamer that only timestamps: `put` runs once for the prompt, then once per new
+    token after the token was copied to the host (so the device has finished that step)."""
+
+    def __init__(self):
+        self.times: list[float] = []
+
+    def put(self, value) -> None:
+        self.times.append(time.perf_counter())
+
+    def end(self) -> None:
+        pass
+
+
 @torch.no_grad()
+def decode_step_ms(model: nn.Module, prompt: torch.Tensor, new_tokens: int, *, repeats: int = 1, **kw) -> dict:
+    """Median milliseconds per greedy decode step of `generate` (the prefill excluded), after a warm-up."""
+    run = dict(attention_mask=torch.ones_like(prompt), max_new_tokens=new_tokens, min_new_tokens=new_tokens,
+               do_sample=False, pad_token_id=0, **kw)
+    model.generate(prompt, **run)  # warm-up: compilation / CUDA graph capture happen here
+    steps, prefill = [], []
+    for _ in range(repeats):
+        clock = StepClock()
+        model.generate(prompt, streamer=clock, **run)
+        t = torch.tensor(clock.times, dtype=torch.float64)
+        prefill.append(float(t[1] - t[0]))  # [0]: prompt handed over, [1]: first new token (after the prefill)
+        steps.append(torch.diff(t[1:]))
+    ms = 1000 * float(torch.cat(steps).median())
+    return {"ms_per_step": ms, "tokens_per_s": 1000 * prompt.shape[0] / ms, "prefill_seconds": min(prefill),
+            "steps_timed": int(sum(len(x) for x in steps))}
+
+
 def decode_tokens_per_s(model: nn.Module, *, batch: int = 1, prompt_len: int = 16, new_tokens: int = 32,
-                        vocab: int | None = None, seed: int = 0) -> float:
+                        seed: int = 0) -> float:
     """Greedy-decode throughput of transformers' default `generate` (tokens/s summed over the batch)."""
-    device = next(model.parameters()).device
-    vocab = vocab or model.config.vocab_size
     gen = torch.Generator().manual_seed(seed)
-    prompt = torch.randint(0, vocab, (batch, prompt_len), generator=gen).to(device)
-    kw = dict(do_sample=False, pad_token_id=0, attention_mask=torch.ones_like(prompt))
-    model.generate(prompt, max_new_tokens=2, min_new_tokens=2, **kw)  # warm-up
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    t0 = time.perf_counter()
-    model.generate(prompt, max_new_tokens=new_tokens, min_new_tokens=new_tokens, **kw)
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    return batch * new_tokens / (time.perf_counter() - t0)
+    prompt = torch.randint(0, model.config.vocab_size, (batch, prompt_len), generator=gen)
+    return decode_step_ms(model, prompt.to(next(model.parameters()).device), new_tokens)["tokens_per_s"]

@@ -1,0 +1,130 @@
+"""Decode speed of a GQA-converted model (8 K/V heads) versus the original (32), LLaMA-2-7B shape.
+
+    python bench/gqa_decode.py --out runs/gqa_decode.json      # H100: batch 16, 4k context, bf16
+    python bench/gqa_decode.py --small                         # CPU toy size, checks the script
+
+Random weights (speed does not depend on them). The model is built with 32 K/V heads, timed,
+converted in place with `tensorllm.methods.gqa.convert` (a short random calibration: the
+structure, not the quality, matters here) and timed again. Two paths each:
+- "default": transformers' `generate` as it comes (dynamic cache, eager forward), SDPA attention;
+- "static_compiled": `generate(cache_implementation="static")` with torch.compile of the decode step
+  (mode reduce-overhead = CUDA graphs), SDPA attention.
+ms/step = median interval between consecutive new tokens (timestamped by a streamer, which copies
+each token to the host, i.e. after the device finished the step); the prefill is reported apart.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import time
+import traceback
+from pathlib import Path
+
+import torch
+
+from tensorllm.archs import spec_for
+from tensorllm.methods import registry
+from tensorllm.methods.gqa import convert
+from tensorllm.methods.gqa.measure import decode_step_ms, kv_cache_bytes_per_token
+from tensorllm.report import versions
+
+LLAMA2_7B = dict(hidden_size=4096, intermediate_size=11008, num_hidden_layers=32, num_attention_heads=32,
+                 num_key_value_heads=32, vocab_size=32000, max_position_embeddings=4096 + 256)
+TOY = dict(hidden_size=256, intermediate_size=688, num_hidden_layers=4, num_attention_heads=8,
+           num_key_value_heads=8, vocab_size=1000, max_position_embeddings=512)
+
+
+def build(shape: dict, device: torch.device, dtype: torch.dtype):
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    old = torch.get_default_dtype()
+    torch.set_default_dtype(dtype)
+    try:
+        with device:
+            model = LlamaForCausalLM(LlamaConfig(**shape, attn_implementation="sdpa"))
+    finally:
+        torch.set_default_dtype(old)
+    model.generation_config.pad_token_id = 0
+    return model.eval()
+
+
+def measure(model, prompt, new_tokens, repeats, compile_ok: bool) -> dict:
+    out = {"kv_heads": model.config.num_key_value_heads, "kv_cache_bytes_per_token": kv_cache_bytes_per_token(model),
+           "default": decode_step_ms(model, prompt, new_tokens, repeats=repeats)}
+    path = "static_compiled" if compile_ok else "static"
+    try:
+        kw = {"cache_implementation": "static"}
+        if compile_ok:
+            from transformers import CompileConfig
+
+            kw["compile_config"] = CompileConfig(fullgraph=True, mode="reduce-overhead")
+        out[path] = decode_step_ms(model, prompt, new_tokens, repeats=repeats, **kw)
+    except Exception as exc:  # keep the default-path numbers if this runtime cannot compile
+        out[path + "_error"] = f"{type(exc).__name__}: {exc}"
+        traceback.print_exc()
+    if prompt.device.type == "cuda":
+        out["peak_gpu_memory_gib"] = torch.cuda.max_memory_allocated(prompt.device) / 2**30
+        torch.cuda.reset_peak_memory_stats()
+    torch._dynamo.reset()  # the converted model has other shapes: compile afresh
+    if hasattr(model, "_cache"):  # generate keeps its static cache for reuse: free the 32-head one
+        del model._cache
+    gc.collect()
+    if prompt.device.type == "cuda":
+        torch.cuda.empty_cache()
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--small", action="store_true", help="toy model on CPU")
+    ap.add_argument("--batch", type=int, default=None)
+    ap.add_argument("--context", type=int, default=None, help="prompt tokens (the KV cache the decode reads)")
+    ap.add_argument("--kv-heads", type=int, default=None)
+    ap.add_argument("--new-tokens", type=int, default=None, help="decode steps per generate call")
+    ap.add_argument("--repeats", type=int, default=2)
+    ap.add_argument("--device", default=None)
+    ap.add_argument("--out", type=Path, default=None)
+    args = ap.parse_args()
+
+    shape = TOY if args.small else LLAMA2_7B
+    device = torch.device(args.device or ("cpu" if args.small else "cuda"))
+    dtype = torch.float32 if device.type == "cpu" else torch.bfloat16
+    batch, context = args.batch or (2 if args.small else 16), args.context or (128 if args.small else 4096)
+    new_tokens = args.new_tokens or (16 if args.small else 64)
+    kv = args.kv_heads or (2 if args.small else 8)
+    torch.manual_seed(0)
+    model = build(shape, device, dtype)
+    gen = torch.Generator().manual_seed(1)
+    prompt = torch.randint(0, shape["vocab_size"], (batch, context), generator=gen).to(device)
+    compile_ok = device.type == "cuda"
+
+    original = measure(model, prompt, new_tokens, args.repeats, compile_ok)
+    calib = torch.randint(0, shape["vocab_size"], (2, 256), generator=torch.Generator().manual_seed(2))
+    cfg = registry.config_from_dict("gqa", {"kv_heads": kv, "seq_len": 256, "calib_tokens": 512})
+    t0 = time.perf_counter()
+    convert(model, spec_for(model.config), cfg, calib, device=device, progress=False)
+    seconds_convert = time.perf_counter() - t0
+    converted = measure(model, prompt, new_tokens, args.repeats, compile_ok)
+
+    speedup = {}
+    for path in ("default", "static_compiled", "static"):
+        if path in original and path in converted:
+            speedup[path] = original[path]["ms_per_step"] / converted[path]["ms_per_step"]
+    result = {
+        "bench": "gqa_decode", "weights": "random (speed only)", "shape": shape, "dtype": str(dtype),
+        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+        "batch": batch, "context": context, "new_tokens": new_tokens, "attention": "sdpa",
+        "original": original, "converted": converted, "speedup": speedup,
+        "seconds_convert": seconds_convert, "versions": versions(),
+    }
+    text = json.dumps(result, indent=2)
+    print(text)
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(text)
+
+
+if __name__ == "__main__":
+    main()
