@@ -150,7 +150,8 @@ def expand_kv_cmd(model: str = ModelArg, out: Path = typer.Option(..., "--out"),
 
 @app.command()
 def demo(out: Path = typer.Option(Path("runs/demo"), help="Where to save the compressed checkpoint."),
-         layer: int = typer.Option(9), ranks: str = typer.Option("288,48,8"),
+         layer: int = typer.Option(16, help="Default: the best layer of our GPU search (BENCHMARKS.md)."),
+         ranks: str = typer.Option("288,48,4"),
          eval_items: int = typer.Option(200, help="WikidataQA items evaluated before/after (0 to skip)."),
          overwrite: bool = typer.Option(True)) -> None:
     """The main job on the defaults: SmolLM2-135M, offline, one layer compressed, before/after side by side."""

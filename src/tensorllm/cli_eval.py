@@ -53,6 +53,8 @@ def eval_cmd(
     json_out: Optional[Path] = typer.Option(None, "--json", help="Write the results as JSON to this file."),
     device: str = typer.Option("auto", help="auto, cpu, cuda, cuda:1, ..."),
     dtype: str = typer.Option("auto", help="auto (bfloat16 on CUDA, as stored on CPU), float32, bfloat16, float16."),
+    device_map: Optional[str] = typer.Option(None, help="Spread a model too large for one GPU over all GPUs "
+                                             "(accelerate): auto, balanced, balanced_low_0, sequential."),
     lm_eval: Optional[str] = typer.Option(None, "--lm-eval", help="lm-evaluation-harness task(s), comma-separated "
                                           "(needs the lm-eval extra)."),
     lm_eval_include: Optional[Path] = typer.Option(None, help="Folder of your own lm-eval task YAML files."),
@@ -81,7 +83,7 @@ def eval_cmd(
     if json_out is not None and json_out.is_dir():
         raise UserError(f"--json {json_out} is a directory")
 
-    loaded = _load(model, device, dtype, trust_remote_code, allow_pickle)
+    loaded = _load(model, device, dtype, trust_remote_code, allow_pickle, device_map)
     progress = sys.stderr.isatty()
     results = [evaluate(loaded.model, loaded.tokenizer, t, split=split, limit=limit, batch_size=batch_size,
                         answer_mode=answer_mode, data=data, keep_examples=keep_examples, progress=progress)
@@ -107,13 +109,14 @@ def eval_cmd(
         console.print(f"wrote [bold]{json_out}[/]")
 
 
-def _load(model: str, device: str, dtype: str, trust_remote_code: bool, allow_pickle: bool):
+def _load(model: str, device: str, dtype: str, trust_remote_code: bool, allow_pickle: bool,
+          device_map: str | None = None):
     from tensorllm.models.io import load_model, resolve_device
 
     if dtype == "auto" and resolve_device(device).type == "cuda":
         dtype = "bfloat16"  # evaluation speed; scoring upcasts to float32 for the log-softmax
     return load_model(model, dtype=None if dtype == "auto" else dtype, device=device,
-                      trust_remote_code=trust_remote_code, allow_pickle=allow_pickle)
+                      trust_remote_code=trust_remote_code, allow_pickle=allow_pickle, device_map=device_map)
 
 
 def _fmt(x, spec: str) -> str:

@@ -131,8 +131,13 @@ def load_config(spec: str, *, trust_remote_code: bool = False, allow_pickle: boo
 
 
 def load_model(spec: str, *, dtype: str | None = None, device: str | None = None,
-               trust_remote_code: bool = False, allow_pickle: bool = False, check_finite: bool = True) -> Loaded:
+               trust_remote_code: bool = False, allow_pickle: bool = False, check_finite: bool = True,
+               device_map: str | None = None) -> Loaded:
+    """Load MODEL. `device_map` ("auto", "balanced", ...) spreads a model too large for one GPU over
+    all visible GPUs with accelerate instead of moving it to `device`."""
     from transformers import AutoTokenizer
+
+    from tensorllm.search.dist import device_map_kwargs
 
     torch_dtype = parse_dtype(dtype)
     dev = resolve_device(device)
@@ -145,6 +150,7 @@ def load_model(spec: str, *, dtype: str | None = None, device: str | None = None
         load_kwargs["dtype"] = torch_dtype
     if not allow_pickle and not gguf_file:
         load_kwargs["use_safetensors"] = True
+    load_kwargs.update(device_map_kwargs(device_map))
     try:
         model = cls.from_pretrained(source, **load_kwargs)
         tokenizer = AutoTokenizer.from_pretrained(source, **kwargs)
@@ -159,7 +165,9 @@ def load_model(spec: str, *, dtype: str | None = None, device: str | None = None
         for name, p in model.named_parameters():
             if not torch.isfinite(p).all():
                 raise UserError(f"weights of '{spec}' contain NaN or Inf (first in {name})")
-    model.to(dev).eval()
+    if device_map is None:
+        model.to(dev)
+    model.eval()
     return Loaded(model, tokenizer, arch, path, spec)
 
 
