@@ -23,7 +23,8 @@ SHAPE = [576, 64, 8, 3]  # (d_model, head_dim, 2g+2 = Q1..Q3, K, V, O1..O3, K/V 
 PLAIN_TRANSFORMERS = """
 import sys, torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
-path, ids_file, out_file = sys.argv[1:4]
+path, ids_file, out_file, threads = sys.argv[1:5]
+torch.set_num_threads(int(threads))  # the same reduction order as the in-memory reference
 model = AutoModelForCausalLM.from_pretrained(path).eval()
 tok = AutoTokenizer.from_pretrained(path)
 ids = torch.load(ids_file)
@@ -108,7 +109,7 @@ def test_cli_compress_writes_checkpoint_recipe_and_report(cli_out, compressed):
 def test_plain_transformers_loads_and_generates(cli_out, compressed, smollm2, smollm2_ids, reference_logits,
                                                 run_python, tmp_path):
     torch.save(smollm2_ids, tmp_path / "ids.pt")
-    proc = run_python(PLAIN_TRANSFORMERS, cli_out, tmp_path / "ids.pt", tmp_path / "result.pt")
+    proc = run_python(PLAIN_TRANSFORMERS, cli_out, tmp_path / "ids.pt", tmp_path / "result.pt", torch.get_num_threads())
     assert proc.returncode == 0, proc.stderr[-3000:]
     result = torch.load(tmp_path / "result.pt")
     want = logits(compressed[0], smollm2_ids)

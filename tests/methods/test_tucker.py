@@ -429,8 +429,9 @@ def test_multihead_tucker_matches_tensorly_on_smollm2(smollm2, smollm2_model):
                                                  n_iter_max=sweeps, tol=0)
         x_hat = tl.tenalg.multi_mode_dot(core, factors, modes=[0, 1, 2])  # (D, d, 4, h)
     assert len(errors) == sweeps
-    ref = {"q": torch.cat([x_hat[:, :, 0, i].T for i in range(h)]), "k": torch.cat([x_hat[:, :, 1, i].T for i in range(h)]),
-           "v": torch.cat([x_hat[:, :, 2, i].T for i in range(h)]), "o": torch.cat([x_hat[:, :, 3, i] for i in range(h)], 1)}
+    # cut back into canonical weights: Q/K/V blocks transpose back into rows, O^T blocks are columns of o
+    ref = {n: torch.cat([x_hat[:, :, m, i].T for i in range(h)]) for m, n in enumerate("qkv")}  # (h*d, D)
+    ref["o"] = torch.cat([x_hat[:, :, 3, i] for i in range(h)], dim=1)  # (D, h*d)
 
     _, report = tensorllm.compress(model, {"device": "cpu", "steps": [
         {"method": "tucker", "layers": [layer], "ranks": ranks, "n_iter_max": sweeps, "tol": 0.0}]}, progress=False)

@@ -204,30 +204,38 @@ class Search:
     def run(self) -> dict | None:
         spec, world = self.spec, self.world
         device = dist.rank_device(spec.device, world)
-        with dist.process_group(world, device):
-            if spec.threads:
-                torch.set_num_threads(spec.threads)
-            elif world.size > 1 and device.type == "cpu":
-                torch.set_num_threads(max(1, (os.cpu_count() or 1) // world.local_size))
-            self._load(device)
-            identity, info = self._identity()
-            self.grid = self._grid(identity)
-            self.store = Store(spec.store)
-            self.writer = None
-            try:
-                if world.is_main:
-                    self.store.open(identity, info)
-                dist.barrier(world)
-                if not world.is_main:
-                    self.store.check(identity)
-                self.writer = self.store.writer(world.rank)
-                self.applier = Applier(self.model, self.arch, tokenizer=self.tokenizer, seed=spec.seed,
-                                       cache_bytes=spec.cache_bytes)
-                return self._phases(identity, info)
-            finally:
-                if self.writer is not None:
-                    self.writer.close()
-                self.store.close()
+        threads = torch.get_num_threads()  # restored on exit: a library call must not change the caller's
+        try:
+            with dist.process_group(world, device):
+                if spec.threads:
+                    torch.set_num_threads(spec.threads)
+                elif world.size > 1 and device.type == "cpu":
+                    torch.set_num_threads(max(1, (os.cpu_count() or 1) // world.local_size))
+                return self._run(device)
+        finally:
+            torch.set_num_threads(threads)
+
+    def _run(self, device: torch.device) -> dict | None:
+        world = self.world
+        self._load(device)
+        identity, info = self._identity()
+        self.grid = self._grid(identity)
+        self.store = Store(self.spec.store)
+        self.writer = None
+        try:
+            if world.is_main:
+                self.store.open(identity, info)
+            dist.barrier(world)
+            if not world.is_main:
+                self.store.check(identity)
+            self.writer = self.store.writer(world.rank)
+            self.applier = Applier(self.model, self.arch, tokenizer=self.tokenizer, seed=self.spec.seed,
+                                   cache_bytes=self.spec.cache_bytes)
+            return self._phases(identity, info)
+        finally:
+            if self.writer is not None:
+                self.writer.close()
+            self.store.close()
 
     def _phases(self, identity: dict, info: dict) -> dict | None:
         configs = [BASELINE] + self.grid.configs()
