@@ -129,12 +129,32 @@ def test_hooi_improves_on_hosvd_and_errors_never_increase():
     x = _rand(seed=5)
     base = hosvd(x, RANKS, MODES)
     res = hooi(x, RANKS, MODES, tol=1e-10, n_iter_max=50)
-    assert res.errors[0] == base.errors[0]
+    assert res.errors[0] <= base.errors[0] + 1e-12  # one sweep from the HOSVD start is no worse
     assert relative_error(x, res) <= relative_error(x, base) + 1e-12
     assert res.errors[-1] < base.errors[0] - 1e-4  # a random tensor has room to improve
     steps = torch.tensor(res.errors).diff()
     assert (steps <= 1e-12).all()
-    assert res.n_iter == len(res.errors) - 1
+    assert res.n_iter == len(res.errors) and res.converged and abs(steps[-1]) <= 1e-10
+
+
+def test_start_factor_of_the_first_updated_mode_is_never_read():
+    """hooi skips that factor's eigendecomposition: any start there gives the same result, bit for bit."""
+    x = _rand(seed=11)
+    start = hosvd(x, RANKS, MODES).factors
+    junk = torch.linalg.qr(torch.randn(SHAPE[MODES[0]], RANKS[0], dtype=x.dtype,
+                                       generator=torch.Generator().manual_seed(0)))[0]  # (I_0, R_0)
+    a = hooi(x, RANKS, MODES, n_iter_max=3, tol=0)
+    b = hooi(x, RANKS, MODES, n_iter_max=3, tol=0, init=[junk] + start[1:])
+    assert torch.equal(a.core, b.core) and all(torch.equal(f, g) for f, g in zip(a.factors, b.factors))
+    assert a.errors == b.errors and a.n_iter == 3
+
+
+def test_tol_compares_consecutive_sweeps():
+    x = _rand(seed=12)
+    one = hooi(x, RANKS, MODES, n_iter_max=1, tol=1.0)
+    assert one.n_iter == 1 and not one.converged  # nothing to compare with after one sweep
+    loose = hooi(x, RANKS, MODES, tol=1.0)
+    assert loose.n_iter == 2 and loose.converged
 
 
 def test_core_norm_error_matches_direct_error():

@@ -44,11 +44,12 @@ class TuckerResult:
     core:      the core tensor; mode `modes[i]` has size `ranks[i]`, other modes keep their size.
     factors:   one `(I_n, R_n)` matrix with orthonormal columns per entry of `modes`.
     modes:     the decomposed modes, in the order the caller gave them.
-    errors:    relative reconstruction error `||x - x_hat|| / ||x||`; `errors[0]` is the error of
-               the initialisation (HOSVD), `errors[k]` the error after HOOI sweep `k`.
+    errors:    relative reconstruction error `||x - x_hat|| / ||x||`; for HOOI `errors[k]` is the
+               error after sweep `k + 1`; when no sweep runs (`hosvd`, `n_iter_max=0`, or every
+               rank full) the single entry is the error of the starting point.
     n_iter:    number of HOOI sweeps run (0 for `hosvd`).
-    converged: whether the error changed by at most `tol` in the last sweep (True for `hosvd`
-               and when every rank is full, as there is nothing to iterate).
+    converged: whether the error changed by at most `tol` between the last two sweeps (True
+               for `hosvd` and when every rank is full, as there is nothing to iterate).
     """
 
     core: torch.Tensor
@@ -190,8 +191,10 @@ def hooi(
     ranks:         one rank per entry of `modes`, each between 1 and the size of that mode.
     modes:         the modes to decompose; the other modes are left untouched.
     n_iter_max:    maximum number of sweeps (one sweep updates every factor once).
-    tol:           stop when the relative error changes by at most `tol` in one sweep.
-    init:          "hosvd", or a list of starting factors `(I_n, R_n)` with orthonormal columns.
+    tol:           stop when the relative error changes by at most `tol` from one sweep to the next
+                   (so at least two sweeps run when `n_iter_max >= 2`).
+    init:          "hosvd", or a list of starting factors `(I_n, R_n)` with orthonormal columns
+                   (the first sweep never reads the one of the first mode it updates).
     compute_dtype: float64 (default, accurate) or float32 (faster on GPUs). With float32 the
                    errors computed from the core norm are only good to about 1e-6 (and read up
                    to ~1e-3 for a near-exact fit, from cancellation in `||x||^2 - ||core||^2`),
@@ -208,21 +211,27 @@ def hooi(
         raise ValueError(f"tol must be >= 0, got {tol!r}")
     xc = x.to(compute_dtype)
     norm_x2 = _sq_norm(xc)
+    # Full-rank modes keep the identity factor and never enter the iteration.
+    active = [i for i, (m, r) in enumerate(zip(modes, ranks)) if r < xc.shape[m]]
+    sweeps = bool(active) and n_iter_max > 0
 
     if isinstance(init, str):
         if init != "hosvd":
             raise ValueError(f"init must be 'hosvd' or a list of factors, got {init!r}")
-        factors = [_leading_vectors(xc, r, m) for m, r in zip(modes, ranks)]
+        # The first sweep's first update reads only the *other* factors, so the start factor of the
+        # first active mode is never used when a sweep runs: skip its eigendecomposition (for a
+        # 4096 x 128 x 4 x 32 layer this is one of three 4096 x 4096 `eigh`s, ~30% of the time).
+        unused = active[0] if sweeps else None
+        factors = [None if i == unused else _leading_vectors(xc, r, m) for i, (m, r) in enumerate(zip(modes, ranks))]
     else:
         factors = _check_init(init, xc, modes, ranks)
 
-    # Full-rank modes keep the identity factor and never enter the iteration.
-    active = [i for i, (m, r) in enumerate(zip(modes, ranks)) if r < xc.shape[m]]
-    core = _project(xc, factors, modes)
-    errors = [_error_from_core(norm_x2, core)]
-    converged = not active
-    n_iter = 0
-    while not converged and n_iter < n_iter_max:
+    if not sweeps:
+        core = _project(xc, factors, modes)
+        return TuckerResult(core, factors, tuple(modes), [_error_from_core(norm_x2, core)], 0, not active)
+    errors: list[float] = []
+    converged = False
+    while not converged and len(errors) < n_iter_max:
         for i in active:
             others = [j for j in range(len(modes)) if j != i]
             y = _project(xc, [factors[j] for j in others], [modes[j] for j in others])
@@ -231,9 +240,8 @@ def hooi(
         last = active[-1]
         core = mode_dot(y, factors[last].T, modes[last])
         errors.append(_error_from_core(norm_x2, core))
-        n_iter += 1
-        converged = abs(errors[-2] - errors[-1]) <= tol
-    return TuckerResult(core, factors, tuple(modes), errors, n_iter, converged)
+        converged = len(errors) > 1 and abs(errors[-2] - errors[-1]) <= tol
+    return TuckerResult(core, factors, tuple(modes), errors, len(errors), converged)
 
 
 def reconstruct(result: TuckerResult) -> torch.Tensor:

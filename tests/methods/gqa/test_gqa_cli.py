@@ -8,7 +8,7 @@ import typer
 import yaml
 from typer.testing import CliRunner
 
-from gqa_models import english_text, smollm2_tokenizer, tiny_llama
+from gqa_models import english_text, smollm2_tokenizer, tiny_gpt2, tiny_llama
 from tensorllm import cli_gqa
 from tensorllm.errors import UserError
 
@@ -31,7 +31,11 @@ def checkpoint(tmp_path_factory):
     model = tiny_llama(4, 4, vocab=49152, dtype=torch.float32)
     model.save_pretrained(root / "mha")
     smollm2_tokenizer().save_pretrained(root / "mha")
+    tiny_gpt2(vocab=49152).save_pretrained(root / "gpt2")  # fused qkv: no separable K/V projections
+    smollm2_tokenizer().save_pretrained(root / "gpt2")
     (root / "text.txt").write_text(english_text(), encoding="utf-8")
+    (root / "empty.txt").write_text("\n\n   \n", encoding="utf-8")
+    (root / "short.txt").write_text("Beautiful is better than ugly.", encoding="utf-8")
     return root
 
 
@@ -71,3 +75,32 @@ def test_gqa_command_bad_input(app, checkpoint, extra, message):
     assert isinstance(result.exception, UserError), result.output
     assert message in str(result.exception)
     assert not (checkpoint / "bad").exists()
+
+
+FAST = ["--calib-tokens", "512", "--seq-len", "128", "--eval-tokens", "256", "--decode-tokens", "0", "--device", "cpu"]
+
+
+@pytest.mark.parametrize("model,extra,message", [
+    ("mha", ["--kv-heads", "3"], "kv_heads=3 does not divide the 4 query heads"),
+    ("mha", ["--kv-heads", "4"], "kv_heads=4 must be fewer than the model's 4 K/V heads"),
+    ("mha", ["--kv-heads", "8"], "kv_heads=8 does not divide the 4 query heads"),
+    ("gpt2", ["--kv-heads", "2"], "gpt2 checkpoints have no separate K/V projections"),
+    ("mha", ["--kv-heads", "2", "--calib-file", "{root}/empty.txt"], "the calibration text is empty"),
+    ("mha", ["--kv-heads", "2", "--calib-file", "{root}/short.txt"], "the calibration text is too short"),
+    ("mha", ["--kv-heads", "2", "--calib-file", "{root}"], "is not a file"),
+    ("mha", ["--kv-heads", "2", "--eval-tokens", "0"], "eval_tokens must be at least 2"),
+    ("mha", ["--kv-heads", "2", "--eval-tokens", "1"], "eval_tokens must be at least 2"),
+    ("mha", ["--kv-heads", "2", "--decode-tokens", "-1"], "decode_tokens must be 0 (skip) or more"),
+    ("mha", ["--kv-heads", "2", "--train-steps", "2", "--calib-file", "{root}/short.txt"], "too short"),
+])
+def test_bad_input_is_one_error_line_exit_2_and_nothing_written(run_cli, checkpoint, model, extra, message):
+    """Through the real entry point (tensorllm.cli.main): exactly one `error: ...` line, exit code 2."""
+    out = checkpoint / "bad-out"
+    extra = [a.format(root=checkpoint) for a in extra]
+    rc, stdout, stderr = run_cli("gqa", checkpoint / model, "--out", out, "--calib-file", checkpoint / "text.txt",
+                                 *FAST, *extra)
+    assert rc == 2, stderr
+    lines = stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], stderr
+    assert "Traceback" not in stdout + stderr
+    assert not out.exists() and not out.with_name(out.name + ".train").exists()

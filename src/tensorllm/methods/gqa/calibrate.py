@@ -25,8 +25,10 @@ def read_text_file(path: str | Path) -> list[str]:
     """Documents: a plain text file is one document; JSON (a list, or one record) and JSONL records
     are strings or objects with a string "text" field."""
     p = Path(path).expanduser()
-    if not p.is_file():
+    if not p.exists():
         raise UserError(f"calibration file {p} does not exist")
+    if not p.is_file():
+        raise UserError(f"calibration file {p} is not a file")
     try:
         raw = p.read_text(encoding="utf-8")
     except UnicodeDecodeError:

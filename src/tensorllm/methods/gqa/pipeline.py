@@ -10,6 +10,7 @@ import json
 import time
 from pathlib import Path
 
+from tensorllm.errors import UserError
 from tensorllm.methods import registry
 from tensorllm.methods.gqa.calibrate import chunk
 from tensorllm.methods.gqa.convert import check_convertible
@@ -29,10 +30,19 @@ def _measure(model, held_out, decode_tokens: int, batch_size: int) -> dict:
     return out
 
 
+def check_measure_options(eval_tokens: int, decode_tokens: int) -> None:
+    """Perplexity needs at least one predicted token per row; decode timing 0 (skip) or more new tokens."""
+    if eval_tokens < 2:
+        raise UserError(f"eval_tokens must be at least 2 (held-out perplexity), got {eval_tokens}")
+    if decode_tokens < 0:
+        raise UserError(f"decode_tokens must be 0 (skip) or more, got {decode_tokens}")
+
+
 def run_gqa(model_spec: str, out: Path, recipe: Recipe, *, eval_tokens: int = 8192, decode_tokens: int = 32,
             overwrite: bool = False, progress: bool = True) -> tuple[Path, dict]:
     """Convert `model_spec` with the single `gqa` step of `recipe`; returns (output dir, report)."""
     t0 = time.perf_counter()
+    check_measure_options(eval_tokens, decode_tokens)
     (step,) = recipe.steps
     cfg = step.config
     loaded = load_model(model_spec, dtype=recipe.dtype, device=recipe.device)
