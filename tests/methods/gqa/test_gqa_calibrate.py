@@ -34,6 +34,21 @@ def test_cross_products_from_the_input_moment_match_the_activations():
                 assert torch.allclose(C, acts[i].T @ acts[i], rtol=1e-9, atol=1e-9)
 
 
+def test_calibration_keeps_one_moment_per_layer_and_no_activations():
+    """Memory does not grow with the calibration text: one (D+1)^2 sum per layer, hooks removed after."""
+    model = tiny_llama(4, 4).train()
+    arch = spec_for(model.config)
+    kept = []
+    for n_seq in (1, 6):
+        ids = torch.randint(0, 256, (n_seq, 32), generator=torch.Generator().manual_seed(n_seq))
+        grams = input_grams(model, arch, ids, batch_size=2, progress=False)
+        assert [tuple(g.shape) for g in grams] == [(65, 65)] * 2 and grams[0].dtype == torch.float64
+        kept.append(sum(g.numel() for g in grams))
+    assert kept[0] == kept[1]
+    assert not any(m._forward_pre_hooks or m._forward_hooks for m in model.modules())
+    assert model.training  # the caller's mode is restored
+
+
 def test_token_stream_and_disjoint_chunks():
     tok = smollm2_tokenizer()
     docs = [english_text(3000), "A second document.\n\nWith two paragraphs."]

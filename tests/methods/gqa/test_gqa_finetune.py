@@ -81,6 +81,9 @@ def test_finetune_beats_the_training_free_merge_and_exports_plain_gqa(tmp_path):
     assert kl[40] < 0.95 * kl[0]
     info = result["summary"]["finetune"]
     assert info["final_open_probability"] < 0.01 and info["kl_last10"] < kl[0]
+    warm = round(0.3 * 40)  # the target share of closed gates rises linearly over the first 30% of steps
+    assert [h["target"] for h in info["history"]] == pytest.approx([min(1.0, s / warm) for s in range(1, 41)])
+    assert info["history"][0]["closed"] < 0.1 and info["history"][-1]["closed"] > 0.99
     assert model.config.num_key_value_heads == 1
     attn = model.model.layers[0].self_attn
     assert type(attn.k_proj) is nn.Linear and attn.k_proj.weight.shape == (16, 64)
