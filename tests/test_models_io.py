@@ -297,6 +297,30 @@ def test_usage_errors_are_one_line_too(tmp_path, tiny_ckpt, run_cli):
     assert not (tmp_path / "out").exists()
 
 
+def test_library_errors_are_folded_onto_one_line(tmp_path, tiny_ckpt, run_cli, tree_hash):
+    """A checkpoint without tokenizer files: transformers' multi-line reason is kept, on one line."""
+    model = _copy(tiny_ckpt, tmp_path)
+    for f in model.iterdir():
+        if f.name.startswith(("tokenizer", "special_tokens")):
+            f.unlink()
+    before = tree_hash(model)
+    rc, stdout, stderr = run_cli("compress", str(model), "--out", str(tmp_path / "out"), "--layers", "0",
+                                 "--ranks", "8,4,2")
+    _assert_one_error_line(rc, stdout, stderr, f"cannot load '{model}'")
+    assert "(1) a `tokenizers` library serialization file" in stderr  # from the reason's second line
+    assert len(stderr.strip()) <= len(f"error: cannot load '{model}': ") + 300
+    assert tree_hash(model) == before and not (tmp_path / "out").exists()
+
+
+def test_one_line_collapses_whitespace_and_caps_length():
+    from tensorllm.errors import one_line
+
+    assert one_line(ValueError("first line\n  second\tline ")) == "first line second line"
+    assert one_line(KeyError()) == "KeyError"
+    long = one_line(RuntimeError("x" * 1000), limit=50)
+    assert len(long) == 50 and long.endswith("...")
+
+
 # ----------------------------------------------------------------- atomic output
 
 

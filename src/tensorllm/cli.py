@@ -15,14 +15,14 @@ from pathlib import Path
 from typing import Optional
 
 import typer
-from rich.console import Console
 from rich.table import Table
 
 from tensorllm.errors import UserError
+from tensorllm.progress import output_console
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Structural denoising and compression of transformer attention (TensorLLM, LASER, MHA->GQA).")
-console = Console()
+console = output_console()
 
 ModelArg = typer.Argument(..., help="Alias (smollm2-135m, minilm-l6), local HF directory, .gguf file or hub id.")
 

@@ -11,10 +11,11 @@ from pathlib import Path
 from typing import Optional
 
 import typer
-from rich.console import Console
 from rich.table import Table
 
-console = Console()
+from tensorllm.progress import output_console
+
+console = output_console()
 
 
 def register(app: typer.Typer) -> None:

@@ -7,3 +7,9 @@ propagate so callers can catch it.
 
 class UserError(Exception):
     """Bad input from the user (model path, ranks, layers, data, output directory, ...)."""
+
+
+def one_line(exc: BaseException, limit: int = 300) -> str:
+    """A library exception's message folded onto one line (whitespace collapsed), cut at `limit`."""
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    return text if len(text) <= limit else text[: limit - 3] + "..."

@@ -1,4 +1,5 @@
-"""Progress bars for long loops: rich when attached to a terminal, silent otherwise."""
+"""Terminal output: progress bars for long loops (rich on a terminal, silent otherwise) and the
+console that prints result tables."""
 
 from __future__ import annotations
 
@@ -25,3 +26,12 @@ def track(items: Iterable[T], description: str, *, enabled: bool = True, total: 
         for item in items:
             yield item
             bar.advance(task)
+
+
+def output_console():
+    """Console for result tables: the terminal's width, or 200 columns into a file or pipe (a log
+    has no reason to squeeze a table into 80 columns and cut its numbers)."""
+    from rich.console import Console
+
+    console = Console()
+    return console if console.is_terminal else Console(width=200)

@@ -25,7 +25,7 @@ from typing import Any
 
 import yaml
 
-from tensorllm.errors import UserError
+from tensorllm.errors import UserError, one_line
 from tensorllm.methods import registry
 
 RECIPE_VERSION = 1
@@ -86,7 +86,7 @@ class Recipe:
         try:
             data = yaml.safe_load(p.read_text(encoding="utf-8"))
         except yaml.YAMLError as exc:
-            raise UserError(f"recipe file {p} is not valid YAML: {str(exc).splitlines()[0]}") from None
+            raise UserError(f"recipe file {p} is not valid YAML: {one_line(exc)}") from None
         return cls.from_dict(data)
 
     def to_dict(self) -> dict:

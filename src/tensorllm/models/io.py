@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from tensorllm.archs import ArchSpec, spec_for
-from tensorllm.errors import UserError
+from tensorllm.errors import UserError, one_line
 from tensorllm.models.aliases import ALIASES, alias_path
 
 DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
@@ -72,7 +72,7 @@ def _check_local_dir(path: Path, allow_pickle: bool) -> None:
                 if keys:
                     f.get_slice(keys[-1])
         except Exception as exc:  # safetensors raises several types for a damaged header
-            raise UserError(f"corrupt safetensors file {shard}: {str(exc).splitlines()[0]}") from None
+            raise UserError(f"corrupt safetensors file {shard}: {one_line(exc)}") from None
         size = shard.stat().st_size
         with open(shard, "rb") as fh:
             header_len = int.from_bytes(fh.read(8), "little")
@@ -126,7 +126,7 @@ def load_config(spec: str, *, trust_remote_code: bool = False, allow_pickle: boo
     try:
         config = AutoConfig.from_pretrained(source, **kwargs)
     except (OSError, ValueError) as exc:
-        raise UserError(f"cannot read the config of '{spec}': {str(exc).splitlines()[0]}") from None
+        raise UserError(f"cannot read the config of '{spec}': {one_line(exc)}") from None
     return config, spec_for(config), path, source, kwargs
 
 
@@ -155,7 +155,7 @@ def load_model(spec: str, *, dtype: str | None = None, device: str | None = None
         model = cls.from_pretrained(source, **load_kwargs)
         tokenizer = AutoTokenizer.from_pretrained(source, **kwargs)
     except (OSError, ValueError, RuntimeError) as exc:
-        raise UserError(f"cannot load '{spec}': {str(exc).splitlines()[0]}") from None
+        raise UserError(f"cannot load '{spec}': {one_line(exc)}") from None
     if gguf_file:  # dequantised now: drop the quantiser so the model saves as a plain checkpoint
         if hasattr(model.config, "quantization_config"):
             del model.config.quantization_config
