@@ -11,7 +11,6 @@ seconds of each phase and the peak GPU memory. Quality numbers come from bench/g
 from __future__ import annotations
 
 import argparse
-import json
 import time
 from pathlib import Path
 
@@ -21,6 +20,8 @@ from tensorllm.archs import spec_for
 from tensorllm.methods import registry
 from tensorllm.methods.gqa import convert
 from tensorllm.report import versions
+
+from common import emit_json  # bench/common.py
 
 LLAMA2_7B = dict(hidden_size=4096, intermediate_size=11008, num_hidden_layers=32, num_attention_heads=32,
                  num_key_value_heads=32, vocab_size=32000, max_position_embeddings=4096)
@@ -87,11 +88,7 @@ def main() -> None:
         "mean_key_energy_kept": s["mean_key_energy_kept"], "mean_value_energy_kept": s["mean_value_energy_kept"],
         "versions": versions(),
     }
-    text = json.dumps(out, indent=2)
-    print(text)
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(text)
+    emit_json(out, args.out)
 
 
 if __name__ == "__main__":

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import gc
-import json
 import time
 import traceback
 from pathlib import Path
@@ -32,6 +31,8 @@ from tensorllm.methods import registry
 from tensorllm.methods.gqa import convert
 from tensorllm.methods.gqa.measure import decode_step_ms, kv_cache_bytes_per_token
 from tensorllm.report import versions
+
+from common import emit_json  # bench/common.py
 
 LLAMA2_7B = dict(hidden_size=4096, intermediate_size=11008, num_hidden_layers=32, num_attention_heads=32,
                  num_key_value_heads=32, vocab_size=32000, max_position_embeddings=4096 + 256)
@@ -123,11 +124,7 @@ def main() -> None:
         "original": original, "converted": converted, "speedup": speedup,
         "seconds_convert": seconds_convert, "versions": versions(),
     }
-    text = json.dumps(result, indent=2)
-    print(text)
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(text)
+    emit_json(result, args.out)
 
 
 if __name__ == "__main__":

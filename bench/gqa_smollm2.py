@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import json
 import time
 from pathlib import Path
 
@@ -32,6 +31,8 @@ from tensorllm.methods.gqa.measure import kv_cache_bytes_per_token, perplexity
 from tensorllm.models.expand_kv import expand_kv
 from tensorllm.models.io import load_model
 from tensorllm.report import versions
+
+from common import emit_json  # bench/common.py
 
 
 def stdlib_documents(min_chars: int) -> list[str]:
@@ -145,11 +146,7 @@ def main() -> None:
         "expanded_mha": {"perplexity": mha_ppl, "kv_heads": 9},
         "variants": rows, "seconds_total": time.perf_counter() - t0, "versions": versions(),
     }
-    text = json.dumps(result, indent=2)
-    print(text)
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(text)
+    emit_json(result, args.out)
 
 
 if __name__ == "__main__":
