@@ -11,6 +11,7 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -64,7 +65,7 @@ def eval_cmd(
     allow_pickle: bool = typer.Option(False, help="Allow pickle (.bin) weights, which can run arbitrary code."),
 ) -> None:
     """Evaluate a model with LASER's protocol (accuracy, gold-answer loss) and/or lm-eval tasks."""
-    from tensorllm.eval import evaluate, get_task
+    from tensorllm.eval import ANSWER_MODES, evaluate, get_task, load_task
     from tensorllm.eval.sources import SPLITS
 
     tasks = [t.strip() for t in (task or "").split(",") if t.strip()]
@@ -72,6 +73,8 @@ def eval_cmd(
         raise UserError("nothing to evaluate: pass --task T and/or --lm-eval TASKS")
     for t in tasks:
         get_task(t)
+    if answer_mode not in ANSWER_MODES:
+        raise UserError(f"unknown answer mode '{answer_mode}' (choose from {', '.join(ANSWER_MODES)})")
     if split not in SPLITS:
         raise UserError(f"unknown split '{split}' (choose from {', '.join(SPLITS)})")
     if limit is not None and limit <= 0:
@@ -80,8 +83,15 @@ def eval_cmd(
         raise UserError(f"--batch-size must be positive, got {batch_size}")
     if data is not None and len(tasks) != 1:
         raise UserError("--data belongs to one task; pass exactly one --task with it")
-    if json_out is not None and json_out.is_dir():
-        raise UserError(f"--json {json_out} is a directory")
+    if json_out is not None:
+        _check_writable(json_out)
+    if lm_eval:
+        from tensorllm.eval.lm_eval_bridge import check_args, require_lm_eval
+
+        check_args(lm_eval.split(","), limit=limit, num_fewshot=num_fewshot, include_path=lm_eval_include)
+        require_lm_eval()
+    for t in tasks:  # bad data fails before the model loads (the parsed file is cached for evaluate)
+        load_task(get_task(t), data)
 
     loaded = _load(model, device, dtype, trust_remote_code, allow_pickle, device_map)
     progress = sys.stderr.isatty()
@@ -105,8 +115,22 @@ def eval_cmd(
         doc = {"model": model, "device": str(next(loaded.model.parameters()).device),
                "dtype": str(next(loaded.model.parameters()).dtype).replace("torch.", ""),
                "results": [r.to_dict() for r in results], "lm_eval": harness, "versions": _versions()}
-        atomic_write_text(json_out, json.dumps(doc, indent=2) + "\n")
+        try:
+            atomic_write_text(json_out, json.dumps(doc, indent=2) + "\n")
+        except OSError as exc:
+            raise UserError(f"cannot write --json {json_out} ({exc.strerror or exc})") from None
         console.print(f"wrote [bold]{json_out}[/]")
+
+
+def _check_writable(path: Path) -> None:
+    """--json FILE can be created: not a directory, and its nearest existing ancestor is a writable directory."""
+    if path.is_dir():
+        raise UserError(f"--json {path} is a directory")
+    parent = path.absolute().parent
+    while not parent.exists() and parent != parent.parent:
+        parent = parent.parent
+    if not parent.is_dir() or not os.access(parent, os.W_OK | os.X_OK):
+        raise UserError(f"--json {path}: cannot write into {parent}")
 
 
 def _load(model: str, device: str, dtype: str, trust_remote_code: bool, allow_pickle: bool,

@@ -81,3 +81,16 @@ def test_lm_eval_missing_is_a_user_error(tiny_llama, monkeypatch):
     monkeypatch.setitem(sys.modules, "lm_eval", None)
     with pytest.raises(UserError, match="lm-eval is not installed"):
         run_lm_eval(*tiny_llama, ["anything"])
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    ({"num_fewshot": -1}, "--num-fewshot must be >= 0"),
+    ({"include_path": "/nonexistent/tasks"}, "--lm-eval-include /nonexistent/tasks is not a directory"),
+    ({"limit": 0}, "--limit must be a positive"),
+])
+def test_bad_options_are_refused_before_lm_eval_is_needed(tiny_llama, monkeypatch, kwargs, match):
+    monkeypatch.setitem(sys.modules, "lm_eval", None)
+    with pytest.raises(UserError, match=match):
+        run_lm_eval(*tiny_llama, ["anything"], **kwargs)
+    with pytest.raises(UserError, match="at least one task"):
+        run_lm_eval(*tiny_llama, [" ", ""])

@@ -125,6 +125,19 @@ def test_malformed_record_line_number(jsonl, record, message):
         load_task(get_task("wikidata_qa"), path)
 
 
+def test_records_of_json_documents_carry_line_numbers(tmp_path):
+    """A JSON list or a BIG-bench task.json: the bad record's first line (and its index) in the error."""
+    lst = tmp_path / "list.json"
+    lst.write_text('[\n  {"input": "a is", "target": "b"},\n\n  {"input": "c is",\n   "target": 3}\n]\n')
+    with pytest.raises(UserError, match=r"list.json line 4 \(item 2\): field 'target' must be"):
+        load_task(get_task("wikidata_qa"), lst)
+    bb = tmp_path / "task.json"
+    bb.write_text('{"name": "x", "keywords": ["a", {"b": "]}"}],\n "examples": [\n'
+                  '  {"input": "a is", "target": "b"}, {"input": "c is", "target": "d"},\n  {"input": "e is"}\n ]}\n')
+    with pytest.raises(UserError, match=r"task.json line 4 \(example 3\): missing field 'target'"):
+        load_task(get_task("wikidata_qa"), bb)
+
+
 def test_other_bad_files(jsonl, tmp_path):
     with pytest.raises(UserError, match="line 1: expected a JSON object"):
         load_task(get_task("hotpotqa"), jsonl([["not", "an", "object"]]))

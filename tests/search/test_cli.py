@@ -1,10 +1,17 @@
-"""`tensorllm search` option parsing: the flags become the SearchSpec that run_search receives."""
+"""`tensorllm search` option parsing (the flags become the SearchSpec that run_search receives), and bad
+input through the real entry point: one `error: ...` line, exit code 2, nothing written."""
 
+import json
+
+import pytest
 import typer
 from typer.testing import CliRunner
 
 import tensorllm.search.runner as runner
 from tensorllm import cli_search
+from tensorllm.search import run_search
+
+from search_helpers import spec_for
 
 
 def _invoke(monkeypatch, args):
@@ -33,3 +40,60 @@ def test_laser_and_hybrid_flags(monkeypatch):
     spec = _invoke(monkeypatch, ["m", "--task", "fever", "--store", "s", "--method", "hybrid",
                                  "--from", "a", "--from", "b", "--top-k", "2"])
     assert spec.sources == ("a", "b") and spec.top_k == 2
+
+
+def _tree(path):
+    """{name: bytes} of a directory (None when it does not exist)."""
+    return {p.name: p.read_bytes() for p in sorted(path.iterdir())} if path.exists() else None
+
+
+@pytest.fixture(scope="module")
+def small_store(search_tiny, tmp_path_factory):
+    store = tmp_path_factory.mktemp("cli") / "store"
+    run_search(spec_for(search_tiny, store, layers="0", ranks=((8, 4, 2),)))
+    return store
+
+
+def _inputs(tmp_path, store) -> dict:
+    """The files the bad-input cases name, written into tmp_path: {name: path}."""
+    files = {"broken.jsonl": '{"input": "a is", "target": "b"}\n{"input": "c is", \n',
+             "short.jsonl": '{"input": "a is", "target": "b"}\n' * 4,
+             "fever.jsonl": "".join(f'{{"claim": "paris is red", "label": {i % 2}}}\n' for i in range(10)),
+             "gqa.yaml": "steps:\n  - {method: gqa, kv_heads: 1}\n", "a-file": "x"}
+    for name, text in files.items():
+        (tmp_path / name).write_text(text)
+    return {"store": store, "file": tmp_path / "a-file",
+            **{name.split(".")[0]: tmp_path / name for name in files if "." in name}}
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"--task": "nope"}, "unknown task 'nope'"),
+    ({"--data": "{broken}"}, "broken.jsonl line 2: not valid JSON"),
+    ({"--data": "{short}"}, "the val split of task 'wikidata_qa' is empty"),
+    ({"--limit-val": "0"}, "--limit-val must be >= 1"),
+    ({"--threads": "-1"}, "--threads must be >= 1"),
+    ({"--threads": "0"}, "--threads must be >= 1"),
+    ({"--store": "{store}", "--limit-val": "6"}, "belongs to a different search (limit_val: store has 8"),
+    ({"--store": "{store}", "--answer-mode": "continuation"}, "belongs to a different search (answer_mode"),
+    ({"--store": "{file}/store"}, "cannot create the store"),
+    ({"--task": "fever", "--data": "{fever}"}, "share a first token"),  # the tiny vocabulary lacks true/false
+    ({"--method": "hybrid", "--recipe": "{gqa}"}, "step 1: the search applies tucker and laser steps, not 'gqa'"),
+])
+def test_bad_input_is_one_line_exit_2_and_writes_nothing(run_cli, search_tiny, small_store, tmp_path, change,
+                                                         message):
+    names = _inputs(tmp_path, small_store)
+    flags = {"--task": "wikidata_qa", "--data": search_tiny["data"], "--store": str(tmp_path / "new"),
+             "--layers": "0", "--ranks": "8,4,2", "--limit-val": "8", "--limit-test": "10", "--batch-size": "16",
+             "--device": "cpu", "--threads": "1"}
+    flags.update({k: v.format(**names) for k, v in change.items()})
+    before = _tree(small_store)
+    rc, stdout, stderr = run_cli("search", search_tiny["model"], *[x for kv in flags.items() for x in kv])
+    assert (rc, stdout) == (2, ""), stderr
+    assert len(stderr.splitlines()) == 1 and stderr.startswith("error: ") and message in stderr, stderr
+    assert not (tmp_path / "new").exists() and _tree(small_store) == before
+
+
+def test_summary_says_how_accuracy_was_measured(small_store, capsys):
+    report = json.loads((small_store / "report.json").read_text())
+    cli_search.print_summary(report, small_store)
+    assert "answer mode: faithful" in capsys.readouterr().out

@@ -1,6 +1,7 @@
 """Kill a search with SIGKILL in the middle, rerun the same command: every configuration ends up in
 the store exactly once, nothing finished is recomputed, and the numbers equal an uninterrupted run's."""
 
+import json
 import os
 import signal
 import subprocess
@@ -63,6 +64,9 @@ def test_sigkill_mid_run_then_resume(search_tiny, tmp_path):
     assert f"{len(before)} of " in resumed.stderr and "already in the store" in resumed.stderr
     after = store_numbers(store)  # asserts each (configuration, split) occurs once
     assert all(after[k] == v for k, v in before.items())
+    report = json.loads((store / "report.json").read_text())
+    assert report["status"] == "complete"
+    assert report["run"]["evaluated_this_run"] == len(after) - len(before)  # only what was missing
 
     reference = tmp_path / "uninterrupted"
     run_search(spec_for(search_tiny, reference, layers="all", ranks=((8, 4, 2), (0.5, 0.5, 1.0), "auto")))

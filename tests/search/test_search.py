@@ -41,6 +41,35 @@ def test_report_files_and_contents(tucker_run):
     assert all(c is not None for row in report["grid"]["cells"] for c in row)
 
 
+def test_report_says_how_accuracy_was_measured(tucker_run):
+    from tensorllm.search.report import markdown
+
+    store, report = tucker_run
+    assert report["accuracy_metric"] == {"metric": "generate-substring", "answer_mode": "faithful"}
+    assert "answer mode: faithful" in (store / "report.md").read_text()
+    classify = {**report, "accuracy_metric": {"metric": "label-logits", "answer_mode": None}}
+    assert "metric: label-logits (no answer mode)" in markdown(classify)
+
+
+def test_perplexity_search_maps_loss_reductions(search_tiny, tmp_path):
+    """No accuracy: the grid (table and heatmap) shows baseline loss minus each configuration's."""
+    import random
+
+    from search_helpers import WORDS
+
+    rng = random.Random(0)
+    data = tmp_path / "paragraphs.jsonl"
+    data.write_text("".join(json.dumps({"text": " ".join(rng.choice(WORDS) for _ in range(12))}) + "\n"
+                            for _ in range(15)))
+    store = tmp_path / "s"
+    rep = run_search(spec_for(search_tiny, store, task="perplexity", data=str(data), layers="0", ranks=((8, 4, 2),)))
+    (cell,) = rep["grid"]["cells"][0]
+    assert rep["grid"]["delta"] == "loss" and cell["accuracy"] is None
+    assert cell["delta"] == pytest.approx(rep["roles"]["baseline"]["val"]["loss"] - cell["loss"])
+    md = (store / "report.md").read_text()
+    assert "Val loss reduction vs baseline (nats/token)" in md and f"| L0 | {cell['delta']:+.4f} |" in md
+
+
 def test_winner_follows_the_selection_rule_and_is_tested(tucker_run):
     store, report = tucker_run
     val = Store(store).results("val")
@@ -78,10 +107,15 @@ def test_extended_grid_reuses_the_shared_configs(tucker_run, search_tiny, tmp_pa
 
 @pytest.mark.parametrize("change", [{"limit_val": 6}, {"task": "hotpotqa"}, {"answer_mode": "continuation"},
                                     {"method": "laser", "rhos": (0.5,)}, {"model": "other"}])
-def test_refuses_a_store_written_by_another_search(tucker_run, search_tiny, change):
+def test_refuses_a_store_written_by_another_search(tucker_run, search_tiny, tmp_path, change):
     store, _ = tucker_run
     if change.get("model") == "other":
         change = {"model": search_tiny["other_model"]}
+    if change.get("task") == "hotpotqa":  # data in hotpotqa's format, so that the store is what is refused
+        rows = [json.loads(line) for line in open(search_tiny["data"], encoding="utf-8")]
+        path = tmp_path / "hotpot.jsonl"
+        path.write_text("".join(json.dumps({"question": r["input"], "answer": r["target"]}) + "\n" for r in rows))
+        change = {**change, "data": str(path)}
     with pytest.raises(UserError) as exc:
         run_search(spec_for(search_tiny, store, layers="0,2", **change))
     assert "different search" in str(exc.value) and "\n" not in str(exc.value)

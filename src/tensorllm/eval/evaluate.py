@@ -84,20 +84,9 @@ def evaluate(model, tokenizer, task: str | TaskSpec, split: str = "val", limit: 
         raise UserError(f"unknown answer mode '{answer_mode}' (choose from {', '.join(ANSWER_MODES)})")
     if batch_size <= 0 or max_batch_tokens <= 0:
         raise UserError("batch size and max batch tokens must be positive")
-    kind = kind or model_kind(model)
-    if kind not in ("decoder", "encoder"):
-        raise UserError(f"unknown model kind '{kind}' (decoder or encoder)")
-    if spec.kind == "perplexity" and kind == "encoder":
-        raise UserError("the perplexity task needs a decoder (causal) model; encoders have no next-token loss")
+    kind = check_model(model, spec, kind)
     start = time.perf_counter()
-    dataset = load_task(spec, data)
-    examples, skipped = list(dataset.examples), dataset.skipped
-    if spec.max_answer_tokens is not None:
-        lengths = [len(ids) for ids in tokenizer([e.answer for e in examples])["input_ids"]]
-        kept = [e for e, n in zip(examples, lengths) if n <= spec.max_answer_tokens]
-        skipped += len(examples) - len(kept)
-        examples = kept
-    items = select(examples, split, limit, spec.name)
+    items, skipped, source = task_items(tokenizer, spec, split, limit, data)
     run = _Run(batch_size, max_batch_tokens, progress, answer_mode)
     was_training = model.training
     model.eval()
@@ -124,7 +113,38 @@ def evaluate(model, tokenizer, task: str | TaskSpec, split: str = "val", limit: 
                     "correct": correct[i] if correct else None, "nll_sum": nll[i][0], "tokens": nll[i][1]}
                    for i, e in enumerate(items)]
     return EvalResult(spec.name, split, len(items), accuracy, loss, ppl, metric, mode, kind,
-                      time.perf_counter() - start, batch_size, dataset.source, skipped, details)
+                      time.perf_counter() - start, batch_size, source, skipped, details)
+
+
+def check_model(model, spec: TaskSpec, kind: str | None = None) -> str:
+    """The model's kind ("decoder" / "encoder") when it can be evaluated on `spec`; UserError otherwise."""
+    kind = kind or model_kind(model)
+    if kind not in ("decoder", "encoder"):
+        raise UserError(f"unknown model kind '{kind}' (decoder or encoder)")
+    if spec.kind == "perplexity" and kind == "encoder":
+        raise UserError("the perplexity task needs a decoder (causal) model; encoders have no next-token loss")
+    return kind
+
+
+def preflight(model, tokenizer, spec: TaskSpec, split: str, limit: int | None, data=None) -> None:
+    """The checks of `evaluate` that need no forward pass: a UserError here is one `evaluate` would raise."""
+    check_model(model, spec)
+    items, _, _ = task_items(tokenizer, spec, split, limit, data)
+    if spec.kind == "classify":
+        label_tokens(tokenizer, items[0].prompt, spec.labels)
+
+
+def task_items(tokenizer, spec: TaskSpec, split: str, limit: int | None, data=None) -> tuple[list[Example], int, str]:
+    """(the examples `evaluate` scores, records dropped, source): the task's records, LASER's answer
+    length filter (HotpotQA), then the split and its first `limit` items. Bad data is a UserError."""
+    dataset = load_task(spec, data)
+    examples, skipped = list(dataset.examples), dataset.skipped
+    if spec.max_answer_tokens is not None:
+        lengths = [len(ids) for ids in tokenizer([e.answer for e in examples])["input_ids"]]
+        kept = [e for e, n in zip(examples, lengths) if n <= spec.max_answer_tokens]
+        skipped += len(examples) - len(kept)
+        examples = kept
+    return select(examples, split, limit, spec.name), skipped, dataset.source
 
 
 # -- decoder models ------------------------------------------------------------------------------

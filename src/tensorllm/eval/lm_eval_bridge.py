@@ -10,8 +10,29 @@ is in memory. `include_path` adds a folder of the user's own task YAML files (lo
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 from tensorllm.errors import UserError
+
+
+def require_lm_eval() -> None:
+    """UserError unless lm-eval (the optional extra) can be imported."""
+    _import()
+
+
+def check_args(tasks: list[str], *, limit: int | None = None, num_fewshot: int | None = None,
+               include_path: str | None = None) -> list[str]:
+    """The task names, stripped; a UserError for an option lm-eval would choke on or silently accept."""
+    tasks = [t.strip() for t in tasks if t.strip()]
+    if not tasks:
+        raise UserError("--lm-eval needs at least one task name")
+    if limit is not None and limit <= 0:
+        raise UserError(f"--limit must be a positive number of examples, got {limit}")
+    if num_fewshot is not None and num_fewshot < 0:
+        raise UserError(f"--num-fewshot must be >= 0, got {num_fewshot}")
+    if include_path is not None and not Path(include_path).is_dir():
+        raise UserError(f"--lm-eval-include {include_path} is not a directory")
+    return tasks
 
 
 def _import():
@@ -40,12 +61,8 @@ def _plain(value):
 def run_lm_eval(model, tokenizer, tasks: list[str], *, batch_size: int = 16, limit: int | None = None,
                 num_fewshot: int | None = None, include_path: str | None = None, seed: int = 0) -> dict:
     """Run lm-eval `tasks` on the in-memory model; return {"results", "versions", "n-shot", "limit"}."""
+    tasks = check_args(tasks, limit=limit, num_fewshot=num_fewshot, include_path=include_path)
     lm_eval, HFLM, TaskManager = _import()
-    tasks = [t.strip() for t in tasks if t.strip()]
-    if not tasks:
-        raise UserError("--lm-eval needs at least one task name")
-    if limit is not None and limit <= 0:
-        raise UserError(f"--limit must be a positive number of examples, got {limit}")
     manager = None
     if include_path:  # the user's folder alone indexes in a blink; lm-eval's ~10k YAML files take seconds
         manager = TaskManager(include_path=include_path, include_defaults=False)

@@ -54,6 +54,8 @@ def load_task(task: TaskSpec, data: str | Path | None = None) -> Dataset:
     """All examples of a task, in source order, from `data` or the task's built-in source."""
     if data is not None:
         path = Path(data).expanduser()
+        if path.is_dir():
+            raise UserError(f"data file {path} is a directory; pass a JSON or JSON Lines file")
         if not path.is_file():
             raise UserError(f"data file {path} does not exist")
         st = path.stat()
@@ -105,9 +107,9 @@ def read_records(path: Path) -> list[tuple[str, object]]:
             if text.lstrip().startswith("["):
                 raise UserError(f"{path} line {exc.lineno}: not valid JSON ({exc.msg})") from None
     if isinstance(whole, list):
-        return [(f"item {i + 1}", r) for i, r in enumerate(whole)]
+        return _located(text, _skip(text, 0), "item")
     if isinstance(whole, dict) and isinstance(whole.get("examples"), list):
-        return [(f"example {i + 1}", r) for i, r in enumerate(whole["examples"])]
+        return _located(text, _member(text, "examples"), "example")
     if whole is not None and not isinstance(whole, dict):
         raise UserError(f"{path}: expected JSON records, got a bare {type(whole).__name__}")
     records = []
@@ -119,6 +121,42 @@ def read_records(path: Path) -> list[tuple[str, object]]:
         except json.JSONDecodeError as exc:
             raise UserError(f"{path} line {lineno}: not valid JSON ({exc.msg})") from None
     return records
+
+
+_DECODER = json.JSONDecoder()
+
+
+def _skip(text: str, pos: int, seps: str = "") -> int:
+    """The first index at or after `pos` holding neither JSON whitespace nor one of `seps`."""
+    while pos < len(text) and text[pos] in " \t\n\r" + seps:
+        pos += 1
+    return pos
+
+
+def _located(text: str, start: int, what: str) -> list[tuple[str, object]]:
+    """[("line L (item i)", value)] of the JSON array that opens at text[start], in a valid document."""
+    out, line, counted = [], 1, 0
+    pos = _skip(text, start + 1)
+    while text[pos] != "]":
+        value, end = _DECODER.raw_decode(text, pos)
+        line += text.count("\n", counted, pos)
+        counted = pos
+        out.append((f"line {line} ({what} {len(out) + 1})", value))
+        pos = _skip(text, end, ",")
+    return out
+
+
+def _member(text: str, key: str) -> int:
+    """Where the value of the top-level `key` starts in a valid JSON object (the last one, as json.loads)."""
+    found, pos = -1, _skip(text, _skip(text, 0) + 1)
+    while text[pos] != "}":
+        name, end = _DECODER.raw_decode(text, pos)
+        pos = _skip(text, end, ":")
+        if name == key:
+            found = pos
+        _, end = _DECODER.raw_decode(text, pos)
+        pos = _skip(text, end, ",")
+    return found
 
 
 # -- built-in sources ------------------------------------------------------------------------------

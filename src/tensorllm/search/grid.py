@@ -215,5 +215,9 @@ def recipes_grid(paths: list[str | Path]) -> Grid:
     grid = Grid("hybrid", "recipe", "")
     for path in paths:
         rec = Recipe.load(path)
+        for i, step in enumerate(rec.steps, 1):
+            if step.method not in ("tucker", "laser"):
+                raise UserError(f"recipe {path} step {i}: the search applies tucker and laser steps, "
+                                f"not '{step.method}'")
         grid.add(Path(path).stem, "recipe", Config(tuple(s.to_dict() for s in rec.steps)))
     return grid

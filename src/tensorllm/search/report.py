@@ -4,6 +4,8 @@ The heatmap shows validation accuracy minus the baseline's, in percentage points
 (row, column) of the grid: a diverging colormap centred at 0 (blue = better than the unmodified
 model, red = worse), every cell annotated, the winner outlined, cells not evaluated yet grey.
 For Tucker grids with an `auto` column each of its cells also shows the ranks auto chose.
+The perplexity task has no accuracy: its cells show the validation loss reduction instead
+(baseline loss minus the configuration's, nats/token; positive = better, blue again).
 """
 
 from __future__ import annotations
@@ -50,10 +52,18 @@ def _ranks_of(line: dict) -> str:
     return f"rank {s['rank']}" if s.get("rank") else ""
 
 
+# What the grid cells (table and heatmap) show: accuracy gains, or loss reductions for tasks without accuracy.
+DELTAS = {"accuracy": ("val accuracy minus baseline", "points", "+.1f"),
+          "loss": ("val loss reduction vs baseline", "nats/token", "+.3f")}  # baseline minus config: + = better
+
+
 def build(grid: Grid, identity: dict, info: dict, val: dict[str, dict], test: dict[str, dict], roles: dict,
           *, status: str, run_seconds: float, evaluated: int, cache=None) -> dict:
+    from tensorllm.eval import get_task
+
     base = val.get(BASELINE.key)
     base_acc = base["accuracy"] if base else None
+    by_loss = get_task(identity["task"]).kind == "perplexity"
     cells = []
     for r in grid.rows:
         row = []
@@ -62,7 +72,8 @@ def build(grid: Grid, identity: dict, info: dict, val: dict[str, dict], test: di
             line = val.get(cfg.key) if cfg is not None else None
             row.append(None if line is None else {
                 "key": line["key"], "accuracy": line["accuracy"], "loss": line["loss"],
-                "delta": _delta(line["accuracy"], base_acc), "ranks": _ranks_of(line)})
+                "delta": _delta(base and base["loss"], line["loss"]) if by_loss
+                else _delta(line["accuracy"], base_acc), "ranks": _ranks_of(line)})
         cells.append(row)
     configs = grid.configs()
     done = [val[c.key] for c in configs if c.key in val]
@@ -79,14 +90,16 @@ def build(grid: Grid, identity: dict, info: dict, val: dict[str, dict], test: di
                            "delta_val": _delta(v and v["accuracy"], base_acc),
                            "delta_test": _delta(t and t["accuracy"], base_t and base_t["accuracy"])}
     every = list(val.values()) + list(test.values())
+    how = next((x["eval"] for x in every if x.get("eval")), {})
     return {
         "status": status,
         "task": identity["task"], "method": identity["method"],
         "identity": identity, "info": info,
+        "accuracy_metric": {"metric": how.get("metric"), "answer_mode": how.get("answer_mode")},
         "selection": "highest validation accuracy; ties: lower validation loss; then grid order",
         "roles": role_rows,
         "grid": {"row_title": grid.row_title, "col_title": grid.col_title, "rows": grid.rows, "cols": grid.cols,
-                 "cells": cells},
+                 "cells": cells, "delta": "loss" if by_loss else "accuracy"},
         "ranking": [{"key": x["key"], "describe": x["describe"], "accuracy": x["accuracy"], "loss": x["loss"],
                      "delta": _delta(x["accuracy"], base_acc)} for x in ranked[:10]],
         "progress": {"configurations": len(configs), "val_done": len(done), "baseline_val": base is not None,
@@ -119,12 +132,22 @@ def write(root: Path, report: dict) -> None:
     heatmap(report, root / "heatmap.png")
 
 
+def how_measured(rep: dict) -> str:
+    """'answer mode: faithful' (generative tasks) or the metric: every report says how accuracy was measured."""
+    m = rep.get("accuracy_metric") or {}
+    if m.get("answer_mode"):
+        return f"answer mode: {m['answer_mode']}"
+    if m.get("metric"):
+        return f"metric: {m['metric']} (no answer mode)"
+    return f"answer mode: {rep['identity']['answer_mode']}"
+
+
 def _pct(x) -> str:
     return f"{x:.2f}" if _finite(x) else "-"
 
 
-def _signed(x) -> str:
-    return f"{x:+.2f}" if _finite(x) else "-"
+def _signed(x, unit: str = "points") -> str:
+    return format(x, "+.4f" if unit == "nats/token" else "+.2f") if _finite(x) else "-"
 
 
 def _loss(x) -> str:
@@ -140,8 +163,7 @@ def markdown(rep: dict) -> str:
     lines += [f"- model: `{info.get('model_spec')}` ({info.get('architecture')}, {ident['dtype']}, "
               f"{ident['device_type']}, fingerprint {ident['model']}"
               + (", K/V heads expanded to multi-head" if info.get("expand_kv") else "") + ")",
-              f"- data: {ident['data']}; validation n = {n_val}, test n = {n_test}; "
-              f"answer mode: {ident['answer_mode']}",
+              f"- data: {ident['data']}; validation n = {n_val}, test n = {n_test}; {how_measured(rep)}",
               f"- configurations: {prog['val_done']} of {prog['configurations']} evaluated on validation; "
               f"selection: {rep['selection']}",
               f"- code: tensorllm {info.get('code_version')}; this run {rep['run']['seconds']:.1f} s, "
@@ -174,10 +196,11 @@ def markdown(rep: dict) -> str:
     for i, x in enumerate(rep["ranking"], 1):
         lines.append(f"| {i} | {x['describe']} | {_pct(x['accuracy'])} | {_signed(x['delta'])} | {_loss(x['loss'])} |")
     g = rep["grid"]
-    lines += ["", "## Validation accuracy minus baseline (points)", "", "![heatmap](heatmap.png)", "",
+    label, unit, _ = DELTAS[g.get("delta", "accuracy")]
+    lines += ["", f"## {label[0].upper() + label[1:]} ({unit})", "", "![heatmap](heatmap.png)", "",
               f"| {g['row_title']} | " + " | ".join(g["cols"]) + " |", "|---|" + "---:|" * len(g["cols"])]
     for r, row in zip(g["rows"], g["cells"]):
-        lines.append(f"| {r} | " + " | ".join("-" if c is None else _signed(c["delta"]) for c in row) + " |")
+        lines.append(f"| {r} | " + " | ".join("-" if c is None else _signed(c["delta"], unit) for c in row) + " |")
     return "\n".join(lines) + "\n"
 
 
@@ -190,6 +213,7 @@ def heatmap(rep: dict, path: Path) -> None:
 
     g = rep["grid"]
     rows, cols = g["rows"], g["cols"]
+    label, unit, spec = DELTAS[g.get("delta", "accuracy")]
     data = np.full((len(rows), len(cols)), np.nan)
     for i, row in enumerate(g["cells"]):
         for j, c in enumerate(row):
@@ -209,7 +233,7 @@ def heatmap(rep: dict, path: Path) -> None:
             if c is None or not _finite(c["delta"]):
                 ax.text(j, i, "-" if c is None else "n/a", ha="center", va="center", fontsize=size, color="#555555")
                 continue
-            text = f"{c['delta']:+.1f}"
+            text = format(c["delta"], spec)
             if cols[j] == "auto" and c.get("ranks"):
                 text += f"  ({c['ranks']})"
             dark = abs(c["delta"]) > 0.6 * vmax
@@ -224,12 +248,12 @@ def heatmap(rep: dict, path: Path) -> None:
     ax.set_xlabel(g["col_title"])
     ax.set_ylabel(g["row_title"])
     base = (rep["roles"].get("baseline") or {}).get("val") or {}
-    title = f"{rep['task']}: {rep['method']} search, val accuracy minus baseline"
+    title = f"{rep['task']}: {rep['method']} search, {label}"
     if _finite(base.get("accuracy")):
         title += f" ({base['accuracy']:.1f}%, n={base['n']})"
     ax.set_title(title + ("" if rep["status"] == "complete" else " [partial]"), fontsize=10)
     cbar = fig.colorbar(im, ax=ax, fraction=0.05, pad=0.02)
-    cbar.set_label("points (winner outlined)")
+    cbar.set_label(f"{unit} (winner outlined)")
     fd, tmp = tempfile.mkstemp(prefix=".heatmap.", suffix=".png", dir=path.parent)
     os.close(fd)
     try:

@@ -4,7 +4,9 @@
     report = run_search(SearchSpec("smollm2-135m", "wikidata_qa", "runs/s-tucker", method="tucker",
                                    layers="all", ranks=[(144, 48, 4), (0.5, 0.5, 1.0), "auto"]))
 
-1. Load the model once; build the grid (grid.py) and the search identity; open the store.
+1. Load the model once; check the task data and the model against it (a bad file, an empty split,
+   ... fails before the store is created); build the grid (grid.py) and the search identity; open
+   the store.
 2. Validation phase: the baseline and every distinct configuration not yet in the store, each
    applied (apply.py), evaluated on the validation split and appended to the store at once.
    With several processes, the pending list is dealt out round-robin (index % world == rank).
@@ -88,6 +90,8 @@ class SearchSpec:
                 raise UserError(f"--{name.replace('_', '-')} must be >= 1, got {value}")
         if self.batch_size < 1 or self.top_k < 1 or self.gpus < 1:
             raise UserError("--batch-size, --top-k and --gpus must be >= 1")
+        if self.threads is not None and self.threads < 1:
+            raise UserError(f"--threads must be >= 1, got {self.threads}")
         if self.time_budget is not None and self.time_budget <= 0:
             raise UserError(f"--time-budget must be positive, got {self.time_budget}")
         if self.method == "hybrid" and bool(self.sources) == bool(self.recipes):
@@ -160,6 +164,16 @@ class Search:
         self.model, self.tokenizer, self.arch = self.loaded.model, self.loaded.tokenizer, self.loaded.arch
         self.device = next(self.model.parameters()).device
 
+    def _check_task(self) -> None:
+        """Bad task data (malformed file, empty split, labels the tokenizer cannot tell apart, ...) fails
+        here, before the store is created: a store is never left behind by a search that could not start."""
+        from tensorllm.eval import get_task
+        from tensorllm.eval.evaluate import preflight
+
+        spec, task = self.spec, get_task(self.spec.task)
+        for split, limit in (("val", spec.limit_val), ("test", spec.limit_test)):
+            preflight(self.model, self.tokenizer, task, split, limit, spec.data)
+
     def _identity(self) -> tuple[dict, dict]:
         from tensorllm import __version__
         from tensorllm.report import versions
@@ -218,6 +232,7 @@ class Search:
     def _run(self, device: torch.device) -> dict | None:
         world = self.world
         self._load(device)
+        self._check_task()
         identity, info = self._identity()
         self.grid = self._grid(identity)
         self.store = Store(self.spec.store)
