@@ -394,3 +394,12 @@ def test_cli_writes_a_checkpoint_and_overwrite_replaces_it(tmp_path, tiny_ckpt, 
     assert rc == 0, stderr
     again = load_file(out / WEIGHTS)
     assert all(torch.equal(again[k], new[k]) for k in new)
+
+
+def test_eval_dtype_is_bfloat16_on_cuda_only_when_auto():
+    from tensorllm.models.io import eval_dtype
+
+    cuda, cpu = torch.device("cuda"), torch.device("cpu")
+    assert eval_dtype("auto", cuda) == "bfloat16" and eval_dtype(None, cuda) == "bfloat16"
+    assert eval_dtype("auto", cpu) is None  # as stored
+    assert eval_dtype("float32", cuda) == "float32" and eval_dtype("float16", cpu) == "float16"

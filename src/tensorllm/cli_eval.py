@@ -135,11 +135,9 @@ def _check_writable(path: Path) -> None:
 
 def _load(model: str, device: str, dtype: str, trust_remote_code: bool, allow_pickle: bool,
           device_map: str | None = None):
-    from tensorllm.models.io import load_model, resolve_device
+    from tensorllm.models.io import eval_dtype, load_model, resolve_device
 
-    if dtype == "auto" and resolve_device(device).type == "cuda":
-        dtype = "bfloat16"  # evaluation speed; scoring upcasts to float32 for the log-softmax
-    return load_model(model, dtype=None if dtype == "auto" else dtype, device=device,
+    return load_model(model, dtype=eval_dtype(dtype, resolve_device(device)), device=device,
                       trust_remote_code=trust_remote_code, allow_pickle=allow_pickle, device_map=device_map)
 
 

@@ -44,7 +44,7 @@ def search(
     batch_size: int = typer.Option(256, help="Evaluation batch size."),
     answer_mode: str = typer.Option("faithful", help="Generative accuracy: faithful (LASER's code) | continuation."),
     device: str = typer.Option("auto", help="auto, cpu, cuda (with --gpus N: one GPU per process)."),
-    dtype: str = typer.Option("auto", help="Load dtype: auto, float32, bfloat16, float16."),
+    dtype: str = typer.Option("auto", help="Load dtype: auto (bfloat16 on CUDA, as stored on CPU), float32, bfloat16, float16."),
     expand_kv: bool = typer.Option(False, help="Expand grouped-query K/V heads to multi-head after loading."),
     gpus: int = typer.Option(1, "--gpus", "--nproc", help="Processes, one per GPU (NCCL); with --device cpu, "
                              "CPU processes (gloo). Ignored under torchrun, which sets the world itself."),

@@ -40,6 +40,14 @@ def parse_dtype(name: str | None) -> torch.dtype | None:
     return DTYPES[name]
 
 
+def eval_dtype(name: str | None, device: torch.device) -> str | None:
+    """Load dtype for evaluation (eval, search): "auto" is bfloat16 on CUDA (speed; scoring upcasts to
+    float32 for the log-softmax) and the checkpoint's own dtype elsewhere."""
+    if name in (None, "auto"):
+        return "bfloat16" if device.type == "cuda" else None
+    return name
+
+
 def resolve_device(name: str | None) -> torch.device:
     if name in (None, "auto"):
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")

@@ -151,11 +151,11 @@ class Search:
 
     # -- setup ---------------------------------------------------------------------------------
     def _load(self, device: torch.device) -> None:
-        from tensorllm.models.io import load_model
+        from tensorllm.models.io import eval_dtype, load_model
 
         spec = self.spec
         if self.loaded is None:
-            self.loaded = load_model(spec.model, dtype=spec.dtype, device=str(device),
+            self.loaded = load_model(spec.model, dtype=eval_dtype(spec.dtype, device), device=str(device),
                                      trust_remote_code=spec.trust_remote_code, allow_pickle=spec.allow_pickle)
             if spec.expand_kv:
                 from tensorllm.models.expand_kv import expand_kv
