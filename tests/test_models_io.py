@@ -403,3 +403,31 @@ def test_eval_dtype_is_bfloat16_on_cuda_only_when_auto():
     assert eval_dtype("auto", cuda) == "bfloat16" and eval_dtype(None, cuda) == "bfloat16"
     assert eval_dtype("auto", cpu) is None  # as stored
     assert eval_dtype("float32", cuda) == "float32" and eval_dtype("float16", cpu) == "float16"
+
+
+def _hub_cache(root: Path, repo: str, checkpoint: Path) -> Path:
+    """A Hugging Face hub cache (models--org--name/{refs/main, snapshots/<rev>/...}) holding `checkpoint`."""
+    rev = "0123456789abcdef0123456789abcdef01234567"
+    entry = root / f"models--{repo.replace('/', '--')}"
+    shutil.copytree(checkpoint, entry / "snapshots" / rev)
+    (entry / "refs").mkdir()
+    (entry / "refs" / "main").write_text(rev)
+    return root
+
+
+def test_hub_id_resolves_through_the_hub_cache_offline(tmp_path, tiny_ckpt, tiny, run_cli_process, monkeypatch):
+    """The network path (a hub id handed to transformers), with the hub replaced by a local cache."""
+    monkeypatch.setenv("HF_HUB_CACHE", str(_hub_cache(tmp_path / "hub", "tllm-test/tiny-llama", tiny_ckpt)))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    out = tmp_path / "out"
+    rc, stdout, stderr = run_cli_process("compress", "tllm-test/tiny-llama", "--out", str(out),
+                                         *[x for kv in GOOD_FLAGS.items() for x in kv])
+    assert rc == 0, stderr
+    model = transformers.AutoModelForCausalLM.from_pretrained(out)
+    original = transformers.AutoModelForCausalLM.from_pretrained(tiny_ckpt)
+    sd, ref = model.state_dict(), original.state_dict()
+    assert not torch.equal(sd["model.layers.0.self_attn.q_proj.weight"], ref["model.layers.0.self_attn.q_proj.weight"])
+    assert torch.equal(sd["model.layers.1.self_attn.q_proj.weight"], ref["model.layers.1.self_attn.q_proj.weight"])
+
+    rc, stdout, stderr = run_cli_process("info", "tllm-test/not-there")
+    _assert_one_error_line(rc, stdout, stderr, "cannot read the config of 'tllm-test/not-there'")
