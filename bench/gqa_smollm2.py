@@ -1,6 +1,7 @@
 """Quality of MHA -> GQA on the real SmolLM2-135M: held-out perplexity of each variant vs the original.
 
     python bench/gqa_smollm2.py --out runs/gqa_smollm2.json --train-steps 400        # GPU
+    python bench/gqa_smollm2.py --train-steps 3000 --train-batch-size 8 --train-tokens 200000   # fine-tune text
     python bench/gqa_smollm2.py --model /tmp/s/smol.gguf --calib-file text.txt ...    # a GGUF copy
     python bench/gqa_smollm2.py --small                                               # CPU, checks the script
 
@@ -74,6 +75,8 @@ def main() -> None:
     ap.add_argument("--train-steps", type=int, default=None)
     ap.add_argument("--lr", type=float, default=1e-4)
     ap.add_argument("--train-batch-size", type=int, default=None)
+    ap.add_argument("--train-tokens", type=int, default=0,
+                    help="fine-tune on this many tokens after the held-out ones (0: on the calibration tokens)")
     ap.add_argument("--device", default=None)
     ap.add_argument("--out", type=Path, default=None)
     args = ap.parse_args()
@@ -103,6 +106,9 @@ def main() -> None:
     ids = token_stream(loaded.tokenizer, docs)
     calib = chunk(ids, calib_tokens, seq_len)
     held_out = chunk(ids, eval_tokens, seq_len, offset=calib.numel(), what="held-out evaluation")
+    # fine-tune text after the held-out text, so calibration and held-out stay those of the runs before
+    train = (chunk(ids, args.train_tokens, seq_len, offset=calib.numel() + held_out.numel(), what="fine-tune text")
+             if args.train_tokens else None)
     arch = loaded.arch
     original_ppl = perplexity(loaded.model, held_out)
     original_kv = kv_cache_bytes_per_token(loaded.model)
@@ -124,7 +130,7 @@ def main() -> None:
         model = copy.deepcopy(mha)
         cfg = registry.config_from_dict("gqa", {"seq_len": seq_len, **opts})
         ts = time.perf_counter()
-        result = convert(model, arch, cfg, calib, device=torch.device(device), progress=True)
+        result = convert(model, arch, cfg, calib, train=train, device=torch.device(device), progress=True)
         seconds = time.perf_counter() - ts
         s = result["summary"]
         row = {"variant": name, "options": opts, "perplexity": perplexity(model, held_out),
@@ -141,6 +147,7 @@ def main() -> None:
     result = {
         "bench": "gqa_smollm2", "weights": "real SmolLM2-135M-Instruct", "model": args.model, "device": device,
         "calib_tokens": int(calib.numel()), "held_out_tokens": int(held_out.numel()), "seq_len": seq_len,
+        "train_tokens": int(train.numel()) if train is not None else int(calib.numel()),
         "text": text,
         "original": {"perplexity": original_ppl, "kv_heads": 3, "kv_cache_bytes_per_token": original_kv},
         "expanded_mha": {"perplexity": mha_ppl, "kv_heads": 9},

@@ -31,9 +31,11 @@ def gqa(
     calib_tokens: int = typer.Option(32768, help="Calibration tokens (streamed statistics)."),
     calib_file: Optional[Path] = typer.Option(None, help="Calibration text: plain text, JSON or JSONL with 'text'."),
     seq_len: int = typer.Option(2048, help="Calibration / fine-tune / evaluation sequence length."),
-    eval_tokens: int = typer.Option(8192, help="Held-out tokens (after the calibration ones) for perplexity."),
+    eval_tokens: int = typer.Option(8192, help="Held-out tokens (after the calibration and fine-tune ones) for perplexity."),
     decode_tokens: int = typer.Option(32, help="New tokens timed for decode speed (0 to skip)."),
     train_steps: int = typer.Option(0, help="Recovery fine-tune steps (gated distillation); 0 = training-free."),
+    train_tokens: int = typer.Option(0, help="Fine-tune text: the tokens after the calibration ones (0 = reuse those)."),
+    train_batch_size: int = typer.Option(1, help="Fine-tune sequences per step."),
     lr: float = typer.Option(1e-4, help="Fine-tune learning rate."),
     train_dir: Optional[Path] = typer.Option(None, help="Fine-tune checkpoints (resumed from); default OUT.train/."),
     overwrite: bool = typer.Option(False, help="Replace --out if it exists."),
@@ -48,7 +50,7 @@ def gqa(
     if train_steps and train_dir is None:
         train_dir = out.with_name(out.name + ".train")
     opts = dict(kv_heads=kv_heads, grouping=grouping, align=align, calib_tokens=calib_tokens, seq_len=seq_len,
-                train_steps=train_steps, lr=lr,
+                train_steps=train_steps, train_tokens=train_tokens, train_batch_size=train_batch_size, lr=lr,
                 calib_file=str(calib_file) if calib_file else None, train_dir=str(train_dir) if train_dir else None)
     recipe = Recipe.single("gqa", dtype=dtype, device=device, seed=seed, **opts)
     path, report = run_gqa(model, out, recipe, eval_tokens=eval_tokens, decode_tokens=decode_tokens,

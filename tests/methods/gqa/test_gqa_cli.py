@@ -92,6 +92,9 @@ FAST = ["--calib-tokens", "512", "--seq-len", "128", "--eval-tokens", "256", "--
     ("mha", ["--kv-heads", "2", "--eval-tokens", "1"], "eval_tokens must be at least 2"),
     ("mha", ["--kv-heads", "2", "--decode-tokens", "-1"], "decode_tokens must be 0 (skip) or more"),
     ("mha", ["--kv-heads", "2", "--train-steps", "2", "--calib-file", "{root}/short.txt"], "too short"),
+    ("mha", ["--kv-heads", "2", "--train-steps", "2", "--train-tokens", "-5"], "gqa.train_tokens must be 0"),
+    ("mha", ["--kv-heads", "2", "--train-steps", "2", "--train-tokens", "10000000"],
+     "fine-tune text needs 10000512"),
 ])
 def test_bad_input_is_one_error_line_exit_2_and_nothing_written(run_cli, checkpoint, model, extra, message):
     """Through the real entry point (tensorllm.cli.main): exactly one `error: ...` line, exit code 2."""
@@ -104,3 +107,32 @@ def test_bad_input_is_one_error_line_exit_2_and_nothing_written(run_cli, checkpo
     assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], stderr
     assert "Traceback" not in stdout + stderr
     assert not out.exists() and not out.with_name(out.name + ".train").exists()
+
+
+def test_fine_tune_text_follows_calibration_and_precedes_held_out(run_cli, checkpoint, monkeypatch):
+    """--train-tokens T: calibration [0, C), fine-tune [C, C+T), held-out perplexity [C+T, C+T+E)."""
+    from tensorllm.methods.gqa import finetune as finetune_mod, pipeline  # convert imports finetune lazily
+    from tensorllm.methods.gqa.calibrate import calibration_documents, token_stream
+
+    seen = {}
+    real_finetune, real_perplexity = finetune_mod.finetune, pipeline.perplexity
+
+    def spy_finetune(model, arch, teacher, shared, tokens, cfg, **kw):
+        seen["train"] = tokens.clone()
+        return real_finetune(model, arch, teacher, shared, tokens, cfg, **kw)
+
+    def spy_perplexity(model, tokens, *a, **kw):
+        seen.setdefault("held_out", tokens.clone())
+        return real_perplexity(model, tokens, *a, **kw)
+
+    monkeypatch.setattr(finetune_mod, "finetune", spy_finetune)
+    monkeypatch.setattr(pipeline, "perplexity", spy_perplexity)
+    out = checkpoint / "ft-text"
+    rc, stdout, stderr = run_cli("gqa", checkpoint / "mha", "--out", out, "--calib-file", checkpoint / "text.txt",
+                                 *FAST, "--kv-heads", "2", "--train-steps", "2", "--train-tokens", "384")
+    assert rc == 0, stderr
+    ids = token_stream(smollm2_tokenizer(), calibration_documents(str(checkpoint / "text.txt")))
+    assert torch.equal(seen["train"].flatten(), ids[512:512 + 384])  # (3, 128) after 512 calibration tokens
+    assert torch.equal(seen["held_out"].flatten(), ids[896:896 + 256])
+    report = json.loads((out / "report.json").read_text())
+    assert report["eval"]["train_tokens"] == 384 and report["summary"]["finetune"]["train_tokens"] == 384

@@ -23,6 +23,9 @@ class GQAConfig:
     procrustes_iters  generalised-Procrustes iterations per group
     batch_size        sequences per calibration forward pass
     train_steps       recovery fine-tune steps (0 = training-free merge)
+    train_tokens      fine-tune text: the tokens that follow the calibration tokens in the same text
+                      (0 = train on the calibration tokens); a long run needs far more text than the
+                      grouping does, and reusing 32k tokens thousands of times overfits them
     lr                learning rate of the trained weights (Q, O, shared K/V of every layer)
     gate_lr           learning rate of the gates' log-alpha and the Lagrange multipliers; None = 10 / warm-up
                       steps (clipped to [0.01, 1]): log-alpha must travel ~10 during the warm-up
@@ -43,6 +46,7 @@ class GQAConfig:
     procrustes_iters: int = 20
     batch_size: int = 4
     train_steps: int = 0
+    train_tokens: int = 0
     lr: float = 1e-4
     gate_lr: float | None = None
     train_batch_size: int = 1
@@ -61,6 +65,8 @@ class GQAConfig:
             raise UserError(f"gqa.seq_len must be at least 2, got {self.seq_len}")
         if self.train_steps < 0:
             raise UserError(f"gqa.train_steps must be 0 or more, got {self.train_steps}")
+        if self.train_tokens < 0:
+            raise UserError(f"gqa.train_tokens must be 0 (train on the calibration tokens) or more, got {self.train_tokens}")
         if self.lr <= 0 or (self.gate_lr is not None and self.gate_lr <= 0):
             raise UserError("gqa.lr and gqa.gate_lr must be positive")
         if not 0 < self.sparsity_warmup <= 1:

@@ -1,7 +1,10 @@
-"""The registered `gqa` method: calibration text -> tokens -> `convert` (convert.py)."""
+"""The registered `gqa` method: text -> calibration (and fine-tune) tokens -> `convert` (convert.py)."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
+import torch
 from torch import nn
 
 from tensorllm.archs import ArchSpec
@@ -11,10 +14,28 @@ from tensorllm.methods.gqa.convert import check_convertible, convert
 from tensorllm.methods.registry import RunContext, register
 
 
-def calibration_tokens(tokenizer, cfg: GQAConfig):
-    """(calibration tokens (n_seq, seq_len), the whole token stream) from cfg.calib_file or the default text."""
+@dataclass
+class Text:
+    """The method's share of the text stream, in order: calibration, then the fine-tune's tokens."""
+
+    ids: torch.Tensor  # (N,) the whole token stream of cfg.calib_file or the default text
+    calib: torch.Tensor  # (n_seq, seq_len) tokens [0, C)
+    train: torch.Tensor | None  # (m_seq, seq_len) tokens [C, C + T) when cfg.train_tokens, else None
+
+    @property
+    def used(self) -> int:
+        """Tokens the method reads: held-out text for measuring it starts here."""
+        return self.calib.numel() + (0 if self.train is None else self.train.numel())
+
+
+def text_tokens(tokenizer, cfg: GQAConfig) -> Text:
+    """Tokenise cfg.calib_file (or the default text) and cut the calibration and fine-tune tokens."""
     ids = token_stream(tokenizer, calibration_documents(cfg.calib_file))
-    return chunk(ids, cfg.calib_tokens, cfg.seq_len), ids
+    calib = chunk(ids, cfg.calib_tokens, cfg.seq_len)
+    train = None
+    if cfg.train_steps and cfg.train_tokens:
+        train = chunk(ids, cfg.train_tokens, cfg.seq_len, offset=calib.numel(), what="fine-tune text")
+    return Text(ids, calib, train)
 
 
 @register("gqa", GQAConfig)
@@ -36,6 +57,7 @@ def apply_gqa(model: nn.Module, arch: ArchSpec, cfg: GQAConfig, ctx: RunContext)
             seq_len: 2048
     """
     check_convertible(model, arch, cfg)  # before spending time on the text
-    tokens, _ = calibration_tokens(ctx.tokenizer, cfg)
+    text = text_tokens(ctx.tokenizer, cfg)
     seed = ctx.seed if cfg.seed is None else cfg.seed
-    return convert(model, arch, cfg, tokens, device=ctx.device, seed=seed, progress=ctx.progress)
+    return convert(model, arch, cfg, text.calib, train=text.train, device=ctx.device, seed=seed,
+                   progress=ctx.progress)

@@ -1,7 +1,7 @@
 """`tensorllm gqa` end to end: load, measure, convert, measure, save checkpoint + recipe + report.
 
-Held-out perplexity uses the tokens right after the calibration tokens of the same text,
-so the two never overlap.
+Held-out perplexity uses the tokens right after the ones the method reads (calibration, then the
+fine-tune's `train_tokens`) in the same text, so they never overlap.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from tensorllm.methods import registry
 from tensorllm.methods.gqa.calibrate import chunk
 from tensorllm.methods.gqa.convert import check_convertible
 from tensorllm.methods.gqa.measure import decode_tokens_per_s, kv_cache_bytes_per_token, perplexity
-from tensorllm.methods.gqa.method import calibration_tokens
+from tensorllm.methods.gqa.method import text_tokens
 from tensorllm.models.io import check_output_dir, load_model, resolve_device, save_checkpoint
 from tensorllm.recipe import Recipe
 from tensorllm.report import versions
@@ -49,8 +49,8 @@ def run_gqa(model_spec: str, out: Path, recipe: Recipe, *, eval_tokens: int = 81
     check_output_dir(out, [loaded.path], overwrite)
     model, arch = loaded.model, loaded.arch
     check_convertible(model, arch, cfg)  # fail before measuring
-    calib, ids = calibration_tokens(loaded.tokenizer, cfg)
-    held_out = chunk(ids, eval_tokens, cfg.seq_len, offset=calib.numel(), what="held-out evaluation")
+    text = text_tokens(loaded.tokenizer, cfg)  # calibration, then fine-tune tokens, then held-out ones
+    held_out = chunk(text.ids, eval_tokens, cfg.seq_len, offset=text.used, what="held-out evaluation")
     t_load = time.perf_counter() - t0
     before = _measure(model, held_out, decode_tokens, cfg.batch_size)
     t1 = time.perf_counter()
@@ -63,7 +63,8 @@ def run_gqa(model_spec: str, out: Path, recipe: Recipe, *, eval_tokens: int = 81
         "model": model_spec, "architecture": arch.name, "recipe": recipe.to_dict(),
         "before": before, "after": after,
         "eval": {"held_out_tokens": int(held_out.numel()), "seq_len": int(held_out.shape[1]),
-                 "calib_tokens": int(calib.numel()), "decode_new_tokens": decode_tokens, "decode_batch": 1},
+                 "calib_tokens": int(text.calib.numel()),
+                 "train_tokens": int(text.train.numel()) if text.train is not None else None, "decode_new_tokens": decode_tokens, "decode_batch": 1},
         "layers": result["layers"], "summary": result["summary"],
         "seconds": {"load_and_tokenise": t_load, "convert": t_convert, "total_before_save": time.perf_counter() - t0},
         "versions": versions(),
