@@ -1,6 +1,7 @@
 """Time the batched WikidataQA evaluation against a one-example-at-a-time loop (LASER's way).
 
     python bench/eval_wikidata.py --model smollm2-135m --device cuda --json out/bench_eval.json
+    python bench/eval_wikidata.py --device cuda --batch-size 512,1024,2048 --json ...   # one timing each
     python bench/eval_wikidata.py --model smollm2-135m --device cpu --limit 64 --sequential 16
 
 Batched: `tensorllm.eval.evaluate` on every single-answer WikidataQA item (split "all"): greedy
@@ -18,7 +19,7 @@ import time
 import torch
 
 from tensorllm.eval import evaluate, get_task, load_task, select
-from tensorllm.models.io import load_model
+from tensorllm.models.io import eval_dtype, load_model, resolve_device
 
 
 def _sync(device: torch.device) -> None:
@@ -52,39 +53,41 @@ def main() -> None:
     ap.add_argument("--model", default="smollm2-135m")
     ap.add_argument("--device", default="auto")
     ap.add_argument("--dtype", default="auto", help="auto = bfloat16 on CUDA, float32 on CPU")
-    ap.add_argument("--batch-size", type=int, default=512)
+    ap.add_argument("--batch-size", default="512", help="one size, or a comma list timed one after the other")
     ap.add_argument("--limit", type=int, default=None, help="batched run on the first N items only")
     ap.add_argument("--sequential", type=int, default=200, help="items for the one-at-a-time loop")
     ap.add_argument("--json", default=None)
     args = ap.parse_args()
 
-    dtype = args.dtype
-    if dtype == "auto":
-        dtype = "bfloat16" if (args.device == "auto" and torch.cuda.is_available()) or \
-            args.device.startswith("cuda") else "float32"
-    loaded = load_model(args.model, dtype=dtype, device=args.device)
+    sizes = [int(b) for b in args.batch_size.split(",")]
+    loaded = load_model(args.model, dtype=eval_dtype(args.dtype, resolve_device(args.device)), device=args.device)
     model, tok = loaded.model, loaded.tokenizer
     device = next(model.parameters()).device
     all_items = list(load_task(get_task("wikidata_qa")).examples)
 
     evaluate(model, tok, "wikidata_qa", split="all", limit=64, batch_size=64, progress=False)  # warm-up
-    _sync(device)
-    t0 = time.perf_counter()
-    res = evaluate(model, tok, "wikidata_qa", split="all", limit=args.limit, batch_size=args.batch_size,
-                   progress=False)
-    _sync(device)
-    batched_s = time.perf_counter() - t0
+    sweep = []
+    for size in sizes:
+        _sync(device)
+        t0 = time.perf_counter()
+        res = evaluate(model, tok, "wikidata_qa", split="all", limit=args.limit, batch_size=size, progress=False)
+        _sync(device)
+        sweep.append((time.perf_counter() - t0, size, res))
+        print(f"batch {size}: {res.n} items in {sweep[-1][0]:.2f} s (acc {res.accuracy:.2f}%, loss {res.loss:.4f})")
+    batched_s, batch_size, res = min(sweep, key=lambda r: r[0])
 
     seq_items = select(all_items, "all", args.sequential)
     seq_s, seq_acc, seq_loss = sequential(model, tok, seq_items)
-    same = evaluate(model, tok, "wikidata_qa", split="all", limit=args.sequential, batch_size=args.batch_size,
+    same = evaluate(model, tok, "wikidata_qa", split="all", limit=args.sequential, batch_size=batch_size,
                     progress=False)
 
     report = {
         "model": args.model, "device": str(device), "dtype": str(next(model.parameters()).dtype),
         "gpu": torch.cuda.get_device_name(device) if device.type == "cuda" else None,
         "items_in_file_single_answer": len(all_items),
-        "batched": {"n": res.n, "batch_size": args.batch_size, "seconds": round(batched_s, 3),
+        "batch_sweep": [{"batch_size": b, "seconds": round(t, 3), "accuracy": r.accuracy, "loss": r.loss}
+                        for t, b, r in sweep],
+        "batched": {"n": res.n, "batch_size": batch_size, "seconds": round(batched_s, 3),
                     "ms_per_example": round(1000 * batched_s / res.n, 3), "accuracy": res.accuracy, "loss": res.loss},
         "sequential": {"n": len(seq_items), "seconds": round(seq_s, 3),
                        "ms_per_example": round(1000 * seq_s / len(seq_items), 3), "accuracy": seq_acc,
