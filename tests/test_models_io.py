@@ -5,6 +5,7 @@ input left byte-for-byte untouched. Plus atomic saving and --overwrite.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 from dataclasses import dataclass, field
@@ -13,6 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 import transformers
+import yaml
 from safetensors.torch import load_file, save_file
 
 import tensorllm
@@ -379,6 +381,12 @@ def test_cli_writes_a_checkpoint_and_overwrite_replaces_it(tmp_path, tiny_ckpt, 
     assert not (out / "stale.txt").exists()
     assert {"config.json", WEIGHTS, "recipe.yaml", "report.json", "tokenizer.json"} <= set(os.listdir(out))
     assert _leftovers(out) == [] and tree_hash(tiny_ckpt) == before
+    report = json.loads((out / "report.json").read_text())
+    rec = report["steps"][0]["layers"][0]
+    assert rec["layer"] == 1 and rec["ranks"] == [8, 4, 2] and 0 < rec["rel_error"] < 1
+    assert rec["compression_rate"] > 1 and rec["seconds"] > 0 and report["seconds"] > 0
+    assert {"tensorllm", "torch", "transformers", "python"} <= set(report["versions"])
+    assert report["recipe"] == yaml.safe_load((out / "recipe.yaml").read_text()) and report["recipe"]["version"] == 1
 
     new, old = load_file(out / WEIGHTS), load_file(tiny_ckpt / WEIGHTS)
     assert new.keys() == old.keys()
@@ -431,3 +439,175 @@ def test_hub_id_resolves_through_the_hub_cache_offline(tmp_path, tiny_ckpt, tiny
 
     rc, stdout, stderr = run_cli_process("info", "tllm-test/not-there")
     _assert_one_error_line(rc, stdout, stderr, "cannot read the config of 'tllm-test/not-there'")
+
+
+# ----------------------------------------------------------------- realistic mistakes on the command line
+
+
+def _recipe_file(tmp: Path, text: str) -> Path:
+    path = tmp / "recipe.yaml"
+    path.write_text(text)
+    return path
+
+
+_STEP_YAML = "steps:\n  - method: tucker\n    layers: [0]\n    ranks: [8, 4, 2]\n"
+
+
+@pytest.mark.parametrize("args, match", [
+    (["--layers", "1,,0", "--ranks", "8,4,2"], "layers '1,,0' has an empty item"),
+    (["--layers", "0,", "--ranks", "8,4,2"], "layers '0,' has an empty item"),
+    (["--layers", "1-0", "--ranks", "8,4,2"], "layer range '1-0' is empty"),
+    (["--layers", "-3", "--ranks", "8,4,2"], "layer -3 is out of range"),
+    (["--layers", "0", "--ranks", "0.0,1,1"], "must be positive"),
+    (["--layers", "0", "--ranks", "1.5,0.5,1"], "fractional ranks must lie in (0, 1]"),
+    (["--layers", "0", "--ranks", "nan,1,1"], "must be positive, got [nan, 1.0, 1.0]"),
+    (["--layers", "0", "--rate", "0"], "compression rate must be >= 1"),
+    (["--layers", "0", "--rate", "nan"], "compression rate must be >= 1, got nan"),
+    (["--recipe", "{tmp}/recipe.yaml", "--layers", "1"], "--recipe cannot be combined with --layers"),
+    (["--recipe", "{tmp}/recipe.yaml", "--method", "laser"], "--recipe cannot be combined with --method"),
+])
+def test_cli_mistakes_are_one_line_errors(args, match, tmp_path, tiny_ckpt, run_cli, tree_hash):
+    _recipe_file(tmp_path, _STEP_YAML)
+    before = tree_hash(tiny_ckpt)
+    out = tmp_path / "out"
+    rc, stdout, stderr = run_cli("compress", str(tiny_ckpt), "--out", str(out), "--device", "cpu",
+                                 *[a.format(tmp=tmp_path) for a in args])
+    _assert_one_error_line(rc, stdout, stderr, match)
+    assert not out.exists() and _leftovers(out) == [] and tree_hash(tiny_ckpt) == before
+
+
+@pytest.mark.parametrize("extra, match", [
+    ("    tol: .nan\n", "tol must be >= 0"),
+    ("    colour: red\n", "unknown option(s) colour for method 'tucker'"),
+    ("    n_iter_max: many\n", "tucker.n_iter_max: expected an integer, got 'many'"),
+    ("version: '1'\n", "recipe version '1' is not supported"),
+    ("dtype: [float32]\n", "recipe dtype and device must be strings"),
+    ("dtype: float8\n", "unknown dtype 'float8'"),
+])
+def test_cli_bad_recipe_files_are_one_line_errors(extra, match, tmp_path, tiny_ckpt, run_cli):
+    text = _STEP_YAML + extra if extra.startswith(" ") else extra + _STEP_YAML
+    recipe = _recipe_file(tmp_path, text)
+    out = tmp_path / "out"
+    rc, stdout, stderr = run_cli("compress", str(tiny_ckpt), "--out", str(out), "--recipe", str(recipe))
+    _assert_one_error_line(rc, stdout, stderr, match)
+    assert not out.exists()
+
+
+def test_out_that_contains_the_input_is_refused_even_with_overwrite(tmp_path, tiny_ckpt, run_cli, tree_hash):
+    """Replacing --out would delete the input inside it."""
+    work = tmp_path / "work"
+    model = Path(shutil.copytree(tiny_ckpt, work / "model"))
+    before = tree_hash(work)
+    rc, stdout, stderr = run_cli("compress", str(model), "--out", str(work), "--layers", "0", "--ranks", "8,4,2",
+                                 "--device", "cpu", "--overwrite")
+    _assert_one_error_line(rc, stdout, stderr, f"output directory {work.resolve()} contains the input")
+    loaded = tensorllm.load_model(str(model), device="cpu")
+    with pytest.raises(UserError, match="contains the input"):
+        tensorllm.save_checkpoint(loaded, work, overwrite=True)
+    assert tree_hash(work) == before and _leftovers(work) == []
+
+
+def test_out_that_is_a_file_is_refused(tmp_path, tiny_ckpt, run_cli):
+    out = tmp_path / "out"
+    out.write_text("a file of mine")
+    rc, stdout, stderr = run_cli("compress", str(tiny_ckpt), "--out", str(out), "--layers", "0", "--ranks", "8,4,2",
+                                 "--device", "cpu", "--overwrite")
+    _assert_one_error_line(rc, stdout, stderr, "exists and is not a directory")
+    assert out.read_text() == "a file of mine" and _leftovers(out) == []
+
+
+def test_a_layer_given_as_a_number_in_a_recipe(tmp_path, tiny_ckpt, run_cli):
+    recipe = _recipe_file(tmp_path, "steps:\n  - method: tucker\n    layers: 1\n    ranks: [8, 4, 2]\n")
+    out = tmp_path / "out"
+    rc, _, stderr = run_cli("compress", str(tiny_ckpt), "--out", str(out), "--recipe", str(recipe))
+    assert rc == 0, stderr
+    report = json.loads((out / "report.json").read_text())
+    assert [r["layer"] for r in report["steps"][0]["layers"]] == [1]
+    assert yaml.safe_load((out / "recipe.yaml").read_text())["steps"][0]["layers"] == [1]
+
+
+# ----------------------------------------------------------------- remote code and GGUF files
+
+
+def test_remote_code_never_runs_without_the_flag(tmp_path, tiny_ckpt, run_cli):
+    model = _copy(tiny_ckpt, tmp_path)
+    marker = tmp_path / "ran"
+    (model / "custom.py").write_text(f"open({str(marker)!r}, 'w').close()\n"
+                                     "from transformers import PretrainedConfig\n\n\n"
+                                     "class CustomConfig(PretrainedConfig):\n    model_type = 'custom'\n")
+    (model / "config.json").write_text(json.dumps({"model_type": "custom",
+                                                   "auto_map": {"AutoConfig": "custom.CustomConfig"}}))
+    for command in (["info", str(model)], ["compress", str(model), "--out", str(tmp_path / "out"), "--layers", "0",
+                                           "--ranks", "8,4,2"], ["expand-kv", str(model), "--out", str(tmp_path / "out")]):
+        rc, stdout, stderr = run_cli(*command)
+        _assert_one_error_line(rc, stdout, stderr, "(pass --trust-remote-code to run it)")
+        assert not marker.exists()
+    rc, stdout, stderr = run_cli("info", str(model), "--trust-remote-code")
+    _assert_one_error_line(rc, stdout, stderr, "unsupported architecture 'custom'")
+    assert marker.exists()  # the flag is what let it run
+
+
+def _tiny_gguf(tiny, path: Path) -> Path:
+    """The tiny Llama written as a float32 GGUF file (llama.cpp names; q/k rows in its RoPE order)."""
+    import gguf
+
+    model = tiny.model("llama")
+    cfg = model.config
+    w = gguf.GGUFWriter(str(path), "llama")
+    w.add_context_length(64)
+    w.add_embedding_length(cfg.hidden_size)
+    w.add_block_count(cfg.num_hidden_layers)
+    w.add_feed_forward_length(cfg.intermediate_size)
+    w.add_head_count(cfg.num_attention_heads)
+    w.add_head_count_kv(cfg.num_key_value_heads)
+    w.add_layer_norm_rms_eps(cfg.rms_norm_eps)
+    w.add_rope_dimension_count(cfg.hidden_size // cfg.num_attention_heads)
+    tokens = ["<unk>", "<s>", "</s>"] + [f"w{i}" for i in range(3, cfg.vocab_size)]
+    w.add_tokenizer_model("llama")
+    w.add_token_list(tokens)
+    w.add_token_scores([0.0] * len(tokens))
+    w.add_token_types([2, 3, 3] + [1] * (len(tokens) - 3))
+    w.add_bos_token_id(1)
+    w.add_eos_token_id(2)
+    w.add_unk_token_id(0)
+    names = {"model.embed_tokens.weight": "token_embd.weight", "model.norm.weight": "output_norm.weight",
+             "lm_head.weight": "output.weight"}
+    blk = {"self_attn.q_proj": "attn_q", "self_attn.k_proj": "attn_k", "self_attn.v_proj": "attn_v",
+           "self_attn.o_proj": "attn_output", "mlp.gate_proj": "ffn_gate", "mlp.up_proj": "ffn_up",
+           "mlp.down_proj": "ffn_down", "input_layernorm": "attn_norm", "post_attention_layernorm": "ffn_norm"}
+    for i in range(cfg.num_hidden_layers):
+        names.update({f"model.layers.{i}.{hf}.weight": f"blk.{i}.{g}.weight" for hf, g in blk.items()})
+    heads = {"q_proj": cfg.num_attention_heads, "k_proj": cfg.num_key_value_heads}
+    for name, t in model.state_dict().items():
+        n = heads.get(name.split(".")[-2])
+        if n:  # Hugging Face -> llama.cpp row order: (n, 2, d/2, D) -> (n, d/2, 2, D)
+            t = t.reshape(n, 2, t.shape[0] // n // 2, t.shape[1]).transpose(1, 2).reshape(t.shape)
+        w.add_tensor(names[name], t.float().numpy())
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    return path
+
+
+def test_gguf_output_beside_the_file_and_errors_on_one_line(tmp_path, tiny, run_cli, tree_hash):
+    gguf_path = _tiny_gguf(tiny, tmp_path / "tiny.gguf")
+    before = tree_hash(gguf_path)
+    loaded = tensorllm.load_model(str(gguf_path), device="cpu")
+    ids = tiny.inputs()
+    assert torch.allclose(tiny.logits(loaded.model, ids), tiny.logits(tiny.model("llama"), ids), atol=1e-5)
+
+    # an error after the GGUF load: one line (transformers' dequantising progress bar is kept off)
+    rc, stdout, stderr = run_cli("compress", str(gguf_path), "--out", str(tmp_path / "bad"), "--layers", "5",
+                                 "--ranks", "8,4,2")
+    _assert_one_error_line(rc, stdout, stderr, "layer 5 is out of range")
+    # the input is the file: an output in the same folder is fine, the file itself or its folder is not
+    rc, _, stderr = run_cli("compress", str(gguf_path), "--out", str(tmp_path / "runs" / "l1"), "--layers", "1",
+                            "--ranks", "8,4,2", "--device", "cpu")
+    assert rc == 0, stderr
+    assert transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "runs" / "l1") is not None
+    for out, match in ((gguf_path, "lies inside the input"), (tmp_path, "contains the input")):
+        rc, stdout, stderr = run_cli("compress", str(gguf_path), "--out", str(out), "--layers", "1", "--ranks",
+                                     "8,4,2", "--overwrite")
+        _assert_one_error_line(rc, stdout, stderr, match)
+    assert tree_hash(gguf_path) == before and not (tmp_path / "bad").exists()

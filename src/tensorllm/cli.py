@@ -57,7 +57,7 @@ def parse_layers_arg(text: str | None):
 def compress(
     model: str = ModelArg,
     out: Path = typer.Option(..., "--out", help="Output directory (a plain HF checkpoint + recipe.yaml + report.json)."),
-    method: str = typer.Option("tucker", help="tucker | laser | gqa (ignored with --recipe)."),
+    method: Optional[str] = typer.Option(None, help="tucker (default) | laser | gqa; not with --recipe."),
     layers: Optional[str] = typer.Option(None, help="Layers: 9, 0,3,7-9, all."),
     ranks: Optional[str] = typer.Option(None, help="tucker: R1,R2,R3 integers, fractions of each mode, or auto."),
     rate: Optional[float] = typer.Option(None, help="tucker: target compression rate of each layer's attention."),
@@ -78,12 +78,17 @@ def compress(
     from tensorllm.models.io import check_output_dir, load_model, save_checkpoint
     from tensorllm.recipe import Recipe
 
+    step_flags = dict(method=method, layers=layers, ranks=ranks, rate=rate, variant=variant, matrix=matrix,
+                      rho=rho, rank=rank)
     if recipe is not None:
+        given = [f"--{k}" for k, v in step_flags.items() if v is not None]
+        if given:  # silently ignoring them would compress something other than what the user asked for
+            raise UserError(f"--recipe cannot be combined with {', '.join(given)}; put them in the recipe")
         rec = Recipe.load(recipe)
     else:
         opts = {k: v for k, v in dict(layers=parse_layers_arg(layers), ranks=parse_ranks(ranks), rate=rate,
                                       variant=variant, matrix=matrix, rho=rho, rank=rank).items() if v is not None}
-        rec = Recipe.single(method, dtype=dtype, device=device, seed=seed, **opts)
+        rec = Recipe.single(method or "tucker", dtype=dtype, device=device, seed=seed, **opts)
     loaded = load_model(model, dtype=rec.dtype, device=rec.device, trust_remote_code=trust_remote_code,
                         allow_pickle=allow_pickle)
     check_output_dir(out, [loaded.path], overwrite)

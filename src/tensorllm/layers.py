@@ -18,7 +18,10 @@ def parse_layers(spec: str | int | tuple | list, n_layers: int) -> list[int]:
         text = str(spec).strip()
         if text == "all":
             return list(range(n_layers))
-        items = [part.strip() for part in text.split(",") if part.strip()]
+        items = [part.strip() for part in text.split(",")]
+        if len(items) > 1 and not all(items):  # "1,,2" or "9,": a typo, not a shorter list
+            raise UserError(f"layers '{text}' has an empty item (use e.g. 9, 0,3,7-9, all)")
+        items = [item for item in items if item]
     out: list[int] = []
     for item in items:
         m = _RANGE.match(item) if isinstance(item, str) else None

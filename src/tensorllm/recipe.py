@@ -27,6 +27,7 @@ import yaml
 
 from tensorllm.errors import UserError, one_line
 from tensorllm.methods import registry
+from tensorllm.models.io import parse_dtype
 
 RECIPE_VERSION = 1
 _TOP_KEYS = {"version", "dtype", "device", "seed", "steps"}
@@ -62,8 +63,8 @@ class Recipe:
         if unknown:
             raise UserError(f"unknown recipe key(s) {', '.join(unknown)} (allowed: {', '.join(sorted(_TOP_KEYS))})")
         version = data.get("version", RECIPE_VERSION)
-        if version != RECIPE_VERSION:
-            raise UserError(f"recipe version {version} is not supported (this tensorllm reads version {RECIPE_VERSION})")
+        if isinstance(version, bool) or version != RECIPE_VERSION:  # repr: a quoted "1" is not version 1
+            raise UserError(f"recipe version {version!r} is not supported (this tensorllm reads version {RECIPE_VERSION})")
         raw_steps = data.get("steps")
         if not isinstance(raw_steps, list) or not raw_steps:
             raise UserError("a recipe needs a non-empty 'steps' list")
@@ -76,7 +77,11 @@ class Recipe:
         seed = data.get("seed", 0)
         if isinstance(seed, bool) or not isinstance(seed, int):
             raise UserError(f"recipe seed must be an integer, got {seed!r}")
-        return cls(steps, str(data.get("dtype", "auto")), str(data.get("device", "auto")), seed, version)
+        dtype, device = data.get("dtype", "auto"), data.get("device", "auto")
+        if not isinstance(dtype, str) or not isinstance(device, str):
+            raise UserError(f"recipe dtype and device must be strings, got {dtype!r} and {device!r}")
+        parse_dtype(dtype)  # an unknown dtype is refused now, not after the model has loaded
+        return cls(steps, dtype, device, seed, version)
 
     @classmethod
     def load(cls, path: str | Path) -> "Recipe":

@@ -310,6 +310,13 @@ _STEP = {"method": "tucker", "layers": [0], "ranks": [8, 4, 2]}
     ({"steps": [{"method": "laser", "layers": [0]}]}, "exactly one of 'rho' and 'rank'"),
     ({"steps": [{"method": "laser", "layers": [0], "rho": 1.5}]}, r"rho must lie in \(0, 1\]"),
     ({"steps": [{"method": "laser", "layers": [0], "rank": 4, "svd": "randomized"}]}, "needs a seed"),
+    ({"steps": [{**_STEP, "ranks": [float("nan"), 1.0, 1.0]}]}, r"must be positive, got \[nan"),
+    ({"steps": [{**_STEP, "ranks": None, "rate": float("nan")}]}, "must be >= 1, got nan"),
+    ({"steps": [{**_STEP, "tol": float("nan")}]}, "tol must be >= 0"),
+    ({"version": "1", "steps": [_STEP]}, "version '1' is not supported"),
+    ({"version": True, "steps": [_STEP]}, "version True is not supported"),
+    ({"dtype": "float8", "steps": [_STEP]}, "unknown dtype 'float8'"),
+    ({"device": 0, "steps": [_STEP]}, "dtype and device must be strings"),
 ])
 def test_recipe_validation_errors(data, match):
     with pytest.raises(UserError, match=match):
@@ -329,6 +336,15 @@ def test_recipe_round_trips_through_yaml(tmp_path):
     assert again.steps[0].config == recipe.steps[0].config
 
 
+@pytest.mark.parametrize("method, options", [("tucker", {"ranks": [8, 4, 2]}), ("laser", {"rho": 0.1})])
+def test_one_layer_may_be_given_as_a_number(method, options):
+    recipe = Recipe.from_dict({"steps": [{"method": method, "layers": 9, **options}]})
+    assert recipe.steps[0].config.layers == (9,)
+    assert Recipe.from_dict(yaml.safe_load(recipe.to_yaml())).to_dict() == recipe.to_dict()
+    with pytest.raises(UserError):
+        Recipe.from_dict({"steps": [{"method": method, "layers": True, **options}]})
+
+
 def test_recipe_file_errors(tmp_path):
     with pytest.raises(UserError, match="does not exist"):
         Recipe.load(tmp_path / "none.yaml")
@@ -340,7 +356,8 @@ def test_recipe_file_errors(tmp_path):
 
 def test_bad_layers_are_user_errors(tiny):
     model = tiny.model("llama")
-    for layers, match in (([2], "out of range"), ("x", "not an integer"), ("1-0", "is empty"), ([-3], "out of range")):
+    for layers, match in (([2], "out of range"), ("x", "not an integer"), ("1-0", "is empty"), ([-3], "out of range"),
+                           ("0,,1", "empty item"), ("1,", "empty item"), ("", "no layers selected")):
         with pytest.raises(UserError, match=match):
             tensorllm.compress(model, {"device": "cpu", "steps": [{"method": "tucker", "layers": layers,
                                                                     "ranks": [8, 4, 2]}]}, progress=False)

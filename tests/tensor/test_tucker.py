@@ -99,7 +99,7 @@ def test_multi_mode_dot_matches_einsum_and_transpose():
 def test_full_ranks_reproduce_the_tensor(algo):
     x = _rand()
     res = algo(x, SHAPE[:3], MODES)
-    assert res.errors == [0.0]
+    assert res.errors == [0.0] and res.n_iter == 0 and res.converged
     assert relative_error(x, res) < 1e-12
     assert all(torch.equal(f, torch.eye(f.shape[0], dtype=f.dtype)) for f in res.factors)
 
@@ -147,6 +147,27 @@ def test_start_factor_of_the_first_updated_mode_is_never_read():
     b = hooi(x, RANKS, MODES, n_iter_max=3, tol=0, init=[junk] + start[1:])
     assert torch.equal(a.core, b.core) and all(torch.equal(f, g) for f, g in zip(a.factors, b.factors))
     assert a.errors == b.errors and a.n_iter == 3
+
+
+def test_skipped_start_factor_is_the_one_of_the_first_rank_reduced_mode():
+    """With mode 0 at full rank (identity, never iterated) the first update is mode 1's."""
+    x = _rand(seed=15)
+    ranks = (SHAPE[0], 4, 3)
+    start = hosvd(x, ranks, MODES).factors
+    junk = _orthonormal(SHAPE[1], 4, seed=3)  # (I_1, R_1)
+    a = hooi(x, ranks, MODES, n_iter_max=3, tol=0)
+    b = hooi(x, ranks, MODES, n_iter_max=3, tol=0, init=[start[0], junk, start[2]])
+    assert torch.equal(a.core, b.core) and all(torch.equal(f, g) for f, g in zip(a.factors, b.factors))
+    assert torch.equal(a.factors[0], torch.eye(SHAPE[0], dtype=x.dtype)) and a.n_iter == 3
+
+
+@pytest.mark.parametrize("ranks", [(6, 10, 4), (24, 10, 3)], ids=["first", "last"])
+def test_one_rank_reduced_mode_gives_the_hosvd(ranks):
+    """One sweep is then exact, so it is the only one (no second sweep just to compare errors)."""
+    x = _rand(seed=14)
+    res, base = hooi(x, ranks, MODES, tol=0), hosvd(x, ranks, MODES)
+    assert torch.equal(res.core, base.core) and all(torch.equal(f, g) for f, g in zip(res.factors, base.factors))
+    assert res.errors == base.errors and res.n_iter == 1 and res.converged
 
 
 def test_tol_compares_consecutive_sweeps():

@@ -27,16 +27,21 @@ from tensorllm.tensor.svd import laser_rank, truncated_svd
 
 @dataclass
 class LaserConfig:
-    """layers: e.g. [27], "all". matrix: ffn_in (default), ffn_out, q, k, v, o, ... or a module path.
+    """layers: e.g. 27, [27], "20-29", "all".
+    matrix: ffn_in (default), ffn_out, q, k, v, o, ... or a module path.
     rho: keep floor(min(m, n) * rho) singular values (LASER's rho); or rank: an explicit rank.
     svd: exact (default) | randomized (needs seed)."""
 
-    layers: str | tuple[int, ...] | None = None
+    layers: int | str | tuple[int, ...] | None = None
     matrix: str = "ffn_in"
     rho: float | None = None
     rank: int | None = None
     svd: Literal["exact", "randomized"] = "exact"
     seed: int | None = None
+
+    def __post_init__(self) -> None:
+        if isinstance(self.layers, int) and not isinstance(self.layers, bool):
+            self.layers = (self.layers,)  # one layer is a list of one: recipes and reports stay uniform
 
     def validate(self) -> None:
         if self.layers is None:

@@ -48,7 +48,7 @@ Ranks = tuple[int, ...] | tuple[float, ...] | str
 
 @dataclass
 class TuckerConfig:
-    """layers: e.g. [9], "0,3,7-9", "all".
+    """layers: e.g. 9, [9], "0,3,7-9", "all".
     ranks: explicit integers (R1, R2, R3), fractions of each mode in (0, 1], or "auto" (data-free,
         from each unfolding's singular values against a noise threshold). Exclusive with `rate`.
     rate: target compression rate of each layer's attention (the paper's formula); the largest
@@ -56,7 +56,7 @@ class TuckerConfig:
     variant: multihead (paper) | single (one matrix type, see `matrix`) | trawl (one core, no head mode).
     """
 
-    layers: str | tuple[int, ...] | None = None
+    layers: int | str | tuple[int, ...] | None = None
     ranks: Ranks | None = None
     rate: float | None = None
     variant: Literal["multihead", "single", "trawl"] = "multihead"
@@ -64,6 +64,10 @@ class TuckerConfig:
     n_iter_max: int = 100
     tol: float = 1e-5
     compute_dtype: Literal["float32", "float64"] = "float64"
+
+    def __post_init__(self) -> None:
+        if isinstance(self.layers, int) and not isinstance(self.layers, bool):
+            self.layers = (self.layers,)  # one layer is a list of one: recipes and reports stay uniform
 
     def validate(self) -> None:
         if self.layers is None:
@@ -76,15 +80,15 @@ class TuckerConfig:
             want = 2 if self.variant == "single" else 3
             if len(self.ranks) != want:
                 raise UserError(f"tucker variant '{self.variant}' takes {want} ranks, got {len(self.ranks)}")
-            if any(r <= 0 for r in self.ranks):
+            if not all(r > 0 for r in self.ranks):  # `not >` also catches NaN
                 raise UserError(f"tucker ranks must be positive, got {list(self.ranks)}")
             if any(isinstance(r, float) for r in self.ranks) and any(r > 1 for r in self.ranks):
                 raise UserError(f"fractional ranks must lie in (0, 1], got {list(self.ranks)}")
-        if self.rate is not None and self.rate < 1:
+        if self.rate is not None and not self.rate >= 1:
             raise UserError(f"compression rate must be >= 1, got {self.rate}")
         if (self.variant == "single") != (self.matrix is not None):
             raise UserError("tucker variant 'single' needs 'matrix' (q, k, v or o), and only it takes one")
-        if self.n_iter_max < 0 or self.tol < 0:
+        if self.n_iter_max < 0 or not self.tol >= 0:
             raise UserError("tucker n_iter_max and tol must be >= 0")
 
 

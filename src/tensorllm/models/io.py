@@ -9,8 +9,11 @@ from __future__ import annotations
 
 import json
 import os
+import sys
+from contextlib import contextmanager, redirect_stderr
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Iterator
 
 import torch
 from torch import nn
@@ -28,7 +31,7 @@ class Loaded:
     model: nn.Module
     tokenizer: object
     arch: ArchSpec
-    path: Path | None  # local directory (None for a hub id)
+    path: Path | None  # local directory or .gguf file (None for a hub id): what outputs must not touch
     spec: str  # what the user typed
 
 
@@ -134,8 +137,20 @@ def load_config(spec: str, *, trust_remote_code: bool = False, allow_pickle: boo
     try:
         config = AutoConfig.from_pretrained(source, **kwargs)
     except (OSError, ValueError) as exc:
-        raise UserError(f"cannot read the config of '{spec}': {one_line(exc)}") from None
+        hint = " (pass --trust-remote-code to run it)" if "trust_remote_code" in str(exc) else ""
+        raise UserError(f"cannot read the config of '{spec}'{hint}: {one_line(exc)}") from None
     return config, spec_for(config), path, source, kwargs
+
+
+@contextmanager
+def _quiet_stderr(enabled: bool) -> Iterator[None]:
+    """Send stderr to /dev/null unless it is a terminal: transformers' GGUF loader draws a progress
+    bar unconditionally, and in a log or pipe an error must stay the only line."""
+    if not enabled or sys.stderr.isatty():
+        yield
+        return
+    with open(os.devnull, "w") as sink, redirect_stderr(sink):
+        yield
 
 
 def load_model(spec: str, *, dtype: str | None = None, device: str | None = None,
@@ -160,8 +175,9 @@ def load_model(spec: str, *, dtype: str | None = None, device: str | None = None
         load_kwargs["use_safetensors"] = True
     load_kwargs.update(device_map_kwargs(device_map))
     try:
-        model = cls.from_pretrained(source, **load_kwargs)
-        tokenizer = AutoTokenizer.from_pretrained(source, **kwargs)
+        with _quiet_stderr(bool(gguf_file)):
+            model = cls.from_pretrained(source, **load_kwargs)
+            tokenizer = AutoTokenizer.from_pretrained(source, **kwargs)
     except (OSError, ValueError, RuntimeError) as exc:
         raise UserError(f"cannot load '{spec}': {one_line(exc)}") from None
     if gguf_file:  # dequantised now: drop the quantiser so the model saves as a plain checkpoint
@@ -176,10 +192,12 @@ def load_model(spec: str, *, dtype: str | None = None, device: str | None = None
     if device_map is None:
         model.to(dev)
     model.eval()
-    return Loaded(model, tokenizer, arch, path, spec)
+    # For a .gguf the input is the file, not its folder: outputs may live beside it.
+    return Loaded(model, tokenizer, arch, path / gguf_file if gguf_file else path, spec)
 
 
 def check_output_dir(out: Path, inputs: list[Path | None], overwrite: bool) -> Path:
+    """Refuse an output that would overwrite, or be written inside, an input (a directory or a file)."""
     out = Path(out).expanduser().resolve()
     for inp in inputs:
         if inp is None:
@@ -187,6 +205,10 @@ def check_output_dir(out: Path, inputs: list[Path | None], overwrite: bool) -> P
         inp = Path(inp).resolve()
         if out == inp or inp in out.parents:
             raise UserError(f"output directory {out} lies inside the input {inp}")
+        if out in inp.parents:  # replacing `out` (--overwrite) would delete the input
+            raise UserError(f"output directory {out} contains the input {inp}")
+    if out.exists() and not out.is_dir():
+        raise UserError(f"output {out} exists and is not a directory")
     if out.exists() and not overwrite:
         raise UserError(f"output directory {out} already exists (pass --overwrite to replace it)")
     return out

@@ -49,7 +49,8 @@ class TuckerResult:
                rank full) the single entry is the error of the starting point.
     n_iter:    number of HOOI sweeps run (0 for `hosvd`).
     converged: whether the error changed by at most `tol` between the last two sweeps (True
-               for `hosvd` and when every rank is full, as there is nothing to iterate).
+               for `hosvd` and when every rank is full, as there is nothing to iterate, and after
+               one sweep when only one rank is below its mode's size, as that sweep is exact).
     """
 
     core: torch.Tensor
@@ -192,9 +193,11 @@ def hooi(
     modes:         the modes to decompose; the other modes are left untouched.
     n_iter_max:    maximum number of sweeps (one sweep updates every factor once).
     tol:           stop when the relative error changes by at most `tol` from one sweep to the next
-                   (so at least two sweeps run when `n_iter_max >= 2`).
+                   (so at least two sweeps run when `n_iter_max >= 2`, unless only one mode has
+                   its rank below its size: then the first sweep is already optimal).
     init:          "hosvd", or a list of starting factors `(I_n, R_n)` with orthonormal columns
-                   (the first sweep never reads the one of the first mode it updates).
+                   (when a sweep runs, the one of the first mode whose rank is below its size is
+                   never read: the first update replaces it using only the others).
     compute_dtype: float64 (default, accurate) or float32 (faster on GPUs). With float32 the
                    errors computed from the core norm are only good to about 1e-6 (and read up
                    to ~1e-3 for a near-exact fit, from cancellation in `||x||^2 - ||core||^2`),
@@ -222,13 +225,17 @@ def hooi(
         # first active mode is never used when a sweep runs: skip its eigendecomposition (for a
         # 4096 x 128 x 4 x 32 layer this is one of three 4096 x 4096 `eigh`s, ~30% of the time).
         unused = active[0] if sweeps else None
-        factors = [None if i == unused else _leading_vectors(xc, r, m) for i, (m, r) in enumerate(zip(modes, ranks))]
+        factors = [
+            None if i == unused else _leading_vectors(xc, r, m)
+            for i, (m, r) in enumerate(zip(modes, ranks))
+        ]
     else:
         factors = _check_init(init, xc, modes, ranks)
 
     if not sweeps:
         core = _project(xc, factors, modes)
-        return TuckerResult(core, factors, tuple(modes), [_error_from_core(norm_x2, core)], 0, not active)
+        err = _error_from_core(norm_x2, core)
+        return TuckerResult(core, factors, tuple(modes), [err], 0, not active)
     errors: list[float] = []
     converged = False
     while not converged and len(errors) < n_iter_max:
@@ -240,7 +247,8 @@ def hooi(
         last = active[-1]
         core = mode_dot(y, factors[last].T, modes[last])
         errors.append(_error_from_core(norm_x2, core))
-        converged = len(errors) > 1 and abs(errors[-2] - errors[-1]) <= tol
+        # With one rank-reduced mode the sweep computed the optimum outright (the leading vectors of x).
+        converged = len(active) == 1 or (len(errors) > 1 and abs(errors[-2] - errors[-1]) <= tol)
     return TuckerResult(core, factors, tuple(modes), errors, len(errors), converged)
 
 
