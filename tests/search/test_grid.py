@@ -55,3 +55,11 @@ def test_hybrid_grid_combines_every_pair():
     assert [s["method"] for s in grid.cells[("A2", "B1")].steps] == ["tucker", "laser"]
     with pytest.raises(UserError):
         hybrid_grid([a])
+
+
+@pytest.mark.parametrize("layers,shown", [([9], "L9"), ([0, 3], "L0,3"), ("0,3", "L0,3"), ("all", "Lall"), (7, "L7")])
+def test_describe_step_shows_layers_as_written(layers, shown):
+    from tensorllm.search.grid import describe_step
+
+    step = {"method": "tucker", "layers": layers, "ranks": [8, 4, 2]}
+    assert describe_step(step) == f"tucker {shown} (8,4,2)"

@@ -57,7 +57,8 @@ BASELINE = Config(())
 
 
 def describe_step(step: dict) -> str:
-    layers = ",".join(map(str, step.get("layers") or []))
+    raw = step.get("layers")
+    layers = raw if isinstance(raw, str) else ",".join(map(str, raw if isinstance(raw, (list, tuple)) else [raw]))
     if step["method"] == "tucker":
         ranks = step.get("ranks")
         if isinstance(ranks, list):
