@@ -3,7 +3,9 @@ console that prints result tables."""
 
 from __future__ import annotations
 
+import os
 import sys
+from contextlib import contextmanager, redirect_stderr
 from typing import Iterable, Iterator, TypeVar
 
 T = TypeVar("T")
@@ -35,3 +37,14 @@ def output_console():
 
     console = Console()
     return console if console.is_terminal else Console(width=200)
+
+
+@contextmanager
+def quiet_stderr(enabled: bool = True) -> Iterator[None]:
+    """Send stderr to /dev/null unless it is a terminal, for library calls that draw progress bars
+    unconditionally (transformers' GGUF loader): in a log or pipe an error must stay the only line."""
+    if not enabled or sys.stderr.isatty():
+        yield
+        return
+    with open(os.devnull, "w") as sink, redirect_stderr(sink):
+        yield

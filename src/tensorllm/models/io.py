@@ -9,11 +9,8 @@ from __future__ import annotations
 
 import json
 import os
-import sys
-from contextlib import contextmanager, redirect_stderr
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
 
 import torch
 from torch import nn
@@ -21,6 +18,7 @@ from torch import nn
 from tensorllm.archs import ArchSpec, spec_for
 from tensorllm.errors import UserError, one_line
 from tensorllm.models.aliases import ALIASES, alias_path
+from tensorllm.progress import quiet_stderr
 
 DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
           "float16": torch.float16, "fp16": torch.float16}
@@ -142,17 +140,6 @@ def load_config(spec: str, *, trust_remote_code: bool = False, allow_pickle: boo
     return config, spec_for(config), path, source, kwargs
 
 
-@contextmanager
-def _quiet_stderr(enabled: bool) -> Iterator[None]:
-    """Send stderr to /dev/null unless it is a terminal: transformers' GGUF loader draws a progress
-    bar unconditionally, and in a log or pipe an error must stay the only line."""
-    if not enabled or sys.stderr.isatty():
-        yield
-        return
-    with open(os.devnull, "w") as sink, redirect_stderr(sink):
-        yield
-
-
 def load_model(spec: str, *, dtype: str | None = None, device: str | None = None,
                trust_remote_code: bool = False, allow_pickle: bool = False, check_finite: bool = True,
                device_map: str | None = None) -> Loaded:
@@ -175,7 +162,7 @@ def load_model(spec: str, *, dtype: str | None = None, device: str | None = None
         load_kwargs["use_safetensors"] = True
     load_kwargs.update(device_map_kwargs(device_map))
     try:
-        with _quiet_stderr(bool(gguf_file)):
+        with quiet_stderr(bool(gguf_file)):  # transformers' GGUF loader draws a bar unconditionally
             model = cls.from_pretrained(source, **load_kwargs)
             tokenizer = AutoTokenizer.from_pretrained(source, **kwargs)
     except (OSError, ValueError, RuntimeError) as exc:
