@@ -46,3 +46,11 @@ def _index(item, n_layers: int) -> int:
     if not 0 <= j < n_layers:
         raise UserError(f"layer {i} is out of range (the model has {n_layers} layers: 0..{n_layers - 1})")
     return j
+
+
+def one_layer_as_list(value):
+    """A config's `layers` field: a bare integer becomes a list of one (recipes and reports stay
+    uniform); any other form is kept as given and parsed later by `parse_layers`."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        return (value,)
+    return value

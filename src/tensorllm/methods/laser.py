@@ -19,7 +19,7 @@ import torch
 
 from tensorllm.archs import blocks, get_module
 from tensorllm.errors import UserError
-from tensorllm.layers import parse_layers
+from tensorllm.layers import one_layer_as_list, parse_layers
 from tensorllm.methods.registry import register
 from tensorllm.progress import track
 from tensorllm.tensor.svd import laser_rank, truncated_svd
@@ -40,8 +40,7 @@ class LaserConfig:
     seed: int | None = None
 
     def __post_init__(self) -> None:
-        if isinstance(self.layers, int) and not isinstance(self.layers, bool):
-            self.layers = (self.layers,)  # one layer is a list of one: recipes and reports stay uniform
+        self.layers = one_layer_as_list(self.layers)
 
     def validate(self) -> None:
         if self.layers is None:

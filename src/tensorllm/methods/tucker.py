@@ -38,7 +38,7 @@ import torch
 from tensorllm.archs import blocks
 from tensorllm.attention import AttnWeights, from_head_blocks, per_head_blocks, read_attention, write_attention
 from tensorllm.errors import UserError
-from tensorllm.layers import parse_layers
+from tensorllm.layers import one_layer_as_list, parse_layers
 from tensorllm.methods.registry import register
 from tensorllm.progress import track
 from tensorllm.tensor.tucker import hooi, reconstruct
@@ -66,8 +66,7 @@ class TuckerConfig:
     compute_dtype: Literal["float32", "float64"] = "float64"
 
     def __post_init__(self) -> None:
-        if isinstance(self.layers, int) and not isinstance(self.layers, bool):
-            self.layers = (self.layers,)  # one layer is a list of one: recipes and reports stay uniform
+        self.layers = one_layer_as_list(self.layers)
 
     def validate(self) -> None:
         if self.layers is None:
