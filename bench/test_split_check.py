@@ -2,6 +2,7 @@
 
     python bench/test_split_check.py --layer 16 --ranks 288,48,4 --json bench/results/test_check_L16_full.json
     python bench/test_split_check.py --layer 16 --ranks 288,48,4 --limit 3000 --json ...   # a prefix
+    python bench/test_split_check.py --layer 5 --ranks auto --baseline-from bench/results/test_check_L16_full.json ...
 
 Evaluates SmolLM2 (float32, CPU) and the same model with the Tucker of one layer on the same
 WikidataQA test items, keeps each item's correctness, and reports the paired comparison: items
@@ -53,14 +54,23 @@ def main() -> None:
     p.add_argument("--limit", type=int, default=None)
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--json", default=None)
+    p.add_argument("--baseline-from", default=None,
+                   help="reuse the baseline (numbers and per-item correctness) of an earlier run on the same items")
     a = p.parse_args()
     loaded = tensorllm.load_model("smollm2-135m", device="cpu")
     t0 = time.time()
-    base, base_ok = run(loaded, a.limit, a.batch_size)
+    if a.baseline_from:
+        old = json.load(open(a.baseline_from))
+        if old["limit"] != a.limit:
+            raise SystemExit(f"{a.baseline_from} was run with --limit {old['limit']}, not {a.limit}")
+        base, base_ok = old["baseline"], [c == "1" for c in old["correct"]["baseline"]]
+    else:
+        base, base_ok = run(loaded, a.limit, a.batch_size)
     print("baseline", base["accuracy"], base["loss"], flush=True)
-    ranks = [int(x) for x in a.ranks.split(",")]
-    tensorllm.compress(loaded, {"device": "cpu", "steps": [{"method": "tucker", "layers": [a.layer], "ranks": ranks}]},
-                       progress=False)
+    ranks = a.ranks if a.ranks == "auto" else [int(x) for x in a.ranks.split(",")]
+    _, report = tensorllm.compress(loaded, {"device": "cpu", "steps": [
+        {"method": "tucker", "layers": [a.layer], "ranks": ranks}]}, progress=False)
+    resolved = report.steps[0]["layers"][0]["ranks"]
     new, new_ok = run(loaded, a.limit, a.batch_size)
     print(f"tucker L{a.layer} {ranks}", new["accuracy"], new["loss"], flush=True)
     b = sum(n and not o for o, n in zip(base_ok, new_ok))  # only the Tucker model right
@@ -70,7 +80,8 @@ def main() -> None:
               "diff_points": new["accuracy"] - base["accuracy"], "bootstrap95_points": [lo, hi]}
     print(json.dumps(paired), flush=True)
     keep = ("n", "accuracy", "loss", "answer_mode", "source", "seconds")
-    out = {"layer": a.layer, "ranks": ranks, "limit": a.limit, "device": "cpu float32", "seconds": time.time() - t0,
+    out = {"layer": a.layer, "ranks": ranks, "resolved_ranks": resolved, "limit": a.limit,
+           "baseline_from": a.baseline_from, "device": "cpu float32", "seconds": time.time() - t0,
            "versions": tensorllm.report.versions(), "baseline": {k: base[k] for k in keep},
            "tucker": {k: new[k] for k in keep}, "paired": paired,
            "correct": {"baseline": "".join("01"[x] for x in base_ok), "tucker": "".join("01"[x] for x in new_ok)}}
