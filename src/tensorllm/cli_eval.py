@@ -18,12 +18,12 @@ from pathlib import Path
 from typing import Optional
 
 import typer
-from rich.console import Console
 from rich.table import Table
 
 from tensorllm.errors import UserError
+from tensorllm.progress import output_console
 
-console = Console()
+console = output_console()
 
 
 def data_fetch(
@@ -65,7 +65,8 @@ def eval_cmd(
     allow_pickle: bool = typer.Option(False, help="Allow pickle (.bin) weights, which can run arbitrary code."),
 ) -> None:
     """Evaluate a model with LASER's protocol (accuracy, gold-answer loss) and/or lm-eval tasks."""
-    from tensorllm.eval import ANSWER_MODES, evaluate, get_task, load_task
+    from tensorllm.eval import evaluate, get_task, load_task
+    from tensorllm.eval.evaluate import check_answer_mode
     from tensorllm.eval.sources import SPLITS
 
     tasks = [t.strip() for t in (task or "").split(",") if t.strip()]
@@ -73,8 +74,7 @@ def eval_cmd(
         raise UserError("nothing to evaluate: pass --task T and/or --lm-eval TASKS")
     for t in tasks:
         get_task(t)
-    if answer_mode not in ANSWER_MODES:
-        raise UserError(f"unknown answer mode '{answer_mode}' (choose from {', '.join(ANSWER_MODES)})")
+    check_answer_mode(answer_mode)
     if split not in SPLITS:
         raise UserError(f"unknown split '{split}' (choose from {', '.join(SPLITS)})")
     if limit is not None and limit <= 0:

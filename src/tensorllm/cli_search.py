@@ -82,17 +82,15 @@ def search(
 
 
 def print_summary(report: dict, store: Path) -> None:
-    from rich.console import Console
     from rich.table import Table
 
+    from tensorllm.progress import output_console
     from tensorllm.search.report import ROLE_TITLES, _loss, _pct, _signed, how_measured
 
     SHORT_TITLES = {"baseline": "baseline", "winner": "winner (val)", "auto_best": "auto ranks, layer on val",
                     "auto_at_winner_layer": "auto ranks, winner's layer"}
 
-    console = Console()
-    if not console.is_terminal:  # a log file: no reason to squeeze the table into 80 columns
-        console = Console(width=200)
+    console = output_console()
     table = Table(title=f"{report['method']} search on {report['task']} ({report['status']}; {how_measured(report)})")
     for col in ("", "configuration", "val acc", "Δ val", "val loss", "test acc", "Δ test", "test loss"):
         table.add_column(col, justify="left" if col in ("", "configuration") else "right")

@@ -80,8 +80,7 @@ def evaluate(model, tokenizer, task: str | TaskSpec, split: str = "val", limit: 
              max_batch_tokens: int = 65536, keep_examples: bool = False, progress: bool = True) -> EvalResult:
     """Evaluate an in-memory model on one task split (see the module docstring for the metrics)."""
     spec = task if isinstance(task, TaskSpec) else get_task(task)
-    if answer_mode not in ANSWER_MODES:
-        raise UserError(f"unknown answer mode '{answer_mode}' (choose from {', '.join(ANSWER_MODES)})")
+    check_answer_mode(answer_mode)
     if batch_size <= 0 or max_batch_tokens <= 0:
         raise UserError("batch size and max batch tokens must be positive")
     kind = check_model(model, spec, kind)
@@ -114,6 +113,11 @@ def evaluate(model, tokenizer, task: str | TaskSpec, split: str = "val", limit: 
                    for i, e in enumerate(items)]
     return EvalResult(spec.name, split, len(items), accuracy, loss, ppl, metric, mode, kind,
                       time.perf_counter() - start, batch_size, source, skipped, details)
+
+
+def check_answer_mode(answer_mode: str) -> None:
+    if answer_mode not in ANSWER_MODES:
+        raise UserError(f"unknown answer mode '{answer_mode}' (choose from {', '.join(ANSWER_MODES)})")
 
 
 def check_model(model, spec: TaskSpec, kind: str | None = None) -> str:

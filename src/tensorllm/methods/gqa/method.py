@@ -57,7 +57,11 @@ def apply_gqa(model: nn.Module, arch: ArchSpec, cfg: GQAConfig, ctx: RunContext)
             seq_len: 2048
     """
     check_convertible(model, arch, cfg)  # before spending time on the text
-    text = text_tokens(ctx.tokenizer, cfg)
+    return convert_on_text(model, arch, cfg, ctx, text_tokens(ctx.tokenizer, cfg))
+
+
+def convert_on_text(model: nn.Module, arch: ArchSpec, cfg: GQAConfig, ctx: RunContext, text: Text) -> dict:
+    """`apply_gqa` on text already tokenised (`tensorllm gqa` also cuts its held-out tokens from it)."""
     seed = ctx.seed if cfg.seed is None else cfg.seed
     return convert(model, arch, cfg, text.calib, train=text.train, device=ctx.device, seed=seed,
                    progress=ctx.progress)

@@ -15,7 +15,7 @@ from tensorllm.methods import registry
 from tensorllm.methods.gqa.calibrate import chunk
 from tensorllm.methods.gqa.convert import check_convertible
 from tensorllm.methods.gqa.measure import decode_tokens_per_s, kv_cache_bytes_per_token, perplexity
-from tensorllm.methods.gqa.method import text_tokens
+from tensorllm.methods.gqa.method import convert_on_text, text_tokens
 from tensorllm.models.io import check_output_dir, load_model, resolve_device, save_checkpoint
 from tensorllm.recipe import Recipe
 from tensorllm.report import versions
@@ -56,7 +56,7 @@ def run_gqa(model_spec: str, out: Path, recipe: Recipe, *, eval_tokens: int = 81
     t1 = time.perf_counter()
     ctx = registry.RunContext(device=resolve_device(recipe.device), seed=recipe.seed, tokenizer=loaded.tokenizer,
                               source=loaded, progress=progress)
-    result = registry.get("gqa").apply(model, arch, cfg, ctx)
+    result = convert_on_text(model, arch, cfg, ctx, text)  # the registered `gqa` step, without re-tokenising
     t_convert = time.perf_counter() - t1
     after = _measure(model, held_out, decode_tokens, cfg.batch_size)
     report = {
@@ -64,7 +64,8 @@ def run_gqa(model_spec: str, out: Path, recipe: Recipe, *, eval_tokens: int = 81
         "before": before, "after": after,
         "eval": {"held_out_tokens": int(held_out.numel()), "seq_len": int(held_out.shape[1]),
                  "calib_tokens": int(text.calib.numel()),
-                 "train_tokens": int(text.train.numel()) if text.train is not None else None, "decode_new_tokens": decode_tokens, "decode_batch": 1},
+                 "train_tokens": int(text.train.numel()) if text.train is not None else None,
+                 "decode_new_tokens": decode_tokens, "decode_batch": 1},
         "layers": result["layers"], "summary": result["summary"],
         "seconds": {"load_and_tokenise": t_load, "convert": t_convert, "total_before_save": time.perf_counter() - t0},
         "versions": versions(),
