@@ -77,6 +77,8 @@ def main() -> None:
     ap.add_argument("--train-batch-size", type=int, default=None)
     ap.add_argument("--train-tokens", type=int, default=0,
                     help="fine-tune on this many tokens after the held-out ones (0: on the calibration tokens)")
+    ap.add_argument("--train-precision", default="auto", help="auto (bfloat16 autocast on CUDA), bfloat16, float32")
+    ap.add_argument("--train-dir", default=None, help="fine-tune checkpoints; rerunning resumes from them")
     ap.add_argument("--device", default=None)
     ap.add_argument("--out", type=Path, default=None)
     args = ap.parse_args()
@@ -124,7 +126,9 @@ def main() -> None:
     ]
     if steps:
         variants.append((f"kv1_align_finetune{steps}", dict(kv_heads=1, align=True, train_steps=steps, lr=args.lr,
-                                                             train_batch_size=batch)))
+                                                             train_batch_size=batch,
+                                                             train_precision=args.train_precision,
+                                                             train_dir=args.train_dir)))
     rows = []
     for name, opts in variants:
         model = copy.deepcopy(mha)

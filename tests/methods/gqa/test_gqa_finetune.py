@@ -122,3 +122,23 @@ def test_an_interrupted_finetune_resumes_to_the_same_result(tmp_path, monkeypatc
 
     with pytest.raises(UserError, match="different conversion"):
         convert(_model(), arch, _cfg(kv_heads=2, train_steps=6, train_dir=str(tmp_path)), CALIB, progress=False)
+
+
+def test_bfloat16_autocast_trains_like_float32_and_keeps_float32_weights():
+    kl, infos = {}, {}
+    for precision in ("float32", "bfloat16"):
+        model = _model()
+        teacher = copy.deepcopy(model)
+        cfg = _cfg(train_steps=40, lr=3e-3, train_precision=precision)
+        infos[precision] = convert(model, spec_for(model.config), cfg, CALIB, progress=False)["summary"]["finetune"]
+        kl[precision] = _held_out_kl(model, teacher)
+        assert all(p.dtype == torch.float32 for p in model.parameters())
+    assert infos["float32"]["precision"] == "float32" and infos["bfloat16"]["precision"] == "bfloat16"
+    assert infos["bfloat16"]["kl_first"] != infos["float32"]["kl_first"]  # the products did run in bfloat16
+    assert kl["bfloat16"] == pytest.approx(kl["float32"], rel=0.1)
+
+
+def test_auto_precision_is_float32_on_the_cpu():
+    model = _model()
+    info = convert(model, spec_for(model.config), _cfg(train_steps=2), CALIB, progress=False)["summary"]["finetune"]
+    assert info["precision"] == "float32"

@@ -166,6 +166,7 @@ def test_json_and_jsonl_calibration_files(tokenizer, tmp_path):
     ({"kv_heads": 2, "grouping": "random"}, "not one of"),
     ({"kv_heads": 2, "colour": "red"}, "unknown option"),
     ({"kv_heads": 2, "sparsity_warmup": 0.0}, "sparsity_warmup"),
+    ({"kv_heads": 2, "train_precision": "fp8"}, "train_precision"),
     ({"kv_heads": 2, "train_steps": -1}, "train_steps"),
 ])
 def test_config_validation(opts, message):

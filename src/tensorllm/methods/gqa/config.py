@@ -33,6 +33,8 @@ class GQAConfig:
     sparsity_warmup   fraction of the steps over which the target share of closed gates rises 0 -> 1
     train_dir         where the fine-tune checkpoints go (and resume from); None = no checkpoints
     save_every        fine-tune checkpoint interval in steps
+    train_precision   "auto" (bfloat16 autocast on CUDA, float32 elsewhere), "bfloat16" or "float32":
+                      the fine-tune's matrix products; weights, optimiser state and the KL stay float32
     """
 
     kv_heads: int = 0
@@ -53,6 +55,7 @@ class GQAConfig:
     sparsity_warmup: float = 0.3
     train_dir: str | None = None
     save_every: int = 200
+    train_precision: Literal["auto", "bfloat16", "float32"] = "auto"
 
     def validate(self) -> None:
         positive = {"kv_heads": self.kv_heads, "calib_tokens": self.calib_tokens, "restarts": self.restarts,
@@ -69,5 +72,7 @@ class GQAConfig:
             raise UserError(f"gqa.train_tokens must be 0 (train on the calibration tokens) or more, got {self.train_tokens}")
         if self.lr <= 0 or (self.gate_lr is not None and self.gate_lr <= 0):
             raise UserError("gqa.lr and gqa.gate_lr must be positive")
+        if self.train_precision not in ("auto", "bfloat16", "float32"):
+            raise UserError(f"gqa.train_precision must be auto, bfloat16 or float32, got {self.train_precision!r}")
         if not 0 < self.sparsity_warmup <= 1:
             raise UserError(f"gqa.sparsity_warmup must be in (0, 1], got {self.sparsity_warmup}")

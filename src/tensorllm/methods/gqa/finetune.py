@@ -169,6 +169,9 @@ def finetune(model: nn.Module, arch: ArchSpec, teacher: nn.Module, shared: list,
     opt_g = torch.optim.Adam([g.log_alpha for g in gates], lr=gate_lr)
     opt_l = torch.optim.Adam([lambdas], lr=gate_lr, maximize=True)
     gen = torch.Generator().manual_seed(seed)
+    precision = cfg.train_precision
+    if precision == "auto":
+        precision = "bfloat16" if device.type == "cuda" else "float32"
     # what fixes the starting point: a checkpoint only resumes the same conversion of the same model
     start_point = {k: getattr(cfg, k) for k in ("kv_heads", "grouping", "align", "calib_tokens", "seq_len",
                                                  "calib_file", "restarts", "procrustes_iters")}
@@ -200,18 +203,23 @@ def finetune(model: nn.Module, arch: ArchSpec, teacher: nn.Module, shared: list,
         torch.save(state, tmp)
         tmp.replace(path)
 
+    def autocast():
+        return torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bfloat16")
+
     losses, history = [], []
     every = max(1, (steps - start) // 50)
     model.eval()  # no dropout; gates are sampled explicitly
-    show = progress and sys.stderr.isatty()
+    tty = sys.stderr.isatty()  # a terminal gets a line every 10 steps, a log one every 2%
     for step in range(start, steps):
         rows = torch.arange(step * cfg.train_batch_size, (step + 1) * cfg.train_batch_size) % tokens.shape[0]
         batch = tokens[rows].to(device)
-        with torch.no_grad():
+        with torch.no_grad(), autocast():
             target_logits = teacher(input_ids=batch, use_cache=False).logits
         for g in gates:
             g.sample(gen)
-        kl = _kl(model(input_ids=batch, use_cache=False).logits, target_logits)
+        with autocast():
+            student_logits = model(input_ids=batch, use_cache=False).logits
+        kl = _kl(student_logits, target_logits)
         target = min(1.0, (step + 1) / warm)  # share of gates that should be closed
         closed = 1 - torch.cat([g.prob_open() for g in gates]).mean()
         gap = closed - target
@@ -227,9 +235,9 @@ def finetune(model: nn.Module, arch: ArchSpec, teacher: nn.Module, shared: list,
         if step % every == 0 or step == steps - 1:
             history.append({"step": step + 1, "kl": losses[-1], "closed": float(closed.detach()), "target": target,
                             "lambda": [float(x) for x in lambdas.detach()]})
-        if show and (step % 10 == 0 or step == steps - 1):
+        if progress and ((tty and step % 10 == 0) or step % every == 0 or step == steps - 1):
             print(f"  step {step + 1}/{steps}  kl {losses[-1]:.4f}  closed {float(closed.detach()):.2f} "
-                  f"(target {target:.2f})", file=sys.stderr)
+                  f"(target {target:.2f})  {time.perf_counter() - t0:.0f} s", file=sys.stderr, flush=True)
         if (step + 1) % cfg.save_every == 0 or step == steps - 1:
             save(step + 1)
     open_share = float(torch.cat([g.prob_open() for g in gates]).mean().detach())
@@ -239,5 +247,6 @@ def finetune(model: nn.Module, arch: ArchSpec, teacher: nn.Module, shared: list,
     last10 = losses[-10:]
     return {"steps": steps, "resumed_from": start, "kl_first": losses[0] if losses else None,
             "kl_last": losses[-1] if losses else None, "kl_last10": sum(last10) / len(last10) if losses else None,
-            "final_open_probability": open_share, "history": history, "seconds": time.perf_counter() - t0,
+            "final_open_probability": open_share, "precision": precision, "history": history,
+            "seconds": time.perf_counter() - t0,
             "checkpoint": str(path) if path else None}
