@@ -106,7 +106,7 @@ def test_extended_grid_reuses_the_shared_configs(tucker_run, search_tiny, tmp_pa
 
 
 @pytest.mark.parametrize("change", [{"limit_val": 6}, {"task": "hotpotqa"}, {"answer_mode": "continuation"},
-                                    {"method": "laser", "rhos": (0.5,)}, {"model": "other"}])
+                                    {"batch_size": 3}, {"method": "laser", "rhos": (0.5,)}, {"model": "other"}])
 def test_refuses_a_store_written_by_another_search(tucker_run, search_tiny, tmp_path, change):
     store, _ = tucker_run
     if change.get("model") == "other":

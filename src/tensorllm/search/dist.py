@@ -138,6 +138,8 @@ def free_port() -> int:
 def _spawned(index: int, fn: Callable, nprocs: int, args: tuple) -> None:
     os.environ.update(RANK=str(index), WORLD_SIZE=str(nprocs), LOCAL_RANK=str(index),
                       LOCAL_WORLD_SIZE=str(nprocs))
+    # the tokenizers' thread pool sizes itself from the cores on first use: share them out too
+    os.environ.setdefault("RAYON_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // nprocs)))
     fn(*args)
 
 

@@ -163,7 +163,8 @@ def markdown(rep: dict) -> str:
     lines += [f"- model: `{info.get('model_spec')}` ({info.get('architecture')}, {ident['dtype']}, "
               f"{ident['device_type']}, fingerprint {ident['model']}"
               + (", K/V heads expanded to multi-head" if info.get("expand_kv") else "") + ")",
-              f"- data: {ident['data']}; validation n = {n_val}, test n = {n_test}; {how_measured(rep)}",
+              f"- data: {ident['data']}; validation n = {n_val}, test n = {n_test}; {how_measured(rep)}; "
+              f"batch size {ident.get('batch_size')}",
               f"- configurations: {prog['val_done']} of {prog['configurations']} evaluated on validation; "
               f"selection: {rep['selection']}",
               f"- code: tensorllm {info.get('code_version')}; this run {rep['run']['seconds']:.1f} s, "

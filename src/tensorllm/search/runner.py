@@ -181,7 +181,8 @@ class Search:
         spec = self.spec
         identity = {"format": FORMAT, "model": model_fingerprint(self.model), "task": spec.task,
                     "data": data_identity(spec.task, spec.data), "limit_val": spec.limit_val,
-                    "limit_test": spec.limit_test, "answer_mode": spec.answer_mode, "method": spec.method,
+                    "limit_test": spec.limit_test, "answer_mode": spec.answer_mode,
+                    "batch_size": spec.batch_size, "method": spec.method,
                     "dtype": str(next(self.model.parameters()).dtype).replace("torch.", ""),
                     "device_type": self.device.type, "tensorllm": __version__}
         info = {"model_spec": spec.model, "expand_kv": spec.expand_kv, "architecture": self.arch.name,
@@ -223,7 +224,7 @@ class Search:
             with dist.process_group(world, device):
                 if spec.threads:
                     torch.set_num_threads(spec.threads)
-                elif world.size > 1 and device.type == "cpu":
+                elif world.size > 1:  # CPU ranks compute on them; GPU ranks still tokenise and launch from them
                     torch.set_num_threads(max(1, (os.cpu_count() or 1) // world.local_size))
                 return self._run(device)
         finally:

@@ -40,11 +40,11 @@ import torch
 from tensorllm.cache import atomic_write_text
 from tensorllm.errors import UserError
 
-FORMAT = 1
+FORMAT = 2  # 2: the evaluation batch size is part of the identity (bf16 numbers depend on it)
 MANIFEST = "store.json"
 RESULTS_GLOB = "results-rank*.jsonl"
-IDENTITY_KEYS = ("format", "model", "task", "data", "limit_val", "limit_test", "answer_mode", "method", "dtype",
-                 "device_type", "tensorllm")
+IDENTITY_KEYS = ("format", "model", "task", "data", "limit_val", "limit_test", "answer_mode", "batch_size", "method",
+                 "dtype", "device_type", "tensorllm")
 _OWN_FILES = {MANIFEST, ".lock", "report.md", "report.json", "heatmap.png"}
 
 

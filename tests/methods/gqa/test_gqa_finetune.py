@@ -142,3 +142,16 @@ def test_auto_precision_is_float32_on_the_cpu():
     model = _model()
     info = convert(model, spec_for(model.config), _cfg(train_steps=2), CALIB, progress=False)["summary"]["finetune"]
     assert info["precision"] == "float32"
+
+
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(
+    not torch.cuda.is_available(), reason="needs a CUDA GPU"))])
+def test_a_longer_run_resumes_from_the_checkpoint_on_the_models_device(tmp_path, device):
+    """The checkpoint is loaded onto the model's device; the sampler's state must come back to the CPU."""
+    arch = spec_for(_model().config)
+    dev = torch.device(device)
+    convert(_model().to(dev), arch, _cfg(train_steps=4, train_dir=str(tmp_path), save_every=2), CALIB,
+            device=dev, progress=False)
+    info = convert(_model().to(dev), arch, _cfg(train_steps=6, train_dir=str(tmp_path), save_every=2), CALIB,
+                   device=dev, progress=False)["summary"]["finetune"]
+    assert info["resumed_from"] == 4 and info["steps"] == 6

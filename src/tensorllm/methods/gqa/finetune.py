@@ -189,7 +189,7 @@ def finetune(model: nn.Module, arch: ArchSpec, teacher: nn.Module, shared: list,
             lambdas.copy_(state["lambdas"])
         for opt, key in ((opt_w, "opt_w"), (opt_g, "opt_g"), (opt_l, "opt_l")):
             opt.load_state_dict(state[key])
-        gen.set_state(state["rng"])
+        gen.set_state(state["rng"].cpu())  # map_location moved it to the GPU; generators live on the CPU
         start = int(state["step"])
 
     def save(step: int) -> None:
