@@ -30,6 +30,8 @@ from pathlib import Path
 
 import torch
 
+from tensorllm.attention import AttnWeights
+from tensorllm.methods.tucker import from_tensor, to_tensor
 from tensorllm.tensor.tucker import hooi, hosvd, reconstruct
 
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
@@ -38,26 +40,20 @@ MODES = (0, 1, 2)
 
 
 def to_heads(wq, wk, wv, wo, heads):
-    """(H*d, D) x3 and (D, H*d) -> (D, d, 4, H).
-
-    Head i's blocks are Wq[i*d:(i+1)*d].T, Wk[...].T, Wv[...].T and Wo[:, i*d:(i+1)*d].
-    """
-    hidden = wq.shape[1]
-    d = wq.shape[0] // heads
-
-    def rows(w):
-        return w.view(heads, d, hidden).permute(2, 1, 0)  # (H, d, D) -> (D, d, H)
-
-    o = wo.view(hidden, heads, d).permute(0, 2, 1)  # (D, H, d) -> (D, d, H)
-    return torch.stack([rows(wq), rows(wk), rows(wv), o], dim=2)  # (D, d, 4, H)
+    """(H*d, D) x3 and (D, H*d) -> (D, d, 4, H): the library's multi-head tensor of one MHA layer."""
+    return to_tensor(_weights(wq, wk, wv, wo, heads), "multihead")
 
 
 def from_heads(x, wq, wk, wv, wo):
-    """Inverse of `to_heads`, written in place (cast to the matrices' dtype)."""
-    hidden, d, _, heads = x.shape
-    for idx, w in enumerate((wq, wk, wv)):
-        w.copy_(x[:, :, idx, :].permute(2, 1, 0).reshape(heads * d, hidden))  # (H*d, D)
-    wo.copy_(x[:, :, 3, :].permute(0, 2, 1).reshape(hidden, heads * d))  # (D, H*d)
+    """Inverse of `to_heads` (the library's `from_tensor`), written back in place in the matrices' dtype."""
+    new = from_tensor(x, _weights(wq, wk, wv, wo, x.shape[3]), "multihead")
+    for w, n in zip((wq, wk, wv, wo), (new.q, new.k, new.v, new.o)):
+        w.copy_(n)
+
+
+def _weights(wq, wk, wv, wo, heads) -> AttnWeights:
+    return AttnWeights(wq, wk, wv, wo, None, None, None, None, heads=heads, kv_heads=heads,
+                       head_dim=wq.shape[0] // heads)
 
 
 def make_layer(args, layer, device):
