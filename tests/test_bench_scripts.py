@@ -1,0 +1,37 @@
+"""The benchmark scripts run at toy size on the CPU (they are timed on the GPU, never in tests),
+so that a change in the library cannot leave them broken until the next GPU session."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+BENCH = Path(__file__).resolve().parents[1] / "bench"
+
+
+def _run(script: str, *args: str, tmp_path: Path) -> dict:
+    out = tmp_path / f"{script}.json"
+    flag = "--json" if script == "tucker_7b.py" else "--out"
+    subprocess.run([sys.executable, str(BENCH / script), *args, flag, str(out)], check=True, cwd=BENCH,
+                   capture_output=True, text=True, timeout=600)
+    return json.loads(out.read_text())
+
+
+def test_tucker_7b_both_starts_reach_the_same_decomposition(tmp_path):
+    tiny = ["--device", "cpu", "--layers", "2", "--hidden", "256", "--heads", "4", "--compute-dtype", "float32"]
+    runs = {start: _run("tucker_7b.py", *tiny, "--start", start, tmp_path=tmp_path)["runs"][0]
+            for start in ("library", "full-hosvd")}
+    lib, full = runs["library"], runs["full-hosvd"]
+    assert lib["total_sweeps"] == full["total_sweeps"] > 0
+    errors = [[layer["final_error"] for layer in r["layers"]] for r in (lib, full)]
+    assert errors[0] == pytest.approx(errors[1], abs=1e-6) and all(0 < e < 1 for e in errors[0])
+
+
+@pytest.mark.slow
+def test_gqa_decode_times_both_models_in_their_own_processes(tmp_path):
+    result = _run("gqa_decode.py", "--small", "--new-tokens", "4", "--repeats", "1", tmp_path=tmp_path)
+    assert result["original"]["kv_heads"] == 8 and result["converted"]["kv_heads"] == 2
+    assert result["converted"]["kv_cache_bytes_per_token"] * 4 == result["original"]["kv_cache_bytes_per_token"]
+    assert set(result["speedup"]) == {"default", "static"} and all(v > 0 for v in result["speedup"].values())
