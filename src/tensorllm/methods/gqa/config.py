@@ -72,7 +72,5 @@ class GQAConfig:
             raise UserError(f"gqa.train_tokens must be 0 (train on the calibration tokens) or more, got {self.train_tokens}")
         if self.lr <= 0 or (self.gate_lr is not None and self.gate_lr <= 0):
             raise UserError("gqa.lr and gqa.gate_lr must be positive")
-        if self.train_precision not in ("auto", "bfloat16", "float32"):
-            raise UserError(f"gqa.train_precision must be auto, bfloat16 or float32, got {self.train_precision!r}")
         if not 0 < self.sparsity_warmup <= 1:
             raise UserError(f"gqa.sparsity_warmup must be in (0, 1], got {self.sparsity_warmup}")
