@@ -6,10 +6,13 @@ import json
 from pathlib import Path
 
 
-def emit_json(result: dict, out: Path | None) -> None:
-    """Print the result as JSON, and write it to `out` too when given."""
+def emit_json(result: dict, out: Path | None, *, quiet: bool = False) -> None:
+    """Print the result as JSON (unless quiet), and write it to `out` too when given (atomically)."""
     text = json.dumps(result, indent=2)
-    print(text)
+    if not quiet:
+        print(text)
     if out:
         out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(text)
+        tmp = out.with_name(out.name + ".tmp")
+        tmp.write_text(text)
+        tmp.replace(out)

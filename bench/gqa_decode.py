@@ -5,15 +5,21 @@
 
 Random weights (speed does not depend on them). Each model is timed in its own fresh process
 (`--only original|converted`): built with 32 K/V heads and, for "converted", converted in place with
-`tensorllm.methods.gqa.convert`. (Timing both in one process, with `torch._dynamo.reset()` between
-them, gave the converted model's compiled path eager-like times on 2026-11-30.) The conversion here is
+`tensorllm.methods.gqa.convert`; each writes its JSON after every path, so a path that fails or a
+run cut short keeps the paths already timed. The conversion here is
 contiguous grouping without alignment on a short random calibration: the converted model's
 shapes (and so its speed) are the same whichever groups and rotations are chosen, and the full
 similarity + alignment search (~2.5 min at this size, timed by bench/gqa_convert_7b.py) would
-only spend the call's time limit. Two paths each:
+only spend the call's time limit. Paths:
 - "default": transformers' `generate` as it comes (dynamic cache, eager forward), SDPA attention;
 - "static_compiled": `generate(cache_implementation="static")` with torch.compile of the decode step
-  (mode reduce-overhead = CUDA graphs), SDPA attention.
+  (mode reduce-overhead = CUDA graphs), transformers' SDPA attention — which, compiled and masked,
+  repeats each K/V head per query head (`repeat_kv`), so a grouped model gains nothing (2026-11-30:
+  7B shape, 8 K/V heads 26.4 ms/step vs the 32-head original's 16.0);
+- "static_compiled_packed" (grouped models only): the same with tensorllm's packed decode attention
+  (methods/gqa/packed_attention.py: each K/V head read once, its query heads as query rows); its
+  speed-up is against the original's "static_compiled" (for 32 K/V heads the two are the same code).
+On the CPU (--small) the static paths run uncompiled ("static", "static_packed").
 ms/step = median interval between consecutive new tokens (timestamped by a streamer, which copies
 each token to the host, i.e. after the device finished the step); the prefill is reported apart.
 """
@@ -35,6 +41,7 @@ from tensorllm.archs import spec_for
 from tensorllm.methods import registry
 from tensorllm.methods.gqa import convert
 from tensorllm.methods.gqa.measure import decode_step_ms, kv_cache_bytes_per_token
+from tensorllm.methods.gqa.packed_attention import register as register_packed
 from tensorllm.report import versions
 
 from common import emit_json  # bench/common.py
@@ -59,22 +66,29 @@ def build(shape: dict, device: torch.device, dtype: torch.dtype):
     return model.eval()
 
 
-def measure(model, prompt, new_tokens, repeats, compile_ok: bool) -> dict:
-    out = {"kv_heads": model.config.num_key_value_heads, "kv_cache_bytes_per_token": kv_cache_bytes_per_token(model),
-           "default": decode_step_ms(model, prompt, new_tokens, repeats=repeats)}
-    path = "static_compiled" if compile_ok else "static"
-    try:
-        kw = {"cache_implementation": "static"}
-        if compile_ok:
-            from transformers import CompileConfig
+def measure(model, prompt, new_tokens, repeats, compile_ok: bool, save) -> dict:
+    """Time each path; `save(out)` after each one, so a run cut short keeps the paths it finished."""
+    out = {"kv_heads": model.config.num_key_value_heads, "kv_cache_bytes_per_token": kv_cache_bytes_per_token(model)}
+    grouped = model.config.num_key_value_heads < model.config.num_attention_heads
+    static = "static_compiled" if compile_ok else "static"
+    paths = ["default", static + "_packed", static] if grouped else ["default", static]
+    for path in paths:  # packed first: on a multi-head model it is transformers' SDPA, so not timed twice
+        kw = {}
+        if path != "default":
+            kw["cache_implementation"] = "static"
+            if compile_ok:
+                from transformers import CompileConfig
 
-            kw["compile_config"] = CompileConfig(fullgraph=True, mode="reduce-overhead")
-        out[path] = decode_step_ms(model, prompt, new_tokens, repeats=repeats, **kw)
-    except Exception as exc:  # keep the default-path numbers if this runtime cannot compile
-        out[path + "_error"] = f"{type(exc).__name__}: {exc}"
-        traceback.print_exc()
-    if prompt.device.type == "cuda":
-        out["peak_gpu_memory_gib"] = torch.cuda.max_memory_allocated(prompt.device) / 2**30
+                kw["compile_config"] = CompileConfig(fullgraph=True, mode="reduce-overhead")
+        model.set_attn_implementation(register_packed() if path.endswith("_packed") else "sdpa")
+        try:
+            out[path] = decode_step_ms(model, prompt, new_tokens, repeats=repeats, **kw)
+        except Exception as exc:  # keep the other paths' numbers if this runtime cannot compile
+            out[path + "_error"] = f"{type(exc).__name__}: {exc}"
+            traceback.print_exc()
+        if prompt.device.type == "cuda":
+            out["peak_gpu_memory_gib"] = torch.cuda.max_memory_allocated(prompt.device) / 2**30
+        save(out)
     return out
 
 
@@ -98,10 +112,11 @@ def one_model(args, which: str) -> dict:
         t0 = time.perf_counter()
         convert(model, spec_for(model.config), cfg, calib, device=device, progress=False)
         seconds_convert = time.perf_counter() - t0
-    out = measure(model, prompt, new_tokens, args.repeats, compile_ok=device.type == "cuda")
-    return {"which": which, "measured": out, "seconds_convert": seconds_convert, "shape": shape, "dtype": str(dtype),
+    info = {"which": which, "seconds_convert": seconds_convert, "shape": shape, "dtype": str(dtype),
             "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
             "batch": batch, "context": context, "new_tokens": new_tokens}
+    measure(model, prompt, new_tokens, args.repeats, compile_ok=device.type == "cuda",
+            save=lambda out: emit_json({**info, "measured": out}, args.out, quiet=True))
 
 
 def main() -> None:
@@ -118,23 +133,32 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=None)
     args = ap.parse_args()
     if args.only:
-        emit_json(one_model(args, args.only), args.out)
+        one_model(args, args.only)  # writes args.out after each timed path
         return
     parts = {}
     with tempfile.TemporaryDirectory() as tmp:
-        for which in ("original", "converted"):
-            path = Path(tmp) / f"{which}.json"
+        for which in ("original", "converted"):  # beside --out, so a run cut short leaves them there
+            path = args.out.with_name(f"{args.out.stem}.{which}.json") if args.out else Path(tmp) / f"{which}.json"
             cmd = [sys.executable, __file__, *sys.argv[1:], "--only", which, "--out", str(path)]
-            subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
+            done = subprocess.run(cmd, stdout=subprocess.DEVNULL)
+            if not path.is_file():
+                raise SystemExit(f"timing the {which} model failed (exit {done.returncode}) before any path finished")
             parts[which] = json.loads(path.read_text())
+            if done.returncode:
+                parts[which]["exit_code"] = done.returncode
     original, converted = parts["original"]["measured"], parts["converted"]["measured"]
-    speedup = {path: original[path]["ms_per_step"] / converted[path]["ms_per_step"]
-               for path in ("default", "static_compiled", "static") if path in original and path in converted}
+    # the original (multi-head) model's packed path is its SDPA path: the converted one's packed path is
+    # compared with the original's static path
+    speedup = {path: original[base]["ms_per_step"] / converted[path]["ms_per_step"]
+               for path, base in (("default", "default"), ("static_compiled", "static_compiled"), ("static", "static"),
+                                  ("static_compiled_packed", "static_compiled"), ("static_packed", "static"))
+               if base in original and path in converted}
     first = parts["original"]
     result = {
         "bench": "gqa_decode", "weights": "random (speed only)", "processes": "one per model (fresh compile each)",
         **{k: first[k] for k in ("shape", "dtype", "device", "batch", "context", "new_tokens")},
-        "attention": "sdpa", "original": original, "converted": converted, "speedup": speedup,
+        "attention": "sdpa; *_packed: tensorllm.methods.gqa.packed_attention (decode reads each K/V head once)",
+        "exit_codes": {w: parts[w].get("exit_code", 0) for w in parts}, "original": original, "converted": converted, "speedup": speedup,
         "seconds_convert": parts["converted"]["seconds_convert"], "versions": versions(),
     }
     emit_json(result, args.out)

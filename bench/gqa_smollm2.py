@@ -74,6 +74,7 @@ def main() -> None:
     ap.add_argument("--seq-len", type=int, default=None)
     ap.add_argument("--train-steps", type=int, default=None)
     ap.add_argument("--lr", type=float, default=1e-4)
+    ap.add_argument("--lr-schedule", choices=["cosine", "constant"], default="cosine")
     ap.add_argument("--train-batch-size", type=int, default=None)
     ap.add_argument("--train-tokens", type=int, default=0,
                     help="fine-tune on this many tokens after the held-out ones (0: on the calibration tokens)")
@@ -126,6 +127,7 @@ def main() -> None:
     ]
     if steps:
         variants.append((f"kv1_align_finetune{steps}", dict(kv_heads=1, align=True, train_steps=steps, lr=args.lr,
+                                                             lr_schedule=args.lr_schedule,
                                                              train_batch_size=batch,
                                                              train_precision=args.train_precision,
                                                              train_dir=args.train_dir)))
@@ -134,7 +136,9 @@ def main() -> None:
         model = copy.deepcopy(mha)
         cfg = registry.config_from_dict("gqa", {"seq_len": seq_len, **opts})
         ts = time.perf_counter()
-        result = convert(model, arch, cfg, calib, train=train, device=torch.device(device), progress=True)
+        # the fine-tune's held-out perplexity curve (the monitor only observes)
+        result = convert(model, arch, cfg, calib, train=train, device=torch.device(device), progress=True,
+                         monitor=lambda m: perplexity(m, held_out))
         seconds = time.perf_counter() - ts
         s = result["summary"]
         row = {"variant": name, "options": opts, "perplexity": perplexity(model, held_out),
@@ -144,6 +148,9 @@ def main() -> None:
                "seconds": seconds}
         if "finetune" in s:
             row["finetune"] = {k: v for k, v in s["finetune"].items() if k != "history"}
+            ratio = [(c["seconds"], c["value"] / original_ppl) for c in s["finetune"]["curve"]]
+            within = [t for t, r in ratio if r <= 1.25]
+            row["finetune"]["first_seconds_within_1.25x"] = within[0] if within else None
         rows.append(row)
         print(f"{name:32s} ppl {row['perplexity']:10.3f}  K kept {row['mean_key_energy_kept']:.3f}  "
               f"V kept {row['mean_value_energy_kept']:.3f}  {seconds:.0f} s")

@@ -34,4 +34,6 @@ def test_gqa_decode_times_both_models_in_their_own_processes(tmp_path):
     result = _run("gqa_decode.py", "--small", "--new-tokens", "4", "--repeats", "1", tmp_path=tmp_path)
     assert result["original"]["kv_heads"] == 8 and result["converted"]["kv_heads"] == 2
     assert result["converted"]["kv_cache_bytes_per_token"] * 4 == result["original"]["kv_cache_bytes_per_token"]
-    assert set(result["speedup"]) == {"default", "static"} and all(v > 0 for v in result["speedup"].values())
+    assert set(result["speedup"]) == {"default", "static", "static_packed"}
+    assert all(v > 0 for v in result["speedup"].values()) and result["exit_codes"] == {"original": 0, "converted": 0}
+    assert "static_packed" not in result["original"]  # multi-head: the packed path is SDPA's, timed once

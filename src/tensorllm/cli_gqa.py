@@ -36,7 +36,8 @@ def gqa(
     train_steps: int = typer.Option(0, help="Recovery fine-tune steps (gated distillation); 0 = training-free."),
     train_tokens: int = typer.Option(0, help="Fine-tune text: the tokens after the calibration ones (0 = reuse those)."),
     train_batch_size: int = typer.Option(1, help="Fine-tune sequences per step."),
-    lr: float = typer.Option(1e-4, help="Fine-tune learning rate."),
+    lr: float = typer.Option(1e-4, help="Fine-tune peak learning rate."),
+    lr_schedule: str = typer.Option("cosine", help="cosine (2% warm-up, then down to lr/10) | constant."),
     train_precision: str = typer.Option("auto", help="Fine-tune products: auto (bfloat16 autocast on CUDA), "
                                                       "bfloat16, float32."),
     train_dir: Optional[Path] = typer.Option(None, help="Fine-tune checkpoints (resumed from); default OUT.train/."),
@@ -53,6 +54,7 @@ def gqa(
         train_dir = out.with_name(out.name + ".train")
     opts = dict(kv_heads=kv_heads, grouping=grouping, align=align, calib_tokens=calib_tokens, seq_len=seq_len,
                 train_steps=train_steps, train_tokens=train_tokens, train_batch_size=train_batch_size, lr=lr,
+                lr_schedule=lr_schedule,
                 train_precision=train_precision,
                 calib_file=str(calib_file) if calib_file else None, train_dir=str(train_dir) if train_dir else None)
     recipe = Recipe.single("gqa", dtype=dtype, device=device, seed=seed, **opts)

@@ -155,3 +155,33 @@ def test_a_longer_run_resumes_from_the_checkpoint_on_the_models_device(tmp_path,
     info = convert(_model().to(dev), arch, _cfg(train_steps=6, train_dir=str(tmp_path), save_every=2), CALIB,
                    device=dev, progress=False)["summary"]["finetune"]
     assert info["resumed_from"] == 4 and info["steps"] == 6
+
+
+def test_learning_rate_schedules():
+    steps = 200
+    cosine = [ft.lr_factor(s, steps, "cosine") for s in range(steps)]
+    warm = round(ft.LR_WARMUP * steps)
+    assert cosine[:warm] == pytest.approx([(s + 1) / warm for s in range(warm)])  # linear warm-up to lr
+    assert all(a >= b for a, b in zip(cosine[warm - 1:], cosine[warm:]))  # then never rises
+    assert cosine[-1] == pytest.approx(ft.LR_FLOOR) and min(cosine) == pytest.approx(ft.LR_FLOOR)
+    assert cosine[warm + (steps - warm) // 2] == pytest.approx((1 + ft.LR_FLOOR) / 2, abs=0.02)
+    assert {ft.lr_factor(s, steps, "constant") for s in range(steps)} == {1.0}
+    assert ft.lr_factor(0, 1, "cosine") == 1.0  # a one-step run trains at lr
+
+
+def test_the_monitor_sees_the_model_an_export_would_give():
+    """Curve point 0 is the training-free merge, the last one the exported plain-GQA model."""
+    arch = spec_for(_model().config)
+    teacher = _model()
+    merged = _model()
+    convert(merged, arch, _cfg(), CALIB, progress=False)
+    trained = _model()
+    cfg = _cfg(train_steps=30, lr=3e-3)
+    info = convert(trained, arch, cfg, CALIB, progress=False,
+                   monitor=lambda m: _held_out_kl(m, teacher))["summary"]["finetune"]
+    curve = info["curve"]
+    assert [c["step"] for c in curve] == list(range(0, 31, 1))  # 30 steps // 25 -> every step, plus step 0
+    assert curve[0]["value"] == pytest.approx(_held_out_kl(merged, teacher), rel=1e-5)
+    assert curve[-1]["value"] == pytest.approx(_held_out_kl(trained, teacher), rel=1e-5)
+    assert curve[-1]["value"] < curve[0]["value"]
+    assert info["lr_schedule"] == "cosine"

@@ -26,7 +26,9 @@ class GQAConfig:
     train_tokens      fine-tune text: the tokens that follow the calibration tokens in the same text
                       (0 = train on the calibration tokens); a long run needs far more text than the
                       grouping does, and reusing 32k tokens thousands of times overfits them
-    lr                learning rate of the trained weights (Q, O, shared K/V of every layer)
+    lr                peak learning rate of the trained weights (Q, O, shared K/V of every layer)
+    lr_schedule       "cosine": linear warm-up over 2% of the steps, then a cosine down to lr / 10;
+                      "constant": lr throughout
     gate_lr           learning rate of the gates' log-alpha and the Lagrange multipliers; None = 10 / warm-up
                       steps (clipped to [0.01, 1]): log-alpha must travel ~10 during the warm-up
     train_batch_size  sequences per fine-tune step
@@ -50,6 +52,7 @@ class GQAConfig:
     train_steps: int = 0
     train_tokens: int = 0
     lr: float = 1e-4
+    lr_schedule: Literal["cosine", "constant"] = "cosine"
     gate_lr: float | None = None
     train_batch_size: int = 1
     sparsity_warmup: float = 0.3

@@ -147,11 +147,11 @@ def plan_layer(w: AttnWeights, gram: torch.Tensor, kv_heads: int, planes_k: A.Pl
 
 def convert(model: nn.Module, arch: ArchSpec, cfg: GQAConfig, tokens: torch.Tensor, *,
             train: torch.Tensor | None = None, device: torch.device | None = None, seed: int = 0,
-            progress: bool = True) -> dict:
+            progress: bool = True, monitor=None) -> dict:
     """Convert `model` in place to `cfg.kv_heads` K/V heads using calibration `tokens` (n_seq, seq_len).
 
     With `cfg.train_steps`, the recovery fine-tune trains on `train` (m_seq, seq_len), or on the
-    calibration tokens when it is None."""
+    calibration tokens when it is None; `monitor(model) -> float` watches it (finetune.finetune)."""
     cfg.validate()
     _, H, Hkv, d = head_layout(model.config)
     check_convertible(model, arch, cfg)
@@ -191,7 +191,8 @@ def convert(model: nn.Module, arch: ArchSpec, cfg: GQAConfig, tokens: torch.Tens
         if n_aligned != Hkv:
             set_kv_heads(model, arch, n_aligned)
         data = tokens if train is None else train
-        summary["finetune"] = finetune(model, arch, teacher, shared, data, cfg, seed=seed, progress=progress)
+        summary["finetune"] = finetune(model, arch, teacher, shared, data, cfg, seed=seed, progress=progress,
+                                       monitor=monitor)
         summary["finetune"]["train_tokens"] = int(data.numel())
         del teacher
     summary["seconds"] = time.perf_counter() - t0

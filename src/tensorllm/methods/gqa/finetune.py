@@ -7,8 +7,12 @@ z_j is a hard-concrete gate (Louizos et al. 2018): z = 1 keeps the original mode
 pure GQA. The expected share of closed gates is pushed to a target that rises linearly from 0
 to 1 over the first `sparsity_warmup` of the steps, with Lagrange multipliers (Xia et al.,
 Sheared LLaMA); the loss is the KL divergence from the original model's next-token
-distribution on the calibration text. Q, O and the shared K/V of every layer are trained.
+distribution on the calibration text. Q, O and the shared K/V of every layer are trained,
+at a learning rate that warms up over the first 2% of the steps and then follows a cosine down
+to a tenth of `lr` (`lr_schedule: cosine`, the default) or stays at `lr` (`constant`).
 At the end the gates are closed and the shared heads become the GQA checkpoint's K/V.
+An optional `monitor(model) -> float` (e.g. held-out perplexity) is called about 25 times with
+every gate closed, i.e. on the GQA model an export at that step would give; it only observes.
 
 Checkpoints (`train_dir/finetune.pt`) hold the trained tensors, gates, multipliers, optimiser
 states, sampling RNG and the step; a later run with the same conversion resumes from them.
@@ -19,6 +23,7 @@ from __future__ import annotations
 import math
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -150,9 +155,28 @@ def _kl(student_logits: torch.Tensor, teacher_logits: torch.Tensor) -> torch.Ten
     return F.kl_div(s.flatten(0, -2), t.flatten(0, -2), log_target=True, reduction="batchmean")
 
 
+LR_WARMUP, LR_FLOOR = 0.02, 0.1  # share of the steps the learning rate warms up over; cosine's end / lr
+
+
+def lr_factor(step: int, steps: int, schedule: str) -> float:
+    """Multiplier of cfg.lr for 0-based `step` of `steps`: 'constant' 1; 'cosine' rises linearly over the
+    first LR_WARMUP of the steps, then falls along a half cosine to LR_FLOOR at the last step."""
+    if schedule == "constant":
+        return 1.0
+    warm = max(1, round(LR_WARMUP * steps))
+    if step < warm:
+        return (step + 1) / warm
+    t = (step - warm) / max(1, steps - 1 - warm)  # 0 -> 1 over the rest
+    return LR_FLOOR + (1 - LR_FLOOR) * 0.5 * (1 + math.cos(math.pi * min(t, 1.0)))
+
+
 def finetune(model: nn.Module, arch: ArchSpec, teacher: nn.Module, shared: list, tokens: torch.Tensor,
-             cfg: GQAConfig, *, seed: int = 0, progress: bool = True) -> dict:
-    """Train gates + weights for `cfg.train_steps` steps, then export `model` as plain GQA in place."""
+             cfg: GQAConfig, *, seed: int = 0, progress: bool = True,
+             monitor: Callable[[nn.Module], float] | None = None) -> dict:
+    """Train gates + weights for `cfg.train_steps` steps, then export `model` as plain GQA in place.
+
+    `monitor`, if given, is called on the model with every gate closed about 25 times and at the end;
+    its values are returned as `curve` (step, seconds, value)."""
     t0 = time.perf_counter()
     device = next(model.parameters()).device
     head_dim = read_attention(model, arch, 0).head_dim
@@ -206,13 +230,27 @@ def finetune(model: nn.Module, arch: ArchSpec, teacher: nn.Module, shared: list,
     def autocast():
         return torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bfloat16")
 
-    losses, history = [], []
+    losses, history, curve = [], [], []
     every = max(1, (steps - start) // 50)
+    watch = max(1, steps // 25)
+
+    def observe(step: int) -> None:  # the monitor sees the model an export after `step` steps would give
+        for g in gates:
+            g.fix(0.0)
+        curve.append({"step": step, "seconds": time.perf_counter() - t0, "value": float(monitor(model))})
+        if progress:
+            print(f"  step {step}/{steps}  monitor {curve[-1]['value']:.4f}  {curve[-1]['seconds']:.0f} s",
+                  file=sys.stderr, flush=True)
+
+    if monitor is not None and start == 0:
+        observe(0)
     model.eval()  # no dropout; gates are sampled explicitly
     tty = sys.stderr.isatty()  # a terminal gets a line every 10 steps, a log one every 2%
     for step in range(start, steps):
         rows = torch.arange(step * cfg.train_batch_size, (step + 1) * cfg.train_batch_size) % tokens.shape[0]
         batch = tokens[rows].to(device)
+        for group in opt_w.param_groups:
+            group["lr"] = cfg.lr * lr_factor(step, steps, cfg.lr_schedule)
         with torch.no_grad(), autocast():
             target_logits = teacher(input_ids=batch, use_cache=False).logits
         for g in gates:
@@ -240,6 +278,8 @@ def finetune(model: nn.Module, arch: ArchSpec, teacher: nn.Module, shared: list,
                   f"(target {target:.2f})  {time.perf_counter() - t0:.0f} s", file=sys.stderr, flush=True)
         if (step + 1) % cfg.save_every == 0 or step == steps - 1:
             save(step + 1)
+        if monitor is not None and ((step + 1) % watch == 0 or step == steps - 1):
+            observe(step + 1)
     open_share = float(torch.cat([g.prob_open() for g in gates]).mean().detach())
     _uninstall_as_gqa(model, arch, cfg.kv_heads)
     for n, p in model.named_parameters():
@@ -247,6 +287,7 @@ def finetune(model: nn.Module, arch: ArchSpec, teacher: nn.Module, shared: list,
     last10 = losses[-10:]
     return {"steps": steps, "resumed_from": start, "kl_first": losses[0] if losses else None,
             "kl_last": losses[-1] if losses else None, "kl_last10": sum(last10) / len(last10) if losses else None,
-            "final_open_probability": open_share, "precision": precision, "history": history,
+            "final_open_probability": open_share, "precision": precision, "lr_schedule": cfg.lr_schedule,
+            "history": history, "curve": curve,
             "seconds": time.perf_counter() - t0,
             "checkpoint": str(path) if path else None}

@@ -60,8 +60,10 @@ def apply_gqa(model: nn.Module, arch: ArchSpec, cfg: GQAConfig, ctx: RunContext)
     return convert_on_text(model, arch, cfg, ctx, text_tokens(ctx.tokenizer, cfg))
 
 
-def convert_on_text(model: nn.Module, arch: ArchSpec, cfg: GQAConfig, ctx: RunContext, text: Text) -> dict:
-    """`apply_gqa` on text already tokenised (`tensorllm gqa` also cuts its held-out tokens from it)."""
+def convert_on_text(model: nn.Module, arch: ArchSpec, cfg: GQAConfig, ctx: RunContext, text: Text,
+                    monitor=None) -> dict:
+    """`apply_gqa` on text already tokenised (`tensorllm gqa` also cuts its held-out tokens from it and
+    watches the fine-tune's held-out perplexity with `monitor`)."""
     seed = ctx.seed if cfg.seed is None else cfg.seed
     return convert(model, arch, cfg, text.calib, train=text.train, device=ctx.device, seed=seed,
-                   progress=ctx.progress)
+                   progress=ctx.progress, monitor=monitor)

@@ -56,7 +56,11 @@ def run_gqa(model_spec: str, out: Path, recipe: Recipe, *, eval_tokens: int = 81
     t1 = time.perf_counter()
     ctx = registry.RunContext(device=resolve_device(recipe.device), seed=recipe.seed, tokenizer=loaded.tokenizer,
                               source=loaded, progress=progress)
-    result = convert_on_text(model, arch, cfg, ctx, text)  # the registered `gqa` step, without re-tokenising
+    def held_out_ppl(m) -> float:  # the fine-tune's curve: the held-out perplexity an export would have
+        return perplexity(m, held_out, batch_size=cfg.batch_size)
+
+    # the registered `gqa` step, without re-tokenising
+    result = convert_on_text(model, arch, cfg, ctx, text, monitor=held_out_ppl if cfg.train_steps else None)
     t_convert = time.perf_counter() - t1
     after = _measure(model, held_out, decode_tokens, cfg.batch_size)
     report = {
