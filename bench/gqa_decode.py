@@ -10,16 +10,21 @@ run cut short keeps the paths already timed. The conversion here is
 contiguous grouping without alignment on a short random calibration: the converted model's
 shapes (and so its speed) are the same whichever groups and rotations are chosen, and the full
 similarity + alignment search (~2.5 min at this size, timed by bench/gqa_convert_7b.py) would
-only spend the call's time limit. Paths:
+only spend the call's time limit. Paths (`--paths`):
 - "default": transformers' `generate` as it comes (dynamic cache, eager forward), SDPA attention;
-- "static_compiled": `generate(cache_implementation="static")` with torch.compile of the decode step
-  (mode reduce-overhead = CUDA graphs), transformers' SDPA attention — which, compiled and masked,
-  repeats each K/V head per query head (`repeat_kv`), so a grouped model gains nothing (2026-11-30:
-  7B shape, 8 K/V heads 26.4 ms/step vs the 32-head original's 16.0);
-- "static_compiled_packed" (grouped models only): the same with tensorllm's packed decode attention
-  (methods/gqa/packed_attention.py: each K/V head read once, its query heads as query rows); its
-  speed-up is against the original's "static_compiled" (for 32 K/V heads the two are the same code).
-On the CPU (--small) the static paths run uncompiled ("static", "static_packed").
+- "static" -> "static_compiled": `generate(cache_implementation="static")` with torch.compile of the
+  decode step (mode reduce-overhead = CUDA graphs), transformers' SDPA attention — which, compiled
+  and masked, repeats each K/V head per query head (`repeat_kv`), so a grouped model gains nothing
+  (7B shape, 8 K/V heads: 26.4 and 28.2 ms/step vs the 32-head original's 16.0 and 15.8, 2026-11-30);
+- "packed" (grouped models only): the same with tensorllm's packed decode attention
+  (methods/gqa/packed_attention.py: each K/V head read once, its query heads as query rows), compared
+  with the original's "static" (for 32 K/V heads the two are the same code);
+- "split": the packed attention with the cache's value product split in 16 chunks (flash-decoding's
+  split-K), on both models;
+- "flex": transformers' flex_attention (torch's FlexAttention; compiled, it decodes with split-K).
+`best_vs_best` compares the fastest static path of each model. On the CPU (--small) the static
+paths run uncompiled ("static", "static_packed", ...). `--parallel` times the two models at once on
+GPUs 0 and 1.
 ms/step = median interval between consecutive new tokens (timestamped by a streamer, which copies
 each token to the host, i.e. after the device finished the step); the prefill is reported apart.
 """
@@ -28,6 +33,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import sys
 import tempfile
@@ -66,13 +72,19 @@ def build(shape: dict, device: torch.device, dtype: torch.dtype):
     return model.eval()
 
 
-def measure(model, prompt, new_tokens, repeats, compile_ok: bool, save) -> dict:
+PATHS = ("default", "packed", "split", "flex", "static")  # what --paths may name, in the order timed
+ATTENTION = {"static": "sdpa", "flex": "flex_attention"}  # the others: tensorllm's packed kernels
+
+
+def measure(model, prompt, new_tokens, repeats, compile_ok: bool, paths: list[str], save) -> dict:
     """Time each path; `save(out)` after each one, so a run cut short keeps the paths it finished."""
     out = {"kv_heads": model.config.num_key_value_heads, "kv_cache_bytes_per_token": kv_cache_bytes_per_token(model)}
     grouped = model.config.num_key_value_heads < model.config.num_attention_heads
     static = "static_compiled" if compile_ok else "static"
-    paths = ["default", static + "_packed", static] if grouped else ["default", static]
-    for path in paths:  # packed first: on a multi-head model it is transformers' SDPA, so not timed twice
+    for path in (p for p in PATHS if p in paths):
+        if path == "packed" and not grouped:  # on a multi-head model it is transformers' SDPA: "static"
+            continue
+        name = "default" if path == "default" else static if path == "static" else f"{static}_{path}"
         kw = {}
         if path != "default":
             kw["cache_implementation"] = "static"
@@ -80,15 +92,34 @@ def measure(model, prompt, new_tokens, repeats, compile_ok: bool, save) -> dict:
                 from transformers import CompileConfig
 
                 kw["compile_config"] = CompileConfig(fullgraph=True, mode="reduce-overhead")
-        model.set_attn_implementation(register_packed() if path.endswith("_packed") else "sdpa")
+        attention = "sdpa" if path == "default" else ATTENTION.get(path) or register_packed(
+            "split" if path == "split" else "sdpa")
         try:
-            out[path] = decode_step_ms(model, prompt, new_tokens, repeats=repeats, **kw)
-        except Exception as exc:  # keep the other paths' numbers if this runtime cannot compile
-            out[path + "_error"] = f"{type(exc).__name__}: {exc}"
+            model.set_attn_implementation(attention)
+            out[name] = decode_step_ms(model, prompt, new_tokens, repeats=repeats, **kw)
+        except Exception as exc:  # keep the other paths' numbers if this runtime cannot run this one
+            out[name + "_error"] = f"{type(exc).__name__}: {exc}"
             traceback.print_exc()
         if prompt.device.type == "cuda":
             out["peak_gpu_memory_gib"] = torch.cuda.max_memory_allocated(prompt.device) / 2**30
         save(out)
+    return out
+
+
+def speedups(original: dict, converted: dict) -> dict:
+    """Converted vs original per path (the converted "packed" path against the original's static one),
+    and best static path vs best static path."""
+    out = {}
+    for name, value in converted.items():
+        if not isinstance(value, dict):
+            continue
+        base = name.removesuffix("_packed")
+        if base in original:
+            out[name] = original[base]["ms_per_step"] / value["ms_per_step"]
+    best = [min((v["ms_per_step"], k) for k, v in m.items() if isinstance(v, dict) and k != "default")
+            for m in (original, converted) if any(isinstance(v, dict) and k != "default" for k, v in m.items())]
+    if len(best) == 2:
+        out["best_vs_best"] = {"original": best[0][1], "converted": best[1][1], "speedup": best[0][0] / best[1][0]}
     return out
 
 
@@ -115,7 +146,7 @@ def one_model(args, which: str) -> dict:
     info = {"which": which, "seconds_convert": seconds_convert, "shape": shape, "dtype": str(dtype),
             "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
             "batch": batch, "context": context, "new_tokens": new_tokens}
-    measure(model, prompt, new_tokens, args.repeats, compile_ok=device.type == "cuda",
+    measure(model, prompt, new_tokens, args.repeats, compile_ok=device.type == "cuda", paths=args.paths.split(","),
             save=lambda out: emit_json({**info, "measured": out}, args.out, quiet=True))
 
 
@@ -130,38 +161,59 @@ def main() -> None:
     ap.add_argument("--device", default=None)
     ap.add_argument("--only", choices=["original", "converted"], default=None,
                     help="time one model in this process (the default runs both, each in a fresh process)")
+    ap.add_argument("--paths", default=",".join(PATHS),
+                    help="comma list of: default (generate as it comes), packed, split (tensorllm's decode "
+                         "attention; packed on grouped models only), flex (transformers' flex_attention), "
+                         "static (transformers' SDPA); all but default use a static cache, compiled on CUDA")
+    ap.add_argument("--parallel", action="store_true",
+                    help="time the two models at once, the original on GPU 0 and the converted on GPU 1")
+    ap.add_argument("--child-timeout", type=float, default=None, help="seconds per model's process")
     ap.add_argument("--out", type=Path, default=None)
     args = ap.parse_args()
+    unknown = set(args.paths.split(",")) - set(PATHS)
+    if unknown:
+        ap.error(f"unknown --paths {sorted(unknown)}; choose from {', '.join(PATHS)}")
     if args.only:
         one_model(args, args.only)  # writes args.out after each timed path
         return
     parts = {}
     with tempfile.TemporaryDirectory() as tmp:
-        for which in ("original", "converted"):  # beside --out, so a run cut short leaves them there
+        jobs = {}
+        for i, which in enumerate(("original", "converted")):  # beside --out, so a run cut short leaves them
             path = args.out.with_name(f"{args.out.stem}.{which}.json") if args.out else Path(tmp) / f"{which}.json"
+            path.unlink(missing_ok=True)
             cmd = [sys.executable, __file__, *sys.argv[1:], "--only", which, "--out", str(path)]
-            done = subprocess.run(cmd, stdout=subprocess.DEVNULL)
+            env = {**os.environ, "CUDA_VISIBLE_DEVICES": str(i)} if args.parallel else None
+            jobs[which] = (path, subprocess.Popen(cmd, stdout=subprocess.DEVNULL, env=env))
+            if not args.parallel:
+                _wait(jobs[which][1], args.child_timeout)
+        for which, (path, proc) in jobs.items():
+            code = _wait(proc, args.child_timeout)
             if not path.is_file():
-                raise SystemExit(f"timing the {which} model failed (exit {done.returncode}) before any path finished")
+                raise SystemExit(f"timing the {which} model failed (exit {code}) before any path finished")
             parts[which] = json.loads(path.read_text())
-            if done.returncode:
-                parts[which]["exit_code"] = done.returncode
+            if code:
+                parts[which]["exit_code"] = code
     original, converted = parts["original"]["measured"], parts["converted"]["measured"]
-    # the original (multi-head) model's packed path is its SDPA path: the converted one's packed path is
-    # compared with the original's static path
-    speedup = {path: original[base]["ms_per_step"] / converted[path]["ms_per_step"]
-               for path, base in (("default", "default"), ("static_compiled", "static_compiled"), ("static", "static"),
-                                  ("static_compiled_packed", "static_compiled"), ("static_packed", "static"))
-               if base in original and path in converted}
+    speedup = speedups(original, converted)
     first = parts["original"]
     result = {
-        "bench": "gqa_decode", "weights": "random (speed only)", "processes": "one per model (fresh compile each)",
+        "bench": "gqa_decode", "weights": "random (speed only)",
+        "processes": "one per model (fresh compile each)" + (", at once on GPUs 0 and 1" if args.parallel else ""),
         **{k: first[k] for k in ("shape", "dtype", "device", "batch", "context", "new_tokens")},
-        "attention": "sdpa; *_packed: tensorllm.methods.gqa.packed_attention (decode reads each K/V head once)",
+        "attention": "sdpa; *_flex: flex_attention; *_packed / *_split: tensorllm.methods.gqa.packed_attention",
         "exit_codes": {w: parts[w].get("exit_code", 0) for w in parts}, "original": original, "converted": converted, "speedup": speedup,
         "seconds_convert": parts["converted"]["seconds_convert"], "versions": versions(),
     }
     emit_json(result, args.out)
+
+
+def _wait(proc: subprocess.Popen, timeout: float | None) -> int:
+    try:
+        return proc.wait(timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        return proc.wait()
 
 
 if __name__ == "__main__":

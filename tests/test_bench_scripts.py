@@ -31,9 +31,11 @@ def test_tucker_7b_both_starts_reach_the_same_decomposition(tmp_path):
 
 @pytest.mark.slow
 def test_gqa_decode_times_both_models_in_their_own_processes(tmp_path):
-    result = _run("gqa_decode.py", "--small", "--new-tokens", "4", "--repeats", "1", tmp_path=tmp_path)
+    result = _run("gqa_decode.py", "--small", "--new-tokens", "4", "--repeats", "1", "--parallel",
+                  "--child-timeout", "600", tmp_path=tmp_path)
     assert result["original"]["kv_heads"] == 8 and result["converted"]["kv_heads"] == 2
     assert result["converted"]["kv_cache_bytes_per_token"] * 4 == result["original"]["kv_cache_bytes_per_token"]
-    assert set(result["speedup"]) == {"default", "static", "static_packed"}
-    assert all(v > 0 for v in result["speedup"].values()) and result["exit_codes"] == {"original": 0, "converted": 0}
+    paths = {"default", "static", "static_packed", "static_split", "static_flex"}
+    assert set(result["speedup"]) == paths | {"best_vs_best"} and result["exit_codes"] == {"original": 0, "converted": 0}
+    assert all(result["speedup"][p] > 0 for p in paths) and result["speedup"]["best_vs_best"]["speedup"] > 0
     assert "static_packed" not in result["original"]  # multi-head: the packed path is SDPA's, timed once
