@@ -6,8 +6,11 @@
     python bench/search_scaling.py --root /tmp/sc --gpus 1,2 -- MODEL ... --device cpu --threads 1   # gloo
 
 Everything after `--` is passed to `tensorllm search` as it is, plus `--gpus N --store ROOT/gN`.
-Each store must not exist yet (a resumed store would time only the missing work). Reports, per
-process count: wall-clock seconds of the whole command (spawn, loads, every evaluation, report),
+Each store must not exist yet (a resumed store would time only the missing work). First, untimed,
+the same search with 16 items per split on the most processes (ROOT/warmup): it warms the disk
+cache and the GPUs, so the first timed count does not pay for a cold machine alone (`--no-warmup`
+skips it). Reports, per process count: wall-clock seconds of the whole command (spawn, loads, every
+evaluation, report), the set-up times rank 0 logged, the seconds of evaluation on the busiest rank,
 the median seconds of one validation evaluation, the speed-up over the first count, and whether
 every (configuration, split) result and the selected winner equal those of the first store.
 """
@@ -29,15 +32,20 @@ from common import emit_json  # bench/common.py
 def _store_summary(store: Path) -> dict:
     from tensorllm.search import Store
 
-    numbers, val_seconds = {}, []
+    numbers, val_seconds, per_rank = {}, [], {}
     for line in Store(store).lines():
         numbers[f"{line['key']}/{line['split']}"] = (line["accuracy"], line["loss"], line["n"])
+        per_rank[line["rank"]] = per_rank.get(line["rank"], 0.0) + line["seconds"]
         if line["split"] == "val":
             val_seconds.append(line["seconds"])
     report = json.loads((store / "report.json").read_text())
     winner = (report.get("roles") or {}).get("winner") or {}
     return {"numbers": numbers, "status": report.get("status"), "winner": winner.get("key"),
-            "winner_describe": winner.get("describe"), "median_val_seconds": statistics.median(val_seconds)}
+            "winner_describe": winner.get("describe"), "median_val_seconds": statistics.median(val_seconds),
+            "busiest_rank_seconds": round(max(per_rank.values()), 2),
+            "evaluations_per_rank": {r: sum(1 for line in Store(store).lines() if line["rank"] == r)
+                                     for r in sorted(per_rank)},
+            "setup_seconds": report["run"].get("setup_seconds")}
 
 
 def main() -> None:
@@ -46,6 +54,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--root", type=Path, required=True, help="the stores go to ROOT/g1, ROOT/g2, ...")
     ap.add_argument("--gpus", default="1,2", help="process counts, the first is the reference")
+    ap.add_argument("--no-warmup", action="store_true", help="skip the untimed warm-up search")
     ap.add_argument("--out", type=Path, default=None)
     args = ap.parse_args(argv[: argv.index("--")] if "--" in argv else argv)
     if not search_args:
@@ -56,6 +65,12 @@ def main() -> None:
     if taken:
         ap.error(f"stores exist already (the timing needs fresh ones): {', '.join(taken)}")
     env = dict(os.environ, NCCL_NVLS_ENABLE="0")  # NVLink multicast stays off
+    if not args.no_warmup:  # the last --limit-* / --store / --gpus given wins
+        cmd = [sys.executable, "-m", "tensorllm.cli", "search", *search_args, "--limit-val", "16", "--limit-test", "16",
+               "--gpus", str(max(counts)), "--store", str(args.root / "warmup")]
+        t0 = time.perf_counter()
+        subprocess.run(cmd, check=True, env=env, stdout=subprocess.DEVNULL)
+        print(f"warm-up: {time.perf_counter() - t0:.1f} s", file=sys.stderr, flush=True)
     rows = []
     for n in counts:
         cmd = [sys.executable, "-m", "tensorllm.cli", "search", *search_args, "--gpus", str(n),

@@ -10,16 +10,28 @@ import pytest
 import torch
 
 from tensorllm.search import Store, run_search
-from tensorllm.search.dist import World, world_from_env
+from tensorllm.search.dist import Claims, World, world_from_env
 
 from search_helpers import spec_for, store_numbers
 
 
-def test_world_share_is_round_robin():
-    items = list(range(7))
-    assert World(0, 3).share(items) == [0, 3, 6]
-    assert World(2, 3).share(items) == [2, 5]
-    assert sorted(sum((World(r, 3).share(items) for r in range(3)), [])) == items
+def test_claims_hand_each_index_to_exactly_one_rank(monkeypatch):
+    one = Claims(World(), "val", 3)
+    assert [one.next() for _ in range(5)] == [0, 1, 2, None, None] and one.left() == 0
+
+    from torch.distributed import HashStore, distributed_c10d
+
+    shared = HashStore()  # what the process group's store is to every rank
+    monkeypatch.setattr(distributed_c10d, "_get_default_store", lambda: shared)
+    ranks = [Claims(World(r, 3), "1/val", 7) for r in range(3)]
+    other = Claims(World(0, 3), "2/val", 2)  # another phase: its own counter
+    got: list[list[int]] = [[], [], []]
+    for r in (0, 0, 2, 1, 0, 2, 2, 1, 0):  # ranks asking in some order, some after all are taken
+        index = ranks[r].next()
+        if index is not None:
+            got[r].append(index)
+    assert sorted(sum(got, [])) == list(range(7)) and got[0] == [0, 1, 4]
+    assert ranks[1].left() == 0 and other.next() == 0
 
 
 def test_world_from_env(monkeypatch):
@@ -44,8 +56,9 @@ def test_two_spawned_gloo_processes_equal_one_process(search_tiny, tmp_path, one
     two = run_search(spec_for(search_tiny, tmp_path / "two", layers="all", gpus=2))
     assert store_numbers(tmp_path / "two") == store_numbers(store)
     assert two["roles"]["winner"]["key"] == report["roles"]["winner"]["key"]
-    per_rank = [p.read_text().count("\n") for p in Store(tmp_path / "two").files()]
-    assert len(per_rank) == 2 and all(n > 0 for n in per_rank)  # both ranks did a share
+    lines = [json.loads(line) for p in Store(tmp_path / "two").files() for line in p.read_text().splitlines()]
+    keys = [(line["key"], line["split"]) for line in lines]
+    assert len(keys) == len(set(keys)) == len(store_numbers(store))  # each evaluated once, by one rank or other
     assert (tmp_path / "two" / "heatmap.png").is_file()
 
 
@@ -96,6 +109,10 @@ def test_the_scaling_bench_runs_fresh_stores_and_compares_them(search_tiny, tmp_
     assert [r["processes"] for r in rows] == [1, 2]
     assert all(r["identical_to_first"] and r["status"] == "complete" and r["results"] >= 3 for r in rows)
     assert rows[0]["speedup"] == 1.0 and rows[1]["speedup"] > 0
+    for r in rows:  # every evaluation is counted on the rank that made it; rank 0's set-up is reported
+        assert sum(r["evaluations_per_rank"].values()) == r["results"] and r["busiest_rank_seconds"] > 0
+        assert set(r["setup_seconds"]) == {"start", "load", "task_check", "grid", "store"}
+    assert (tmp_path / "sc" / "warmup" / "report.json").is_file()  # the untimed warm-up ran first
     again = subprocess.run([sys.executable, bench, "--root", str(tmp_path / "sc"), "--", *search],
                            capture_output=True, text=True, timeout=60, cwd=os.path.dirname(bench))
     assert again.returncode == 2 and "stores exist already" in again.stderr

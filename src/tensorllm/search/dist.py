@@ -7,8 +7,10 @@ Two ways to run N processes, both data-parallel over configurations:
 - `torchrun --nproc-per-node N -m tensorllm.cli_search ...` starts them from outside; the
   search reads RANK / WORLD_SIZE / LOCAL_RANK and does not spawn again.
 
-Backend: NCCL between GPUs, gloo on CPU. The processes only ever meet at barriers (every
-decision is read from the shared store on disk, see store.py), so no tensor is communicated.
+Backend: NCCL between GPUs, gloo on CPU. The processes meet at barriers (every decision is read
+from the shared store on disk, see store.py) and take configurations from a shared counter in the
+process group's key-value store (`Claims`): whichever rank is free takes the next one, so a faster
+rank, or one that started earlier, does more. No tensor is communicated.
 Anything this module launches gets `NCCL_NVLS_ENABLE=0`: NVLink multicast (NVLS) stays off.
 
 `device_map_kwargs` / `input_device` are for the other kind of multi-GPU work, one model too big
@@ -45,9 +47,34 @@ class World:
     def is_main(self) -> bool:
         return self.rank == 0
 
-    def share(self, items: list) -> list:
-        """This rank's items: every size-th one, starting at its rank (index % size == rank)."""
-        return list(items[self.rank::self.size])
+
+
+class Claims:
+    """Hands out indices 0..n-1, each to exactly one rank, to whichever asks first.
+
+    All ranks build `Claims(world, tag, n)` with the same tag and n; `next()` returns this rank's next
+    index, or None when all n are taken. One process counts locally; several share a counter in the
+    process group's key-value store (`add` is atomic there). Tags must not repeat within one group."""
+
+    def __init__(self, world: World, tag: str, n: int):
+        self.n, self.tag, self.taken = n, f"tensorllm/claims/{tag}", 0
+        self.store = None
+        if world.size > 1:
+            from torch.distributed import distributed_c10d
+
+            self.store = distributed_c10d._get_default_store()
+
+    def next(self) -> int | None:
+        if self.store is None:
+            index = self.taken
+        else:
+            index = int(self.store.add(self.tag, 1)) - 1
+        self.taken = index + 1  # indices below this one are taken, by some rank
+        return index if index < self.n else None
+
+    def left(self) -> int:
+        """Indices no rank has taken yet, as far as this rank knows."""
+        return max(0, self.n - self.taken)
 
 
 def world_from_env() -> World | None:

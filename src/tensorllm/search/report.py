@@ -58,7 +58,7 @@ DELTAS = {"accuracy": ("val accuracy minus baseline", "points", "+.1f"),
 
 
 def build(grid: Grid, identity: dict, info: dict, val: dict[str, dict], test: dict[str, dict], roles: dict,
-          *, status: str, run_seconds: float, evaluated: int, cache=None) -> dict:
+          *, status: str, run_seconds: float, evaluated: int, cache=None, setup: dict | None = None) -> dict:
     from tensorllm.eval import get_task
 
     base = val.get(BASELINE.key)
@@ -104,7 +104,7 @@ def build(grid: Grid, identity: dict, info: dict, val: dict[str, dict], test: di
                      "delta": _delta(x["accuracy"], base_acc)} for x in ranked[:10]],
         "progress": {"configurations": len(configs), "val_done": len(done), "baseline_val": base is not None,
                      "test_done": sum(1 for c in roles.values() if c.key in test)},
-        "run": {"seconds": round(run_seconds, 2), "evaluated_this_run": evaluated,
+        "run": {"seconds": round(run_seconds, 2), "setup_seconds": setup, "evaluated_this_run": evaluated,
                 "eval_seconds_in_store": round(sum(x.get("seconds", 0.0) for x in every), 2),
                 "step_cache": {"hits": cache.hits, "misses": cache.misses} if cache is not None else None},
     }

@@ -148,6 +148,7 @@ class Search:
         self.started = time.perf_counter()
         self.deadline = self.started + spec.time_budget if spec.time_budget else None
         self.evaluated: list[str] = []  # "key/split" evaluated by this process in this run
+        self.phases = 0  # phases run so far: names this run's claim counters (the same on every rank)
 
     # -- setup ---------------------------------------------------------------------------------
     def _load(self, device: torch.device) -> None:
@@ -232,10 +233,22 @@ class Search:
 
     def _run(self, device: torch.device) -> dict | None:
         world = self.world
+        clock = time.perf_counter()
+
+        def lap(name: str) -> None:  # where the set-up time goes, logged and kept in the report
+            nonlocal clock
+            now_ = time.perf_counter()
+            self.setup[name] = round(now_ - clock, 2)
+            clock = now_
+
+        self.setup = {"start": round(clock - self.started, 2)}  # process group, threads
         self._load(device)
+        lap("load")
         self._check_task()
+        lap("task_check")
         identity, info = self._identity()
         self.grid = self._grid(identity)
+        lap("grid")
         self.store = Store(self.spec.store)
         self.writer = None
         try:
@@ -247,6 +260,8 @@ class Search:
             self.writer = self.store.writer(world.rank)
             self.applier = Applier(self.model, self.arch, tokenizer=self.tokenizer, seed=self.spec.seed,
                                    cache_bytes=self.spec.cache_bytes)
+            lap("store")
+            self.log("set-up: " + ", ".join(f"{k} {v:.1f} s" for k, v in self.setup.items()))
             return self._phases(identity, info)
         finally:
             if self.writer is not None:
@@ -268,7 +283,8 @@ class Search:
             result = report_mod.build(self.grid, identity, info, val, self.store.results("test"), roles,
                                       status="complete" if val_done and test_done else "partial",
                                       run_seconds=time.perf_counter() - self.started,
-                                      evaluated=len(self.evaluated), cache=self.applier.cache)
+                                      evaluated=len(self.evaluated), cache=self.applier.cache,
+                                      setup=self.setup)
             report_mod.write(self.store.root, result)
             self.log(f"report: {self.store.root / 'report.md'} ({result['status']})")
         dist.barrier(self.world)
@@ -290,26 +306,29 @@ class Search:
         return self.deadline is not None and time.perf_counter() >= self.deadline
 
     def _phase(self, split: str, configs: list[Config]) -> bool:
-        """Evaluate this rank's share of what the store lacks; True when the split is complete."""
+        """Evaluate what the store lacks, each configuration on whichever rank is free first; True when
+        the split is complete."""
         done = self.store.results(split)
         pending = [c for c in configs if c.key not in done]
-        mine = self.world.share(pending)
+        self.phases += 1
+        claims = dist.Claims(self.world, f"{self.phases}/{split}", len(pending))
         dist.barrier(self.world)  # every rank has read the same store before anyone appends to it
-        share = f"; {len(mine)} on this rank" if self.world.size > 1 else ""
+        share = f"; taken by whichever of the {self.world.size} ranks is free" if self.world.size > 1 else ""
         self.log(f"{split}: {len(configs) - len(pending)} of {len(configs)} configurations already in the store, "
                  f"{len(pending)} to evaluate{share}")
         t0 = time.perf_counter()
-        bar = self.spec.progress and self.world.is_main
-        for i, cfg in enumerate(track(mine, f"search ({split})", enabled=bar)):
-            if self._out_of_time():
-                self.log(f"time budget of {self.spec.time_budget:g} s reached: stopping; rerun to continue")
-                break
+        bar = track(iter(lambda: None if self._out_of_time() else claims.next(), None), f"search ({split})",
+                    enabled=self.spec.progress and self.world.size == 1, total=len(pending))
+        for i, index in enumerate(bar):
+            cfg = pending[index]
             line = self._evaluate(cfg, split)
             elapsed = time.perf_counter() - t0
-            eta = elapsed / (i + 1) * (len(mine) - i - 1)
+            eta = elapsed / (i + 1) * claims.left() / self.world.size
             acc = "-" if line["accuracy"] is None else f"{line['accuracy']:.2f}"
-            self.log(f"{split} {i + 1}/{len(mine)}  {cfg.describe()}  acc {acc}  loss {line['loss']:.4f}  "
+            self.log(f"{split} {index + 1}/{len(pending)}  {cfg.describe()}  acc {acc}  loss {line['loss']:.4f}  "
                      f"{line['seconds']:.1f} s  (eta {_fmt_seconds(eta)})")
+        if self._out_of_time() and claims.left():
+            self.log(f"time budget of {self.spec.time_budget:g} s reached: stopping; rerun to continue")
         dist.barrier(self.world)
         done = self.store.results(split)
         return all(c.key in done for c in configs)
