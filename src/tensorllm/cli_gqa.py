@@ -90,5 +90,9 @@ def print_report(report: dict) -> None:
     if ft:
         table.add_row("fine-tune KL (first / last 10)", f"{ft['kl_first']:.4f}" if ft["kl_first"] is not None else "-",
                       f"{ft['kl_last10']:.4f}" if ft["kl_last10"] is not None else "-")
+        curve = ft.get("curve") or []
+        if len(curve) > 1:
+            table.add_row(f"fine-tune held-out perplexity (step {curve[0]['step']} / {curve[-1]['step']})",
+                          f"{curve[0]['value']:.3f}", f"{curve[-1]['value']:.3f}")
     table.add_row("seconds (convert)", "", f"{report['seconds']['convert']:.1f}")
     console.print(table)

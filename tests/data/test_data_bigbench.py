@@ -156,3 +156,22 @@ def test_unreachable_index_says_what_to_do(cache, monkeypatch):
     with pytest.raises(UserError, match="cannot reach the package index.*--sdist PATH"):
         bb.fetch_bigbench(progress=False)
 
+
+
+def test_default_text_is_the_paragraph_sets_in_order_each_paragraph_once(cache, monkeypatch):
+    """New-Wikipedia first (so short runs read only it), then SQuAD dev's Wikipedia, then NYT."""
+    from tensorllm.data import TEXT_MEMBERS, default_calibration_text
+
+    cache.mkdir(parents=True)
+    paras = {"paragraphs": ["wiki one", "wiki two", "wiki one"], "wiki_squad_dev": ["dev one", "wiki two"],
+             "nyt": ["news one"]}
+    for key, texts in paras.items():
+        (cache / bb.MEMBERS[key]).parent.mkdir(parents=True, exist_ok=True)
+        doc = {"data": [{"title": key, "paragraphs": [{"context": f" {t} "} for t in texts]}]}
+        (cache / bb.MEMBERS[key]).write_text(json.dumps(doc))
+    for key in set(bb.MEMBERS) - set(paras):
+        (cache / bb.MEMBERS[key]).parent.mkdir(parents=True, exist_ok=True)
+        (cache / bb.MEMBERS[key]).write_text("{}")
+    (cache / "manifest.json").write_text(json.dumps({"members": list(bb.MEMBERS.values())}))
+    assert TEXT_MEMBERS == ("paragraphs", "wiki_squad_dev", "nyt")
+    assert default_calibration_text() == "wiki one\n\nwiki two\n\ndev one\n\nnews one"

@@ -14,6 +14,11 @@ Members kept (paths inside the sdist, below `bigbench-1.0.0/`):
   Wikipedia" set, 1,581 English Wikipedia paragraphs (48 articles, collected in 2019 by the SQuAD
   pipeline). Chosen for perplexity: plain encyclopaedic English prose, no markup, and unlike
   SQuAD v1.1's own dev set not the most copied paragraphs on the web.
+- `wiki_squad_dev`: `bigbench/benchmark_tasks/squad_shifts/squaddev_v1.1.json`: SQuAD v1.1's dev
+  set, 2,067 English Wikipedia paragraphs of 48 other articles; `nyt`: `.../nyt_v1.0.json`,
+  SQuADShifts' 2,017 New York Times paragraphs (797 articles). Both only lengthen the default
+  English text (`tensorllm.data.default_calibration_text`) after the new-Wikipedia paragraphs:
+  more distinct text for a long fine-tune.
 
 Cache: `$TENSORLLM_CACHE/data/bigbench/bigbench-1.0.0/` plus `manifest.json` (written last).
 A local copy of the sdist can be given with `--sdist PATH` or `TENSORLLM_BIGBENCH_SDIST`.
@@ -51,6 +56,8 @@ MEMBERS: dict[str, str] = {
     "qa_wikidata": "bigbench/benchmark_tasks/qa_wikidata/task.json",
     "fever": "bigbench/benchmark_tasks/fact_checker/fever/task.json",
     "paragraphs": "bigbench/benchmark_tasks/squad_shifts/new_wiki_v1.0.json",
+    "wiki_squad_dev": "bigbench/benchmark_tasks/squad_shifts/squaddev_v1.1.json",
+    "nyt": "bigbench/benchmark_tasks/squad_shifts/nyt_v1.0.json",
 }
 
 
@@ -77,7 +84,7 @@ def _complete(directory: Path) -> bool:
 
 
 def bigbench_file(key: str) -> Path:
-    """Path of one kept member (`qa_wikidata`, `fever`, `paragraphs`); fetches on first use."""
+    """Path of one kept member (a key of MEMBERS); fetches on first use."""
     directory = data_dir()
     if not _complete(directory):
         fetch_bigbench()

@@ -136,3 +136,7 @@ def test_fine_tune_text_follows_calibration_and_precedes_held_out(run_cli, check
     assert torch.equal(seen["held_out"].flatten(), ids[896:896 + 256])
     report = json.loads((out / "report.json").read_text())
     assert report["eval"]["train_tokens"] == 384 and report["summary"]["finetune"]["train_tokens"] == 384
+    curve = report["summary"]["finetune"]["curve"]  # the held-out perplexity the export would have, per step
+    assert [c["step"] for c in curve] == [0, 1, 2] and curve[0]["value"] > 0
+    assert curve[-1]["value"] == pytest.approx(report["after"]["perplexity"], rel=1e-4)
+    assert "fine-tune held-out perplexity (step 0 / 2)" in stdout
