@@ -19,6 +19,7 @@ from tensorllm.methods.laser import LaserConfig
 from tensorllm.methods.tucker import (
     TuckerConfig,
     auto_ranks,
+    singular_values,
     compress_layer,
     from_tensor,
     ranks_for_rate,
@@ -267,6 +268,17 @@ def test_low_rank_error_is_reported_and_consistent():
     for n in ("q", "k", "v", "o"):
         assert rec["rel_error_per_matrix"][n] == pytest.approx(rel(getattr(new, n), getattr(w, n)), rel=1e-9)
     assert rec["converged"] and rec["hooi_iterations"] >= 1
+
+
+@pytest.mark.parametrize("shape", [(40, 300), (300, 40), (64, 64)])
+def test_singular_values_from_the_gram_matrix_match_an_svd(shape):
+    gen = torch.Generator().manual_seed(3)
+    mat = torch.randn(*shape, generator=gen, dtype=torch.float64)
+    mat[:, : shape[1] // 2] *= 1e-3  # a spread of magnitudes, as a denoised unfolding has
+    want = torch.linalg.svdvals(mat)
+    got = singular_values(mat)
+    assert got.shape == want.shape and torch.all(got[:-1] >= got[1:])
+    assert torch.allclose(got, want, rtol=1e-9, atol=1e-10 * float(want[0]))  # squaring: small ones lose digits
 
 
 def test_auto_ranks_are_valid_and_find_a_planted_subspace():
