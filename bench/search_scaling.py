@@ -10,7 +10,8 @@ Each store must not exist yet (a resumed store would time only the missing work)
 the same search with 16 items per split on the most processes (ROOT/warmup): it warms the disk
 cache and the GPUs, so the first timed count does not pay for a cold machine alone (`--no-warmup`
 skips it). Reports, per process count: wall-clock seconds of the whole command (spawn, loads, every
-evaluation, report), the set-up times rank 0 logged, the seconds of evaluation on the busiest rank,
+evaluation, report), the set-up times rank 0 logged, the seconds of evaluation on the busiest rank
+and each rank's evaluation time by phase (tokenise, generate, judge, loss),
 the median seconds of one validation evaluation, the speed-up over the first count, and whether
 every (configuration, split) result and the selected winner equal those of the first store.
 """
@@ -32,10 +33,13 @@ from common import emit_json  # bench/common.py
 def _store_summary(store: Path) -> dict:
     from tensorllm.search import Store
 
-    numbers, val_seconds, per_rank = {}, [], {}
+    numbers, val_seconds, per_rank, per_rank_phases = {}, [], {}, {}
     for line in Store(store).lines():
         numbers[f"{line['key']}/{line['split']}"] = (line["accuracy"], line["loss"], line["n"])
         per_rank[line["rank"]] = per_rank.get(line["rank"], 0.0) + line["seconds"]
+        phases = per_rank_phases.setdefault(line["rank"], {})
+        for name, sec in (line["eval"].get("seconds_by_phase") or {}).items():
+            phases[name] = round(phases.get(name, 0.0) + sec, 2)
         if line["split"] == "val":
             val_seconds.append(line["seconds"])
     report = json.loads((store / "report.json").read_text())
@@ -45,7 +49,8 @@ def _store_summary(store: Path) -> dict:
             "busiest_rank_seconds": round(max(per_rank.values()), 2),
             "evaluations_per_rank": {r: sum(1 for line in Store(store).lines() if line["rank"] == r)
                                      for r in sorted(per_rank)},
-            "setup_seconds": report["run"].get("setup_seconds")}
+            "setup_seconds": report["run"].get("setup_seconds"),
+            "eval_seconds_by_phase_per_rank": per_rank_phases}
 
 
 def main() -> None:

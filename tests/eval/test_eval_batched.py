@@ -69,6 +69,9 @@ def test_generative_batched_equals_reference(request, jsonl, which, batch_size):
             assert x["nll_sum"] / x["tokens"] == pytest.approx(r["nll"], abs=1e-4)
         assert res.accuracy == pytest.approx(100.0 * sum(r[mode] for r in ref) / 25)
         assert res.loss == pytest.approx(sum(r["nll"] for r in ref) / 25, abs=1e-4)
+        phases = res.seconds_by_phase  # where the evaluation's time went, inside its total
+        assert set(phases) == {"tokenise", "generate", "judge", "loss"} and all(v >= 0 for v in phases.values())
+        assert sum(phases.values()) <= res.seconds and res.to_dict()["seconds_by_phase"] == phases
     assert any(r["faithful"] for r in ref)  # not vacuous: some items are judged correct
 
 

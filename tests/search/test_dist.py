@@ -112,6 +112,7 @@ def test_the_scaling_bench_runs_fresh_stores_and_compares_them(search_tiny, tmp_
     for r in rows:  # every evaluation is counted on the rank that made it; rank 0's set-up is reported
         assert sum(r["evaluations_per_rank"].values()) == r["results"] and r["busiest_rank_seconds"] > 0
         assert set(r["setup_seconds"]) == {"start", "load", "task_check", "grid", "store"}
+        assert {"tokenise", "generate", "judge", "loss"} <= set(r["eval_seconds_by_phase_per_rank"]["0"])
     assert (tmp_path / "sc" / "warmup" / "report.json").is_file()  # the untimed warm-up ran first
     again = subprocess.run([sys.executable, bench, "--root", str(tmp_path / "sc"), "--", *search],
                            capture_output=True, text=True, timeout=60, cwd=os.path.dirname(bench))

@@ -17,7 +17,8 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import asdict, dataclass
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
 
 from tensorllm.errors import UserError
 from tensorllm.eval import decoder, encoder
@@ -45,6 +46,7 @@ class EvalResult:
     source: str = ""
     skipped: int = 0  # records of the source that the task's rules dropped
     examples: list[dict] | None = None  # per-example details when keep_examples=True
+    seconds_by_phase: dict[str, float] | None = None  # decoder tasks: tokenise, generate, judge, loss (as run)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -56,6 +58,17 @@ class _Run:
     max_batch_tokens: int
     progress: bool
     answer_mode: str
+    phases: dict[str, float] = field(default_factory=dict)
+
+    @contextmanager
+    def timed(self, phase: str):
+        """Add the block's wall time to `phases[phase]` (the model's outputs come back to the host
+        inside each block, so the device's work is in it)."""
+        t0 = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.phases[phase] = round(self.phases.get(phase, 0.0) + time.perf_counter() - t0, 4)
 
 
 def model_kind(model) -> str:
@@ -112,7 +125,7 @@ def evaluate(model, tokenizer, task: str | TaskSpec, split: str = "val", limit: 
                     "correct": correct[i] if correct else None, "nll_sum": nll[i][0], "tokens": nll[i][1]}
                    for i, e in enumerate(items)]
     return EvalResult(spec.name, split, len(items), accuracy, loss, ppl, metric, mode, kind,
-                      time.perf_counter() - start, batch_size, source, skipped, details)
+                      time.perf_counter() - start, batch_size, source, skipped, details, run.phases or None)
 
 
 def check_answer_mode(answer_mode: str) -> None:
@@ -167,23 +180,28 @@ def _decoder_ids(model, tokenizer) -> tuple[list[int], int]:
 
 
 def _teacher_forced(model, tokenizer, items: list[Example], pad: int, run: _Run):
-    spans = answer_spans(tokenizer, [e.prompt for e in items], [e.answer for e in items])
-    return decoder.sequence_nll(model, [ids[:end] for ids, _, end in spans], [end - s for _, s, end in spans],
-                                pad_id=pad, batch_size=run.batch_size, max_batch_tokens=run.max_batch_tokens,
-                                progress=run.progress)
+    with run.timed("tokenise"):
+        spans = answer_spans(tokenizer, [e.prompt for e in items], [e.answer for e in items])
+    with run.timed("loss"):
+        return decoder.sequence_nll(model, [ids[:end] for ids, _, end in spans], [end - s for _, s, end in spans],
+                                    pad_id=pad, batch_size=run.batch_size, max_batch_tokens=run.max_batch_tokens,
+                                    progress=run.progress)
 
 
 def _decoder_generate(model, tokenizer, spec, items, run):
     eos_ids, pad = _decoder_ids(model, tokenizer)
-    prompts = encode(tokenizer, [e.prompt for e in items])
-    conts = decoder.greedy_generate(model, prompts, max_new_tokens=spec.max_new_tokens, eos_ids=eos_ids,
-                                    pad_id=pad, min_new_tokens=1, batch_size=run.batch_size,
-                                    max_batch_tokens=run.max_batch_tokens, progress=run.progress)
-    decode = dict(skip_special_tokens=True, clean_up_tokenization_spaces=False)
-    new_text = tokenizer.batch_decode(conts, **decode)
-    judged = (tokenizer.batch_decode([p + c for p, c in zip(prompts, conts)], **decode)
-              if run.answer_mode == "faithful" else new_text)
-    correct = [answer_in_text(e.answer, t) for e, t in zip(items, judged)]
+    with run.timed("tokenise"):
+        prompts = encode(tokenizer, [e.prompt for e in items])
+    with run.timed("generate"):
+        conts = decoder.greedy_generate(model, prompts, max_new_tokens=spec.max_new_tokens, eos_ids=eos_ids,
+                                        pad_id=pad, min_new_tokens=1, batch_size=run.batch_size,
+                                        max_batch_tokens=run.max_batch_tokens, progress=run.progress)
+    with run.timed("judge"):
+        decode = dict(skip_special_tokens=True, clean_up_tokenization_spaces=False)
+        new_text = tokenizer.batch_decode(conts, **decode)
+        judged = (tokenizer.batch_decode([p + c for p, c in zip(prompts, conts)], **decode)
+                  if run.answer_mode == "faithful" else new_text)
+        correct = [answer_in_text(e.answer, t) for e, t in zip(items, judged)]
     nll = _teacher_forced(model, tokenizer, items, pad, run)
     return "generate-substring", run.answer_mode, correct, nll, new_text
 
