@@ -201,7 +201,7 @@ def check_output_dir(out: Path, inputs: list[Path | None], overwrite: bool) -> P
     return out
 
 
-def save_checkpoint(loaded: Loaded, out: Path, *, overwrite: bool = False, extra_files: dict[str, str] | None = None,
+def save_checkpoint(loaded: Loaded, out: Path, *, overwrite: bool = False, extra_files: dict[str, str | bytes] | None = None,
                     extra_dirs: dict[str, Path] | None = None) -> Path:
     """Write a plain checkpoint (safetensors + config + tokenizer + extra text files) atomically."""
     from tensorllm.cache import atomic_dir
@@ -212,8 +212,11 @@ def save_checkpoint(loaded: Loaded, out: Path, *, overwrite: bool = False, extra
         loaded.model.save_pretrained(tmp, safe_serialization=True)
         if loaded.tokenizer is not None:
             loaded.tokenizer.save_pretrained(tmp)
-        for name, text in (extra_files or {}).items():
-            (tmp / name).write_text(text, encoding="utf-8")
+        for name, data in (extra_files or {}).items():
+            if isinstance(data, bytes):
+                (tmp / name).write_bytes(data)
+            else:
+                (tmp / name).write_text(data, encoding="utf-8")
         for name, src in (extra_dirs or {}).items():
             shutil.copytree(src, tmp / name)
     return out

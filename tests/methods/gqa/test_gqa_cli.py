@@ -140,3 +140,5 @@ def test_fine_tune_text_follows_calibration_and_precedes_held_out(run_cli, check
     assert [c["step"] for c in curve] == [0, 1, 2] and curve[0]["value"] > 0
     assert curve[-1]["value"] == pytest.approx(report["after"]["perplexity"], rel=1e-4)
     assert "fine-tune held-out perplexity (step 0 / 2)" in stdout
+    png = (out / "finetune.png").read_bytes()
+    assert png.startswith(b"\x89PNG") and len(png) > 10_000

@@ -1,4 +1,5 @@
-"""`tensorllm gqa` end to end: load, measure, convert, measure, save checkpoint + recipe + report.
+"""`tensorllm gqa` end to end: load, measure, convert, measure, save checkpoint + recipe + report
+(+ finetune.png after a recovery fine-tune).
 
 Held-out perplexity uses the tokens right after the ones the method reads (calibration, then the
 fine-tune's `train_tokens`) in the same text, so they never overlap.
@@ -16,6 +17,7 @@ from tensorllm.methods.gqa.calibrate import chunk
 from tensorllm.methods.gqa.convert import check_convertible
 from tensorllm.methods.gqa.measure import decode_tokens_per_s, kv_cache_bytes_per_token, perplexity
 from tensorllm.methods.gqa.method import convert_on_text, text_tokens
+from tensorllm.methods.gqa.plot import finetune_png
 from tensorllm.models.io import check_output_dir, load_model, resolve_device, save_checkpoint
 from tensorllm.recipe import Recipe
 from tensorllm.report import versions
@@ -74,7 +76,9 @@ def run_gqa(model_spec: str, out: Path, recipe: Recipe, *, eval_tokens: int = 81
         "seconds": {"load_and_tokenise": t_load, "convert": t_convert, "total_before_save": time.perf_counter() - t0},
         "versions": versions(),
     }
-    text = json.dumps(report, indent=2, default=str)
-    out = save_checkpoint(loaded, out, overwrite=overwrite,
-                          extra_files={"recipe.yaml": recipe.to_yaml(), "report.json": text})
+    extra = {"recipe.yaml": recipe.to_yaml(), "report.json": json.dumps(report, indent=2, default=str)}
+    if "finetune" in result["summary"]:
+        extra["finetune.png"] = finetune_png(result["summary"]["finetune"], before=before["perplexity"],
+                                             title=f"{model_spec} -> {cfg.kv_heads} K/V heads: recovery fine-tune")
+    out = save_checkpoint(loaded, out, overwrite=overwrite, extra_files=extra)
     return out, report
