@@ -79,6 +79,7 @@ def main() -> None:
     ap.add_argument("--train-tokens", type=int, default=0,
                     help="fine-tune on this many tokens after the held-out ones (0: on the calibration tokens)")
     ap.add_argument("--train-precision", default="auto", help="auto (bfloat16 autocast on CUDA), bfloat16, float32")
+    ap.add_argument("--train-scope", choices=["attention", "all"], default="attention")
     ap.add_argument("--train-dir", default=None, help="fine-tune checkpoints; rerunning resumes from them")
     ap.add_argument("--device", default=None)
     ap.add_argument("--out", type=Path, default=None)
@@ -130,6 +131,7 @@ def main() -> None:
                                                              lr_schedule=args.lr_schedule,
                                                              train_batch_size=batch,
                                                              train_precision=args.train_precision,
+                                                             train_scope=args.train_scope,
                                                              train_dir=args.train_dir)))
     rows = []
     for name, opts in variants:

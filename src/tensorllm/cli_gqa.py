@@ -40,6 +40,7 @@ def gqa(
     lr_schedule: str = typer.Option("cosine", help="cosine (2% warm-up, then down to lr/10) | constant."),
     train_precision: str = typer.Option("auto", help="Fine-tune products: auto (bfloat16 autocast on CUDA), "
                                                       "bfloat16, float32."),
+    train_scope: str = typer.Option("attention", help="Fine-tuned weights: attention (Q, O, shared K/V) | all."),
     train_dir: Optional[Path] = typer.Option(None, help="Fine-tune checkpoints (resumed from); default OUT.train/."),
     overwrite: bool = typer.Option(False, help="Replace --out if it exists."),
     device: str = typer.Option("auto", help="auto, cpu, cuda, cuda:1, ..."),
@@ -55,7 +56,7 @@ def gqa(
     opts = dict(kv_heads=kv_heads, grouping=grouping, align=align, calib_tokens=calib_tokens, seq_len=seq_len,
                 train_steps=train_steps, train_tokens=train_tokens, train_batch_size=train_batch_size, lr=lr,
                 lr_schedule=lr_schedule,
-                train_precision=train_precision,
+                train_precision=train_precision, train_scope=train_scope,
                 calib_file=str(calib_file) if calib_file else None, train_dir=str(train_dir) if train_dir else None)
     recipe = Recipe.single("gqa", dtype=dtype, device=device, seed=seed, **opts)
     path, report = run_gqa(model, out, recipe, eval_tokens=eval_tokens, decode_tokens=decode_tokens,

@@ -185,3 +185,21 @@ def test_the_monitor_sees_the_model_an_export_would_give():
     assert curve[-1]["value"] == pytest.approx(_held_out_kl(trained, teacher), rel=1e-5)
     assert curve[-1]["value"] < curve[0]["value"]
     assert info["lr_schedule"] == "cosine"
+
+
+@pytest.mark.parametrize("scope", ["attention", "all"])
+def test_train_scope_decides_which_weights_move(scope, tmp_path):
+    arch = spec_for(_model().config)
+    before = _model()
+    model = _model()
+    cfg = _cfg(train_steps=4, lr=3e-3, train_scope=scope, train_dir=str(tmp_path))
+    convert(model, arch, cfg, CALIB, progress=False)
+    mlp = [n for n, _ in before.named_parameters() if ".mlp." in n or "norm" in n or "embed" in n]
+    moved = {n for n, p in before.named_parameters()
+             if n in mlp and not torch.equal(p, dict(model.named_parameters())[n])}
+    assert (moved == set(mlp)) if scope == "all" else not moved
+    assert model.config.num_key_value_heads == 1 and all(p.requires_grad for p in model.parameters())
+    with pytest.raises(UserError, match="different conversion"):  # a checkpoint of the other scope is not resumed
+        other = "attention" if scope == "all" else "all"
+        convert(_model(), arch, _cfg(train_steps=6, lr=3e-3, train_scope=other, train_dir=str(tmp_path)), CALIB,
+                progress=False)

@@ -26,7 +26,10 @@ class GQAConfig:
     train_tokens      fine-tune text: the tokens that follow the calibration tokens in the same text
                       (0 = train on the calibration tokens); a long run needs far more text than the
                       grouping does, and reusing 32k tokens thousands of times overfits them
-    lr                peak learning rate of the trained weights (Q, O, shared K/V of every layer)
+    lr                peak learning rate of the trained weights
+    train_scope       "attention": Q, O and the shared K/V of every layer are trained; "all": every
+                      weight of the model (MLPs, norms, embeddings too) except the original K/V heads
+                      the gates hand over from
     lr_schedule       "cosine": linear warm-up over 2% of the steps, then a cosine down to lr / 10;
                       "constant": lr throughout
     gate_lr           learning rate of the gates' log-alpha and the Lagrange multipliers; None = 10 / warm-up
@@ -59,6 +62,7 @@ class GQAConfig:
     train_dir: str | None = None
     save_every: int = 200
     train_precision: Literal["auto", "bfloat16", "float32"] = "auto"
+    train_scope: Literal["attention", "all"] = "attention"
 
     def validate(self) -> None:
         positive = {"kv_heads": self.kv_heads, "calib_tokens": self.calib_tokens, "restarts": self.restarts,

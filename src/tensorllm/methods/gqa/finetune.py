@@ -7,7 +7,8 @@ z_j is a hard-concrete gate (Louizos et al. 2018): z = 1 keeps the original mode
 pure GQA. The expected share of closed gates is pushed to a target that rises linearly from 0
 to 1 over the first `sparsity_warmup` of the steps, with Lagrange multipliers (Xia et al.,
 Sheared LLaMA); the loss is the KL divergence from the original model's next-token
-distribution on the calibration text. Q, O and the shared K/V of every layer are trained,
+distribution on the calibration text. Q, O and the shared K/V of every layer are trained
+(`train_scope: all`: every weight but the original K/V heads),
 at a learning rate that warms up over the first 2% of the steps and then follows a cosine down
 to a tenth of `lr` (`lr_schedule: cosine`, the default) or stays at `lr` (`constant`).
 At the end the gates are closed and the shared heads become the GQA checkpoint's K/V.
@@ -136,13 +137,16 @@ def _uninstall_as_gqa(model, arch, groups: int) -> None:
     set_kv_heads(model, arch, groups)
 
 
-def _trainable(model, arch) -> list[tuple[str, nn.Parameter]]:
-    model.requires_grad_(False)
+def _trainable(model, arch, scope: str) -> list[tuple[str, nn.Parameter]]:
+    """The parameters the fine-tune trains: the gates always; "attention": Q, O and the shared K/V;
+    "all": every weight but the frozen original K/V heads inside the gated wrappers."""
+    model.requires_grad_(scope == "all")
     for block in blocks(model, arch):
         for path in (arch.q, arch.o):
             get_module(block, path).requires_grad_(True)
         for path in (arch.k, arch.v):
             wrapper = get_module(block, path)
+            wrapper.own.requires_grad_(False)
             wrapper.shared.requires_grad_(True)
             wrapper.gates.requires_grad_(True)
     return [(n, p) for n, p in model.named_parameters() if p.requires_grad]
@@ -183,7 +187,7 @@ def finetune(model: nn.Module, arch: ArchSpec, teacher: nn.Module, shared: list,
     n_heads = model.config.num_key_value_heads
     flags = {n: p.requires_grad for n, p in model.named_parameters()}
     gates = _install(model, arch, shared, head_dim, n_heads)
-    named = _trainable(model, arch)
+    named = _trainable(model, arch, cfg.train_scope)
     gate_ids = {id(g.log_alpha) for g in gates}
     weights = [p for _, p in named if id(p) not in gate_ids]
     lambdas = nn.Parameter(torch.zeros(2, device=device))
