@@ -94,6 +94,8 @@ def measure(model, prompt, new_tokens, repeats, compile_ok: bool, paths: list[st
                 kw["compile_config"] = CompileConfig(fullgraph=True, mode="reduce-overhead")
         attention = "sdpa" if path == "default" else ATTENTION.get(path) or register_packed(
             "split" if path == "split" else "sdpa")
+        if compile_ok:
+            torch._dynamo.reset()  # each compiled path starts clean, far from dynamo's recompile limit
         try:
             model.set_attn_implementation(attention)
             out[name] = decode_step_ms(model, prompt, new_tokens, repeats=repeats, **kw)
@@ -146,8 +148,10 @@ def one_model(args, which: str) -> dict:
     info = {"which": which, "seconds_convert": seconds_convert, "shape": shape, "dtype": str(dtype),
             "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
             "batch": batch, "context": context, "new_tokens": new_tokens}
-    measure(model, prompt, new_tokens, args.repeats, compile_ok=device.type == "cuda", paths=args.paths.split(","),
-            save=lambda out: emit_json({**info, "measured": out}, args.out, quiet=True))
+    out = measure(model, prompt, new_tokens, args.repeats, compile_ok=device.type == "cuda",
+                  paths=args.paths.split(","), save=lambda out: emit_json({**info, "measured": out}, args.out, quiet=True))
+    if args.out is None:
+        emit_json({**info, "measured": out}, None)
 
 
 def main() -> None:
@@ -167,7 +171,8 @@ def main() -> None:
                          "static (transformers' SDPA); all but default use a static cache, compiled on CUDA")
     ap.add_argument("--parallel", action="store_true",
                     help="time the two models at once, the original on GPU 0 and the converted on GPU 1")
-    ap.add_argument("--child-timeout", type=float, default=None, help="seconds per model's process")
+    ap.add_argument("--child-timeout", type=float, default=None,
+                    help="seconds each model's process may run (with --parallel: both together)")
     ap.add_argument("--out", type=Path, default=None)
     args = ap.parse_args()
     unknown = set(args.paths.split(",")) - set(PATHS)
@@ -179,21 +184,31 @@ def main() -> None:
     parts = {}
     with tempfile.TemporaryDirectory() as tmp:
         jobs = {}
-        for i, which in enumerate(("original", "converted")):  # beside --out, so a run cut short leaves them
-            path = args.out.with_name(f"{args.out.stem}.{which}.json") if args.out else Path(tmp) / f"{which}.json"
-            path.unlink(missing_ok=True)
-            cmd = [sys.executable, __file__, *sys.argv[1:], "--only", which, "--out", str(path)]
-            env = {**os.environ, "CUDA_VISIBLE_DEVICES": str(i)} if args.parallel else None
-            jobs[which] = (path, subprocess.Popen(cmd, stdout=subprocess.DEVNULL, env=env))
-            if not args.parallel:
-                _wait(jobs[which][1], args.child_timeout)
-        for which, (path, proc) in jobs.items():
-            code = _wait(proc, args.child_timeout)
-            if not path.is_file():
-                raise SystemExit(f"timing the {which} model failed (exit {code}) before any path finished")
-            parts[which] = json.loads(path.read_text())
-            if code:
-                parts[which]["exit_code"] = code
+        deadline = time.monotonic() + args.child_timeout if args.child_timeout else None
+        visible = [d for d in os.environ.get("CUDA_VISIBLE_DEVICES", "0,1").split(",") if d.strip()]
+        try:
+            for i, which in enumerate(("original", "converted")):  # beside --out, so a cut run leaves them
+                path = (args.out.with_name(f"{args.out.stem}.{which}.json") if args.out
+                        else Path(tmp) / f"{which}.json")
+                path.unlink(missing_ok=True)
+                cmd = [sys.executable, __file__, *sys.argv[1:], "--only", which, "--out", str(path)]
+                env = {**os.environ, "CUDA_VISIBLE_DEVICES": visible[i % len(visible)]} if args.parallel else None
+                jobs[which] = (path, subprocess.Popen(cmd, stdout=subprocess.DEVNULL, env=env))
+                if not args.parallel:
+                    _wait(jobs[which][1], deadline)
+                    deadline = time.monotonic() + args.child_timeout if args.child_timeout else None
+            for which, (path, proc) in jobs.items():
+                code = _wait(proc, deadline)
+                if not path.is_file():
+                    raise SystemExit(f"timing the {which} model failed (exit {code}) before any path finished")
+                parts[which] = json.loads(path.read_text())
+                if code:
+                    parts[which]["exit_code"] = code
+        finally:  # a model that failed must not leave the other one running on its GPU
+            for _, proc in jobs.values():
+                if proc.poll() is None:
+                    proc.kill()
+                    proc.wait()
     original, converted = parts["original"]["measured"], parts["converted"]["measured"]
     speedup = speedups(original, converted)
     first = parts["original"]
@@ -208,9 +223,10 @@ def main() -> None:
     emit_json(result, args.out)
 
 
-def _wait(proc: subprocess.Popen, timeout: float | None) -> int:
+def _wait(proc: subprocess.Popen, deadline: float | None) -> int:
+    """The process's exit code; killed when time.monotonic() passes `deadline` first."""
     try:
-        return proc.wait(timeout)
+        return proc.wait(None if deadline is None else max(0.0, deadline - time.monotonic()))
     except subprocess.TimeoutExpired:
         proc.kill()
         return proc.wait()

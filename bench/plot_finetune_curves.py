@@ -12,7 +12,7 @@ import argparse
 import re
 from pathlib import Path
 
-LINE = re.compile(r"step (\d+)/(\d+)\s+monitor ([0-9.]+)\s+(\d+) s")
+LINE = re.compile(r"step (\d+)/(\d+)\s+monitor (\S+)\s+(\d+) s")  # the value may read inf or nan
 
 
 def curve(paths: list[Path]) -> list[tuple[int, float, float]]:
@@ -46,6 +46,8 @@ def main() -> None:
     for run in args.runs:
         name, _, files = run.partition("=")
         pts = curve([Path(f) for f in files.split("+")])
+        if not pts:
+            raise SystemExit(f"{files}: no 'step N/M  monitor V  T s' lines (a run with --train-steps logs them)")
         ax.plot([p[2] / 60 for p in pts], [p[1] for p in pts], marker=".", label=name)
     ax.axhline(args.original, color="k", lw=0.8, label=f"original {args.original:.2f}")
     ax.axhline(args.target * args.original, color="r", ls="--", lw=0.8,

@@ -66,7 +66,7 @@ def main() -> None:
         ap.error("give the search after `--` (MODEL --task ... --device ...)")
     counts = [int(n) for n in args.gpus.split(",")]
     stores = {n: args.root / f"g{n}" for n in counts}
-    taken = [str(s) for s in stores.values() if s.exists()]
+    taken = [str(s) for s in [*stores.values(), args.root / "warmup"] if s.exists()]
     if taken:
         ap.error(f"stores exist already (the timing needs fresh ones): {', '.join(taken)}")
     env = dict(os.environ, NCCL_NVLS_ENABLE="0")  # NVLink multicast stays off

@@ -175,3 +175,16 @@ def test_default_text_is_the_paragraph_sets_in_order_each_paragraph_once(cache, 
     (cache / "manifest.json").write_text(json.dumps({"members": list(bb.MEMBERS.values())}))
     assert TEXT_MEMBERS == ("paragraphs", "wiki_squad_dev", "nyt")
     assert default_calibration_text() == "wiki one\n\nwiki two\n\ndev one\n\nnews one"
+
+
+def test_a_cache_from_before_a_member_was_added_serves_the_members_it_has(cache, monkeypatch):
+    old = ["qa_wikidata", "fever", "paragraphs"]
+    for key in old:
+        (cache / bb.MEMBERS[key]).parent.mkdir(parents=True, exist_ok=True)
+        (cache / bb.MEMBERS[key]).write_bytes(CONTENT[bb.MEMBERS[key]])
+    (cache / "manifest.json").write_text(json.dumps({"members": [bb.MEMBERS[k] for k in old]}))
+    fetches = []
+    monkeypatch.setattr(bb, "fetch_bigbench", lambda *a, **k: fetches.append(1))
+    assert bb.bigbench_file("qa_wikidata") == cache / bb.MEMBERS["qa_wikidata"] and not fetches  # offline
+    bb.bigbench_file("nyt")  # a member it lacks: fetched
+    assert fetches == [1]

@@ -116,6 +116,7 @@ def test_label_logit_classification_equals_reference(tiny_llama, jsonl):
     assert res.accuracy == pytest.approx(100.0 * sum(want_correct) / len(items))
     assert res.loss == pytest.approx(sum(want_nll) / len(items), abs=1e-5)
     assert 0 < sum(want_correct) < len(items)  # the comparison is not vacuous
+    assert set(res.seconds_by_phase) == {"tokenise", "score"}  # single-token labels: no separate loss pass
 
 
 def test_bios_eight_labels(tiny_gpt2, jsonl):

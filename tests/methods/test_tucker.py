@@ -281,6 +281,13 @@ def test_singular_values_from_the_gram_matrix_match_an_svd(shape):
     assert torch.allclose(got, want, rtol=1e-9, atol=1e-10 * float(want[0]))  # squaring: small ones lose digits
 
 
+def test_singular_values_of_a_nearly_low_rank_matrix_come_from_an_svd():
+    gen = torch.Generator().manual_seed(5)
+    mat = torch.randn(64, 5, generator=gen, dtype=torch.float64) @ torch.randn(5, 2048, generator=gen,
+                                                                             dtype=torch.float64)
+    assert torch.equal(singular_values(mat), torch.linalg.svdvals(mat))  # rank 5: the Gram route would lie
+
+
 def test_auto_ranks_are_valid_and_find_a_planted_subspace():
     for noise in (1e-3, 0.1):
         w = make_weights(D=64, H=4, d=8, planted=6, noise=noise, seed=6)

@@ -33,6 +33,13 @@ def test_claims_hand_each_index_to_exactly_one_rank(monkeypatch):
     assert sorted(sum(got, [])) == list(range(7)) and got[0] == [0, 1, 4]
     assert ranks[1].left() == 0 and other.next() == 0
 
+    from tensorllm.search.dist import run_index
+
+    # two searches one after the other in the same 3-rank group: every rank agrees on 0, then on 1
+    assert [run_index(World(r, 3)) for r in (2, 0, 1)] == [0, 0, 0]
+    assert [run_index(World(r, 3)) for r in (1, 2, 0)] == [1, 1, 1]
+    assert run_index(World()) == 0
+
 
 def test_world_from_env(monkeypatch):
     for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE"):

@@ -72,7 +72,8 @@ def data_dir() -> Path:
     return cache_dir("data", "bigbench") / f"bigbench-{VERSION}"
 
 
-def _complete(directory: Path) -> bool:
+def _complete(directory: Path, keys=None) -> bool:
+    """Whether the members `keys` (default: all) were extracted by a finished fetch."""
     manifest = directory / "manifest.json"
     if not manifest.is_file():
         return False
@@ -80,13 +81,14 @@ def _complete(directory: Path) -> bool:
         listed = json.loads(manifest.read_text())["members"]
     except (ValueError, KeyError):
         return False
-    return all(rel in listed and (directory / rel).is_file() for rel in MEMBERS.values())
+    wanted = [MEMBERS[k] for k in keys] if keys is not None else MEMBERS.values()
+    return all(rel in listed and (directory / rel).is_file() for rel in wanted)
 
 
 def bigbench_file(key: str) -> Path:
     """Path of one kept member (a key of MEMBERS); fetches on first use."""
     directory = data_dir()
-    if not _complete(directory):
+    if not _complete(directory, [key]):  # a cache from before a member was added still serves the others
         fetch_bigbench()
     return directory / MEMBERS[key]
 

@@ -46,7 +46,7 @@ class EvalResult:
     source: str = ""
     skipped: int = 0  # records of the source that the task's rules dropped
     examples: list[dict] | None = None  # per-example details when keep_examples=True
-    seconds_by_phase: dict[str, float] | None = None  # decoder tasks: tokenise, generate, judge, loss (as run)
+    seconds_by_phase: dict[str, float] | None = None  # decoder tasks: tokenise, generate, judge, score, loss
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -208,10 +208,12 @@ def _decoder_generate(model, tokenizer, spec, items, run):
 
 def _decoder_classify(model, tokenizer, spec, items, run):
     _, pad = _decoder_ids(model, tokenizer)
-    label_ids, single = label_tokens(tokenizer, items[0].prompt, spec.labels)
-    lp = decoder.last_token_logprobs(model, encode(tokenizer, [e.prompt for e in items]), label_ids, pad_id=pad,
-                                     batch_size=run.batch_size, max_batch_tokens=run.max_batch_tokens,
-                                     progress=run.progress)  # (N, L)
+    with run.timed("tokenise"):
+        label_ids, single = label_tokens(tokenizer, items[0].prompt, spec.labels)
+        prompts = encode(tokenizer, [e.prompt for e in items])
+    with run.timed("score"):
+        lp = decoder.last_token_logprobs(model, prompts, label_ids, pad_id=pad, batch_size=run.batch_size,
+                                         max_batch_tokens=run.max_batch_tokens, progress=run.progress)  # (N, L)
     return _classified(model, tokenizer, spec, items, lp, single,
                        lambda: _teacher_forced(model, tokenizer, items, pad, run), "label-logits")
 
@@ -228,12 +230,14 @@ def _classified(model, tokenizer, spec, items, lp, single, multi_token_loss, met
 
 def _decoder_perplexity(model, tokenizer, spec, items, run):
     _, pad = _decoder_ids(model, tokenizer)
-    seqs = [ids[:PERPLEXITY_MAX_TOKENS] for ids in encode(tokenizer, [e.answer for e in items])]
+    with run.timed("tokenise"):
+        seqs = [ids[:PERPLEXITY_MAX_TOKENS] for ids in encode(tokenizer, [e.answer for e in items])]
     scorable = [i for i, s in enumerate(seqs) if len(s) >= 2]
     nll = [(0.0, 0)] * len(seqs)
-    got = decoder.sequence_nll(model, [seqs[i] for i in scorable], [len(seqs[i]) - 1 for i in scorable],
-                               pad_id=pad, batch_size=run.batch_size, max_batch_tokens=run.max_batch_tokens,
-                               progress=run.progress)
+    with run.timed("loss"):
+        got = decoder.sequence_nll(model, [seqs[i] for i in scorable], [len(seqs[i]) - 1 for i in scorable],
+                                   pad_id=pad, batch_size=run.batch_size, max_batch_tokens=run.max_batch_tokens,
+                                   progress=run.progress)
     for i, r in zip(scorable, got):
         nll[i] = r
     return "token-nll", None, None, nll, None

@@ -49,6 +49,21 @@ class World:
 
 
 
+def _group_store():
+    from torch.distributed import distributed_c10d
+
+    return distributed_c10d._get_default_store()
+
+
+def run_index(world: World) -> int:
+    """Which search this is among those run in this process group (0, 1, ...), the same on every
+    rank: each rank adds 1 to a shared counter once per search. Names the search's claim counters, so
+    a second search in the same group (a torchrun worker calling run_search twice) starts afresh."""
+    if world.size == 1:
+        return 0
+    return (int(_group_store().add("tensorllm/searches", 1)) - 1) // world.size
+
+
 class Claims:
     """Hands out indices 0..n-1, each to exactly one rank, to whichever asks first.
 
@@ -58,11 +73,7 @@ class Claims:
 
     def __init__(self, world: World, tag: str, n: int):
         self.n, self.tag, self.taken = n, f"tensorllm/claims/{tag}", 0
-        self.store = None
-        if world.size > 1:
-            from torch.distributed import distributed_c10d
-
-            self.store = distributed_c10d._get_default_store()
+        self.store = _group_store() if world.size > 1 else None
 
     def next(self) -> int | None:
         if self.store is None:

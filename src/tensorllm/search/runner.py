@@ -242,6 +242,7 @@ class Search:
             clock = now_
 
         self.setup = {"start": round(clock - self.started, 2)}  # process group, threads
+        self.run_index = dist.run_index(world)
         self._load(device)
         lap("load")
         self._check_task()
@@ -311,7 +312,7 @@ class Search:
         done = self.store.results(split)
         pending = [c for c in configs if c.key not in done]
         self.phases += 1
-        claims = dist.Claims(self.world, f"{self.phases}/{split}", len(pending))
+        claims = dist.Claims(self.world, f"{self.run_index}/{self.phases}/{split}", len(pending))
         dist.barrier(self.world)  # every rank has read the same store before anyone appends to it
         share = f"; taken by whichever of the {self.world.size} ranks is free" if self.world.size > 1 else ""
         self.log(f"{split}: {len(configs) - len(pending)} of {len(configs)} configurations already in the store, "

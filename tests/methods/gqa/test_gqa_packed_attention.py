@@ -72,3 +72,16 @@ def test_split_attention_is_attention(length):
 def test_register_refuses_an_unknown_kernel():
     with pytest.raises(ValueError, match="kernel"):
         register("flash")
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_split_attention_in_half_precision_stays_close_and_finite(dtype):
+    gen = torch.Generator().manual_seed(4)
+    q, k, v = (torch.randn(2, 2, 4, 64, generator=gen), torch.randn(2, 2, 256, 64, generator=gen),
+               torch.randn(2, 2, 256, 64, generator=gen))
+    want = torch.nn.functional.scaled_dot_product_attention(q, k, v)  # float32 reference
+    got = P._split_attention(q.to(dtype), k.to(dtype), v.to(dtype), None, 64 ** -0.5)
+    assert got.dtype == dtype and (got.float() - want).abs().max() < 0.02
+    q[..., 0], k[..., 0] = 300.0, 300.0  # unscaled q.k ~ 90,000: past float16's range unless q is scaled first
+    big = P._split_attention(q.to(dtype), k.to(dtype), v.to(dtype), None, 64 ** -0.5)
+    assert torch.isfinite(big).all()

@@ -16,7 +16,10 @@ An optional `monitor(model) -> float` (e.g. held-out perplexity) is called about
 every gate closed, i.e. on the GQA model an export at that step would give; it only observes.
 
 Checkpoints (`train_dir/finetune.pt`) hold the trained tensors, gates, multipliers, optimiser
-states, sampling RNG and the step; a later run with the same conversion resumes from them.
+states, sampling RNG and the step; a later run with the same conversion resumes from them. The
+learning rate at a step is a function of (step, train_steps), so a resumed run with the same
+`train_steps` continues exactly; one given more steps continues on the longer run's schedule
+(under the cosine the learning rate then rises to that schedule's value at the resumed step).
 """
 
 from __future__ import annotations
@@ -246,9 +249,9 @@ def finetune(model: nn.Module, arch: ArchSpec, teacher: nn.Module, shared: list,
             print(f"  step {step}/{steps}  monitor {curve[-1]['value']:.4f}  {curve[-1]['seconds']:.0f} s",
                   file=sys.stderr, flush=True)
 
+    model.eval()  # no dropout; gates are sampled explicitly
     if monitor is not None and start == 0:
         observe(0)
-    model.eval()  # no dropout; gates are sampled explicitly
     tty = sys.stderr.isatty()  # a terminal gets a line every 10 steps, a log one every 2%
     for step in range(start, steps):
         rows = torch.arange(step * cfg.train_batch_size, (step + 1) * cfg.train_batch_size) % tokens.shape[0]
@@ -291,7 +294,7 @@ def finetune(model: nn.Module, arch: ArchSpec, teacher: nn.Module, shared: list,
     last10 = losses[-10:]
     return {"steps": steps, "resumed_from": start, "kl_first": losses[0] if losses else None,
             "kl_last": losses[-1] if losses else None, "kl_last10": sum(last10) / len(last10) if losses else None,
-            "final_open_probability": open_share, "precision": precision, "lr_schedule": cfg.lr_schedule,
+            "final_open_probability": open_share, "precision": precision, "lr": cfg.lr, "lr_schedule": cfg.lr_schedule,
             "history": history, "curve": curve,
             "seconds": time.perf_counter() - t0,
             "checkpoint": str(path) if path else None}

@@ -14,8 +14,10 @@ Two kernels for the packed step:
   query blocks only, so with B x Hkv = 128 (7B shape, batch 16, 8 K/V heads) about one block per SM
   streams a whole 4k cache: 11.45 ms/step measured on an H200 vs a ~4.6 ms bandwidth floor.
 - "split": the same attention as matrix products with the cache cut into `splits` chunks for the
-  value product (flash-decoding's split-K, exact: one softmax over the whole row, then the chunks'
-  partial sums added in float32), so the work spreads over B x Hkv x splits blocks.
+  value product (flash-decoding's split-K: one softmax over the whole row, then the chunks' partial
+  sums added in float32), so the work spreads over B x Hkv x splits blocks. Its scores are rounded
+  to the model's dtype before the softmax (SDPA keeps them in float32): exact in float32, slightly
+  less exact than SDPA in bfloat16. Experimental: timed by bench/gqa_decode.py, not yet on a GPU.
 
     from tensorllm.methods.gqa.packed_attention import register
     model.set_attn_implementation(register())   # then generate(..., cache_implementation="static")
@@ -37,7 +39,10 @@ def _split_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: to
     attend) or additive -> (B, G, R, dv): softmax(q k^T * scale + mask) v, with v's product split over L."""
     B, G, R, _ = q.shape
     L, dv = k.shape[2], v.shape[-1]
-    scores = torch.matmul(q, k.transpose(-1, -2)).float() * scale  # (B, G, R, L)
+    # q is scaled first (no overflow in float16); the product comes back in the model's dtype, so the
+    # scores are rounded to it before the float32 softmax: in bfloat16 a little less exact than SDPA,
+    # which keeps them in float32 (a float32 copy of the cache would cost the traffic this saves)
+    scores = torch.matmul(q * scale, k.transpose(-1, -2)).float()  # (B, G, R, L)
     if mask is not None:
         scores = scores.masked_fill(~mask, float("-inf")) if mask.dtype == torch.bool else scores + mask.float()
     p = torch.softmax(scores, dim=-1).to(v.dtype)  # (B, G, R, L)
