@@ -54,7 +54,7 @@ def test_packed_path_runs_for_decode_steps_only(monkeypatch):
     assert len(shapes) == 6  # one prefill + 5 more steps (the 6th token needs no forward)
 
 
-@pytest.mark.parametrize("length", [64, 67])  # 16 chunks; a prime length: one chunk
+@pytest.mark.parametrize("length", [64, 67, 5])  # 16 chunks; 16 chunks + 3 left over; shorter than 16
 def test_split_attention_is_attention(length):
     gen = torch.Generator().manual_seed(2)
     q, k, v = (torch.randn(2, 3, 4, 8, generator=gen), torch.randn(2, 3, length, 8, generator=gen),

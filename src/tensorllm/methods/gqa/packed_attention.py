@@ -30,7 +30,7 @@ import torch.nn.functional as F
 
 NAME = "tensorllm_packed_sdpa"
 SPLIT_NAME = "tensorllm_packed_split"
-SPLITS = 16  # most chunks of the cache for the split kernel (fewer when they do not divide its length)
+SPLITS = 16  # chunks of the cache for the split kernel (the positions past a multiple of 16 come after)
 
 
 def _split_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None,
@@ -46,10 +46,15 @@ def _split_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: to
     if mask is not None:
         scores = scores.masked_fill(~mask, float("-inf")) if mask.dtype == torch.bool else scores + mask.float()
     p = torch.softmax(scores, dim=-1).to(v.dtype)  # (B, G, R, L)
-    splits = next(s for s in range(min(SPLITS, L), 0, -1) if L % s == 0)
-    p = p.view(B, G, R, splits, L // splits).transpose(2, 3)  # (B, G, S, R, L/S)
-    parts = torch.matmul(p, v.view(B, G, splits, L // splits, dv))  # (B, G, S, R, dv)
-    return parts.float().sum(2).to(v.dtype)  # (B, G, R, dv)
+    splits = min(SPLITS, L)
+    main = L // splits * splits  # the first `main` positions in `splits` equal chunks, the rest after
+    chunk = main // splits
+    pm = p[..., :main].reshape(B, G, R, splits, chunk).transpose(2, 3)  # (B, G, S, R, L/S)
+    vm = v[:, :, :main].reshape(B, G, splits, chunk, dv)  # (B, G, S, L/S, dv)
+    out = torch.matmul(pm, vm).float().sum(2)  # (B, G, S, R, dv) -> (B, G, R, dv)
+    if main < L:  # fewer than `splits` positions left over
+        out = out + torch.matmul(p[..., main:], v[:, :, main:]).float()  # (B, G, R, dv)
+    return out.to(v.dtype)
 
 
 def _packed(split: bool):
