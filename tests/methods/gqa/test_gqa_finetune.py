@@ -203,3 +203,24 @@ def test_train_scope_decides_which_weights_move(scope, tmp_path):
         other = "attention" if scope == "all" else "all"
         convert(_model(), arch, _cfg(train_steps=6, lr=3e-3, train_scope=other, train_dir=str(tmp_path)), CALIB,
                 progress=False)
+
+
+def test_after_the_warm_up_the_gates_are_closed_and_the_own_heads_skipped(monkeypatch):
+    calls = []
+    real = ft.GatedKV.forward
+
+    def spy(self, x):
+        calls.append(self.gates.closed)
+        out = real(self, x)
+        if self.gates.closed:  # the shortcut is exactly the mix with z = 0
+            own = self.own(x).unflatten(-1, (self.n, self.d))
+            mixed = 0 * own + (1 - 0) * out.unflatten(-1, (self.n, self.d))
+            assert torch.equal(mixed.flatten(-2), out)
+        return out
+
+    monkeypatch.setattr(ft.GatedKV, "forward", spy)
+    model = _model()
+    layers = model.config.num_hidden_layers
+    convert(model, spec_for(model.config), _cfg(train_steps=10, sparsity_warmup=0.3), CALIB, progress=False)
+    per_step = 2 * layers  # K and V of every layer, one student forward per step
+    assert calls == [False] * (3 * per_step) + [True] * (7 * per_step)

@@ -6,11 +6,12 @@ with own_j the aligned original head (frozen) and shared_g the group's merged he
 z_j is a hard-concrete gate (Louizos et al. 2018): z = 1 keeps the original model, z = 0 is
 pure GQA. The expected share of closed gates is pushed to a target that rises linearly from 0
 to 1 over the first `sparsity_warmup` of the steps, with Lagrange multipliers (Xia et al.,
-Sheared LLaMA); the loss is the KL divergence from the original model's next-token
-distribution on the calibration text. Q, O and the shared K/V of every layer are trained
-(`train_scope: all`: every weight but the original K/V heads),
-at a learning rate that warms up over the first 2% of the steps and then follows a cosine down
-to a tenth of `lr` (`lr_schedule: cosine`, the default) or stays at `lr` (`constant`).
+Sheared LLaMA); once the warm-up ends every gate is closed (z = 0, the own heads are skipped).
+The loss is the KL divergence from the original model's next-token distribution on the
+fine-tune text. Q, O and the shared K/V of every layer are trained (`train_scope: all`: every
+weight but the original K/V heads), at a learning rate that warms up over the first 2% of the
+steps and then follows a cosine down to a tenth of `lr` (`lr_schedule: cosine`, the default) or
+stays at `lr` (`constant`).
 At the end the gates are closed and the shared heads become the GQA checkpoint's K/V.
 An optional `monitor(model) -> float` (e.g. held-out perplexity) is called about 25 times with
 every gate closed, i.e. on the GQA model an export at that step would give; it only observes.
@@ -51,17 +52,20 @@ class HardConcreteGates(nn.Module):
         self.log_alpha = nn.Parameter(torch.full((n,), self.init))
         self.beta, self.gamma, self.zeta = beta, gamma, zeta
         self.z: torch.Tensor | None = None  # the gate values the wrapped projections read
+        self.closed = False  # every z is exactly 0: the projections skip their own heads
 
     def sample(self, generator: torch.Generator) -> torch.Tensor:
         u = torch.rand(self.log_alpha.shape, generator=generator, dtype=torch.float64)
         u = u.clamp(1e-6, 1 - 1e-6).to(self.log_alpha)
         s = torch.sigmoid((u.log() - (-u).log1p() + self.log_alpha) / self.beta)
         self.z = (s * (self.zeta - self.gamma) + self.gamma).clamp(0, 1)
+        self.closed = False
         return self.z
 
     def fix(self, value: float) -> None:
         """Set every gate to `value` (1: own K/V, 0: shared) instead of sampling."""
         self.z = torch.full_like(self.log_alpha, float(value)).detach()
+        self.closed = float(value) == 0.0
 
     FLOOR = -10.0  # P(open) = 2e-4: closed
 
@@ -99,9 +103,11 @@ class GatedKV(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         lead = x.shape[:-1]
-        own = self.own(x).unflatten(-1, (self.n, self.d))  # (..., n, d)
         shared = self.shared(x).unflatten(-1, (self.groups, 1, self.d))  # (..., G, 1, d)
         shared = shared.expand(*lead, self.groups, self.n // self.groups, self.d).reshape(*lead, self.n, self.d)
+        if self.gates.closed:  # z = 0: exactly the shared heads (own heads would be multiplied by 0)
+            return shared.flatten(-2)  # (..., n*d)
+        own = self.own(x).unflatten(-1, (self.n, self.d))  # (..., n, d)
         z = self.gates.z.to(own.dtype)[:, None]  # (n, 1)
         return (z * own + (1 - z) * shared).flatten(-2)  # (..., n*d)
 
@@ -260,8 +266,8 @@ def finetune(model: nn.Module, arch: ArchSpec, teacher: nn.Module, shared: list,
             group["lr"] = cfg.lr * lr_factor(step, steps, cfg.lr_schedule)
         with torch.no_grad(), autocast():
             target_logits = teacher(input_ids=batch, use_cache=False).logits
-        for g in gates:
-            g.sample(gen)
+        for g in gates:  # after the warm-up every log-alpha sits at the floor: the gates are closed
+            g.fix(0.0) if step >= warm else g.sample(gen)
         with autocast():
             student_logits = model(input_ids=batch, use_cache=False).logits
         kl = _kl(student_logits, target_logits)
