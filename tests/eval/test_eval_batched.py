@@ -237,3 +237,25 @@ def test_hotpot_drops_long_answers_and_restores_train_mode(tiny_llama, jsonl):
     finally:
         model.eval()
     assert res.n == 6 and res.skipped == 1
+
+
+def test_the_answer_length_filter_tokenises_a_dataset_once_per_tokenizer(tiny_llama, jsonl):
+    from tensorllm.eval.evaluate import _short_answers
+
+    _, tok = tiny_llama
+    calls = []
+
+    class Counting:  # the tokenizer, counting its calls
+        def __call__(self, texts, **kw):
+            calls.append(len(texts))
+            return tok(texts, **kw)
+
+    counting = Counting()
+    path = jsonl(qa_records(6) + [{"question": "what ?", "answer": " ".join(["paris"] * 16)}])
+    dataset = load_task(get_task("hotpotqa"), path)
+    first = _short_answers(counting, dataset, 15)
+    assert _short_answers(counting, dataset, 15) is first and calls == [7] and len(first) == 6
+    assert len(_short_answers(counting, dataset, 100)) == 7 and calls == [7, 7]  # another limit: its own pass
+    other = Counting()
+    _short_answers(other, dataset, 15)
+    assert calls == [7, 7, 7]  # another tokenizer: its own pass

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import math
 import time
+import weakref
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 
@@ -151,14 +152,34 @@ def preflight(model, tokenizer, spec: TaskSpec, split: str, limit: int | None, d
         label_tokens(tokenizer, items[0].prompt, spec.labels)
 
 
+# tokenizer -> {(id(dataset), max answer tokens): (dataset, kept examples)}: a search evaluates one
+# task split once per configuration, and the answer-length filter need not re-tokenise every time
+_FILTERED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def _short_answers(tokenizer, dataset, max_tokens: int) -> list[Example]:
+    """The dataset's examples whose gold answer is at most `max_tokens` tokens (LASER's HotpotQA rule)."""
+    try:
+        memo = _FILTERED.setdefault(tokenizer, {})
+    except TypeError:  # a tokenizer that cannot be weakly referenced: no memo
+        memo = {}
+    hit = memo.get((id(dataset), max_tokens))
+    if hit is not None and hit[0] is dataset:
+        return hit[1]
+    examples = dataset.examples
+    lengths = [len(ids) for ids in tokenizer([e.answer for e in examples])["input_ids"]]
+    kept = [e for e, n in zip(examples, lengths) if n <= max_tokens]
+    memo[(id(dataset), max_tokens)] = (dataset, kept)
+    return kept
+
+
 def task_items(tokenizer, spec: TaskSpec, split: str, limit: int | None, data=None) -> tuple[list[Example], int, str]:
     """(the examples `evaluate` scores, records dropped, source): the task's records, LASER's answer
     length filter (HotpotQA), then the split and its first `limit` items. Bad data is a UserError."""
     dataset = load_task(spec, data)
     examples, skipped = list(dataset.examples), dataset.skipped
     if spec.max_answer_tokens is not None:
-        lengths = [len(ids) for ids in tokenizer([e.answer for e in examples])["input_ids"]]
-        kept = [e for e, n in zip(examples, lengths) if n <= spec.max_answer_tokens]
+        kept = _short_answers(tokenizer, dataset, spec.max_answer_tokens)
         skipped += len(examples) - len(kept)
         examples = kept
     return select(examples, split, limit, spec.name), skipped, dataset.source
