@@ -73,7 +73,13 @@ def build(shape: dict, device: torch.device, dtype: torch.dtype):
 
 
 PATHS = ("default", "packed", "split", "flex", "static")  # what --paths may name, in the order timed
-ATTENTION = {"static": "sdpa", "flex": "flex_attention"}  # the others: tensorllm's packed kernels
+
+
+def attention_for(path: str) -> str:
+    """The attention implementation a path decodes with (tensorllm's are registered on first use)."""
+    if path in ("packed", "split"):
+        return register_packed("split" if path == "split" else "sdpa")
+    return "flex_attention" if path == "flex" else "sdpa"
 
 
 def measure(model, prompt, new_tokens, repeats, compile_ok: bool, paths: list[str], save) -> dict:
@@ -92,8 +98,7 @@ def measure(model, prompt, new_tokens, repeats, compile_ok: bool, paths: list[st
                 from transformers import CompileConfig
 
                 kw["compile_config"] = CompileConfig(fullgraph=True, mode="reduce-overhead")
-        attention = "sdpa" if path == "default" else ATTENTION.get(path) or register_packed(
-            "split" if path == "split" else "sdpa")
+        attention = attention_for(path)
         if compile_ok:
             torch._dynamo.reset()  # each compiled path starts clean, far from dynamo's recompile limit
         try:
@@ -118,10 +123,13 @@ def speedups(original: dict, converted: dict) -> dict:
         base = name.removesuffix("_packed")
         if base in original:
             out[name] = original[base]["ms_per_step"] / value["ms_per_step"]
-    best = [min((v["ms_per_step"], k) for k, v in m.items() if isinstance(v, dict) and k != "default")
-            for m in (original, converted) if any(isinstance(v, dict) and k != "default" for k, v in m.items())]
-    if len(best) == 2:
-        out["best_vs_best"] = {"original": best[0][1], "converted": best[1][1], "speedup": best[0][0] / best[1][0]}
+    def fastest(measured: dict):  # (ms, path) of the quickest static path, None if none was timed
+        timed = [(v["ms_per_step"], k) for k, v in measured.items() if isinstance(v, dict) and k != "default"]
+        return min(timed) if timed else None
+
+    a, b = fastest(original), fastest(converted)
+    if a and b:
+        out["best_vs_best"] = {"original": a[1], "converted": b[1], "speedup": a[0] / b[0]}
     return out
 
 

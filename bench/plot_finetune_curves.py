@@ -43,9 +43,10 @@ def main() -> None:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(7.5, 4.5))
+    curves = {}
     for run in args.runs:
         name, _, files = run.partition("=")
-        pts = curve([Path(f) for f in files.split("+")])
+        pts = curves[name] = curve([Path(f) for f in files.split("+")])
         if not pts:
             raise SystemExit(f"{files}: no 'step N/M  monitor V  T s' lines (a run with --train-steps logs them)")
         ax.plot([p[2] / 60 for p in pts], [p[1] for p in pts], marker=".", label=name)
@@ -60,9 +61,7 @@ def main() -> None:
     ax.legend()
     fig.tight_layout()
     fig.savefig(args.out, dpi=120)
-    for run in args.runs:
-        name, _, files = run.partition("=")
-        pts = curve([Path(f) for f in files.split("+")])
+    for name, pts in curves.items():
         print(f"{name}: {len(pts)} points, last step {pts[-1][0]} ppl {pts[-1][1]:.3f} at {pts[-1][2]:.0f} s")
 
 

@@ -33,10 +33,11 @@ from common import emit_json  # bench/common.py
 def _store_summary(store: Path) -> dict:
     from tensorllm.search import Store
 
-    numbers, val_seconds, per_rank, per_rank_phases = {}, [], {}, {}
+    numbers, val_seconds, per_rank, per_rank_count, per_rank_phases = {}, [], {}, {}, {}
     for line in Store(store).lines():
         numbers[f"{line['key']}/{line['split']}"] = (line["accuracy"], line["loss"], line["n"])
         per_rank[line["rank"]] = per_rank.get(line["rank"], 0.0) + line["seconds"]
+        per_rank_count[line["rank"]] = per_rank_count.get(line["rank"], 0) + 1
         phases = per_rank_phases.setdefault(line["rank"], {})
         for name, sec in (line["eval"].get("seconds_by_phase") or {}).items():
             phases[name] = round(phases.get(name, 0.0) + sec, 2)
@@ -47,8 +48,7 @@ def _store_summary(store: Path) -> dict:
     return {"numbers": numbers, "status": report.get("status"), "winner": winner.get("key"),
             "winner_describe": winner.get("describe"), "median_val_seconds": statistics.median(val_seconds),
             "busiest_rank_seconds": round(max(per_rank.values()), 2),
-            "evaluations_per_rank": {r: sum(1 for line in Store(store).lines() if line["rank"] == r)
-                                     for r in sorted(per_rank)},
+            "evaluations_per_rank": dict(sorted(per_rank_count.items())),
             "setup_seconds": report["run"].get("setup_seconds"),
             "eval_seconds_by_phase_per_rank": per_rank_phases}
 

@@ -48,7 +48,6 @@ class World:
         return self.rank == 0
 
 
-
 def _group_store():
     from torch.distributed import distributed_c10d
 

@@ -282,12 +282,12 @@ def finetune(model: nn.Module, arch: ArchSpec, teacher: nn.Module, shared: list,
             opt.step()
         for g in gates:
             g.clamp_(target)
-        losses.append(float(kl.detach()))
+        losses.append(kl.detach())  # read back only where a line is written: no host sync per step
         if step % every == 0 or step == steps - 1:
-            history.append({"step": step + 1, "kl": losses[-1], "closed": float(closed.detach()), "target": target,
-                            "lambda": [float(x) for x in lambdas.detach()]})
+            history.append({"step": step + 1, "kl": float(losses[-1]), "closed": float(closed.detach()),
+                            "target": target, "lambda": [float(x) for x in lambdas.detach()]})
         if progress and ((tty and step % 10 == 0) or step % every == 0 or step == steps - 1):
-            print(f"  step {step + 1}/{steps}  kl {losses[-1]:.4f}  closed {float(closed.detach()):.2f} "
+            print(f"  step {step + 1}/{steps}  kl {float(losses[-1]):.4f}  closed {float(closed.detach()):.2f} "
                   f"(target {target:.2f})  {time.perf_counter() - t0:.0f} s", file=sys.stderr, flush=True)
         if (step + 1) % cfg.save_every == 0 or step == steps - 1:
             save(step + 1)
@@ -297,6 +297,7 @@ def finetune(model: nn.Module, arch: ArchSpec, teacher: nn.Module, shared: list,
     _uninstall_as_gqa(model, arch, cfg.kv_heads)
     for n, p in model.named_parameters():
         p.requires_grad_(flags.get(n, True))
+    losses = torch.stack(losses).tolist() if losses else []
     last10 = losses[-10:]
     return {"steps": steps, "resumed_from": start, "kl_first": losses[0] if losses else None,
             "kl_last": losses[-1] if losses else None, "kl_last10": sum(last10) / len(last10) if losses else None,

@@ -25,6 +25,8 @@ Two kernels for the packed step:
 
 from __future__ import annotations
 
+import functools
+
 import torch
 import torch.nn.functional as F
 
@@ -55,16 +57,6 @@ def _split_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: to
     if main < L:  # fewer than `splits` positions left over
         out = out + torch.matmul(p[..., main:], v[:, :, main:]).float()  # (B, G, R, dv)
     return out.to(v.dtype)
-
-
-def _packed(split: bool):
-    def attention(module, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
-                  attention_mask: torch.Tensor | None, dropout: float = 0.0, scaling: float | None = None,
-                  is_causal: bool | None = None, **kwargs):
-        return packed_attention(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling,
-                                is_causal=is_causal, split=split, **kwargs)
-
-    return attention
 
 
 def packed_attention(module, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
@@ -99,6 +91,6 @@ def register(kernel: str = "sdpa") -> str:
     if kernel not in ("sdpa", "split"):
         raise ValueError(f"kernel must be 'sdpa' or 'split', got {kernel!r}")
     name = SPLIT_NAME if kernel == "split" else NAME
-    AttentionInterface.register(name, _packed(kernel == "split"))
+    AttentionInterface.register(name, functools.partial(packed_attention, split=kernel == "split"))
     AttentionMaskInterface.register(name, sdpa_mask)
     return name
