@@ -39,3 +39,17 @@ def test_gqa_decode_times_both_models_in_their_own_processes(tmp_path):
     assert set(result["speedup"]) == paths | {"best_vs_best"} and result["exit_codes"] == {"original": 0, "converted": 0}
     assert all(result["speedup"][p] > 0 for p in paths) and result["speedup"]["best_vs_best"]["speedup"] > 0
     assert "static_packed" not in result["original"]  # multi-head: the packed path is SDPA's, timed once
+
+
+@pytest.mark.real
+def test_auto_ranks_speed_compares_both_routes_on_the_real_model(smollm2, tmp_path):
+    result = _run("auto_ranks_speed.py", tmp_path=tmp_path)
+    assert result["layers_modes_with_different_rank"] == [] and result["svdvals_seconds"] > 0
+    assert result["gram_seconds"] > 0
+
+
+@pytest.mark.real
+def test_closed_gates_ab_runs_both_ways_with_the_same_kl(smollm2, tmp_path):
+    result = _run("gqa_closed_gates.py", "--steps", "2", "--batch", "1", "--seq-len", "32", "--repeats", "1",
+                  tmp_path=tmp_path)
+    assert [r["shortcut"] for r in result["runs"]] == [True, False] and result["same_kl"]
