@@ -7,7 +7,7 @@
 
 Everything after `--` is passed to `tensorllm search` as it is, plus `--gpus N --store ROOT/gN`.
 Each store must not exist yet (a resumed store would time only the missing work). First, untimed,
-the same search with 16 items per split on the most processes (ROOT/warmup): it warms the disk
+the same search with 16 items per split on the most processes for at most 45 s (ROOT/warmup): it warms the disk
 cache and the GPUs, so the first timed count does not pay for a cold machine alone (`--no-warmup`
 skips it). Reports, per process count: wall-clock seconds of the whole command (spawn, loads, every
 evaluation, report), the set-up times rank 0 logged, the seconds of evaluation on the busiest rank
@@ -72,7 +72,7 @@ def main() -> None:
     env = dict(os.environ, NCCL_NVLS_ENABLE="0")  # NVLink multicast stays off
     if not args.no_warmup:  # the last --limit-* / --store / --gpus given wins
         cmd = [sys.executable, "-m", "tensorllm.cli", "search", *search_args, "--limit-val", "16", "--limit-test", "16",
-               "--gpus", str(max(counts)), "--store", str(args.root / "warmup")]
+               "--time-budget", "45", "--gpus", str(max(counts)), "--store", str(args.root / "warmup")]
         t0 = time.perf_counter()
         subprocess.run(cmd, check=True, env=env, stdout=subprocess.DEVNULL)
         print(f"warm-up: {time.perf_counter() - t0:.1f} s", file=sys.stderr, flush=True)
