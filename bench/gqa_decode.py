@@ -22,6 +22,9 @@ only spend the call's time limit. Paths (`--paths`):
 - "split": the packed attention with the cache's value product split in 16 chunks (flash-decoding's
   split-K), on both models;
 - "flex": transformers' flex_attention (torch's FlexAttention; compiled, it decodes with split-K).
+`--driver loop` runs the static paths without `generate`: one compiled step (forward + argmax) in a
+loop that never reads a token back to the host until the timed segment ends
+(methods/gqa/measure.py `decode_loop_ms`); names then start with "loop" instead of "static".
 `best_vs_best` compares the fastest static path of each model. On the CPU (--small) the static
 paths run uncompiled ("static", "static_packed", ...). `--parallel` times the two models at once on
 GPUs 0 and 1.
@@ -46,7 +49,7 @@ import torch
 from tensorllm.archs import spec_for
 from tensorllm.methods import registry
 from tensorllm.methods.gqa import convert
-from tensorllm.methods.gqa.measure import decode_step_ms, kv_cache_bytes_per_token
+from tensorllm.methods.gqa.measure import decode_loop_ms, decode_step_ms, kv_cache_bytes_per_token
 from tensorllm.methods.gqa.packed_attention import register as register_packed
 from tensorllm.report import versions
 
@@ -82,11 +85,12 @@ def attention_for(path: str) -> str:
     return "flex_attention" if path == "flex" else "sdpa"
 
 
-def measure(model, prompt, new_tokens, repeats, compile_ok: bool, paths: list[str], save) -> dict:
-    """Time each path; `save(out)` after each one, so a run cut short keeps the paths it finished."""
+def measure(model, prompt, new_tokens, repeats, compile_ok: bool, paths: list[str], save, driver: str = "generate") -> dict:
+    """Time each path; `save(out)` after each one, so a run cut short keeps the paths it finished.
+    driver "loop": the static paths run `decode_loop_ms` (no host sync per step) instead of `generate`."""
     out = {"kv_heads": model.config.num_key_value_heads, "kv_cache_bytes_per_token": kv_cache_bytes_per_token(model)}
     grouped = model.config.num_key_value_heads < model.config.num_attention_heads
-    static = "static_compiled" if compile_ok else "static"
+    static = ("loop" if driver == "loop" else "static") + ("_compiled" if compile_ok else "")
     for path in (p for p in PATHS if p in paths):
         if path == "packed" and not grouped:  # on a multi-head model it is transformers' SDPA: "static"
             continue
@@ -103,7 +107,11 @@ def measure(model, prompt, new_tokens, repeats, compile_ok: bool, paths: list[st
             torch._dynamo.reset()  # each compiled path starts clean, far from dynamo's recompile limit
         try:
             model.set_attn_implementation(attention)
-            out[name] = decode_step_ms(model, prompt, new_tokens, repeats=repeats, **kw)
+            if driver == "loop" and path != "default":
+                out[name] = decode_loop_ms(model, prompt, new_tokens, repeats=repeats, compile=compile_ok)
+                out[name].pop("tokens")
+            else:
+                out[name] = decode_step_ms(model, prompt, new_tokens, repeats=repeats, **kw)
         except Exception as exc:  # keep the other paths' numbers if this runtime cannot run this one
             out[name + "_error"] = f"{type(exc).__name__}: {exc}"
             traceback.print_exc()
@@ -157,7 +165,7 @@ def one_model(args, which: str) -> dict:
             "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
             "batch": batch, "context": context, "new_tokens": new_tokens}
     out = measure(model, prompt, new_tokens, args.repeats, compile_ok=device.type == "cuda",
-                  paths=args.paths.split(","), save=lambda out: emit_json({**info, "measured": out}, args.out, quiet=True))
+                  paths=args.paths.split(","), driver=args.driver, save=lambda out: emit_json({**info, "measured": out}, args.out, quiet=True))
     if args.out is None:
         emit_json({**info, "measured": out}, None)
 
@@ -177,6 +185,9 @@ def main() -> None:
                     help="comma list of: default (generate as it comes), packed, split (tensorllm's decode "
                          "attention; packed on grouped models only), flex (transformers' flex_attention), "
                          "static (transformers' SDPA); all but default use a static cache, compiled on CUDA")
+    ap.add_argument("--driver", choices=["generate", "loop"], default="generate",
+                    help="what runs the static paths: transformers' generate, or a compiled one-step function in a "
+                         "loop that never waits for the host (decode_loop_ms: the gpt-fast way)")
     ap.add_argument("--parallel", action="store_true",
                     help="time the two models at once, the original on GPU 0 and the converted on GPU 1")
     ap.add_argument("--child-timeout", type=float, default=None,

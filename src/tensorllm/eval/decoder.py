@@ -51,13 +51,18 @@ def left_pad(seqs: list[list[int]], pad_id: int, device) -> tuple[torch.Tensor, 
     return ids.to(device), mask.to(device), pos.to(device)
 
 
+def cache_argument(model) -> str:
+    """The name of the model's KV-cache argument: transformers >= 5.2x calls it `cache`, before `past_key_values`."""
+    return "cache" if "cache" in _forward_params(type(model)) else "past_key_values"
+
+
 def _run(model, ids, mask, pos, *, keep: int | None = None, past=None, use_cache: bool = False):
     params = _forward_params(type(model))
     kwargs = dict(input_ids=ids, attention_mask=mask, use_cache=use_cache)
     if "position_ids" in params:
         kwargs["position_ids"] = pos
-    if past is not None:  # transformers >= 5.2x calls the KV cache argument `cache`
-        kwargs["cache" if "cache" in params else "past_key_values"] = past
+    if past is not None:
+        kwargs[cache_argument(model)] = past
     if keep is not None and "logits_to_keep" in params:
         kwargs["logits_to_keep"] = keep
     out = model(**kwargs)
