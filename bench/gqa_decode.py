@@ -75,13 +75,13 @@ def build(shape: dict, device: torch.device, dtype: torch.dtype):
     return model.eval()
 
 
-PATHS = ("default", "packed", "split", "flex", "static")  # what --paths may name, in the order timed
+PATHS = ("default", "gqa", "packed", "split", "flex", "static")  # what --paths may name, in the order timed
 
 
 def attention_for(path: str) -> str:
     """The attention implementation a path decodes with (tensorllm's are registered on first use)."""
-    if path in ("packed", "split"):
-        return register_packed("split" if path == "split" else "sdpa")
+    if path in ("packed", "split", "gqa"):
+        return register_packed({"packed": "sdpa"}.get(path, path))
     return "flex_attention" if path == "flex" else "sdpa"
 
 
@@ -92,7 +92,7 @@ def measure(model, prompt, new_tokens, repeats, compile_ok: bool, paths: list[st
     grouped = model.config.num_key_value_heads < model.config.num_attention_heads
     static = ("loop" if driver == "loop" else "static") + ("_compiled" if compile_ok else "")
     for path in (p for p in PATHS if p in paths):
-        if path == "packed" and not grouped:  # on a multi-head model it is transformers' SDPA: "static"
+        if path in ("packed", "gqa") and not grouped:  # on a multi-head model it is transformers' SDPA: "static"
             continue
         name = "default" if path == "default" else static if path == "static" else f"{static}_{path}"
         kw = {}
@@ -128,7 +128,7 @@ def speedups(original: dict, converted: dict) -> dict:
     for name, value in converted.items():
         if not isinstance(value, dict):
             continue
-        base = name.removesuffix("_packed")
+        base = name.removesuffix("_packed").removesuffix("_gqa")
         if base in original:
             out[name] = original[base]["ms_per_step"] / value["ms_per_step"]
     def fastest(measured: dict):  # (ms, path) of the quickest static path, None if none was timed

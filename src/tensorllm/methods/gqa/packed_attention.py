@@ -32,6 +32,7 @@ import torch.nn.functional as F
 
 NAME = "tensorllm_packed_sdpa"
 SPLIT_NAME = "tensorllm_packed_split"
+NATIVE_NAME = "tensorllm_gqa_sdpa"
 SPLITS = 16  # chunks of the cache for the split kernel (the positions past a multiple of 16 come after)
 
 
@@ -61,13 +62,13 @@ def _split_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: to
 
 def packed_attention(module, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
                      attention_mask: torch.Tensor | None, dropout: float = 0.0, scaling: float | None = None,
-                     is_causal: bool | None = None, split: bool = False, **kwargs):
+                     is_causal: bool | None = None, split: bool = False, native: bool = False, **kwargs):
     """query (B, H, q, d), key/value (B, Hkv, L, d) -> ((B, q, H, d), None), as transformers' SDPA."""
     from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
     n_rep = getattr(module, "num_key_value_groups", 1)
     B, H, q_len, d = query.shape
-    if q_len != 1 or (n_rep == 1 and not split) or kwargs.get("position_bias") is not None or dropout:
+    if q_len != 1 or (n_rep == 1 and not (split or native)) or kwargs.get("position_bias") is not None or dropout:
         return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling,
                                       is_causal=is_causal, **kwargs)
     # query head h = g * n_rep + r reads K/V head g (transformers' repeat_kv order)
@@ -75,6 +76,10 @@ def packed_attention(module, query: torch.Tensor, key: torch.Tensor, value: torc
     mask = attention_mask  # (B, 1, 1, L) broadcasts over rows; a per-head mask (B, H, 1, L) is regrouped
     if mask is not None and mask.shape[1] != 1:
         mask = mask.reshape(mask.shape[0], H // n_rep, n_rep, mask.shape[-1])  # (B, Hkv, n_rep, L)
+    if native:  # SDPA's own grouped heads: query (B, H, 1, d) against the Hkv heads, mask (B, 1|H, 1, L)
+        out = F.scaled_dot_product_attention(query, key, value, attn_mask=attention_mask, scale=scaling,
+                                             enable_gqa=True)  # (B, H, 1, dv)
+        return out.transpose(1, 2), None  # (B, 1, H, dv)
     if split:
         out = _split_attention(packed, key, value, mask, d ** -0.5 if scaling is None else scaling)
     else:
@@ -88,9 +93,11 @@ def register(kernel: str = "sdpa") -> str:
     from transformers import AttentionInterface
     from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 
-    if kernel not in ("sdpa", "split"):
-        raise ValueError(f"kernel must be 'sdpa' or 'split', got {kernel!r}")
-    name = SPLIT_NAME if kernel == "split" else NAME
-    AttentionInterface.register(name, functools.partial(packed_attention, split=kernel == "split"))
+    names = {"sdpa": NAME, "split": SPLIT_NAME, "gqa": NATIVE_NAME}
+    if kernel not in names:
+        raise ValueError(f"kernel must be one of {', '.join(names)}, got {kernel!r}")
+    name = names[kernel]
+    AttentionInterface.register(name, functools.partial(packed_attention, split=kernel == "split",
+                                                        native=kernel == "gqa"))
     AttentionMaskInterface.register(name, sdpa_mask)
     return name
