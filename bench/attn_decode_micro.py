@@ -1,6 +1,7 @@
 """One decode step's attention alone, LLaMA-2-7B layer shape: which kernel reads a grouped cache fastest.
 
     python bench/attn_decode_micro.py --out runs/attn_micro.json     # CUDA
+    python bench/attn_decode_micro.py --small                        # CPU, checks the script (no chunked rows)
 
 Batch 16, 32 query heads, head dim 128, a static cache of L positions (4,232 as gqa_decode.py's loop)
 with a boolean mask (the last 128 slots unfilled), bfloat16. Kernels, each timed with CUDA events
@@ -17,12 +18,14 @@ GB/s = bytes of K and V read / time.
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
+import time
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+
+from common import emit_json  # bench/common.py
 
 
 def chunked(q, k, v, mask, chunks: int):
@@ -43,28 +46,36 @@ def chunked(q, k, v, mask, chunks: int):
     return (out.view(B, G, chunks, R, d).float() * w).sum(2).to(q.dtype)
 
 
-def timed(fn, n=50, warm=10):
+def timed(fn, n=50, warm=10, cuda=True):
+    """Median milliseconds of `fn()`: CUDA events on the GPU, the wall clock on the CPU."""
     for _ in range(warm):
         fn()
     times = []
     for _ in range(n):
-        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        a.record()
-        fn()
-        b.record()
-        b.synchronize()
-        times.append(a.elapsed_time(b))
+        if cuda:
+            a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            a.record()
+            fn()
+            b.record()
+            b.synchronize()
+            times.append(a.elapsed_time(b))
+        else:
+            t0 = time.perf_counter()
+            fn()
+            times.append(1000 * (time.perf_counter() - t0))
     return statistics.median(times)
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--length", type=int, default=4232)
+    ap.add_argument("--length", type=int, default=None, help="cache positions (default 4,232; --small: 256)")
+    ap.add_argument("--small", action="store_true", help="CPU, float32, batch 2, 256 positions")
     ap.add_argument("--out", type=Path, default=None)
     args = ap.parse_args()
     torch.manual_seed(0)
-    dev, dt = torch.device("cuda"), torch.bfloat16
-    B, H, G, d, L = 16, 32, 8, 128, args.length
+    cuda = not args.small
+    dev, dt = (torch.device("cuda"), torch.bfloat16) if cuda else (torch.device("cpu"), torch.float32)
+    B, H, G, d, L = 16 if cuda else 2, 32, 8, 128, args.length or (4232 if cuda else 256)
     q = torch.randn(B, H, 1, d, device=dev, dtype=dt)
     k32, v32 = (torch.randn(B, H, L, d, device=dev, dtype=dt) for _ in range(2))
     k8, v8 = k32[:, ::4].contiguous(), v32[:, ::4].contiguous()
@@ -77,7 +88,7 @@ def main() -> None:
 
     def run(name, fn, nbytes, check=None):
         try:
-            ms = timed(fn)
+            ms = timed(fn, n=50 if cuda else 5, warm=10 if cuda else 1, cuda=cuda)
             row = {"ms": round(ms, 4), "GB_per_s": round(nbytes / ms / 1e6, 1)}
             if check is not None:
                 row["max_abs_err_vs_fp32"] = float((check().float().reshape(ref.shape) - ref).abs().max())
@@ -92,15 +103,13 @@ def main() -> None:
         lambda: F.scaled_dot_product_attention(packed_q, k8, v8, attn_mask=mask))
     run("gqa_native", lambda: F.scaled_dot_product_attention(q, k8, v8, attn_mask=mask, enable_gqa=True), kv8,
         lambda: F.scaled_dot_product_attention(q, k8, v8, attn_mask=mask, enable_gqa=True))
-    for s in (2, 4, 8, 23):
+    for s in (2, 4, 8, 23) if cuda else ():  # the memory-efficient kernel is CUDA's
         if L % s == 0:
             run(f"chunked_{s}", lambda s=s: chunked(packed_q, k8, v8, mask, s), kv8,
                 lambda s=s: chunked(packed_q, k8, v8, mask, s))
-    text = json.dumps({"bench": "attn_decode_micro", "B": B, "H": H, "G": G, "d": d, "L": L,
-                       "device": torch.cuda.get_device_name(), "torch": torch.__version__, "rows": rows}, indent=2)
-    print(text)
-    if args.out:
-        args.out.write_text(text)
+    emit_json({"bench": "attn_decode_micro", "B": B, "H": H, "G": G, "d": d, "L": L,
+               "device": torch.cuda.get_device_name() if cuda else "cpu", "torch": torch.__version__, "rows": rows},
+              args.out)
 
 
 if __name__ == "__main__":

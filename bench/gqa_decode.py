@@ -16,20 +16,21 @@ only spend the call's time limit. Paths (`--paths`):
   decode step (mode reduce-overhead = CUDA graphs), transformers' SDPA attention — which, compiled
   and masked, repeats each K/V head per query head (`repeat_kv`), so a grouped model gains nothing
   (7B shape, 8 K/V heads: 26.4 and 28.2 ms/step vs the 32-head original's 16.0 and 15.8, 2026-11-30);
-- "packed" (grouped models only): the same with tensorllm's packed decode attention
-  (methods/gqa/packed_attention.py: each K/V head read once, its query heads as query rows), compared
-  with the original's "static" (for 32 K/V heads the two are the same code);
-- "split": the packed attention with the cache's value product split in 16 chunks (flash-decoding's
-  split-K), on both models;
-- "flex": transformers' flex_attention (torch's FlexAttention; compiled, it decodes with split-K).
+- "gqa", "packed" (grouped models only): the same with tensorllm's decode attention
+  (methods/gqa/decode_attention.py: each K/V head read once; "gqa" = SDPA's own grouped heads,
+  "packed" = a group's query heads as query rows), compared with the original's "static" (for 32
+  K/V heads they are the same code);
+- "flex": transformers' flex_attention (torch's FlexAttention; compiled, it decodes with split-K;
+  with `--driver loop` transformers 5.17's block-mask creation breaks the full graph).
 `--driver loop` runs the static paths without `generate`: one compiled step (forward + argmax) in a
 loop that never reads a token back to the host until the timed segment ends
 (methods/gqa/measure.py `decode_loop_ms`); names then start with "loop" instead of "static".
 `best_vs_best` compares the fastest static path of each model. On the CPU (--small) the static
-paths run uncompiled ("static", "static_packed", ...). `--parallel` times the two models at once on
+paths run uncompiled ("static", "static_gqa", ...). `--parallel` times the two models at once on
 GPUs 0 and 1.
-ms/step = median interval between consecutive new tokens (timestamped by a streamer, which copies
-each token to the host, i.e. after the device finished the step); the prefill is reported apart.
+ms/step, generate: median interval between consecutive new tokens (timestamped by a streamer, which
+copies each token to the host, i.e. after the device finished the step); loop: the median timed
+segment / its steps. The prefill is reported apart.
 """
 
 from __future__ import annotations
@@ -50,7 +51,7 @@ from tensorllm.archs import spec_for
 from tensorllm.methods import registry
 from tensorllm.methods.gqa import convert
 from tensorllm.methods.gqa.measure import decode_loop_ms, decode_step_ms, kv_cache_bytes_per_token
-from tensorllm.methods.gqa.packed_attention import register as register_packed
+from tensorllm.methods.gqa.decode_attention import register as register_decode
 from tensorllm.report import versions
 
 from common import emit_json  # bench/common.py
@@ -75,13 +76,13 @@ def build(shape: dict, device: torch.device, dtype: torch.dtype):
     return model.eval()
 
 
-PATHS = ("default", "gqa", "packed", "split", "flex", "static")  # what --paths may name, in the order timed
+PATHS = ("default", "gqa", "packed", "flex", "static")  # what --paths may name, in the order timed
 
 
 def attention_for(path: str) -> str:
     """The attention implementation a path decodes with (tensorllm's are registered on first use)."""
-    if path in ("packed", "split", "gqa"):
-        return register_packed({"packed": "sdpa"}.get(path, path))
+    if path in ("gqa", "packed"):
+        return register_decode(path)
     return "flex_attention" if path == "flex" else "sdpa"
 
 
@@ -122,7 +123,7 @@ def measure(model, prompt, new_tokens, repeats, compile_ok: bool, paths: list[st
 
 
 def speedups(original: dict, converted: dict) -> dict:
-    """Converted vs original per path (the converted "packed" path against the original's static one),
+    """Converted vs original per path (the converted "gqa" / "packed" paths against the original's static one),
     and best static path vs best static path."""
     out = {}
     for name, value in converted.items():
@@ -182,8 +183,8 @@ def main() -> None:
     ap.add_argument("--only", choices=["original", "converted"], default=None,
                     help="time one model in this process (the default runs both, each in a fresh process)")
     ap.add_argument("--paths", default=",".join(PATHS),
-                    help="comma list of: default (generate as it comes), packed, split (tensorllm's decode "
-                         "attention; packed on grouped models only), flex (transformers' flex_attention), "
+                    help="comma list of: default (generate as it comes), gqa, packed (tensorllm's decode "
+                         "attention; grouped models only), flex (transformers' flex_attention), "
                          "static (transformers' SDPA); all but default use a static cache, compiled on CUDA")
     ap.add_argument("--driver", choices=["generate", "loop"], default="generate",
                     help="what runs the static paths: transformers' generate, or a compiled one-step function in a "
@@ -235,7 +236,7 @@ def main() -> None:
         "bench": "gqa_decode", "weights": "random (speed only)",
         "processes": "one per model (fresh compile each)" + (", at once on GPUs 0 and 1" if args.parallel else ""),
         **{k: first[k] for k in ("shape", "dtype", "device", "batch", "context", "new_tokens")},
-        "attention": "sdpa; *_flex: flex_attention; *_packed / *_split: tensorllm.methods.gqa.packed_attention",
+        "attention": "sdpa; *_flex: flex_attention; *_gqa / *_packed: tensorllm.methods.gqa.decode_attention",
         "exit_codes": {w: parts[w].get("exit_code", 0) for w in parts}, "original": original, "converted": converted, "speedup": speedup,
         "seconds_convert": parts["converted"]["seconds_convert"], "versions": versions(),
     }

@@ -35,10 +35,19 @@ def test_gqa_decode_times_both_models_in_their_own_processes(tmp_path):
                   "--child-timeout", "600", tmp_path=tmp_path)
     assert result["original"]["kv_heads"] == 8 and result["converted"]["kv_heads"] == 2
     assert result["converted"]["kv_cache_bytes_per_token"] * 4 == result["original"]["kv_cache_bytes_per_token"]
-    paths = {"default", "static", "static_packed", "static_split", "static_flex"}
+    paths = {"default", "static", "static_gqa", "static_packed", "static_flex"}
     assert set(result["speedup"]) == paths | {"best_vs_best"} and result["exit_codes"] == {"original": 0, "converted": 0}
     assert all(result["speedup"][p] > 0 for p in paths) and result["speedup"]["best_vs_best"]["speedup"] > 0
     assert "static_packed" not in result["original"]  # multi-head: the packed path is SDPA's, timed once
+
+
+@pytest.mark.slow
+def test_gqa_decode_loop_driver_times_the_static_paths_without_generate(tmp_path):
+    result = _run("gqa_decode.py", "--small", "--new-tokens", "3", "--repeats", "1", "--driver", "loop",
+                  "--paths", "gqa,static", tmp_path=tmp_path)
+    assert set(result["converted"]) >= {"loop_gqa", "loop"} and "loop_gqa" not in result["original"]
+    assert result["converted"]["loop_gqa"]["steps_timed"] == 3 and "tokens" not in result["converted"]["loop_gqa"]
+    assert set(result["speedup"]) == {"loop_gqa", "loop", "best_vs_best"}
 
 
 @pytest.mark.real
@@ -53,3 +62,10 @@ def test_closed_gates_ab_runs_both_ways_with_the_same_kl(smollm2, tmp_path):
     result = _run("gqa_closed_gates.py", "--steps", "2", "--batch", "1", "--seq-len", "32", "--repeats", "1",
                   tmp_path=tmp_path)
     assert [r["shortcut"] for r in result["runs"]] == [True, False] and result["same_kl"]
+
+
+def test_attn_decode_micro_kernels_agree_with_float32_attention(tmp_path):
+    result = _run("attn_decode_micro.py", "--small", tmp_path=tmp_path)
+    rows = result["rows"]
+    assert set(rows) == {"mha", "packed", "gqa_native"} and all("error" not in r for r in rows.values())
+    assert rows["packed"]["max_abs_err_vs_fp32"] < 1e-5 and rows["gqa_native"]["max_abs_err_vs_fp32"] < 1e-5

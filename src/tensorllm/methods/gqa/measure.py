@@ -75,8 +75,8 @@ def decode_loop_ms(model: nn.Module, prompt: torch.Tensor, new_tokens: int, *, r
     argmax — is compiled (mode "reduce-overhead": CUDA graphs, `compile=False` runs it eagerly) and
     called `warmup` times, then `repeats` timed segments of `new_tokens` steps; each token feeds the
     next step on the device and nothing is read back until a segment ends. ms/step = the median
-    segment's time / new_tokens. Returns also `tokens`: (B, warmup + repeats * new_tokens) greedy ids,
-    which equal `generate`'s (tested).
+    segment's time / new_tokens. Returns also `tokens`: (B, warmup + repeats * new_tokens) greedy ids
+    (plain argmax, no EOS rule), which equal a cache-free greedy reference's (tested).
     """
     from transformers import StaticCache
 
