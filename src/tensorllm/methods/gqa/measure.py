@@ -71,7 +71,7 @@ def decode_loop_ms(model: nn.Module, prompt: torch.Tensor, new_tokens: int, *, r
 
     transformers' `generate` reads each new token back to the host before it launches the next step
     (its stopping check), so the device idles while Python runs the loop. Here, as in gpt-fast, the
-    prompt is prefilled into a `StaticCache` (eager), then one step — forward of the last token +
+    prompt (B, T) of real tokens (no padding) is prefilled into a `StaticCache` (eager), then one step — forward of the last token +
     argmax — is compiled (mode "reduce-overhead": CUDA graphs, `compile=False` runs it eagerly) and
     called `warmup` times, then `repeats` timed segments of `new_tokens` steps; each token feeds the
     next step on the device and nothing is read back until a segment ends. ms/step = the median
