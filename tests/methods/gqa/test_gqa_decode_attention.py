@@ -86,10 +86,17 @@ def test_decode_loop_gives_the_greedy_tokens(attention):
 
 
 def test_compiled_decode_loop_gives_the_greedy_tokens():
-    """The compiled step (fullgraph, as on the GPU) traces through the static cache and the kernel."""
+    """The compiled step traces as one full graph (as on the GPU) through the static cache and the
+    kernel; aot_eager: inductor's C++ build on the CPU depends on the machine's toolchain."""
     model = tiny_llama(8, 2, layers=1, dtype=torch.float32)
     model.set_attn_implementation(register("gqa"))
     prompt = torch.randint(1, 256, (2, 7), generator=torch.Generator().manual_seed(4))
     torch._dynamo.reset()
-    got = decode_loop_ms(model, prompt, 3, repeats=1, warmup=3, compile=True)
+    got = decode_loop_ms(model, prompt, 3, repeats=1, warmup=3, compile=True, backend="aot_eager")
     assert torch.equal(got["tokens"], _greedy_without_cache(model, prompt, 6))
+
+
+def test_decode_loop_refuses_an_empty_warmup():
+    model = tiny_llama(8, 2, layers=1, dtype=torch.float32)
+    with pytest.raises(ValueError, match="warmup"):
+        decode_loop_ms(model, torch.ones(1, 4, dtype=torch.long), 2, warmup=0, compile=False)

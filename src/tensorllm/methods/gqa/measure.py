@@ -66,22 +66,25 @@ def decode_step_ms(model: nn.Module, prompt: torch.Tensor, new_tokens: int, *, r
 
 @torch.no_grad()
 def decode_loop_ms(model: nn.Module, prompt: torch.Tensor, new_tokens: int, *, repeats: int = 1, warmup: int = 8,
-                   compile: bool = True) -> dict:
+                   compile: bool = True, backend: str = "inductor") -> dict:
     """Milliseconds per greedy decode step of a host-sync-free loop over one compiled step (static cache).
 
     transformers' `generate` reads each new token back to the host before it launches the next step
     (its stopping check), so the device idles while Python runs the loop. Here, as in gpt-fast, the
-    prompt (B, T) of real tokens (no padding) is prefilled into a `StaticCache` (eager), then one step — forward of the last token +
-    argmax — is compiled (mode "reduce-overhead": CUDA graphs, `compile=False` runs it eagerly) and
-    called `warmup` times, then `repeats` timed segments of `new_tokens` steps; each token feeds the
-    next step on the device and nothing is read back until a segment ends. ms/step = the median
-    segment's time / new_tokens. Returns also `tokens`: (B, warmup + repeats * new_tokens) greedy ids
+    prompt (B, T) of real tokens (no padding) is prefilled into a `StaticCache` (eager), then one
+    step — forward of the last token + argmax — is compiled (mode "reduce-overhead": CUDA graphs;
+    `compile=False` runs it eagerly; another `backend`, e.g. "aot_eager", traces the same full graph
+    without inductor's code generation) and called until `warmup` tokens exist, then `repeats` timed
+    segments of `new_tokens` steps; each token feeds the next step on the device and nothing is read
+    back until a segment ends. ms/step = the median segment's time / new_tokens. Returns also `tokens`: (B, warmup + repeats * new_tokens) greedy ids
     (plain argmax, no EOS rule), which equal a cache-free greedy reference's (tested).
     """
     from transformers import StaticCache
 
     from tensorllm.eval.decoder import cache_argument
 
+    if warmup < 1 or repeats < 1 or new_tokens < 1:
+        raise ValueError(f"warmup, repeats and new_tokens must be >= 1, got {warmup}, {repeats}, {new_tokens}")
     batch, length = prompt.shape
     device = prompt.device
     steps = warmup + repeats * new_tokens
@@ -92,7 +95,8 @@ def decode_loop_ms(model: nn.Module, prompt: torch.Tensor, new_tokens: int, *, r
     def step(tok: torch.Tensor) -> torch.Tensor:  # (B, 1) -> (B, 1): the next greedy token
         return model(input_ids=tok, **kw).logits[:, -1].argmax(-1, keepdim=True)
 
-    decode = torch.compile(step, mode="reduce-overhead", fullgraph=True) if compile else step
+    options = {"mode": "reduce-overhead"} if backend == "inductor" else {}
+    decode = torch.compile(step, backend=backend, fullgraph=True, **options) if compile else step
     sync()
     t0 = time.perf_counter()
     tok = model(input_ids=prompt, **kw).logits[:, -1].argmax(-1, keepdim=True)  # (B, 1), prefill
