@@ -97,7 +97,7 @@ def main() -> None:
             rows[name] = {"error": f"{type(exc).__name__}: {str(exc)[:300]}"}
         print(name, rows[name], flush=True)
 
-    kv32, kv8 = 2 * k32.numel() * 2, 2 * k8.numel() * 2
+    kv32, kv8 = 2 * k32.numel() * k32.element_size(), 2 * k8.numel() * k8.element_size()
     run("mha", lambda: F.scaled_dot_product_attention(q, k32, v32, attn_mask=mask), kv32)
     run("packed", lambda: F.scaled_dot_product_attention(packed_q, k8, v8, attn_mask=mask), kv8,
         lambda: F.scaled_dot_product_attention(packed_q, k8, v8, attn_mask=mask))

@@ -21,7 +21,7 @@ only spend the call's time limit. Paths (`--paths`):
   "packed" = a group's query heads as query rows), compared with the original's "static" (for 32
   K/V heads they are the same code);
 - "flex": transformers' flex_attention (torch's FlexAttention; compiled, it decodes with split-K;
-  with `--driver loop` transformers 5.17's block-mask creation breaks the full graph).
+  with `--driver loop` the full graph breaks at torch 2.11's `create_block_mask`, which warns).
 `--driver loop` runs the static paths without `generate`: one compiled step (forward + argmax) in a
 loop that never reads a token back to the host until the timed segment ends
 (methods/gqa/measure.py `decode_loop_ms`); names then start with "loop" instead of "static".
@@ -97,7 +97,7 @@ def measure(model, prompt, new_tokens, repeats, compile_ok: bool, paths: list[st
             continue
         name = "default" if path == "default" else static if path == "static" else f"{static}_{path}"
         kw = {}
-        if path != "default":
+        if path != "default" and driver == "generate":
             kw["cache_implementation"] = "static"
             if compile_ok:
                 from transformers import CompileConfig
@@ -117,6 +117,7 @@ def measure(model, prompt, new_tokens, repeats, compile_ok: bool, paths: list[st
             out[name + "_error"] = f"{type(exc).__name__}: {exc}"
             traceback.print_exc()
         if prompt.device.type == "cuda":
+            # the peak over every path timed so far in this process (the model is the same throughout)
             out["peak_gpu_memory_gib"] = torch.cuda.max_memory_allocated(prompt.device) / 2**30
         save(out)
     return out

@@ -7,7 +7,7 @@
 
 Everything after `--` is passed to `tensorllm search` as it is, plus `--gpus N --store ROOT/gN`.
 Each store must not exist yet (a resumed store would time only the missing work). First, untimed,
-the same search with 16 items per split on the most processes for at most 45 s (ROOT/warmup): it warms the disk
+the same search with 16 items per split on the most processes, starting evaluations for 45 s (ROOT/warmup): it warms the disk
 cache and the GPUs, so the first timed count does not pay for a cold machine alone (`--no-warmup`
 skips it). Reports, per process count: wall-clock seconds of the whole command (spawn, loads, every
 evaluation, report), the set-up times rank 0 logged, the seconds of evaluation on the busiest rank

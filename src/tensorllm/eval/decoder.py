@@ -23,6 +23,11 @@ def _forward_params(cls: type) -> frozenset[str]:
     return frozenset(inspect.signature(cls.forward).parameters)
 
 
+def forward_params(model) -> frozenset[str]:
+    """The argument names of the model's `forward` (transformers' signatures differ between versions)."""
+    return _forward_params(type(model))
+
+
 def length_batches(lengths: list[int], batch_size: int, max_batch_tokens: int) -> list[list[int]]:
     """Indices grouped into batches of <= batch_size rows and <= max_batch_tokens padded tokens."""
     order = sorted(range(len(lengths)), key=lambda i: (-lengths[i], i))
@@ -53,7 +58,7 @@ def left_pad(seqs: list[list[int]], pad_id: int, device) -> tuple[torch.Tensor, 
 
 def cache_argument(model) -> str:
     """The name of the model's KV-cache argument: transformers >= 5.2x calls it `cache`, before `past_key_values`."""
-    return "cache" if "cache" in _forward_params(type(model)) else "past_key_values"
+    return "cache" if "cache" in forward_params(model) else "past_key_values"
 
 
 def _run(model, ids, mask, pos, *, keep: int | None = None, past=None, use_cache: bool = False):

@@ -34,30 +34,58 @@ def test_decode_attention_matches_sdpa(kernel, cache, heads, kv_heads):
     assert torch.allclose(logits, want_logits, atol=1e-5, rtol=1e-5)
 
 
-@pytest.mark.parametrize("kernel,decode_q,decode_k", [("packed", (2, 2, 4, 16), 2), ("gqa", (2, 8, 1, 16), 2)])
-def test_kernel_runs_for_decode_steps_only(monkeypatch, kernel, decode_q, decode_k):
-    """Prefill goes to transformers' SDPA; each decode step of a grouped layer reads the 2 K/V heads
-    themselves (transformers' SDPA would have repeated them to 8 under a mask)."""
+@pytest.mark.parametrize("kernel,decode_q", [("packed", (2, 2, 4, 16)), ("gqa", (2, 8, 1, 16))])
+def test_kernel_runs_for_decode_steps_only(monkeypatch, kernel, decode_q):
+    """Prefill goes to transformers' SDPA function (once); each decode step of a grouped layer is
+    the kernel's own SDPA call on the 2 K/V heads themselves."""
     import torch.nn.functional as F
+    from transformers.integrations import sdpa_attention
 
-    calls = []
-    real = F.scaled_dot_product_attention
+    kernel_calls, fallback_calls = [], []
+    real_sdpa, real_fallback = F.scaled_dot_product_attention, sdpa_attention.sdpa_attention_forward
+
+    def fallback(*a, **kw):
+        fallback_calls.append(a[1].shape[2])  # query length
+        monkeypatch.setattr(F, "scaled_dot_product_attention", real_sdpa)  # its own SDPA call is not ours
+        try:
+            return real_fallback(*a, **kw)
+        finally:
+            monkeypatch.setattr(F, "scaled_dot_product_attention", spy)
 
     def spy(q, k, v, *a, **kw):
-        calls.append((tuple(q.shape), k.shape[1], kw.get("enable_gqa", False)))
-        return real(q, k, v, *a, **kw)
+        kernel_calls.append((tuple(q.shape), k.shape[1], kw.get("enable_gqa", False)))
+        return real_sdpa(q, k, v, *a, **kw)
 
     model = tiny_llama(8, 2, layers=1, dtype=torch.float32)
     model.set_attn_implementation(register(kernel))
+    monkeypatch.setattr(sdpa_attention, "sdpa_attention_forward", fallback)
     monkeypatch.setattr(F, "scaled_dot_product_attention", spy)
     prompt = torch.randint(1, 256, (2, 5), generator=torch.Generator().manual_seed(1))
     mask = torch.ones_like(prompt)
     mask[0, 0] = 0  # padded: every decode step carries a mask
     _decode(model, prompt, mask)
-    assert calls[0][0][2] == 5  # the prefill: 5 query positions of 8 heads
-    assert all(q == decode_q and k == decode_k for q, k, _ in calls[1:])
-    assert all(gqa == (kernel == "gqa") for _, _, gqa in calls[1:])
-    assert len(calls) == 6  # one prefill + 5 more steps (the 6th token needs no forward)
+    assert fallback_calls == [5]  # the prefill only: 5 query positions
+    assert len(kernel_calls) == 5  # one per decode step (the 6th token needs no forward)
+    assert all(q == decode_q and k == 2 and gqa == (kernel == "gqa") for q, k, gqa in kernel_calls)
+
+
+@pytest.mark.parametrize("kernel", ["gqa", "packed"])
+def test_per_head_mask_is_regrouped(kernel):
+    """A mask with one row per query head (B, H, 1, L) gives what transformers' SDPA gives."""
+    from types import SimpleNamespace
+
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+    from tensorllm.methods.gqa.decode_attention import decode_attention
+
+    gen = torch.Generator().manual_seed(5)
+    q, k, v = torch.randn(2, 6, 1, 8, generator=gen), torch.randn(2, 2, 7, 8, generator=gen), torch.randn(2, 2, 7, 8, generator=gen)
+    mask = torch.rand(2, 6, 1, 7, generator=gen) > 0.4
+    mask[..., 0] = True  # every head attends somewhere
+    module = SimpleNamespace(num_key_value_groups=3, is_causal=True, training=False)
+    want, _ = sdpa_attention_forward(module, q, k, v, mask)
+    got, _ = decode_attention(module, q, k, v, mask, kernel=kernel)
+    assert got.shape == want.shape == (2, 1, 6, 8) and torch.allclose(got, want, atol=1e-6)
 
 
 def test_register_refuses_an_unknown_kernel():
@@ -85,18 +113,21 @@ def test_decode_loop_gives_the_greedy_tokens(attention):
     assert got["steps_timed"] == 12 and got["ms_per_step"] > 0
 
 
-def test_compiled_decode_loop_gives_the_greedy_tokens():
+@pytest.mark.parametrize("kernel", ["gqa", "packed"])
+def test_compiled_decode_loop_gives_the_greedy_tokens(kernel):
     """The compiled step traces as one full graph (as on the GPU) through the static cache and the
     kernel; aot_eager: inductor's C++ build on the CPU depends on the machine's toolchain."""
     model = tiny_llama(8, 2, layers=1, dtype=torch.float32)
-    model.set_attn_implementation(register("gqa"))
+    model.set_attn_implementation(register(kernel))
     prompt = torch.randint(1, 256, (2, 7), generator=torch.Generator().manual_seed(4))
     torch._dynamo.reset()
     got = decode_loop_ms(model, prompt, 3, repeats=1, warmup=3, compile=True, backend="aot_eager")
     assert torch.equal(got["tokens"], _greedy_without_cache(model, prompt, 6))
 
 
-def test_decode_loop_refuses_an_empty_warmup():
+def test_decode_loop_refuses_a_warmup_too_short():
     model = tiny_llama(8, 2, layers=1, dtype=torch.float32)
     with pytest.raises(ValueError, match="warmup"):
         decode_loop_ms(model, torch.ones(1, 4, dtype=torch.long), 2, warmup=0, compile=False)
+    with pytest.raises(ValueError, match="warmup"):  # CUDA graphs need a few calls before timing
+        decode_loop_ms(model, torch.ones(1, 4, dtype=torch.long), 2, warmup=2)

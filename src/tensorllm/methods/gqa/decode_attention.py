@@ -1,9 +1,9 @@
 """Decode attention that reads each K/V head once, for transformers' attention registry.
 
 Decoding one token, a grouped-query layer has H query heads but only Hkv = H / n_rep K/V heads.
-transformers' SDPA path hands SDPA its grouped heads only when there is no mask; under a static
-cache (always masked) it repeats every K/V head n_rep times (`repeat_kv`) first, so each step reads
-and writes n_rep copies of the cache: on a 7B shape with 8 K/V heads that decoded slower than the
+Compiled with a static cache (always masked), transformers' SDPA path repeats every K/V head n_rep
+times (`repeat_kv`) before attending (transformers 5.17 also uncompiled), so each step reads and
+writes n_rep copies of the cache: on a 7B shape with 8 K/V heads that decoded slower than the
 32-head original (0.54-0.59x, H200, 2026-11-30, BENCHMARKS.md). Two kernels for the one-token step
 (prefill, several query tokens, and plain multi-head layers take transformers' own SDPA path):
 - "gqa" (default): `scaled_dot_product_attention(..., enable_gqa=True)` with the mask: SDPA's own
@@ -16,6 +16,7 @@ In a host-sync-free compiled decode loop (`measure.decode_loop_ms`) the 8-head m
 
     from tensorllm.methods.gqa.decode_attention import register
     model.set_attn_implementation(register())   # then a static cache + torch.compile
+needs torch >= 2.5 (`enable_gqa`).
 """
 
 from __future__ import annotations

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import statistics
 import time
 
 import torch
@@ -76,20 +77,24 @@ def decode_loop_ms(model: nn.Module, prompt: torch.Tensor, new_tokens: int, *, r
     `compile=False` runs it eagerly; another `backend`, e.g. "aot_eager", traces the same full graph
     without inductor's code generation) and called until `warmup` tokens exist, then `repeats` timed
     segments of `new_tokens` steps; each token feeds the next step on the device and nothing is read
-    back until a segment ends. ms/step = the median segment's time / new_tokens. Returns also `tokens`: (B, warmup + repeats * new_tokens) greedy ids
+    back until a segment ends. ms/step = the median of the segments' time / new_tokens. Returns also `tokens`: (B, warmup + repeats * new_tokens) greedy ids
     (plain argmax, no EOS rule), which equal a cache-free greedy reference's (tested).
     """
     from transformers import StaticCache
 
-    from tensorllm.eval.decoder import cache_argument
+    from tensorllm.eval.decoder import cache_argument, forward_params
 
     if warmup < 1 or repeats < 1 or new_tokens < 1:
         raise ValueError(f"warmup, repeats and new_tokens must be >= 1, got {warmup}, {repeats}, {new_tokens}")
+    if compile and backend == "inductor" and warmup < 3:  # CUDA graphs are recorded on the 2nd-3rd call
+        raise ValueError(f"warmup must be >= 3 when compiling with CUDA graphs, got {warmup}")
     batch, length = prompt.shape
     device = prompt.device
     steps = warmup + repeats * new_tokens
     cache = StaticCache(config=model.config, max_cache_len=length + steps)
-    kw = {cache_argument(model): cache, "use_cache": True, "logits_to_keep": 1}
+    kw = {cache_argument(model): cache, "use_cache": True}
+    if "logits_to_keep" in forward_params(model):
+        kw["logits_to_keep"] = 1
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
 
     def step(tok: torch.Tensor) -> torch.Tensor:  # (B, 1) -> (B, 1): the next greedy token
@@ -115,7 +120,7 @@ def decode_loop_ms(model: nn.Module, prompt: torch.Tensor, new_tokens: int, *, r
             out.append(tok)
         sync()
         segments.append((time.perf_counter() - t0) / new_tokens)
-    ms = 1000 * sorted(segments)[len(segments) // 2]
+    ms = 1000 * statistics.median(segments)
     return {"ms_per_step": ms, "tokens_per_s": 1000 * batch / ms, "prefill_seconds": prefill,
             "steps_timed": repeats * new_tokens, "tokens": torch.cat(out, dim=1).cpu()}
 
