@@ -22,12 +22,6 @@ from tensorllm.models.io import load_model
 from common import emit_json  # bench/common.py
 
 
-def gd_rank(s: torch.Tensor, rows: int, cols: int) -> int:
-    beta = min(rows, cols) / max(rows, cols)
-    omega = 0.56 * beta**3 - 0.95 * beta**2 + 1.82 * beta + 1.43
-    return max(1, int((s > omega * s.median()).sum()))
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", default="smollm2-135m")
@@ -45,7 +39,7 @@ def main() -> None:
     for i in range(loaded.model.config.num_hidden_layers):
         t = T.to_tensor(read_attention(loaded.model, loaded.arch, i), "multihead")
         for m in modes:
-            if t.shape[m] <= 16:  # auto_ranks keeps small modes whole
+            if t.shape[m] <= T.AUTO_WHOLE_MODES:  # auto_ranks keeps these whole
                 continue
             mat = t.movedim(m, 0).reshape(t.shape[m], -1).double()  # (I_m, prod(others))
             a = time.perf_counter()
@@ -54,7 +48,7 @@ def main() -> None:
             s2 = T.singular_values(mat)
             c = time.perf_counter()
             svd_s, gram_s = svd_s + b - a, gram_s + c - b
-            if gd_rank(s1, *mat.shape) != gd_rank(s2, *mat.shape):
+            if T.gavish_donoho_rank(s1, *mat.shape) != T.gavish_donoho_rank(s2, *mat.shape):
                 differ.append([i, m])
     emit_json({"bench": "auto_ranks_speed", "model": args.model, "expand_kv": args.expand_kv,
                "threads": torch.get_num_threads(), "svdvals_seconds": round(svd_s, 3),

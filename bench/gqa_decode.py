@@ -96,23 +96,11 @@ def measure(model, prompt, new_tokens, repeats, compile_ok: bool, paths: list[st
         if path in ("packed", "gqa") and not grouped:  # on a multi-head model it is transformers' SDPA: "static"
             continue
         name = "default" if path == "default" else static if path == "static" else f"{static}_{path}"
-        kw = {}
-        if path != "default" and driver == "generate":
-            kw["cache_implementation"] = "static"
-            if compile_ok:
-                from transformers import CompileConfig
-
-                kw["compile_config"] = CompileConfig(fullgraph=True, mode="reduce-overhead")
-        attention = attention_for(path)
         if compile_ok:
             torch._dynamo.reset()  # each compiled path starts clean, far from dynamo's recompile limit
         try:
-            model.set_attn_implementation(attention)
-            if driver == "loop" and path != "default":
-                out[name] = decode_loop_ms(model, prompt, new_tokens, repeats=repeats, compile=compile_ok)
-                out[name].pop("tokens")
-            else:
-                out[name] = decode_step_ms(model, prompt, new_tokens, repeats=repeats, **kw)
+            model.set_attn_implementation(attention_for(path))
+            out[name] = time_path(model, prompt, new_tokens, repeats, path, driver, compile_ok)
         except Exception as exc:  # keep the other paths' numbers if this runtime cannot run this one
             out[name + "_error"] = f"{type(exc).__name__}: {exc}"
             traceback.print_exc()
@@ -121,6 +109,23 @@ def measure(model, prompt, new_tokens, repeats, compile_ok: bool, paths: list[st
             out["peak_gpu_memory_gib"] = torch.cuda.max_memory_allocated(prompt.device) / 2**30
         save(out)
     return out
+
+
+def time_path(model, prompt, new_tokens: int, repeats: int, path: str, driver: str, compile_ok: bool) -> dict:
+    """One path's timing: `generate` as it comes ("default"), the sync-free loop (driver "loop"), or
+    `generate` with a static cache, compiled on CUDA."""
+    if path == "default":
+        return decode_step_ms(model, prompt, new_tokens, repeats=repeats)
+    if driver == "loop":
+        timed = decode_loop_ms(model, prompt, new_tokens, repeats=repeats, compile=compile_ok)
+        timed.pop("tokens")
+        return timed
+    kw = {"cache_implementation": "static"}
+    if compile_ok:
+        from transformers import CompileConfig
+
+        kw["compile_config"] = CompileConfig(fullgraph=True, mode="reduce-overhead")
+    return decode_step_ms(model, prompt, new_tokens, repeats=repeats, **kw)
 
 
 def speedups(original: dict, converted: dict) -> dict:
@@ -133,6 +138,7 @@ def speedups(original: dict, converted: dict) -> dict:
         base = name.removesuffix("_packed").removesuffix("_gqa")
         if base in original:
             out[name] = original[base]["ms_per_step"] / value["ms_per_step"]
+
     def fastest(measured: dict):  # (ms, path) of the quickest static path, None if none was timed
         timed = [(v["ms_per_step"], k) for k, v in measured.items() if isinstance(v, dict) and k != "default"]
         return min(timed) if timed else None

@@ -62,7 +62,7 @@ def cache_argument(model) -> str:
 
 
 def _run(model, ids, mask, pos, *, keep: int | None = None, past=None, use_cache: bool = False):
-    params = _forward_params(type(model))
+    params = forward_params(model)
     kwargs = dict(input_ids=ids, attention_mask=mask, use_cache=use_cache)
     if "position_ids" in params:
         kwargs["position_ids"] = pos

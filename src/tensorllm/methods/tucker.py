@@ -173,6 +173,17 @@ def singular_values(mat: torch.Tensor) -> torch.Tensor:
     return s
 
 
+AUTO_WHOLE_MODES = 16  # auto_ranks keeps modes this small at full rank
+
+
+def gavish_donoho_rank(s: torch.Tensor, rows: int, cols: int) -> int:
+    """How many of the singular values `s` of a rows x cols matrix lie above Gavish & Donoho's
+    threshold omega(beta) * median(s), beta = min / max of the shape; at least 1."""
+    beta = min(rows, cols) / max(rows, cols)
+    omega = 0.56 * beta**3 - 0.95 * beta**2 + 1.82 * beta + 1.43
+    return max(1, int((s > omega * s.median()).sum()))
+
+
 def auto_ranks(t: torch.Tensor, modes: tuple[int, ...]) -> tuple[int, ...]:
     """Data-free ranks: per mode, singular values of the unfolding above the Gavish-Donoho threshold.
 
@@ -184,15 +195,11 @@ def auto_ranks(t: torch.Tensor, modes: tuple[int, ...]) -> tuple[int, ...]:
     out = []
     for m in modes:
         size = t.shape[m]
-        if size <= 16:
+        if size <= AUTO_WHOLE_MODES:
             out.append(size)
             continue
         mat = t.movedim(m, 0).reshape(size, -1).double()  # (I_m, prod(others))
-        s = singular_values(mat)
-        rows, cols = mat.shape
-        beta = min(rows, cols) / max(rows, cols)
-        omega = 0.56 * beta**3 - 0.95 * beta**2 + 1.82 * beta + 1.43
-        out.append(max(1, int((s > omega * s.median()).sum())))
+        out.append(gavish_donoho_rank(singular_values(mat), *mat.shape))
     return tuple(out)
 
 
