@@ -16,7 +16,7 @@ import time
 import torch
 
 from tensorllm.attention import read_attention
-from tensorllm.methods import tucker as T
+from tensorllm.methods import tucker_tensor as T
 from tensorllm.models.io import load_model
 
 from common import emit_json  # bench/common.py

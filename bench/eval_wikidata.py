@@ -19,7 +19,8 @@ import time
 import torch
 
 from tensorllm.eval import evaluate, get_task, load_task, select
-from tensorllm.models.io import eval_dtype, load_model, resolve_device
+from tensorllm.base.devices import eval_dtype, resolve_device
+from tensorllm.models.io import load_model
 
 
 def _sync(device: torch.device) -> None:
@@ -105,7 +106,7 @@ def main() -> None:
     if args.json:
         from pathlib import Path
 
-        from tensorllm.cache import atomic_write_text
+        from tensorllm.base.files import atomic_write_text
 
         atomic_write_text(Path(args.json), json.dumps(report, indent=2) + "\n")
 

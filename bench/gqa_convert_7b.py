@@ -19,7 +19,7 @@ import torch
 from tensorllm.archs import spec_for
 from tensorllm.methods import registry
 from tensorllm.methods.gqa import convert
-from tensorllm.report import versions
+from tensorllm.base.versions import versions
 
 from common import emit_json  # bench/common.py
 

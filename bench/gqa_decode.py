@@ -50,9 +50,9 @@ import torch
 from tensorllm.archs import spec_for
 from tensorllm.methods import registry
 from tensorllm.methods.gqa import convert
-from tensorllm.methods.gqa.measure import decode_loop_ms, decode_step_ms, kv_cache_bytes_per_token
-from tensorllm.methods.gqa.decode_attention import register as register_decode
-from tensorllm.report import versions
+from tensorllm.eval.measure import decode_loop_ms, decode_step_ms, kv_cache_bytes_per_token
+from tensorllm.runtime.decode_attention import register as register_decode
+from tensorllm.base.versions import versions
 
 from common import emit_json  # bench/common.py
 
@@ -243,7 +243,7 @@ def main() -> None:
         "bench": "gqa_decode", "weights": "random (speed only)",
         "processes": "one per model (fresh compile each)" + (", at once on GPUs 0 and 1" if args.parallel else ""),
         **{k: first[k] for k in ("shape", "dtype", "device", "batch", "context", "new_tokens")},
-        "attention": "sdpa; *_flex: flex_attention; *_gqa / *_packed: tensorllm.methods.gqa.decode_attention",
+        "attention": "sdpa; *_flex: flex_attention; *_gqa / *_packed: tensorllm.runtime.decode_attention",
         "exit_codes": {w: parts[w].get("exit_code", 0) for w in parts}, "original": original, "converted": converted, "speedup": speedup,
         "seconds_convert": parts["converted"]["seconds_convert"], "versions": versions(),
     }

@@ -24,14 +24,14 @@ from pathlib import Path
 
 import torch
 
-from tensorllm.errors import UserError
+from tensorllm.base.errors import UserError
 from tensorllm.methods import registry
 from tensorllm.methods.gqa import convert
 from tensorllm.methods.gqa.calibrate import calibration_documents, chunk, token_stream
-from tensorllm.methods.gqa.measure import kv_cache_bytes_per_token, perplexity
+from tensorllm.eval.measure import kv_cache_bytes_per_token, perplexity
 from tensorllm.models.expand_kv import expand_kv
 from tensorllm.models.io import load_model
-from tensorllm.report import versions
+from tensorllm.base.versions import versions
 
 from common import emit_json  # bench/common.py
 

@@ -8,7 +8,7 @@
 Stages, each its own store under --out (resumable, see tensorllm/search/store.py):
 1. tucker: every layer x the --ranks settings (default "288,48,4;64,32,1;auto": mild, paper-like
    aggressive with one shared block-type factor, and the data-free Gavish-Donoho ranks) = 90 configurations;
-2. laser:  every layer x --rhos on ffn_in (default 0.5,0.1,0.01) = 90 configurations;
+2. laser:  every layer x --rhos on up_proj (default 0.5,0.1,0.01) = 90 configurations;
 3. hybrid: the top-k (default 3) Tucker configurations x the top-k LASER ones = 9 configurations.
 The model is loaded once for all three. Each stage selects on validation accuracy (ties: lower
 loss) and evaluates its winner and the baseline on the test split.
@@ -70,10 +70,12 @@ def main(argv=None) -> dict:
     t0 = time.perf_counter()
     import torch
 
-    from tensorllm.cli import _quiet_transformers
-    from tensorllm.models.io import load_model, resolve_device
+    from tensorllm.cli.app import _quiet_transformers
+    from tensorllm.base.devices import resolve_device
+    from tensorllm.models.io import load_model
     from tensorllm.search import SearchSpec, run_search
-    from tensorllm.search.grid import parse_floats, parse_rank_settings
+    from tensorllm.methods.registry import parse_floats
+    from tensorllm.methods.tucker import parse_rank_settings
 
     _quiet_transformers()
     device = resolve_device(args.device)
@@ -92,8 +94,8 @@ def main(argv=None) -> dict:
                   limit_test=args.limit_test, batch_size=args.batch_size, answer_mode=args.answer_mode,
                   device=str(device), dtype=dtype, expand_kv=args.expand_kv, layers=args.layers)
     stages = {
-        "tucker": dict(method="tucker", ranks=tuple(parse_rank_settings(args.ranks))),
-        "laser": dict(method="laser", rhos=tuple(parse_floats(args.rhos, "--rhos")), matrices=("ffn_in",)),
+        "tucker": dict(method="tucker", options={"ranks": parse_rank_settings(args.ranks)}),
+        "laser": dict(method="laser", options={"rhos": parse_floats(args.rhos, "--rhos"), "matrices": ("up",)}),
         "hybrid": dict(method="hybrid", sources=(str(out / "tucker"), str(out / "laser")), top_k=args.top_k),
     }
     wanted = [s.strip() for s in args.stages.split(",") if s.strip()]
@@ -139,7 +141,7 @@ def main(argv=None) -> dict:
               "stages": {k: {"status": v["status"], "progress": v["progress"], "run": v["run"],
                              "report": str(out / k / "report.md")} for k, v in reports.items()},
               "seconds_total": round(total, 2), "seconds_load": round(load_s, 2), "args": vars(args)}
-    from tensorllm.cache import atomic_write_text
+    from tensorllm.base.files import atomic_write_text
 
     atomic_write_text(out / "bench.json", json.dumps(result, indent=2) + "\n")
     return result

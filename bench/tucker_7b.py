@@ -31,7 +31,7 @@ from pathlib import Path
 import torch
 
 from tensorllm.attention import AttnWeights
-from tensorllm.methods.tucker import from_tensor, to_tensor
+from tensorllm.methods.tucker_tensor import from_tensor, to_tensor
 from tensorllm.tensor.tucker import hooi, hosvd, reconstruct
 
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}

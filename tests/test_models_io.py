@@ -18,7 +18,7 @@ import yaml
 from safetensors.torch import load_file, save_file
 
 import tensorllm
-from tensorllm.errors import UserError
+from tensorllm.base.errors import UserError
 
 WEIGHTS = "model.safetensors"
 GOOD_FLAGS = {"--layers": "0", "--ranks": "8,4,2", "--device": "cpu"}  # tiny tensor: (64, 16, 6, 2)
@@ -315,7 +315,7 @@ def test_library_errors_are_folded_onto_one_line(tmp_path, tiny_ckpt, run_cli, t
 
 
 def test_one_line_collapses_whitespace_and_caps_length():
-    from tensorllm.errors import one_line
+    from tensorllm.base.errors import one_line
 
     assert one_line(ValueError("first line\n  second\tline ")) == "first line second line"
     assert one_line(KeyError()) == "KeyError"
@@ -405,7 +405,7 @@ def test_cli_writes_a_checkpoint_and_overwrite_replaces_it(tmp_path, tiny_ckpt, 
 
 
 def test_eval_dtype_is_bfloat16_on_cuda_only_when_auto():
-    from tensorllm.models.io import eval_dtype
+    from tensorllm.base.devices import eval_dtype
 
     cuda, cpu = torch.device("cuda"), torch.device("cpu")
     assert eval_dtype("auto", cuda) == "bfloat16" and eval_dtype(None, cuda) == "bfloat16"

@@ -13,7 +13,7 @@ import yaml
 from safetensors.torch import load_file
 
 import tensorllm
-from tensorllm.layers import parse_layers
+from tensorllm.base.layers import parse_layers
 
 pytestmark = pytest.mark.real
 

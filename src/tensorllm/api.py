@@ -19,7 +19,8 @@ from torch import nn
 
 from tensorllm.archs import head_layout, spec_for
 from tensorllm.methods import registry
-from tensorllm.models.io import Loaded, load_model, resolve_device
+from tensorllm.base.devices import resolve_device
+from tensorllm.models.io import Loaded, load_model
 from tensorllm.recipe import Recipe
 from tensorllm.report import Report
 

@@ -14,7 +14,7 @@ from typing import Literal
 
 from torch import nn
 
-from tensorllm.errors import UserError
+from tensorllm.base.errors import UserError
 
 QKVLayout = Literal["separate", "fused_concat", "fused_per_head"]
 RopePairing = Literal["half", "interleaved"]
@@ -32,8 +32,7 @@ class ArchSpec:
     v: str | None = None
     fused: str | None = None  # fused projection (qkv != "separate")
     conv1d: bool = False  # weights stored (in, out) as in GPT-2's Conv1D
-    ffn_in: tuple[str, ...] = ()  # FFN input matrices (gate, up / fc_in)
-    ffn_out: str | None = None  # FFN output matrix (down / fc_out)
+    ffn: tuple[tuple[str, str], ...] = ()  # the FFN's matrices by their own names: gate/up/down or fc_in/fc_out
     rope: RopePairing | None = None  # how RoPE pairs dimensions of a head
     kv_heads_key: str | None = None  # config key for the K/V head count (GQA-capable families)
     kv_groups_attr: str | None = None  # attention-module attribute holding H / Hkv
@@ -44,29 +43,56 @@ class ArchSpec:
         return self.qkv == "separate" and self.kv_heads_key is not None
 
     def matrix_paths(self) -> dict[str, str]:
-        """Named matrices a user can address (e.g. for LASER), relative to a block."""
-        named: dict[str, str] = {"o": self.o}
-        if self.qkv == "separate":
-            named.update(q=self.q, k=self.k, v=self.v)
-        else:
-            named["qkv"] = self.fused
-        if self.ffn_in:
-            named["ffn_in"] = self.ffn_in[-1]  # the "up" / fc_in matrix
-            if len(self.ffn_in) > 1:
-                named["ffn_gate"] = self.ffn_in[0]
-        if self.ffn_out:
-            named["ffn_out"] = self.ffn_out
+        """The matrices a user can address by name (LASER, Tucker `single`), relative to a block:
+        q, k, v (or the fused qkv), o, and the FFN's own names (gate, up, down / fc_in, fc_out)."""
+        named: dict[str, str] = {"q": self.q, "k": self.k, "v": self.v} if self.qkv == "separate" else {"qkv": self.fused}
+        named["o"] = self.o
+        named.update(self.ffn)
         return named
+
+    def matrix_aliases(self) -> dict[str, str]:
+        """Other names -> own names. LASER's names mean what they mean in LASER's code (`fc_in` of a gated
+        FFN is its gate, `fc_up` its up, `fc_out` its down; `out_proj` is o); tensorllm's earlier names
+        `ffn_in` (the FFN input that is not the gate), `ffn_gate` and `ffn_out` keep their meaning."""
+        own = dict(self.ffn)
+        aliases = {"out_proj": "o"}
+        if self.qkv == "separate":
+            aliases.update(q_proj="q", k_proj="k", v_proj="v")
+        if "gate" in own:
+            aliases.update(fc_in="gate", fc_up="up", fc_out="down", ffn_gate="gate", ffn_in="up", ffn_out="down")
+        elif "gate_up" in own:
+            aliases.update(fc_out="down", ffn_in="gate_up", ffn_out="down")
+        elif "fc_in" in own:
+            aliases.update(ffn_in="fc_in", ffn_out="fc_out")
+        return aliases
+
+    @property
+    def ffn_input(self) -> str | None:
+        """The FFN input matrix that is not a gate (up / fc_in / gate_up): LASER's default here."""
+        own = dict(self.ffn)
+        return next((n for n in ("up", "fc_in", "gate_up") if n in own), None)
+
+    def resolve_matrix(self, name: str) -> tuple[str, str]:
+        """A matrix name, alias or module path -> (its own name, or the path itself; the module path)."""
+        named = self.matrix_paths()
+        name = self.matrix_aliases().get(name, name)
+        if name in named:
+            return name, named[name]
+        for own, path in named.items():
+            if path == name:
+                return own, path
+        return name, name  # a module path the table does not name; checked where it is used
 
 
 _LLAMA_LIKE = dict(
     layers="layers", q="self_attn.q_proj", k="self_attn.k_proj", v="self_attn.v_proj", o="self_attn.o_proj",
-    ffn_in=("mlp.gate_proj", "mlp.up_proj"), ffn_out="mlp.down_proj", rope="half",
+    ffn=(("gate", "mlp.gate_proj"), ("up", "mlp.up_proj"), ("down", "mlp.down_proj")), rope="half",
     kv_heads_key="num_key_value_heads", kv_groups_attr="num_key_value_groups",
 )
 _BERT_LIKE = dict(
     layers="encoder.layer", q="attention.self.query", k="attention.self.key", v="attention.self.value",
-    o="attention.output.dense", ffn_in=("intermediate.dense",), ffn_out="output.dense", is_decoder=False,
+    o="attention.output.dense", ffn=(("fc_in", "intermediate.dense"), ("fc_out", "output.dense")),
+    is_decoder=False,
 )
 
 SPECS: tuple[ArchSpec, ...] = (
@@ -75,14 +101,14 @@ SPECS: tuple[ArchSpec, ...] = (
     ArchSpec("qwen2", ("qwen2",), **_LLAMA_LIKE),  # q/k/v carry biases; handled generically
     ArchSpec("gemma", ("gemma",), **_LLAMA_LIKE),  # head_dim (256 in Gemma-2B) != hidden / heads
     ArchSpec("phi3", ("phi3",), layers="layers", qkv="fused_concat", fused="self_attn.qkv_proj",
-             o="self_attn.o_proj", ffn_in=("mlp.gate_up_proj",), ffn_out="mlp.down_proj", rope="half"),
+             o="self_attn.o_proj", ffn=(("gate_up", "mlp.gate_up_proj"), ("down", "mlp.down_proj")), rope="half"),
     ArchSpec("gpt2", ("gpt2",), layers="h", qkv="fused_concat", fused="attn.c_attn", o="attn.c_proj",
-             conv1d=True, ffn_in=("mlp.c_fc",), ffn_out="mlp.c_proj"),
+             conv1d=True, ffn=(("fc_in", "mlp.c_fc"), ("fc_out", "mlp.c_proj"))),
     ArchSpec("gptj", ("gptj",), layers="h", q="attn.q_proj", k="attn.k_proj", v="attn.v_proj",
-             o="attn.out_proj", ffn_in=("mlp.fc_in",), ffn_out="mlp.fc_out", rope="interleaved"),
+             o="attn.out_proj", ffn=(("fc_in", "mlp.fc_in"), ("fc_out", "mlp.fc_out")), rope="interleaved"),
     ArchSpec("gpt_neox", ("gpt_neox",), layers="layers", qkv="fused_per_head",
              fused="attention.query_key_value", o="attention.dense",
-             ffn_in=("mlp.dense_h_to_4h",), ffn_out="mlp.dense_4h_to_h", rope="half"),
+             ffn=(("fc_in", "mlp.dense_h_to_4h"), ("fc_out", "mlp.dense_4h_to_h")), rope="half"),
     ArchSpec("bert", ("bert",), **_BERT_LIKE),
     ArchSpec("roberta", ("roberta", "xlm-roberta"), **_BERT_LIKE),
 )

@@ -13,7 +13,7 @@ One object drives the Python API, the CLI (`--recipe FILE.yaml` or flags) and is
         ranks: [144, 48, 4]
       - method: laser
         layers: [27]
-        matrix: ffn_in
+        matrix: up
         rho: 0.1
 """
 
@@ -25,9 +25,9 @@ from typing import Any
 
 import yaml
 
-from tensorllm.errors import UserError, one_line
+from tensorllm.base.errors import UserError, one_line
 from tensorllm.methods import registry
-from tensorllm.models.io import parse_dtype
+from tensorllm.base.devices import parse_dtype
 
 RECIPE_VERSION = 1
 _TOP_KEYS = {"version", "dtype", "device", "seed", "steps"}

@@ -3,26 +3,13 @@
 from __future__ import annotations
 
 import json
-import platform
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from tensorllm.cache import atomic_write_text
-
-
-def versions() -> dict[str, str]:
-    import torch
-    import transformers
-
-    from tensorllm import __version__
-
-    out = {"tensorllm": __version__, "torch": torch.__version__, "transformers": transformers.__version__,
-           "python": platform.python_version()}
-    if torch.cuda.is_available():
-        out["cuda_device"] = torch.cuda.get_device_name(0)
-    return out
+from tensorllm.base.files import atomic_write_text
+from tensorllm.base.versions import versions
 
 
 @dataclass

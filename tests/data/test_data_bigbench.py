@@ -16,7 +16,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 
 from tensorllm.data import bigbench as bb
-from tensorllm.errors import UserError
+from tensorllm.base.errors import UserError
 
 CONTENT = {rel: json.dumps({"examples": [{"input": f"{rel} is", "target": "x"}]}).encode()
            for rel in bb.MEMBERS.values()}

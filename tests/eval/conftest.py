@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from tensorllm.errors import UserError
+from tensorllm.base.errors import UserError
 
 from eval_helpers import WORDS, word_tokenizer  # tests/eval/eval_helpers.py
 

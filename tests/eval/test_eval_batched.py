@@ -13,7 +13,7 @@ import random
 import pytest
 import torch
 
-from tensorllm.errors import UserError
+from tensorllm.base.errors import UserError
 from tensorllm.eval import evaluate, get_task, load_task, select
 from tensorllm.eval import decoder
 

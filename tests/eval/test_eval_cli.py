@@ -10,8 +10,8 @@ import pytest
 import typer
 from typer.testing import CliRunner
 
-from tensorllm.cli_eval import register
-from tensorllm.errors import UserError
+from tensorllm.cli.eval import register
+from tensorllm.base.errors import UserError
 
 from eval_helpers import WORDS
 

@@ -12,7 +12,7 @@ import textwrap
 import pytest
 import torch
 
-from tensorllm.errors import UserError
+from tensorllm.base.errors import UserError
 from tensorllm.eval.lm_eval_bridge import run_lm_eval
 
 DOCS = [{"question": "the capital of france is", "choices": ["paris", "dog"], "label": 0},

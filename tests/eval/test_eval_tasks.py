@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from tensorllm.errors import UserError
+from tensorllm.base.errors import UserError
 from tensorllm.eval import TASKS, get_task, load_task, select, split_examples
 from tensorllm.eval.tasks import BIOS_PROFESSIONS, bios_prompt, fever_prompt, hotpot_prompt
 

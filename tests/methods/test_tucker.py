@@ -13,19 +13,12 @@ import yaml
 
 import tensorllm
 from tensorllm.attention import AttnWeights, read_attention
-from tensorllm.errors import UserError
+from tensorllm.base.errors import UserError
 from tensorllm.methods import registry
 from tensorllm.methods.laser import LaserConfig
-from tensorllm.methods.tucker import (
-    TuckerConfig,
-    auto_ranks,
-    singular_values,
-    compress_layer,
-    from_tensor,
-    ranks_for_rate,
-    to_tensor,
-    tucker_params,
-)
+from tensorllm.methods.tucker import TuckerConfig, compress_layer
+from tensorllm.methods.tucker_tensor import (auto_ranks, from_tensor, ranks_for_rate, singular_values, to_tensor,
+                                             tucker_params)
 from tensorllm.models.expand_kv import expand_kv
 from tensorllm.recipe import Recipe
 

@@ -67,7 +67,8 @@ def spec_for(tiny: dict, store: Path, **kw):
                 ranks=((8, 4, 2), (0.5, 0.5, 1.0), "auto"), limit_val=8, limit_test=10, batch_size=16,
                 device="cpu", threads=1, progress=False)
     base.update(kw)
-    return SearchSpec(**base)
+    options = {k: base.pop(k) for k in ("ranks", "rates", "variant", "rhos", "matrices") if k in base}
+    return SearchSpec(**base, options={k: v for k, v in options.items() if v})
 
 
 def store_numbers(store: Path) -> dict:

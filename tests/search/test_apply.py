@@ -6,7 +6,16 @@ import torch
 
 import tensorllm.methods.tucker as tucker_mod
 from tensorllm.search.apply import Applier, touched_params
-from tensorllm.search.grid import Config, laser_step, tucker_step
+from tensorllm.methods import registry
+from tensorllm.search.grid import Config
+
+
+def tucker_step(model, arch, layer, options):
+    return registry.get("tucker").concrete_step(model, arch, layer, options)
+
+
+def laser_step(model, arch, layer, matrix, rho):
+    return registry.get("laser").concrete_step(model, arch, layer, {"matrix": matrix, "rho": rho})
 
 FAST = {"n_iter_max": 3}  # a few HOOI iterations: what is tested here does not depend on convergence
 
@@ -18,7 +27,7 @@ def _state(model):
 def _configs(tiny_loaded):
     m, a = tiny_loaded.model, tiny_loaded.arch
     t = tucker_step(m, a, 1, {"ranks": (8, 4, 2), **FAST})
-    lz = laser_step(m, a, 2, "ffn_in", 0.25)
+    lz = laser_step(m, a, 2, "up", 0.25)
     return {"tucker": Config((t,)), "laser": Config((lz,)), "hybrid": Config((t, lz))}
 
 

@@ -8,7 +8,7 @@ import typer
 from typer.testing import CliRunner
 
 import tensorllm.search.runner as runner
-from tensorllm import cli_search
+from tensorllm.cli import search as cli_search
 from tensorllm.search import run_search
 
 from search_helpers import spec_for
@@ -29,14 +29,14 @@ def test_tucker_flags(monkeypatch):
     spec = _invoke(monkeypatch, ["m", "--task", "wikidata_qa", "--store", "s", "--layers", "0-3",
                                  "--ranks", "144,48,4;0.5,0.5,1;auto", "--rates", "5,20", "--limit-val", "50",
                                  "--gpus", "2", "--expand-kv", "--time-budget", "540"])
-    assert spec.ranks == ((144, 48, 4), (0.5, 0.5, 1.0), "auto") and spec.rates == (5.0, 20.0)
+    assert spec.options["ranks"] == [(144, 48, 4), (0.5, 0.5, 1.0), "auto"] and spec.options["rates"] == [5.0, 20.0]
     assert (spec.layers, spec.limit_val, spec.gpus, spec.expand_kv, spec.time_budget) == ("0-3", 50, 2, True, 540.0)
 
 
 def test_laser_and_hybrid_flags(monkeypatch):
     spec = _invoke(monkeypatch, ["m", "--task", "fever", "--store", "s", "--method", "laser",
-                                 "--rhos", "0.9,0.01", "--matrix", "ffn_in,ffn_out", "--nproc", "3"])
-    assert spec.rhos == (0.9, 0.01) and spec.matrices == ("ffn_in", "ffn_out") and spec.gpus == 3
+                                 "--rhos", "0.9,0.01", "--matrix", "up,down", "--nproc", "3"])
+    assert spec.options == {"rhos": [0.9, 0.01], "matrices": ("up", "down")} and spec.gpus == 3
     spec = _invoke(monkeypatch, ["m", "--task", "fever", "--store", "s", "--method", "hybrid",
                                  "--from", "a", "--from", "b", "--top-k", "2"])
     assert spec.sources == ("a", "b") and spec.top_k == 2
@@ -77,7 +77,7 @@ def _inputs(tmp_path, store) -> dict:
     ({"--store": "{store}", "--answer-mode": "continuation"}, "belongs to a different search (answer_mode"),
     ({"--store": "{file}/store"}, "cannot create the store"),
     ({"--task": "fever", "--data": "{fever}"}, "share a first token"),  # the tiny vocabulary lacks true/false
-    ({"--method": "hybrid", "--recipe": "{gqa}"}, "step 1: the search applies tucker and laser steps, not 'gqa'"),
+    ({"--method": "hybrid", "--recipe": "{gqa}"}, "step 1: the search applies laser and tucker steps, not 'gqa'"),
 ])
 def test_bad_input_is_one_line_exit_2_and_writes_nothing(run_cli, search_tiny, small_store, tmp_path, change,
                                                          message):

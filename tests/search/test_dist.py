@@ -75,7 +75,7 @@ def test_torchrun_resumes_a_partial_store_and_equals_one_process(search_tiny, tm
     first = store_numbers(tmp_path / "s")
     env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK")}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
-           "-m", "tensorllm.cli_search", "search", search_tiny["model"], "--task", "wikidata_qa",
+           "-m", "tensorllm.cli", "search", search_tiny["model"], "--task", "wikidata_qa",
            "--data", search_tiny["data"],
            "--store", str(tmp_path / "s"), "--layers", "all", "--ranks", "8,4,2;0.5,0.5,1;auto",
            "--limit-val", "8", "--limit-test", "10", "--batch-size", "16", "--device", "cpu", "--threads", "1",
@@ -90,8 +90,8 @@ def test_torchrun_resumes_a_partial_store_and_equals_one_process(search_tiny, tm
 
 
 def test_device_map_helpers_on_a_cpu_machine(tiny_loaded):
-    from tensorllm.errors import UserError
-    from tensorllm.search.dist import device_map_kwargs, input_device, is_dispatched
+    from tensorllm.base.errors import UserError
+    from tensorllm.base.devices import device_map_kwargs, input_device, is_dispatched
 
     assert device_map_kwargs(None) == {}
     with pytest.raises(UserError):

@@ -2,9 +2,17 @@
 
 import pytest
 
-from tensorllm.errors import UserError
-from tensorllm.search.grid import (BASELINE, Config, config_key, hybrid_grid, laser_grid, parse_rank_settings,
-                                   tucker_grid)
+from tensorllm.base.errors import UserError
+from tensorllm.methods.tucker import parse_rank_settings
+from tensorllm.search.grid import BASELINE, Config, config_key, hybrid_grid, method_grid
+
+
+def tucker_grid(model, arch, layers, **options):
+    return method_grid(model, arch, "tucker", layers, options)
+
+
+def laser_grid(model, arch, layers, **options):
+    return method_grid(model, arch, "laser", layers, options)
 
 
 def test_parse_rank_settings():
@@ -39,10 +47,11 @@ def test_tucker_rank_too_large_names_the_layer(tiny_loaded):
 
 
 def test_laser_grid_uses_integer_ranks(tiny_loaded):
-    grid = laser_grid(tiny_loaded.model, tiny_loaded.arch, "all", rhos=[0.5, 0.1], matrices=("ffn_in", "ffn_out"))
-    assert len(grid.rows) == 3 and grid.cols == ["ffn_in 0.5", "ffn_in 0.1", "ffn_out 0.5", "ffn_out 0.1"]
-    step = grid.cells[("L1", "ffn_in 0.5")].steps[0]
-    assert step["rank"] == 16 and step["rho"] is None  # ffn_in is (48, 32): floor(32 * 0.5)
+    grid = laser_grid(tiny_loaded.model, tiny_loaded.arch, "all", rhos=[0.5, 0.1], matrices=("up", "down"))
+    assert len(grid.rows) == 3 and grid.cols == ["up 0.5", "up 0.1", "down 0.5", "down 0.1"]
+    step = grid.cells[("L1", "up 0.5")].steps[0]
+    assert step["rank"] == 16 and step["rho"] is None  # up is (48, 32): floor(32 * 0.5)
+    assert step["matrix"] == "up"
     with pytest.raises(UserError, match="no matrix"):
         laser_grid(tiny_loaded.model, tiny_loaded.arch, "0", rhos=[0.5], matrices=("nope",))
 

@@ -24,7 +24,7 @@ def slow(self, cfg, split):
     return line
 runner.Search._evaluate = slow
 sys.argv = ["tensorllm"] + sys.argv[2:]
-from tensorllm.cli_search import main
+from tensorllm.cli import main
 main()
 """
 

@@ -6,7 +6,7 @@ import json
 import pytest
 
 import tensorllm.methods.tucker as tucker_mod
-from tensorllm.errors import UserError
+from tensorllm.base.errors import UserError
 from tensorllm.search import BASELINE, Store, run_search
 
 from search_helpers import spec_for, store_numbers

@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from tensorllm.errors import UserError
+from tensorllm.base.errors import UserError
 from tensorllm.search.store import IDENTITY_KEYS, Store
 
 IDENT = {k: f"v-{k}" for k in IDENTITY_KEYS}

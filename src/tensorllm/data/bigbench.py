@@ -42,8 +42,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
-from tensorllm.cache import atomic_dir, cache_dir
-from tensorllm.errors import UserError
+from tensorllm.base.files import atomic_dir, cache_dir
+from tensorllm.base.errors import UserError
 
 PACKAGE = "bigbench"
 VERSION = "1.0.0"

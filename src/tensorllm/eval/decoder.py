@@ -15,7 +15,8 @@ import inspect
 
 import torch
 
-from tensorllm.progress import track
+from tensorllm.base.devices import input_device
+from tensorllm.base.progress import track
 
 
 @functools.lru_cache(maxsize=64)
@@ -77,13 +78,6 @@ def _run(model, ids, mask, pos, *, keep: int | None = None, past=None, use_cache
     return logits, out.cache if hasattr(out, "cache") else out.past_key_values
 
 
-def _device(model) -> torch.device:
-    """Where inputs go: the input embedding's device (the first stage of a model spread over GPUs)."""
-    emb = model.get_input_embeddings() if hasattr(model, "get_input_embeddings") else None
-    weight = getattr(emb, "weight", None)
-    return weight.device if weight is not None else next(model.parameters()).device
-
-
 @torch.inference_mode()
 def greedy_generate(model, prompts: list[list[int]], *, max_new_tokens: int, eos_ids: list[int], pad_id: int,
                     min_new_tokens: int = 1, batch_size: int = 256, max_batch_tokens: int = 65536,
@@ -93,7 +87,7 @@ def greedy_generate(model, prompts: list[list[int]], *, max_new_tokens: int, eos
     Same as `model.generate(do_sample=False, max_new_tokens=..., min_new_tokens=...)` one prompt
     at a time (LASER passes min_new_tokens=1: EOS is forbidden at the first step), with a KV cache.
     """
-    device = _device(model)
+    device = input_device(model)
     eos = torch.tensor(sorted(set(eos_ids)), dtype=torch.long, device=device)
     results: list[list[int]] = [[] for _ in prompts]
     batches = length_batches([len(p) for p in prompts], batch_size, max_batch_tokens)
@@ -139,7 +133,7 @@ def _gathered_logprobs(logits: torch.Tensor, targets: torch.Tensor, budget: int 
 def sequence_nll(model, seqs: list[list[int]], n_scored: list[int], *, pad_id: int, batch_size: int = 256,
                  max_batch_tokens: int = 65536, progress: bool = True) -> list[tuple[float, int]]:
     """Teacher forcing: per sequence, (sum of NLL, count) over its last n_scored tokens."""
-    device = _device(model)
+    device = input_device(model)
     results: list[tuple[float, int]] = [(0.0, 0)] * len(seqs)
     batches = length_batches([len(s) for s in seqs], batch_size, max_batch_tokens)
     for batch in track(batches, "score", enabled=progress):
@@ -159,7 +153,7 @@ def sequence_nll(model, seqs: list[list[int]], n_scored: list[int], *, pad_id: i
 def last_token_logprobs(model, prompts: list[list[int]], token_ids: list[int], *, pad_id: int,
                         batch_size: int = 256, max_batch_tokens: int = 65536, progress: bool = True) -> torch.Tensor:
     """(N, L) float32 log-probabilities (full-vocabulary softmax) of `token_ids` after each prompt."""
-    device = _device(model)
+    device = input_device(model)
     out = torch.empty((len(prompts), len(token_ids)), dtype=torch.float32)
     cand = torch.tensor(token_ids, dtype=torch.long, device=device)
     batches = length_batches([len(p) for p in prompts], batch_size, max_batch_tokens)

@@ -11,9 +11,10 @@ from __future__ import annotations
 
 import torch
 
-from tensorllm.errors import UserError
-from tensorllm.eval.decoder import _device, length_batches
-from tensorllm.progress import track
+from tensorllm.base.errors import UserError
+from tensorllm.base.devices import input_device
+from tensorllm.eval.decoder import length_batches
+from tensorllm.base.progress import track
 
 ACCURACY_MASKS = 5  # LASER's RoBERTa runs append "<mask>" x 5 for generative accuracy
 
@@ -30,7 +31,7 @@ def right_pad(seqs: list[list[int]], pad_id: int, device) -> tuple[torch.Tensor,
 
 def _mask_logits(model, seqs, mask_id, pad_id, batch_size, max_batch_tokens, progress, what):
     """Yield (batch indices, mask rows, logits at the masks) batch by batch; logits: (M, V)."""
-    device = _device(model)
+    device = input_device(model)
     for batch in track(length_batches([len(s) for s in seqs], batch_size, max_batch_tokens), what,
                        enabled=progress):
         ids, attn = right_pad([seqs[i] for i in batch], pad_id, device)

@@ -21,7 +21,7 @@ import weakref
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 
-from tensorllm.errors import UserError
+from tensorllm.base.errors import UserError
 from tensorllm.eval import decoder, encoder
 from tensorllm.eval.sources import load_task, select
 from tensorllm.eval.tasks import Example, TaskSpec, get_task

@@ -12,7 +12,7 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
-from tensorllm.errors import UserError
+from tensorllm.base.errors import UserError
 
 
 def require_lm_eval() -> None:

@@ -12,7 +12,7 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from tensorllm.errors import UserError
+from tensorllm.base.errors import UserError
 from tensorllm.eval.tasks import Example, TaskSpec
 
 SPLITS = ("val", "test", "all")

@@ -27,7 +27,7 @@ import re
 from dataclasses import dataclass
 from typing import Callable, Literal
 
-from tensorllm.errors import UserError
+from tensorllm.base.errors import UserError
 
 Kind = Literal["generate", "classify", "perplexity"]
 

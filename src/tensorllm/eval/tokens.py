@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from tensorllm.errors import UserError
+from tensorllm.base.errors import UserError
 
 
 def encode(tokenizer, texts: list[str]) -> list[list[int]]:

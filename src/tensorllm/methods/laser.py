@@ -5,8 +5,11 @@ k = max(1, floor(min(m, n) * rho)) or an explicit `rank`. Exact SVD by default; 
 code's randomised SVD (`svd_lowrank`, 2 power iterations) is available only with a seed, because
 without one its results depend on the run and the hardware.
 
-`matrix` names a matrix of the architecture table (ffn_in, ffn_out, ffn_gate, q, k, v, o, qkv) or
-any module path relative to a block (e.g. "mlp.up_proj").
+`matrix` names a matrix by the architecture's own name (gate, up, down for gated FFNs; fc_in, fc_out
+for plain ones; q, k, v, o or the fused qkv), by LASER's name with LASER's meaning (for a gated FFN
+`fc_in` is the gate, `fc_up` the up and `fc_out` the down matrix; `out_proj` is o), or by a module path
+relative to a block (e.g. "mlp.up_proj"). The default is the FFN's input matrix that is not a gate (up,
+or fc_in), tensorllm's choice since its first search; the report names the module changed.
 """
 
 from __future__ import annotations
@@ -18,22 +21,24 @@ from typing import Literal
 import torch
 
 from tensorllm.archs import blocks, get_module
-from tensorllm.errors import UserError
-from tensorllm.layers import one_layer_as_list, parse_layers
-from tensorllm.methods.registry import register
-from tensorllm.progress import track
+from tensorllm.base.errors import UserError
+from tensorllm.base.layers import one_layer_as_list, parse_layers
+from tensorllm.methods import registry
+from tensorllm.methods.registry import Column, Flag, Method, layers_label, parse_floats, split_names
+from tensorllm.base.progress import track
 from tensorllm.tensor.svd import laser_rank, truncated_svd
 
 
 @dataclass
 class LaserConfig:
     """layers: e.g. 27, [27], "20-29", "all".
-    matrix: ffn_in (default), ffn_out, q, k, v, o, ... or a module path.
+    matrix: up / fc_in (default: the FFN input that is not a gate), down / fc_out, gate, q, k, v, o,
+        LASER's names (fc_in, fc_up, fc_out, out_proj, ...), or a module path.
     rho: keep floor(min(m, n) * rho) singular values (LASER's rho); or rank: an explicit rank.
     svd: exact (default) | randomized (needs seed)."""
 
     layers: int | str | tuple[int, ...] | None = None
-    matrix: str = "ffn_in"
+    matrix: str | None = None
     rho: float | None = None
     rank: int | None = None
     svd: Literal["exact", "randomized"] = "exact"
@@ -55,31 +60,88 @@ class LaserConfig:
             raise UserError("laser svd 'randomized' needs a seed (results would not be reproducible)")
 
 
-@register("laser", LaserConfig)
-def apply_laser(model, arch, cfg: LaserConfig, ctx) -> dict:
-    """LASER rank reduction of one named matrix in each selected layer."""
-    layers = parse_layers(cfg.layers, len(blocks(model, arch)))
-    path = arch.matrix_paths().get(cfg.matrix, cfg.matrix)
-    records = []
-    for i in track(layers, "laser", enabled=ctx.progress):
-        t0 = time.perf_counter()
-        try:
-            mod = get_module(blocks(model, arch)[i], path)
-        except AttributeError:
-            names = ", ".join(arch.matrix_paths())
-            raise UserError(f"{arch.name} has no matrix '{cfg.matrix}' (named ones: {names}; or a module path)") from None
-        weight = mod.weight
-        m, n = weight.shape
-        k = cfg.rank if cfg.rank is not None else laser_rank((m, n), cfg.rho)
-        if k > min(m, n):
-            raise UserError(f"laser rank {k} exceeds min({m}, {n}) of {path}")
-        w = weight.detach().to(ctx.device)
-        approx = truncated_svd(w, k, method=cfg.svd, seed=cfg.seed)
-        rel = (torch.linalg.vector_norm((w - approx).double()) / torch.linalg.vector_norm(w.double())).item()
-        with torch.no_grad():
-            weight.copy_(approx.to(weight.device, weight.dtype))
-        records.append({"layer": i, "matrix": path, "shape": [m, n], "rank": k, "params_before": m * n,
-                        "params_after": k * (m + n), "compression_rate": m * n / (k * (m + n)),
-                        "rel_error": rel, "seconds": time.perf_counter() - t0})
-    return {"layers": records, "summary": {"matrix": path, "layers": layers,
-                                           "mean_rel_error": sum(r["rel_error"] for r in records) / len(records)}}
+NAME = "laser"
+RHOS = (0.9, 0.8, 0.6, 0.2, 0.1, 0.05, 0.01)  # LASER's published grid: the search's default
+
+
+def matrix_module(model, arch, layer: int, matrix: str | None):
+    """(the matrix's own name, its module path, the module) in block `layer`; None = the FFN input."""
+    name, path = arch.resolve_matrix(matrix or arch.ffn_input or "")
+    try:
+        return name, path, get_module(blocks(model, arch)[layer], path)
+    except AttributeError:
+        names = ", ".join([*arch.matrix_paths(), *arch.matrix_aliases()])
+        raise UserError(f"{arch.name} has no matrix '{matrix}' (names: {names}; or a module path)") from None
+
+
+class Laser(Method):
+    name, config_cls = NAME, LaserConfig
+    searchable = True
+    compress_flags = (
+        Flag("matrix", "laser: up / fc_in (default), down / fc_out, gate, q, k, v, o, LASER's names "
+             "(fc_in = the gate of a gated FFN) or a module path."),
+        Flag("rho", "laser: keep floor(min(m,n)*rho) singular values.", type=float),
+        Flag("rank", "laser: explicit rank.", type=int),
+    )
+    search_flags = (
+        Flag("rhos", "laser: fractions of singular values kept (default LASER's 0.9,0.8,0.6,0.2,0.1,0.05,0.01).",
+             parse=lambda s: parse_floats(s, "--rhos")),
+        Flag("matrix", "laser: up / fc_in (default), down / fc_out, gate, ... comma-separated for several",
+             key="matrices", parse=split_names),
+    )
+
+    def apply(self, model, arch, cfg: LaserConfig, ctx) -> dict:
+        """LASER rank reduction of one named matrix in each selected layer."""
+        layers = parse_layers(cfg.layers, len(blocks(model, arch)))
+        records = []
+        for i in track(layers, "laser", enabled=ctx.progress):
+            t0 = time.perf_counter()
+            name, path, mod = matrix_module(model, arch, i, cfg.matrix)
+            weight = mod.weight
+            m, n = weight.shape
+            k = cfg.rank if cfg.rank is not None else laser_rank((m, n), cfg.rho)
+            if k > min(m, n):
+                raise UserError(f"laser rank {k} exceeds min({m}, {n}) of {path}")
+            w = weight.detach().to(ctx.device)
+            approx = truncated_svd(w, k, method=cfg.svd, seed=cfg.seed)
+            rel = (torch.linalg.vector_norm((w - approx).double()) / torch.linalg.vector_norm(w.double())).item()
+            with torch.no_grad():
+                weight.copy_(approx.to(weight.device, weight.dtype))
+            records.append({"layer": i, "matrix": path, "shape": [m, n], "rank": k, "params_before": m * n,
+                            "params_after": k * (m + n), "compression_rate": m * n / (k * (m + n)),
+                            "rel_error": rel, "seconds": time.perf_counter() - t0})
+        return {"layers": records, "summary": {"matrix": records[0]["matrix"], "matrix_name": name, "layers": layers,
+                                               "mean_rel_error": sum(r["rel_error"] for r in records) / len(records)}}
+
+    def touched_modules(self, arch, step: dict) -> list[str]:
+        return [arch.resolve_matrix(step.get("matrix") or arch.ffn_input or "")[1]]
+
+    def check_search(self, options: dict) -> None:
+        for rho in options.get("rhos") or ():
+            if not 0 < rho <= 1:
+                raise UserError(f"laser rho must lie in (0, 1], got {rho}")
+
+    def columns(self, arch, options: dict) -> tuple[str, list[Column]]:
+        self.check_search(options)
+        matrices = options.get("matrices") or (arch.ffn_input,)
+        rhos = options.get("rhos") or RHOS
+        several = len(matrices) > 1
+        cols = [Column(f"{m} {rho:g}" if several else f"{rho:g}", {"matrix": m, "rho": rho})
+                for m in matrices for rho in rhos]
+        return ("matrix, rho" if several else f"{matrices[0]} rho"), cols
+
+    def concrete_step(self, model, arch, layer: int, options: dict) -> dict:
+        """LASER's rho becomes the integer rank it keeps; the matrix its own name."""
+        name, _, mod = matrix_module(model, arch, layer, options["matrix"])
+        rank = laser_rank(tuple(mod.weight.shape), options["rho"])
+        return registry.canonical_step(NAME, {"layers": [layer], "matrix": name, "rank": rank})
+
+    def describe(self, step: dict) -> str:
+        amount = f"rank {step['rank']}" if step.get("rank") else f"rho {step['rho']}"
+        return f"laser L{layers_label(step)} {step['matrix']} {amount}"
+
+    def settings_label(self, step: dict) -> str:
+        return f"rank {step['rank']}" if step.get("rank") else ""
+
+
+registry.register(Laser())

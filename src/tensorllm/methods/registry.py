@@ -1,10 +1,16 @@
-"""Methods by name: each is a typed config (a dataclass) plus one transform function.
+"""Methods by name: each is one module holding a typed config, its transform and a `Method` object that
+answers everything the rest of the toolkit asks about it.
 
-    @register("tucker", TuckerConfig)
-    def apply_tucker(model, arch, cfg, ctx) -> dict: ...
+    class Tucker(Method):
+        name, config_cls = "tucker", TuckerConfig
+        def apply(self, model, arch, cfg, ctx) -> dict: ...   # edits `model` in place
+    register(Tucker())
 
-The transform edits `model` in place and returns a JSON-able dict for the report
-(`{"layers": [...per-layer records...], "summary": {...}}`).
+The transform returns a JSON-able dict for the report (`{"layers": [...], "summary": {...}}`).
+The hooks with defaults below tell the search (which weights a step touches, how user settings
+become concrete ones on a model, the grid's columns), the report (how a step is described) and the
+CLI (its flags) what they need; nothing outside `methods/` branches on a method's name.
+Registration is explicit: `tensorllm/methods/__init__.py` imports each method module.
 """
 
 from __future__ import annotations
@@ -17,7 +23,7 @@ from typing import Any, Callable
 
 import torch
 
-from tensorllm.errors import UserError
+from tensorllm.base.errors import UserError
 
 
 @dataclass
@@ -33,43 +39,130 @@ class RunContext:
 
 
 @dataclass(frozen=True)
+class Flag:
+    """One command-line option a method adds to `compress` (sets a config key) or `search` (a grid axis).
+
+    `parse` turns the option's text (or number) into the value stored under `key`; options of the same
+    name from several methods are one flag (e.g. `--matrix`), their help texts joined.
+    """
+
+    name: str  # option name: "ranks" -> --ranks
+    help: str
+    type: type = str  # str | int | float: what typer parses
+    key: str | None = None  # config / search-option key (default: name)
+    parse: Callable[[Any], Any] | None = None
+
+    @property
+    def dest(self) -> str:
+        return self.key or self.name
+
+    def value(self, raw: Any) -> Any:
+        return raw if self.parse is None else self.parse(raw)
+
+
+@dataclass
+class Column:
+    """One column of a search grid: a label and the step options (all but `layers`) it stands for."""
+
+    label: str
+    options: dict
+
+
 class Method:
-    name: str
-    config_cls: type
-    apply: Callable[..., dict]
-    doc: str
+    """Base class of every method; a subclass sets `name` and `config_cls` and implements `apply`."""
+
+    name: str = ""
+    config_cls: type = object
+    compress_flags: tuple[Flag, ...] = ()  # options of `tensorllm compress` for this method
+    search_flags: tuple[Flag, ...] = ()  # options of `tensorllm search` (grid axes)
+    searchable: bool = False  # weights change in place (same shapes): the search can apply and restore it
+    data_free_column: str | None = None  # a grid column chosen from the weights alone (reported apart)
+
+    @property
+    def doc(self) -> str:
+        return (type(self).apply.__doc__ or "").strip()
+
+    def apply(self, model, arch, cfg, ctx: RunContext) -> dict:
+        raise NotImplementedError
+
+    # -- the search -----------------------------------------------------------------------------
+    def touched_modules(self, arch, step: dict) -> list[str]:
+        """Module paths (relative to a block) whose parameters one canonical step may write."""
+        raise UserError(f"the search cannot apply '{self.name}' steps (they change the model's shape)")
+
+    def check_search(self, options: dict) -> None:
+        """Refuse search options that cannot build a grid (before any model is loaded)."""
+
+    def columns(self, options: dict) -> tuple[str, list[Column]]:
+        """(column title, columns) of the grid for these search options."""
+        raise UserError(f"the search has no grid for method '{self.name}'")
+
+    def concrete_step(self, model, arch, layer: int, options: dict) -> dict:
+        """The canonical step of one grid cell: every data-free choice resolved on this model."""
+        return canonical_step(self.name, {"layers": [layer], **options})
+
+    # -- the report -------------------------------------------------------------------------------
+    def describe(self, step: dict) -> str:
+        return f"{self.name} L{layers_label(step)}"
+
+    def settings_label(self, step: dict) -> str:
+        """The resolved settings of one step, short (the heatmap shows it for data-free cells)."""
+        return ""
+
+
+def parse_floats(text: str, what: str) -> list[float]:
+    """'0.9,0.1' -> [0.9, 0.1] (a grid axis given on the command line)."""
+    try:
+        values = [float(p) for p in text.split(",") if p.strip()]
+    except ValueError:
+        raise UserError(f"{what} '{text}' must be comma-separated numbers") from None
+    if not values:
+        raise UserError(f"{what} '{text}' holds no value")
+    return values
+
+
+def split_names(text: str) -> tuple[str, ...]:
+    """'up,down' -> ('up', 'down')."""
+    return tuple(m.strip() for m in text.split(",") if m.strip())
+
+
+def layers_label(step: dict) -> str:
+    raw = step.get("layers")
+    if isinstance(raw, str):
+        return raw
+    return ",".join(map(str, raw if isinstance(raw, (list, tuple)) else [raw]))
 
 
 _METHODS: dict[str, Method] = {}
-_MODULES = ("tucker", "laser", "gqa")
 
 
-def register(name: str, config_cls: type):
-    def deco(fn):
-        _METHODS[name] = Method(name, config_cls, fn, (fn.__doc__ or "").strip())
-        return fn
-
-    return deco
-
-
-def _load_all() -> None:
-    # Import the method modules so that they register themselves.
-    import importlib
-
-    for mod in _MODULES:
-        importlib.import_module(f"tensorllm.methods.{mod}")
+def register(method: Method) -> Method:
+    if not method.name or method.name in _METHODS:
+        raise ValueError(f"method name {method.name!r} is empty or registered twice")
+    _METHODS[method.name] = method
+    return method
 
 
 def get(name: str) -> Method:
-    _load_all()
     if name not in _METHODS:
-        raise UserError(f"unknown method '{name}' (available: {', '.join(sorted(_METHODS))})")
+        raise UserError(f"unknown method '{name}' (available: {', '.join(names())})")
     return _METHODS[name]
 
 
+def find(name: str) -> Method | None:
+    return _METHODS.get(name)
+
+
 def names() -> list[str]:
-    _load_all()
     return sorted(_METHODS)
+
+
+def all_methods() -> list[Method]:
+    return [_METHODS[n] for n in names()]
+
+
+def searchable() -> list[Method]:
+    return [m for m in all_methods() if m.searchable]
 
 
 def _coerce(value: Any, tp: Any, where: str) -> Any:
@@ -145,3 +238,8 @@ def config_to_dict(cfg: Any) -> dict:
         v = getattr(cfg, f.name)
         out[f.name] = list(v) if isinstance(v, tuple) else v
     return out
+
+
+def canonical_step(method: str, options: dict) -> dict:
+    """{"method": name, every option of its typed config} after validation: a step as a store keeps it."""
+    return {"method": method, **config_to_dict(config_from_dict(method, options))}

@@ -28,6 +28,7 @@ layer's parameters. tests/methods/test_tucker.py checks they are bit-identical a
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import time
 from dataclasses import dataclass
@@ -36,12 +37,17 @@ from typing import Literal
 import torch
 
 from tensorllm.archs import blocks
-from tensorllm.attention import AttnWeights, from_head_blocks, per_head_blocks, read_attention, write_attention
-from tensorllm.errors import UserError
-from tensorllm.layers import one_layer_as_list, parse_layers
-from tensorllm.methods.registry import register
-from tensorllm.progress import track
+from tensorllm.attention import AttnWeights, read_attention, write_attention
+from tensorllm.base.errors import UserError
+from tensorllm.base.layers import one_layer_as_list, parse_layers
+from tensorllm.base.progress import track
+from tensorllm.methods import registry
+from tensorllm.methods.registry import Column, Flag, Method, layers_label, parse_floats, split_names
+from tensorllm.methods.tucker_tensor import (auto_ranks, compressed_modes, from_tensor, ranks_for_rate, to_tensor,
+                                             tucker_params)
 from tensorllm.tensor.tucker import hooi, reconstruct
+
+NAME = "tucker"
 
 Ranks = tuple[int, ...] | tuple[float, ...] | str
 
@@ -91,118 +97,6 @@ class TuckerConfig:
             raise UserError("tucker n_iter_max and tol must be >= 0")
 
 
-# ---------------------------------------------------------------- tensorisation (pure functions)
-
-def to_tensor(w: AttnWeights, variant: str, matrix: str | None = None) -> torch.Tensor:
-    """Stack a layer's attention into the tensor of `variant` (see the module docstring)."""
-    q, k, v, o = per_head_blocks(w)  # (H, D, d), (Hkv, D, d), (Hkv, D, d), (H, D, d)
-    if variant == "single":
-        blk = {"q": q, "k": k, "v": v, "o": o}[matrix]  # (n, D, d)
-        return blk.permute(1, 2, 0)  # (D, d, n)
-    Hkv, g = w.kv_heads, w.group
-    D, d = w.hidden, w.head_dim
-    stack = torch.cat([q.reshape(Hkv, g, D, d), k[:, None], v[:, None], o.reshape(Hkv, g, D, d)], dim=1)
-    # stack: (Hkv, 2g+2, D, d), block order Q_1..Q_g, K, V, O^T_1..O^T_g
-    if variant == "multihead":
-        return stack.permute(2, 3, 1, 0)  # (D, d, 2g+2, Hkv)
-    return stack.permute(2, 0, 3, 1).reshape(D, Hkv * d, 2 * g + 2)  # trawl: (D, Hkv*d, 2g+2)
-
-
-def from_tensor(t: torch.Tensor, w: AttnWeights, variant: str, matrix: str | None = None) -> AttnWeights:
-    """Inverse of `to_tensor`: new canonical weights (biases and head counts kept from `w`)."""
-    q, k, v, o = per_head_blocks(w)
-    if variant == "single":
-        new = dict(q=q, k=k, v=v, o=o)
-        new[matrix] = t.permute(2, 0, 1)  # (n, D, d)
-        q, k, v, o = new["q"], new["k"], new["v"], new["o"]
-    else:
-        Hkv, g, D, d = w.kv_heads, w.group, w.hidden, w.head_dim
-        if variant == "multihead":
-            stack = t.permute(3, 2, 0, 1)  # (Hkv, 2g+2, D, d)
-        else:
-            stack = t.reshape(D, Hkv, d, 2 * g + 2).permute(1, 3, 0, 2)  # (Hkv, 2g+2, D, d)
-        qs, k, v, os_ = torch.split(stack, [g, 1, 1, g], dim=1)
-        q, o = qs.reshape(Hkv * g, D, d), os_.reshape(Hkv * g, D, d)  # (H, D, d)
-        k, v = k[:, 0], v[:, 0]  # (Hkv, D, d)
-    wq, wk, wv, wo = from_head_blocks(q, k, v, o)
-    return w.with_(q=wq, k=wk, v=wv, o=wo)
-
-
-def compressed_modes(variant: str) -> tuple[int, ...]:
-    return (0, 1) if variant == "single" else (0, 1, 2)
-
-
-def tucker_params(shape: tuple[int, ...], modes: tuple[int, ...], ranks: tuple[int, ...]) -> int:
-    """Parameters of a partial Tucker: factors I_n x R_n plus one core per untouched-mode slice."""
-    core = math.prod(ranks)
-    for m, size in enumerate(shape):
-        if m not in modes:
-            core *= size
-    return sum(shape[m] * r for m, r in zip(modes, ranks)) + core
-
-
-def ranks_for_rate(shape, modes, target: float, before: int) -> tuple[int, ...]:
-    """Largest ranks, proportional to the mode sizes, whose compression rate is >= target."""
-    sizes = [shape[m] for m in modes]
-    lead = max(sizes)
-    best = None
-    lo, hi = 1, lead
-    while lo <= hi:  # the rate falls as the scale grows: bisect on the largest rank
-        mid = (lo + hi) // 2
-        ranks = tuple(max(1, min(s, math.ceil(mid * s / lead))) for s in sizes)
-        if before / tucker_params(shape, modes, ranks) >= target:
-            best, lo = ranks, mid + 1
-        else:
-            hi = mid - 1
-    if best is None:
-        floor = before / tucker_params(shape, modes, (1,) * len(modes))
-        raise UserError(f"no ranks reach compression rate {target:g} on this layer (at most {floor:.1f} with all ranks 1)")
-    return best
-
-
-def singular_values(mat: torch.Tensor) -> torch.Tensor:
-    """Singular values of a float64 matrix, descending, from the eigenvalues of its Gram matrix on the
-    shorter side: one matrix product and a small symmetric eigensolve instead of an SVD of the long
-    unfolding (4x faster on SmolLM2's layers, the same auto ranks). Squaring loses the singular values
-    below ~1e-8 of the largest; when the median (the threshold's scale) is near that, an SVD answers."""
-    rows, cols = mat.shape
-    gram = mat @ mat.T if rows <= cols else mat.T @ mat  # (min, min)
-    s = torch.linalg.eigvalsh(gram).clamp_min(0).sqrt().flip(0)
-    if s.numel() and s.median() < 1e-6 * s[0]:  # most values near the squaring's floor: ask an SVD
-        return torch.linalg.svdvals(mat)
-    return s
-
-
-AUTO_WHOLE_MODES = 16  # auto_ranks keeps modes this small at full rank
-
-
-def gavish_donoho_rank(s: torch.Tensor, rows: int, cols: int) -> int:
-    """How many of the singular values `s` of a rows x cols matrix lie above Gavish & Donoho's
-    threshold omega(beta) * median(s), beta = min / max of the shape; at least 1."""
-    beta = min(rows, cols) / max(rows, cols)
-    omega = 0.56 * beta**3 - 0.95 * beta**2 + 1.82 * beta + 1.43
-    return max(1, int((s > omega * s.median()).sum()))
-
-
-def auto_ranks(t: torch.Tensor, modes: tuple[int, ...]) -> tuple[int, ...]:
-    """Data-free ranks: per mode, singular values of the unfolding above the Gavish-Donoho threshold.
-
-    For an m x n matrix (m <= n) of signal plus i.i.d. noise, the optimal hard threshold with
-    unknown noise level is omega(beta) * median(singular values), beta = m / n (Gavish & Donoho
-    2014). Small modes (<= 16, e.g. the block-type mode) are kept at full rank: a median over a
-    handful of values says nothing about noise.
-    """
-    out = []
-    for m in modes:
-        size = t.shape[m]
-        if size <= AUTO_WHOLE_MODES:
-            out.append(size)
-            continue
-        mat = t.movedim(m, 0).reshape(size, -1).double()  # (I_m, prod(others))
-        out.append(gavish_donoho_rank(singular_values(mat), *mat.shape))
-    return tuple(out)
-
-
 def resolve_ranks(cfg: TuckerConfig, t: torch.Tensor, before: int) -> tuple[int, ...]:
     modes = compressed_modes(cfg.variant)
     sizes = [t.shape[m] for m in modes]
@@ -226,16 +120,21 @@ def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
     return torch.linalg.vector_norm(a - b).item() / n if n else 0.0
 
 
+def layer_tensor(w: AttnWeights, cfg: TuckerConfig, device: torch.device | None = None):
+    """(the weights in the compute dtype on `device`, their tensor of `cfg.variant`)."""
+    dtype = torch.float64 if cfg.compute_dtype == "float64" else torch.float32
+    wd = w.with_(q=w.q.to(device, dtype), k=w.k.to(device, dtype), v=w.v.to(device, dtype), o=w.o.to(device, dtype))
+    return wd, to_tensor(wd, cfg.variant, cfg.matrix)
+
+
 def compress_layer(w: AttnWeights, cfg: TuckerConfig, device: torch.device) -> tuple[AttnWeights, dict]:
     """Decompose and rebuild one layer's attention; return new weights and the layer's record."""
     t0 = time.perf_counter()
-    dtype = torch.float64 if cfg.compute_dtype == "float64" else torch.float32
-    wd = w.with_(q=w.q.to(device, dtype), k=w.k.to(device, dtype), v=w.v.to(device, dtype), o=w.o.to(device, dtype))
-    t = to_tensor(wd, cfg.variant, cfg.matrix)
+    wd, t = layer_tensor(w, cfg, device)
     modes = compressed_modes(cfg.variant)
     before = t.numel()
     ranks = resolve_ranks(cfg, t, before)
-    res = hooi(t, ranks, modes, n_iter_max=cfg.n_iter_max, tol=cfg.tol, compute_dtype=dtype)
+    res = hooi(t, ranks, modes, n_iter_max=cfg.n_iter_max, tol=cfg.tol, compute_dtype=t.dtype)
     new = from_tensor(reconstruct(res), wd, cfg.variant, cfg.matrix)
     after = tucker_params(tuple(t.shape), modes, ranks)
     record = {
@@ -253,17 +152,106 @@ def compress_layer(w: AttnWeights, cfg: TuckerConfig, device: torch.device) -> t
     return new, record
 
 
-@register("tucker", TuckerConfig)
-def apply_tucker(model, arch, cfg: TuckerConfig, ctx) -> dict:
-    """TensorLLM multi-head Tucker denoising of the attention of the selected layers."""
-    layers = parse_layers(cfg.layers, len(blocks(model, arch)))
-    records = []
-    for i in track(layers, "tucker", enabled=ctx.progress):
-        new, rec = compress_layer(read_attention(model, arch, i), cfg, ctx.device)
-        write_attention(model, arch, i, new)
-        records.append({"layer": i, **rec})
-    total_before = sum(r["params_before"] for r in records)
-    total_after = sum(r["params_after"] for r in records)
-    return {"layers": records, "summary": {
-        "variant": cfg.variant, "layers": layers, "compression_rate": total_before / total_after,
-        "mean_rel_error": sum(r["rel_error"] for r in records) / len(records)}}
+# ---------------------------------------------------------------- what the CLI and the search ask
+
+def parse_ranks(text: str | None):
+    """'144,48,4' -> (144, 48, 4); '0.5,0.25,1' -> fractions; 'auto' -> 'auto'."""
+    if text is None or text == "auto":
+        return text
+    parts = [p.strip() for p in text.split(",") if p.strip()]
+    try:
+        if all(p.isdigit() for p in parts):
+            return tuple(int(p) for p in parts)
+        return tuple(float(p) for p in parts)
+    except ValueError:
+        raise UserError(f"--ranks '{text}' must be integers (144,48,4), fractions (0.5,0.25,1) or auto") from None
+
+
+def parse_rank_settings(text: str) -> list[tuple[int, ...] | tuple[float, ...] | str]:
+    """'144,48,4;0.5,0.5,1;auto' -> [(144, 48, 4), (0.5, 0.5, 1.0), 'auto']."""
+    out = [parse_ranks(part.strip()) for part in text.split(";") if part.strip()]
+    if not out:
+        raise UserError(f"--ranks '{text}' holds no rank setting")
+    return out
+
+
+def rank_label(setting) -> str:
+    if isinstance(setting, str):
+        return setting
+    return ",".join(f"{r:g}" if isinstance(r, float) else str(r) for r in setting)
+
+
+class Tucker(Method):
+    name, config_cls = NAME, TuckerConfig
+    searchable = True
+    data_free_column = "auto"
+    compress_flags = (
+        Flag("ranks", "tucker: R1,R2,R3 integers, fractions of each mode, or auto.", parse=parse_ranks),
+        Flag("rate", "tucker: target compression rate of each layer's attention.", type=float),
+        Flag("variant", "tucker: multihead (default) | single | trawl."),
+        Flag("matrix", "tucker variant single: q, k, v or o."),
+    )
+    search_flags = (
+        Flag("ranks", "tucker: rank settings separated by ';', each R1,R2,R3 integers, fractions of each mode, "
+             "or auto: '144,48,4;0.5,0.5,1;auto'.", parse=parse_rank_settings),
+        Flag("rates", "tucker: target compression rates, one column each: 5,20,50.",
+             parse=lambda s: parse_floats(s, "--rates")),
+        Flag("variant", "tucker: multihead (paper) | single | trawl."),
+        Flag("matrix", "tucker variant single: q, k, v or o", key="matrices", parse=split_names),
+    )
+
+    def apply(self, model, arch, cfg: TuckerConfig, ctx) -> dict:
+        """TensorLLM multi-head Tucker denoising of the attention of the selected layers."""
+        layers = parse_layers(cfg.layers, len(blocks(model, arch)))
+        records = []
+        for i in track(layers, "tucker", enabled=ctx.progress):
+            new, rec = compress_layer(read_attention(model, arch, i), cfg, ctx.device)
+            write_attention(model, arch, i, new)
+            records.append({"layer": i, **rec})
+        total_before = sum(r["params_before"] for r in records)
+        total_after = sum(r["params_after"] for r in records)
+        return {"layers": records, "summary": {
+            "variant": cfg.variant, "layers": layers, "compression_rate": total_before / total_after,
+            "mean_rel_error": sum(r["rel_error"] for r in records) / len(records)}}
+
+    def touched_modules(self, arch, step: dict) -> list[str]:
+        return [arch.o] + ([arch.q, arch.k, arch.v] if arch.qkv == "separate" else [arch.fused])
+
+    def check_search(self, options: dict) -> None:
+        if not (options.get("ranks") or options.get("rates")):
+            raise UserError("a tucker search needs --ranks (e.g. '144,48,4;0.5,0.5,1;auto') or --rates (e.g. 5,20,50)")
+        if (options.get("variant", "multihead") == "single") != (len(options.get("matrices") or ()) == 1):
+            raise UserError("tucker variant 'single' needs exactly one --matrix (q, k, v or o), and only it takes one")
+
+    def columns(self, arch, options: dict) -> tuple[str, list[Column]]:
+        self.check_search(options)
+        variant = options.get("variant", "multihead")
+        extra = {"variant": variant}
+        if variant == "single":
+            extra["matrix"] = options["matrices"][0]
+        cols = [Column(rank_label(r), {"ranks": r, **extra}) for r in options.get("ranks") or ()]
+        cols += [Column(f"rate {x:g}", {"rate": x, **extra}) for x in options.get("rates") or ()]
+        return ("ranks (R1,R2)" if variant == "single" else "ranks (R1,R2,R3)"), cols
+
+    def concrete_step(self, model, arch, layer: int, options: dict) -> dict:
+        """One layer's Tucker step with its ranks resolved to integers on this model's weights."""
+        cfg = registry.config_from_dict(NAME, {"layers": [layer], **options})
+        _, t = layer_tensor(read_attention(model, arch, layer), cfg)
+        try:
+            ranks = resolve_ranks(cfg, t, t.numel())
+        except UserError as exc:
+            raise UserError(f"layer {layer}: {exc}") from None
+        cfg = dataclasses.replace(cfg, ranks=tuple(int(r) for r in ranks), rate=None)
+        return {"method": NAME, **registry.config_to_dict(cfg)}
+
+    def describe(self, step: dict) -> str:
+        ranks = step.get("ranks")
+        shown = ",".join(map(str, ranks)) if isinstance(ranks, list) else (str(ranks) if ranks else f"rate {step['rate']}")
+        extra = "" if step.get("variant", "multihead") == "multihead" else f" {step['variant']}"
+        return f"tucker L{layers_label(step)} ({shown}){extra}"
+
+    def settings_label(self, step: dict) -> str:
+        return ",".join(map(str, step["ranks"])) if isinstance(step.get("ranks"), list) else ""
+
+
+registry.register(Tucker())

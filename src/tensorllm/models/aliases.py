@@ -16,9 +16,9 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from tensorllm.cache import atomic_dir, cache_dir, extract_members, pip_download_wheel, sha256_file
-from tensorllm.errors import UserError
-from tensorllm.progress import quiet_stderr
+from tensorllm.base.files import atomic_dir, cache_dir, extract_members, pip_download_wheel, sha256_file
+from tensorllm.base.errors import UserError
+from tensorllm.base.progress import quiet_stderr
 
 
 @dataclass(frozen=True)

@@ -11,7 +11,7 @@ from torch import nn
 
 from tensorllm.archs import ArchSpec, blocks
 from tensorllm.attention import read_attention, set_kv_heads, write_attention
-from tensorllm.errors import UserError
+from tensorllm.base.errors import UserError
 
 
 def repeat_heads(t: torch.Tensor | None, kv_heads: int, group: int) -> torch.Tensor | None:

@@ -16,13 +16,10 @@ import torch
 from torch import nn
 
 from tensorllm.archs import ArchSpec, spec_for
-from tensorllm.errors import UserError, one_line
+from tensorllm.base.devices import device_map_kwargs, parse_dtype, resolve_device
+from tensorllm.base.errors import UserError, one_line
 from tensorllm.models.aliases import ALIASES, alias_path
-from tensorllm.progress import quiet_stderr
-
-DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
-          "float16": torch.float16, "fp16": torch.float16}
-
+from tensorllm.base.progress import quiet_stderr
 
 @dataclass
 class Loaded:
@@ -31,34 +28,6 @@ class Loaded:
     arch: ArchSpec
     path: Path | None  # local directory or .gguf file (None for a hub id): what outputs must not touch
     spec: str  # what the user typed
-
-
-def parse_dtype(name: str | None) -> torch.dtype | None:
-    if name in (None, "auto"):
-        return None
-    if name not in DTYPES:
-        raise UserError(f"unknown dtype '{name}' (choose from auto, {', '.join(DTYPES)})")
-    return DTYPES[name]
-
-
-def eval_dtype(name: str | None, device: torch.device) -> str | None:
-    """Load dtype for evaluation (eval, search): "auto" is bfloat16 on CUDA (speed; scoring upcasts to
-    float32 for the log-softmax) and the checkpoint's own dtype elsewhere."""
-    if name in (None, "auto"):
-        return "bfloat16" if device.type == "cuda" else None
-    return name
-
-
-def resolve_device(name: str | None) -> torch.device:
-    if name in (None, "auto"):
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        dev = torch.device(name)
-    except RuntimeError:
-        raise UserError(f"unknown device '{name}'") from None
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise UserError(f"device '{name}' asked for but no CUDA GPU is available")
-    return dev
 
 
 def _check_local_dir(path: Path, allow_pickle: bool) -> None:
@@ -147,8 +116,6 @@ def load_model(spec: str, *, dtype: str | None = None, device: str | None = None
     all visible GPUs with accelerate instead of moving it to `device`."""
     from transformers import AutoTokenizer
 
-    from tensorllm.search.dist import device_map_kwargs
-
     torch_dtype = parse_dtype(dtype)
     dev = resolve_device(device)
     config, arch, path, source, kwargs = load_config(spec, trust_remote_code=trust_remote_code,
@@ -204,7 +171,7 @@ def check_output_dir(out: Path, inputs: list[Path | None], overwrite: bool) -> P
 def save_checkpoint(loaded: Loaded, out: Path, *, overwrite: bool = False, extra_files: dict[str, str | bytes] | None = None,
                     extra_dirs: dict[str, Path] | None = None) -> Path:
     """Write a plain checkpoint (safetensors + config + tokenizer + extra text files) atomically."""
-    from tensorllm.cache import atomic_dir
+    from tensorllm.base.files import atomic_dir
     import shutil
 
     out = check_output_dir(out, [loaded.path], overwrite)

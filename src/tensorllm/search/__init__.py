@@ -2,7 +2,7 @@
 
     from tensorllm.search import SearchSpec, run_search
     report = run_search(SearchSpec("smollm2-135m", "wikidata_qa", "runs/s-tucker",
-                                   method="tucker", ranks=[(144, 48, 4), "auto"]))
+                                   method="tucker", options={"ranks": [(144, 48, 4), "auto"]}))
 
 Files: grid.py (configurations and their keys), apply.py (apply/restore, step cache),
 store.py (results on disk, resume, refuse-to-mix), select.py (the selection rule),

@@ -1,8 +1,9 @@
 """Apply one configuration to the loaded model, and undo it exactly afterwards.
 
 The model is loaded once per search. For each configuration, `Applier.applied(config)`:
-1. snapshots only the parameters its steps touch (a Tucker step: the attention projections of its
-   layers; a LASER step: one matrix), as clones on the model's device;
+1. snapshots only the parameters its steps touch (each method's `touched_modules` hook: for a Tucker
+   step the attention projections of its layers, for a LASER step one matrix), as clones on the
+   model's device;
 2. applies the steps with `tensorllm.compress(model, recipe)`, or, when the same step (same layer,
    same resolved ranks, same options) was computed before in this process, writes the cached
    result instead, so no Tucker decomposition is computed twice;
@@ -26,9 +27,10 @@ from typing import Iterator
 import torch
 from torch import nn
 
+from tensorllm.api import compress
 from tensorllm.archs import blocks, get_module
-from tensorllm.errors import UserError
-from tensorllm.layers import parse_layers
+from tensorllm.base.errors import UserError
+from tensorllm.base.layers import parse_layers
 from tensorllm.methods import registry
 from tensorllm.recipe import Recipe, Step
 from tensorllm.search.grid import Config, config_key
@@ -38,12 +40,7 @@ def touched_params(model: nn.Module, arch, step: dict) -> list[str]:
     """Names of the parameters a canonical step may write (weights and biases of its modules)."""
     n_layers = len(blocks(model, arch))
     layers = parse_layers(step.get("layers"), n_layers)
-    if step["method"] == "tucker":
-        paths = [arch.o] + ([arch.q, arch.k, arch.v] if arch.qkv == "separate" else [arch.fused])
-    elif step["method"] == "laser":
-        paths = [arch.matrix_paths().get(step["matrix"], step["matrix"])]
-    else:
-        raise UserError(f"the search applies tucker and laser steps, not '{step['method']}'")
+    paths = registry.get(step["method"]).touched_modules(arch, step)
     names = {id(p): n for n, p in model.named_parameters()}
     out = []
     for layer in layers:
@@ -113,8 +110,6 @@ class Applier:
         opts = {k: v for k, v in step.items() if k != "method"}
         recipe = Recipe([Step(step["method"], registry.config_from_dict(step["method"], opts))],
                         dtype="auto", device=str(self.device), seed=self.seed)
-        from tensorllm.api import compress
-
         _, report = compress(self.model, recipe, tokenizer=self.tokenizer, progress=False)
         return report.steps[0]
 
@@ -166,4 +161,4 @@ class Applier:
                 continue
             if versions.get(n) != (id(p), p._version):
                 raise RuntimeError(f"applying a configuration changed {n}, which the search did not snapshot "
-                                   "(touched_params in search/apply.py is incomplete)")
+                                   "(the method's touched_modules hook is incomplete)")

@@ -4,7 +4,7 @@ Two ways to run N processes, both data-parallel over configurations:
 
 - `tensorllm search ... --gpus N` spawns N processes itself (`torch.multiprocessing`, start
   method "spawn"), each told its rank through the same environment variables torchrun sets;
-- `torchrun --nproc-per-node N -m tensorllm.cli_search ...` starts them from outside; the
+- `torchrun --nproc-per-node N -m tensorllm.cli search ...` starts them from outside; the
   search reads RANK / WORLD_SIZE / LOCAL_RANK and does not spawn again.
 
 Backend: NCCL between GPUs, gloo on CPU. The processes meet at barriers (every decision is read
@@ -13,8 +13,6 @@ process group's key-value store (`Claims`): whichever rank is free takes the nex
 rank, or one that started earlier, does more. No tensor is communicated.
 Anything this module launches gets `NCCL_NVLS_ENABLE=0`: NVLink multicast (NVLS) stays off.
 
-`device_map_kwargs` / `input_device` are for the other kind of multi-GPU work, one model too big
-for one GPU spread over several with accelerate's `device_map="auto"` (`tensorllm eval --device-map`).
 """
 
 from __future__ import annotations
@@ -28,7 +26,7 @@ from typing import Any, Callable, Iterator
 
 import torch
 
-from tensorllm.errors import UserError
+from tensorllm.base.errors import UserError
 
 # A rank that finished its share waits at a barrier for the slowest one; a search phase can take
 # hours, far past the default collective timeouts (10 min for NCCL), so barriers wait this long.
@@ -110,7 +108,7 @@ def apply_safe_env() -> None:
 
 def rank_device(device: str, world: World) -> torch.device:
     """The device of this rank: cuda:<local rank> when several processes share a GPU host."""
-    from tensorllm.models.io import resolve_device
+    from tensorllm.base.devices import resolve_device
 
     dev = resolve_device(device)
     if dev.type != "cuda" or world.size == 1:
@@ -127,7 +125,7 @@ def check_gpus(n: int, device: str) -> None:
     """Before spawning: n processes need n GPUs, unless they run on the CPU."""
     if n < 1:
         raise UserError(f"--gpus must be >= 1, got {n}")
-    from tensorllm.models.io import resolve_device
+    from tensorllm.base.devices import resolve_device
 
     if resolve_device(device).type == "cuda" and n > torch.cuda.device_count():
         raise UserError(f"--gpus {n} asked for, but only {torch.cuda.device_count()} GPU(s) are visible")
@@ -194,7 +192,7 @@ def spawn(fn: Callable, nprocs: int, args: tuple) -> None:
         mp.spawn(_spawned, args=(fn, nprocs, args), nprocs=nprocs, join=True)
     except mp.ProcessRaisedException as exc:
         text = str(exc)
-        marker = "tensorllm.errors.UserError: "
+        marker = "tensorllm.base.errors.UserError: "
         if marker in text:
             raise UserError(text.rsplit(marker, 1)[1].strip().splitlines()[0]) from None
         raise
@@ -207,41 +205,3 @@ def spawn(fn: Callable, nprocs: int, args: tuple) -> None:
                 os.environ.pop(k, None)
             else:
                 os.environ[k] = v
-
-
-# -- one model over several GPUs (for `tensorllm eval --device-map auto`) ------------------------
-
-def device_map_kwargs(device_map: str | None, *, gpus: int | None = None,
-                      headroom: float = 0.9) -> dict[str, Any]:
-    """`from_pretrained` keyword arguments that spread a model over the visible GPUs with accelerate.
-
-    device_map: None (no spreading), "auto", "balanced", "balanced_low_0" or "sequential".
-    gpus: use only the first `gpus` GPUs. headroom: fraction of each GPU's memory that weights may
-    fill; the rest is left for activations and the KV cache of batched generation.
-    """
-    if device_map is None:
-        return {}
-    allowed = ("auto", "balanced", "balanced_low_0", "sequential")
-    if device_map not in allowed:
-        raise UserError(f"--device-map must be one of {', '.join(allowed)}, got '{device_map}'")
-    if not torch.cuda.is_available():
-        raise UserError("--device-map spreads a model over GPUs, but no CUDA GPU is available")
-    n = torch.cuda.device_count() if gpus is None else gpus
-    if not 1 <= n <= torch.cuda.device_count():
-        raise UserError(f"--gpus {gpus}: {torch.cuda.device_count()} GPU(s) are visible")
-    max_memory = {i: int(torch.cuda.get_device_properties(i).total_memory * headroom) for i in range(n)}
-    return {"device_map": device_map, "max_memory": max_memory}
-
-
-def is_dispatched(model) -> bool:
-    """True when accelerate spread the model's modules over more than one device."""
-    placement = getattr(model, "hf_device_map", None) or {}
-    return len({str(d) for d in placement.values()}) > 1
-
-
-def input_device(model) -> torch.device:
-    """Where input ids must go: the device of the input embedding (the first stage of a spread model)."""
-    emb = model.get_input_embeddings() if hasattr(model, "get_input_embeddings") else None
-    if emb is not None and getattr(emb, "weight", None) is not None:
-        return emb.weight.device
-    return next(model.parameters()).device

@@ -8,32 +8,28 @@ same decomposition (e.g. `0.5,0.5,1` and `288,32,8`) are one configuration, eval
 key means the same thing in every run and on every rank.
 
 A grid is a table of cells (row, column) -> configuration:
-- tucker: rows = layers, columns = rank settings (`--ranks "144,48,4;0.5,0.5,1;auto"` or `--rates`);
-- laser:  rows = layers, columns = (matrix, rho);
+- one method (`method_grid`): rows = layers, columns = what the method's `columns` hook makes of the
+  search options (Tucker: rank settings `--ranks "144,48,4;0.5,0.5,1;auto"` or `--rates`; LASER:
+  (matrix, rho)); each cell is the method's `concrete_step` on that layer;
 - hybrid: rows = the top-k configurations of the first `--from` store, columns = the combinations of
   the top-k of the others (each cell applies both, e.g. Tucker on attention then LASER on an FFN
   matrix); or one row per explicit `--recipe FILE`.
+The search knows no method by name: it asks the registry (tensorllm.methods.registry).
 """
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import itertools
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import torch
-
-from tensorllm.archs import blocks, get_module
-from tensorllm.attention import read_attention
-from tensorllm.errors import UserError
-from tensorllm.layers import parse_layers
+from tensorllm.archs import blocks
+from tensorllm.base.errors import UserError
+from tensorllm.base.layers import parse_layers
 from tensorllm.methods import registry
-from tensorllm.methods.tucker import resolve_ranks, to_tensor
 from tensorllm.recipe import Recipe
-from tensorllm.tensor.svd import laser_rank
 
 
 def config_key(steps: list[dict] | tuple[dict, ...]) -> str:
@@ -57,20 +53,7 @@ BASELINE = Config(())
 
 
 def describe_step(step: dict) -> str:
-    raw = step.get("layers")
-    layers = raw if isinstance(raw, str) else ",".join(map(str, raw if isinstance(raw, (list, tuple)) else [raw]))
-    if step["method"] == "tucker":
-        ranks = step.get("ranks")
-        if isinstance(ranks, list):
-            shown = ",".join(map(str, ranks))
-        else:
-            shown = str(ranks) if ranks else f"rate {step['rate']}"
-        extra = "" if step.get("variant", "multihead") == "multihead" else f" {step['variant']}"
-        return f"tucker L{layers} ({shown}){extra}"
-    if step["method"] == "laser":
-        amount = f"rank {step['rank']}" if step.get("rank") else f"rho {step['rho']}"
-        return f"laser L{layers} {step['matrix']} {amount}"
-    return f"{step['method']} L{layers}"
+    return registry.get(step["method"]).describe(step)
 
 
 @dataclass
@@ -81,7 +64,8 @@ class Grid:
     rows: list[str] = field(default_factory=list)
     cols: list[str] = field(default_factory=list)
     cells: dict[tuple[str, str], Config] = field(default_factory=dict)
-    row_layer: dict[str, int] = field(default_factory=dict)  # tucker/laser: row label -> layer index
+    row_layer: dict[str, int] = field(default_factory=dict)  # one-method grids: row label -> layer index
+    data_free_col: str | None = None  # the method's column chosen from the weights alone (Tucker's "auto")
 
     def add(self, row: str, col: str, config: Config) -> None:
         if row not in self.rows:
@@ -104,96 +88,20 @@ class Grid:
         return [rc for rc, cfg in self.cells.items() if cfg.key == key]
 
 
-# -- settings ----------------------------------------------------------------------------------
-
-def parse_rank_settings(text: str) -> list[tuple[int, ...] | tuple[float, ...] | str]:
-    """'144,48,4;0.5,0.5,1;auto' -> [(144, 48, 4), (0.5, 0.5, 1.0), 'auto']."""
-    from tensorllm.cli import parse_ranks
-
-    out = []
-    for part in text.split(";"):
-        part = part.strip()
-        if part:
-            out.append(parse_ranks(part))
-    if not out:
-        raise UserError(f"--ranks '{text}' holds no rank setting")
-    return out
-
-
-def parse_floats(text: str, what: str) -> list[float]:
-    try:
-        values = [float(p) for p in text.split(",") if p.strip()]
-    except ValueError:
-        raise UserError(f"{what} '{text}' must be comma-separated numbers") from None
-    if not values:
-        raise UserError(f"{what} '{text}' holds no value")
-    return values
-
-
-def rank_label(setting) -> str:
-    if isinstance(setting, str):
-        return setting
-    return ",".join(f"{r:g}" if isinstance(r, float) else str(r) for r in setting)
-
-
 # -- builders --------------------------------------------------------------------------------------
 
-def _canonical(method: str, options: dict) -> dict:
-    cfg = registry.config_from_dict(method, options)
-    return {"method": method, **registry.config_to_dict(cfg)}
-
-
-def tucker_step(model, arch, layer: int, options: dict) -> dict:
-    """One layer's Tucker step with its ranks resolved to integers on this model's weights."""
-    cfg = registry.config_from_dict("tucker", {"layers": [layer], **options})
-    w = read_attention(model, arch, layer)
-    dtype = torch.float64 if cfg.compute_dtype == "float64" else torch.float32
-    w = w.with_(q=w.q.to(dtype), k=w.k.to(dtype), v=w.v.to(dtype), o=w.o.to(dtype))  # as compress_layer does
-    t = to_tensor(w, cfg.variant, cfg.matrix)
-    try:
-        ranks = resolve_ranks(cfg, t, t.numel())
-    except UserError as exc:
-        raise UserError(f"layer {layer}: {exc}") from None
-    cfg = dataclasses.replace(cfg, ranks=tuple(int(r) for r in ranks), rate=None)
-    return {"method": "tucker", **registry.config_to_dict(cfg)}
-
-
-def tucker_grid(model, arch, layers, ranks=(), rates=(), variant: str = "multihead",
-                matrix: str | None = None) -> Grid:
-    if not ranks and not rates:
-        raise UserError("a tucker search needs rank settings: --ranks '144,48,4;0.5,0.5,1;auto' or --rates 5,20,50")
-    settings = [(rank_label(r), {"ranks": r}) for r in ranks] + [(f"rate {x:g}", {"rate": x}) for x in rates]
-    extra = {"variant": variant, **({"matrix": matrix} if matrix else {})}
-    grid = Grid("tucker", "layer", "ranks (R1,R2,R3)" if variant != "single" else "ranks (R1,R2)")
+def method_grid(model, arch, method: str, layers, options: dict) -> Grid:
+    """Rows = layers, columns = the method's columns for `options`; each cell one concrete step."""
+    m = registry.get(method)
+    col_title, columns = m.columns(arch, options)
+    grid = Grid(method, "layer", col_title)
+    if m.data_free_column and any(c.label == m.data_free_column for c in columns):
+        grid.data_free_col = m.data_free_column
     for layer in parse_layers(layers, len(blocks(model, arch))):
         row = f"L{layer}"
         grid.row_layer[row] = layer
-        for label, opts in settings:
-            grid.add(row, label, Config((tucker_step(model, arch, layer, {**opts, **extra}),)))
-    return grid
-
-
-def laser_step(model, arch, layer: int, matrix: str, rho: float) -> dict:
-    path = arch.matrix_paths().get(matrix, matrix)
-    try:
-        weight = get_module(blocks(model, arch)[layer], path).weight
-    except AttributeError:
-        named = ", ".join(arch.matrix_paths())
-        raise UserError(f"{arch.name} has no matrix '{matrix}' (named ones: {named}; or a module path)") from None
-    if not 0 < rho <= 1:
-        raise UserError(f"laser rho must lie in (0, 1], got {rho}")
-    return _canonical("laser", {"layers": [layer], "matrix": matrix, "rank": laser_rank(tuple(weight.shape), rho)})
-
-
-def laser_grid(model, arch, layers, rhos, matrices=("ffn_in",)) -> Grid:
-    grid = Grid("laser", "layer", "matrix, rho" if len(matrices) > 1 else f"{matrices[0]} rho")
-    for layer in parse_layers(layers, len(blocks(model, arch))):
-        row = f"L{layer}"
-        grid.row_layer[row] = layer
-        for matrix in matrices:
-            for rho in rhos:
-                col = f"{matrix} {rho:g}" if len(matrices) > 1 else f"{rho:g}"
-                grid.add(row, col, Config((laser_step(model, arch, layer, matrix, rho),)))
+        for col in columns:
+            grid.add(row, col.label, Config((m.concrete_step(model, arch, layer, col.options),)))
     return grid
 
 
@@ -217,8 +125,8 @@ def recipes_grid(paths: list[str | Path]) -> Grid:
     for path in paths:
         rec = Recipe.load(path)
         for i, step in enumerate(rec.steps, 1):
-            if step.method not in ("tucker", "laser"):
-                raise UserError(f"recipe {path} step {i}: the search applies tucker and laser steps, "
-                                f"not '{step.method}'")
+            if not registry.get(step.method).searchable:
+                raise UserError(f"recipe {path} step {i}: the search applies "
+                                f"{' and '.join(m.name for m in registry.searchable())} steps, not '{step.method}'")
         grid.add(Path(path).stem, "recipe", Config(tuple(s.to_dict() for s in rec.steps)))
     return grid

@@ -3,7 +3,7 @@
 The heatmap shows validation accuracy minus the baseline's, in percentage points, one cell per
 (row, column) of the grid: a diverging colormap centred at 0 (blue = better than the unmodified
 model, red = worse), every cell annotated, the winner outlined, cells not evaluated yet grey.
-For Tucker grids with an `auto` column each of its cells also shows the ranks auto chose.
+A method's data-free column (Tucker's `auto`) also shows in each cell the ranks it chose.
 The perplexity task has no accuracy: its cells show the validation loss reduction instead
 (baseline loss minus the configuration's, nats/token; positive = better, blue again).
 """
@@ -15,7 +15,9 @@ import os
 import tempfile
 from pathlib import Path
 
-from tensorllm.cache import atomic_write_text
+from tensorllm.base.files import atomic_write_text
+from tensorllm.eval import get_task
+from tensorllm.methods import registry
 from tensorllm.search import select
 from tensorllm.search.grid import BASELINE, Grid
 
@@ -42,14 +44,9 @@ def _delta(a, b):
 
 
 def _ranks_of(line: dict) -> str:
-    """The resolved ranks of a one-step configuration ('312,60,8' / 'rank 57'), '' otherwise."""
+    """The resolved settings of a one-step configuration ('312,60,8' / 'rank 57'), '' otherwise."""
     steps = line.get("steps") or []
-    if len(steps) != 1:
-        return ""
-    s = steps[0]
-    if isinstance(s.get("ranks"), list):
-        return ",".join(map(str, s["ranks"]))
-    return f"rank {s['rank']}" if s.get("rank") else ""
+    return registry.get(steps[0]["method"]).settings_label(steps[0]) if len(steps) == 1 else ""
 
 
 # What the grid cells (table and heatmap) show: accuracy gains, or loss reductions for tasks without accuracy.
@@ -59,8 +56,6 @@ DELTAS = {"accuracy": ("val accuracy minus baseline", "points", "+.1f"),
 
 def build(grid: Grid, identity: dict, info: dict, val: dict[str, dict], test: dict[str, dict], roles: dict,
           *, status: str, run_seconds: float, evaluated: int, cache=None, setup: dict | None = None) -> dict:
-    from tensorllm.eval import get_task
-
     base = val.get(BASELINE.key)
     base_acc = base["accuracy"] if base else None
     by_loss = get_task(identity["task"]).kind == "perplexity"
@@ -190,8 +185,9 @@ def markdown(rep: dict) -> str:
         lines += ["`auto` ranks come from the weights alone (Gavish-Donoho threshold on each unfolding); the "
                   "\"layer selected on val\" row still uses validation data to pick the layer, so only the "
                   "\"at the winner's layer\" row compares ranks with everything else held equal.", ""]
-    elif rep["method"] == "tucker":
-        lines += ["No data-free comparison: the grid has no `auto` column (add `;auto` to --ranks).", ""]
+    elif getattr(registry.find(rep["method"]), "data_free_column", None):
+        col = registry.find(rep["method"]).data_free_column
+        lines += [f"No data-free comparison: the grid has no `{col}` column (add `;{col}` to --ranks).", ""]
     lines += ["## Best on validation", "", "| # | configuration | val acc | Δ val | val loss |",
               "|---:|---|---:|---:|---:|"]
     for i, x in enumerate(rep["ranking"], 1):
@@ -229,13 +225,14 @@ def heatmap(rep: dict, path: Path) -> None:
     ax = fig.add_subplot()
     im = ax.imshow(np.ma.masked_invalid(data), cmap=cmap, vmin=-vmax, vmax=vmax, aspect="auto")
     size = 8 if len(rows) <= 40 else 6
+    free = getattr(registry.find(rep["method"]), "data_free_column", None)  # its cells show what it chose
     for i, row in enumerate(g["cells"]):
         for j, c in enumerate(row):
             if c is None or not _finite(c["delta"]):
                 ax.text(j, i, "-" if c is None else "n/a", ha="center", va="center", fontsize=size, color="#555555")
                 continue
             text = format(c["delta"], spec)
-            if cols[j] == "auto" and c.get("ranks"):
+            if cols[j] == free and c.get("ranks"):
                 text += f"  ({c['ranks']})"
             dark = abs(c["delta"]) > 0.6 * vmax
             ax.text(j, i, text, ha="center", va="center", fontsize=size, color="white" if dark else "black")

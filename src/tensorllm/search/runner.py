@@ -2,7 +2,7 @@
 
     from tensorllm.search import SearchSpec, run_search
     report = run_search(SearchSpec("smollm2-135m", "wikidata_qa", "runs/s-tucker", method="tucker",
-                                   layers="all", ranks=[(144, 48, 4), (0.5, 0.5, 1.0), "auto"]))
+                                   layers="all", options={"ranks": [(144, 48, 4), (0.5, 0.5, 1.0), "auto"]}))
 
 1. Load the model once; check the task data and the model against it (a bad file, an empty split,
    ... fails before the store is created); build the grid (grid.py) and the search identity; open
@@ -11,8 +11,8 @@
    applied (apply.py), evaluated on the validation split and appended to the store at once.
    With several processes, the pending list is dealt out round-robin (index % world == rank).
 3. Selection (select.py) on validation accuracy, ties by lower loss.
-4. Test phase: the winner, the baseline and, for Tucker grids with an `auto` column, the best
-   data-free configuration and the data-free one at the winner's layer, on the test split.
+4. Test phase: the winner, the baseline and, for grids with a data-free column (Tucker's `auto`),
+   the best data-free configuration and the data-free one at the winner's layer, on the test split.
 5. Rank 0 writes report.md / report.json / heatmap.png into the store (report.py).
 
 A rerun of the same command resumes: everything already in the store is read, not recomputed.
@@ -26,20 +26,24 @@ import json
 import os
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable
 
 import torch
 
-from tensorllm.errors import UserError
-from tensorllm.progress import track
+from tensorllm.base.errors import UserError
+from tensorllm.base.progress import track
 from tensorllm.search import dist, report as report_mod, select
 from tensorllm.search.apply import Applier
-from tensorllm.search.grid import BASELINE, Config, Grid, hybrid_grid, laser_grid, recipes_grid, tucker_grid
+from tensorllm.methods import DEFAULT as DEFAULT_METHOD, registry
+from tensorllm.search.grid import BASELINE, Config, Grid, hybrid_grid, method_grid, recipes_grid
 from tensorllm.search.store import FORMAT, Store, code_version, data_identity, mismatch, model_fingerprint, now
 
-METHODS = ("tucker", "laser", "hybrid")
-LASER_RHOS = (0.9, 0.8, 0.6, 0.2, 0.1, 0.05, 0.01)  # LASER's published grid
+HYBRID = "hybrid"  # not a method: combinations of the best configurations of earlier searches
+
+
+def search_methods() -> list[str]:
+    return [m.name for m in registry.searchable()] + [HYBRID]
 
 
 @dataclass
@@ -49,13 +53,11 @@ class SearchSpec:
     model: str
     task: str
     store: str
-    method: str = "tucker"
+    method: str = DEFAULT_METHOD
     layers: str = "all"
-    ranks: tuple = ()  # tucker: rank settings, each (R1, R2, R3) integers, fractions, or "auto"
-    rates: tuple = ()  # tucker: target compression rates (one column each)
-    variant: str = "multihead"
-    rhos: tuple = ()  # laser (default: LASER's grid)
-    matrices: tuple = ()  # laser: ffn_in (default), ffn_out, ...; tucker variant single: q, k, v or o
+    # the grid's columns, read by the method's `columns` hook: e.g. tucker {"ranks": [(144, 48, 4), "auto"],
+    # "rates": [20.0], "variant": "multihead"}, laser {"rhos": [0.1, 0.01], "matrices": ("up", "down")}
+    options: dict = field(default_factory=dict)
     sources: tuple = ()  # hybrid: stores of earlier searches whose top-k are combined
     recipes: tuple = ()  # hybrid: explicit recipe files, one configuration each
     top_k: int = 3
@@ -80,8 +82,8 @@ class SearchSpec:
         from tensorllm.eval import ANSWER_MODES, get_task
 
         get_task(self.task)
-        if self.method not in METHODS:
-            raise UserError(f"unknown search method '{self.method}' (choose from {', '.join(METHODS)})")
+        if self.method not in search_methods():
+            raise UserError(f"unknown search method '{self.method}' (choose from {', '.join(search_methods())})")
         if self.answer_mode not in ANSWER_MODES:
             raise UserError(f"unknown answer mode '{self.answer_mode}' (choose from {', '.join(ANSWER_MODES)})")
         for name in ("limit_val", "limit_test"):
@@ -94,14 +96,12 @@ class SearchSpec:
             raise UserError(f"--threads must be >= 1, got {self.threads}")
         if self.time_budget is not None and self.time_budget <= 0:
             raise UserError(f"--time-budget must be positive, got {self.time_budget}")
-        if self.method == "hybrid" and bool(self.sources) == bool(self.recipes):
+        if self.method == HYBRID and bool(self.sources) == bool(self.recipes):
             raise UserError("a hybrid search needs either --from STORE (two or more) or --recipe FILE (one or more)")
-        if self.method != "hybrid" and (self.sources or self.recipes):
-            raise UserError("--from and --recipe belong to --method hybrid")
-        if self.method == "tucker" and not (self.ranks or self.rates):
-            raise UserError("a tucker search needs --ranks (e.g. '144,48,4;0.5,0.5,1;auto') or --rates (e.g. 5,20,50)")
-        if self.method == "tucker" and (self.variant == "single") != (len(self.matrices) == 1):
-            raise UserError("tucker variant 'single' needs exactly one --matrix (q, k, v or o), and only it takes one")
+        if self.method != HYBRID:
+            if self.sources or self.recipes:
+                raise UserError("--from and --recipe belong to --method hybrid")
+            registry.get(self.method).check_search(self.options)
 
 
 def run_search(spec: SearchSpec, *, loaded=None, log: Callable[[str], None] | None = None) -> dict | None:
@@ -152,7 +152,8 @@ class Search:
 
     # -- setup ---------------------------------------------------------------------------------
     def _load(self, device: torch.device) -> None:
-        from tensorllm.models.io import eval_dtype, load_model
+        from tensorllm.base.devices import eval_dtype
+        from tensorllm.models.io import load_model
 
         spec = self.spec
         if self.loaded is None:
@@ -176,8 +177,7 @@ class Search:
             preflight(self.model, self.tokenizer, task, split, limit, spec.data)
 
     def _identity(self) -> tuple[dict, dict]:
-        from tensorllm import __version__
-        from tensorllm.report import versions
+        from tensorllm.base.versions import __version__, versions
 
         spec = self.spec
         identity = {"format": FORMAT, "model": model_fingerprint(self.model), "task": spec.task,
@@ -193,11 +193,8 @@ class Search:
 
     def _grid(self, identity: dict) -> Grid:
         spec = self.spec
-        if spec.method == "tucker":
-            matrix = spec.matrices[0] if spec.variant == "single" else None
-            return tucker_grid(self.model, self.arch, spec.layers, spec.ranks, spec.rates, spec.variant, matrix)
-        if spec.method == "laser":
-            return laser_grid(self.model, self.arch, spec.layers, spec.rhos or LASER_RHOS, spec.matrices or ("ffn_in",))
+        if spec.method != HYBRID:
+            return method_grid(self.model, self.arch, spec.method, spec.layers, spec.options)
         if spec.recipes:
             return recipes_grid(list(spec.recipes))
         return hybrid_grid([self._top_k(src, identity) for src in spec.sources])
@@ -295,12 +292,13 @@ class Search:
         by_key = {c.key: c for c in self.grid.configs()}
         winner = select.best([val[k] for k in by_key])
         roles = {"baseline": BASELINE, "winner": by_key[winner["key"]]}
-        auto = [(row, self.grid.cells[(row, "auto")]) for row in self.grid.rows if (row, "auto") in self.grid.cells]
-        if self.grid.method == "tucker" and auto:
-            roles["auto_best"] = by_key[select.best([val[c.key] for _, c in auto])["key"]]
+        col = self.grid.data_free_col
+        free = [self.grid.cells[(row, col)] for row in self.grid.rows if (row, col) in self.grid.cells]
+        if free:  # the roles keep the names of Tucker's data-free column, the only one so far
+            roles["auto_best"] = by_key[select.best([val[c.key] for c in free])["key"]]
             winner_row = self.grid.cells_of(winner["key"])[0][0]
-            if (winner_row, "auto") in self.grid.cells:
-                roles["auto_at_winner_layer"] = self.grid.cells[(winner_row, "auto")]
+            if (winner_row, col) in self.grid.cells:
+                roles["auto_at_winner_layer"] = self.grid.cells[(winner_row, col)]
         return roles
 
     def _out_of_time(self) -> bool:

@@ -37,8 +37,8 @@ from typing import Iterator
 
 import torch
 
-from tensorllm.cache import atomic_write_text
-from tensorllm.errors import UserError
+from tensorllm.base.files import atomic_write_text
+from tensorllm.base.errors import UserError
 
 FORMAT = 2  # 2: the evaluation batch size is part of the identity (bf16 numbers depend on it)
 MANIFEST = "store.json"
@@ -80,14 +80,14 @@ def data_identity(task: str, data: str | os.PathLike | None) -> str:
     path = Path(data).expanduser()
     if not path.is_file():
         raise UserError(f"data file {path} does not exist")
-    from tensorllm.cache import sha256_file
+    from tensorllm.base.files import sha256_file
 
     return "sha256:" + sha256_file(path)[:16]
 
 
 def code_version() -> str:
     """tensorllm's version plus the git commit of its source tree when it is a checkout."""
-    from tensorllm import __version__
+    from tensorllm.base.versions import __version__
 
     here = Path(__file__).resolve().parent
     try:

@@ -13,10 +13,11 @@ the default.
 from __future__ import annotations
 
 import math
-import numbers
 from typing import Sequence
 
 import torch
+
+from tensorllm.tensor.checks import is_int
 
 METHODS = ("exact", "randomized")
 
@@ -44,7 +45,7 @@ def truncated_svd(
     if w.is_complex():
         raise ValueError("complex matrices are not supported")
     m, n = w.shape
-    if not _is_int(rank) or not 1 <= rank <= min(m, n):
+    if not is_int(rank) or not 1 <= rank <= min(m, n):
         raise ValueError(
             f"rank {rank!r} is out of range for a {m} x {n} matrix: "
             f"it must be an integer between 1 and {min(m, n)}"
@@ -64,9 +65,9 @@ def truncated_svd(
                 "the randomized SVD needs an explicit seed (without one the result changes "
                 "from run to run); pass seed=..., or use method='exact'"
             )
-        if not _is_int(n_oversamples) or n_oversamples < 0:
+        if not is_int(n_oversamples) or n_oversamples < 0:
             raise ValueError(f"n_oversamples must be an integer >= 0, got {n_oversamples!r}")
-        if not _is_int(n_iter) or n_iter < 0:
+        if not is_int(n_iter) or n_iter < 0:
             raise ValueError(f"n_iter must be an integer >= 0, got {n_iter!r}")
         u, s, vh = _randomized_svd(a, rank, int(seed), n_oversamples, n_iter)
     approx = (u[:, :rank] * s[:rank]) @ vh[:rank]  # (m, n)
@@ -80,7 +81,7 @@ def laser_rank(shape: Sequence[int], rho: float) -> int:
     min(m, n)=100 keeps 28 (0.29 * 100 == 28.999999999999996).
     """
     shape = tuple(shape)
-    if len(shape) != 2 or not all(_is_int(d) and d >= 1 for d in shape):
+    if len(shape) != 2 or not all(is_int(d) and d >= 1 for d in shape):
         raise ValueError(f"laser_rank expects a matrix shape (m, n), got {shape}")
     if not 0 < rho <= 1:
         raise ValueError(f"rho must be in (0, 1], got {rho!r}")
@@ -104,6 +105,3 @@ def _randomized_svd(
     ub, s, vh = torch.linalg.svd(q.T @ a, full_matrices=False)  # (l, l), (l,), (l, n)
     return q @ ub, s, vh  # (m, l), (l,), (l, n)
 
-
-def _is_int(v: object) -> bool:
-    return isinstance(v, numbers.Integral) and not isinstance(v, bool)

@@ -28,11 +28,12 @@ Implementation choices (all for speed on a 4096 x 128 x 4 x 32 tensor, and for r
 from __future__ import annotations
 
 import math
-import numbers
 from dataclasses import dataclass
 from typing import Sequence
 
 import torch
+
+from tensorllm.tensor.checks import is_int
 
 COMPUTE_DTYPES = (torch.float32, torch.float64)
 
@@ -208,7 +209,7 @@ def hooi(
     (up to rounding).
     """
     modes, ranks = _check_args(x, ranks, modes, compute_dtype)
-    if not _is_int(n_iter_max) or n_iter_max < 0:
+    if not is_int(n_iter_max) or n_iter_max < 0:
         raise ValueError(f"n_iter_max must be an integer >= 0, got {n_iter_max!r}")
     if not tol >= 0:
         raise ValueError(f"tol must be >= 0, got {tol!r}")
@@ -324,12 +325,9 @@ def _error_from_core(norm_x2: float, core: torch.Tensor) -> float:
     return math.sqrt(max(norm_x2 - _sq_norm(core), 0.0) / norm_x2)
 
 
-def _is_int(v: object) -> bool:
-    return isinstance(v, numbers.Integral) and not isinstance(v, bool)
-
 
 def _check_mode(mode: int, ndim: int) -> int:
-    if not _is_int(mode) or not -ndim <= mode < ndim:
+    if not is_int(mode) or not -ndim <= mode < ndim:
         raise ValueError(f"mode {mode!r} is not a mode of a {ndim}-way tensor")
     return int(mode) % ndim
 
@@ -358,7 +356,7 @@ def _check_args(
         )
     for mode, rank in zip(modes, ranks):
         size = x.shape[mode]
-        if not _is_int(rank) or not 1 <= rank <= size:
+        if not is_int(rank) or not 1 <= rank <= size:
             raise ValueError(
                 f"rank {rank!r} for mode {mode} is out of range: it must be an integer "
                 f"between 1 and {size} (the size of mode {mode})"

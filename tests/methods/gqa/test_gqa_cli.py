@@ -9,8 +9,8 @@ import yaml
 from typer.testing import CliRunner
 
 from gqa_models import english_text, smollm2_tokenizer, tiny_gpt2, tiny_llama
-from tensorllm import cli_gqa
-from tensorllm.errors import UserError
+from tensorllm.cli import gqa as cli_gqa
+from tensorllm.base.errors import UserError
 
 
 @pytest.fixture(scope="module")
@@ -111,7 +111,8 @@ def test_bad_input_is_one_error_line_exit_2_and_nothing_written(run_cli, checkpo
 
 def test_fine_tune_text_follows_calibration_and_precedes_held_out(run_cli, checkpoint, monkeypatch):
     """--train-tokens T: calibration [0, C), fine-tune [C, C+T), held-out perplexity [C+T, C+T+E)."""
-    from tensorllm.methods.gqa import finetune as finetune_mod, pipeline  # convert imports finetune lazily
+    from tensorllm.cli import gqa_pipeline as pipeline
+    from tensorllm.methods.gqa import finetune as finetune_mod  # convert imports finetune lazily
     from tensorllm.methods.gqa.calibrate import calibration_documents, token_stream
 
     seen = {}

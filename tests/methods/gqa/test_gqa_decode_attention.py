@@ -5,8 +5,8 @@ import pytest
 import torch
 
 from gqa_models import tiny_llama
-from tensorllm.methods.gqa.decode_attention import NAMES, register
-from tensorllm.methods.gqa.measure import decode_loop_ms
+from tensorllm.runtime.decode_attention import NAMES, register
+from tensorllm.eval.measure import decode_loop_ms
 
 
 def _decode(model, prompt, mask, **kw):
@@ -76,7 +76,7 @@ def test_per_head_mask_is_regrouped(kernel):
 
     from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
-    from tensorllm.methods.gqa.decode_attention import decode_attention
+    from tensorllm.runtime.decode_attention import decode_attention
 
     gen = torch.Generator().manual_seed(5)
     q, k, v = torch.randn(2, 6, 1, 8, generator=gen), torch.randn(2, 2, 7, 8, generator=gen), torch.randn(2, 2, 7, 8, generator=gen)

@@ -8,7 +8,7 @@ from torch import nn
 
 from gqa_models import logits, rel_diff, tiny_llama
 from tensorllm.archs import spec_for
-from tensorllm.errors import UserError
+from tensorllm.base.errors import UserError
 from tensorllm.methods import registry
 from tensorllm.methods.gqa import convert
 from tensorllm.methods.gqa import finetune as ft

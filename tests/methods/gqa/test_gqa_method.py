@@ -8,7 +8,7 @@ import torch
 from gqa_models import (english_text, hide_structure, logits, rel_diff, smollm2_tokenizer, tiny_gpt2, tiny_gptj,
                         tiny_llama)
 from tensorllm.archs import spec_for
-from tensorllm.errors import UserError
+from tensorllm.base.errors import UserError
 from tensorllm.methods import registry
 from tensorllm.models.expand_kv import expand_kv
 

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from gqa_models import english_text, hide_structure, logits, rel_diff
-from tensorllm.errors import UserError
+from tensorllm.base.errors import UserError
 from tensorllm.methods import registry
 from tensorllm.models.expand_kv import expand_kv
 from tensorllm.models.io import load_model
@@ -68,7 +68,7 @@ def test_finetune_lowers_held_out_perplexity_versus_the_merge(text_file):
 
     from tensorllm.methods.gqa import convert
     from tensorllm.methods.gqa.calibrate import chunk, read_text_file, token_stream
-    from tensorllm.methods.gqa.measure import perplexity
+    from tensorllm.eval.measure import perplexity
 
     loaded = load_model("smollm2-135m", dtype="float32", device="cpu")
     ids = token_stream(loaded.tokenizer, read_text_file(text_file))
@@ -126,7 +126,7 @@ def test_multi_query_aligned_merge_beats_mean_pooling(text_file):
 
     from tensorllm.methods.gqa import convert
     from tensorllm.methods.gqa.calibrate import chunk, read_text_file, token_stream
-    from tensorllm.methods.gqa.measure import perplexity
+    from tensorllm.eval.measure import perplexity
 
     loaded = load_model("smollm2-135m", dtype="float32", device="cpu")
     ids = token_stream(loaded.tokenizer, read_text_file(text_file))

@@ -6,9 +6,11 @@
     calibrate.py  calibration text -> tokens -> streamed K/V-input second moments (forward hooks)
     convert.py    per-layer plan and the whole-model conversion
     finetune.py   gated distillation fine-tune, exported as plain GQA
-    measure.py    perplexity, KV-cache bytes, decode speed
     method.py     the registered `gqa` method
-    pipeline.py   load -> measure -> convert -> measure -> save (the CLI's work)
+
+Measuring (perplexity, KV-cache bytes, decode speed) lives in `tensorllm.eval.measure`, the fast
+decode attention in `tensorllm.runtime.decode_attention`, the `tensorllm gqa` pipeline in
+`tensorllm.cli.gqa_pipeline`.
 """
 
 from tensorllm.methods.gqa.config import GQAConfig

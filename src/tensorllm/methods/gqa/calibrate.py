@@ -17,8 +17,8 @@ import torch
 from torch import nn
 
 from tensorllm.archs import ArchSpec, blocks, get_module
-from tensorllm.errors import UserError
-from tensorllm.progress import track
+from tensorllm.base.errors import UserError
+from tensorllm.base.progress import track
 
 
 def read_text_file(path: str | Path) -> list[str]:

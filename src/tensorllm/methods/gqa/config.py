@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-from tensorllm.errors import UserError
+from tensorllm.base.errors import UserError
 
 
 @dataclass

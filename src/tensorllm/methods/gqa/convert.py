@@ -17,14 +17,14 @@ from torch import nn
 
 from tensorllm.archs import ArchSpec, blocks, get_module, head_layout, rotary_dims
 from tensorllm.attention import AttnWeights, read_attention, set_kv_heads, write_attention
-from tensorllm.errors import UserError
-from tensorllm.methods.gqa import align as A
+from tensorllm.base.errors import UserError
+import tensorllm.methods.gqa.align as A
 from tensorllm.methods.gqa.calibrate import cross_products, input_grams
 from tensorllm.methods.gqa.config import GQAConfig
 from tensorllm.methods.gqa.grouping import contiguous, partition
 from tensorllm.methods.gqa.heads import merge_kv_heads, permute_kv_heads, transform_heads
 from tensorllm.models.expand_kv import repeat_heads
-from tensorllm.progress import track
+from tensorllm.base.progress import track
 
 
 @dataclass

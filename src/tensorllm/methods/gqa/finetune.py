@@ -37,7 +37,7 @@ from torch import nn
 
 from tensorllm.archs import ArchSpec, blocks, get_module
 from tensorllm.attention import read_attention, set_kv_heads, write_attention
-from tensorllm.errors import UserError
+from tensorllm.base.errors import UserError
 from tensorllm.methods.gqa.config import GQAConfig
 
 CKPT = "finetune.pt"

@@ -11,7 +11,10 @@ from tensorllm.archs import ArchSpec
 from tensorllm.methods.gqa.calibrate import calibration_documents, chunk, token_stream
 from tensorllm.methods.gqa.config import GQAConfig
 from tensorllm.methods.gqa.convert import check_convertible, convert
-from tensorllm.methods.registry import RunContext, register
+from tensorllm.methods import registry
+from tensorllm.methods.registry import Method, RunContext
+
+NAME = "gqa"
 
 
 @dataclass
@@ -38,7 +41,6 @@ def text_tokens(tokenizer, cfg: GQAConfig) -> Text:
     return Text(ids, calib, train)
 
 
-@register("gqa", GQAConfig)
 def apply_gqa(model: nn.Module, arch: ArchSpec, cfg: GQAConfig, ctx: RunContext) -> dict:
     """MHA -> GQA with aligned heads (Jin et al., arXiv 2412.20677).
 
@@ -67,3 +69,23 @@ def convert_on_text(model: nn.Module, arch: ArchSpec, cfg: GQAConfig, ctx: RunCo
     seed = ctx.seed if cfg.seed is None else cfg.seed
     return convert(model, arch, cfg, text.calib, train=text.train, device=ctx.device, seed=seed,
                    progress=ctx.progress, monitor=monitor)
+
+
+class GQA(Method):
+    """Changes the K/V head count (the shapes), so the search cannot apply and restore it; `tensorllm gqa`
+    is its command (tensorllm.cli.gqa) and `compress --recipe` runs it as a step."""
+
+    name, config_cls = NAME, GQAConfig
+
+    def apply(self, model, arch, cfg: GQAConfig, ctx: RunContext) -> dict:
+        return apply_gqa(model, arch, cfg, ctx)
+
+    @property
+    def doc(self) -> str:
+        return (apply_gqa.__doc__ or "").strip()
+
+    def describe(self, step: dict) -> str:
+        return f"gqa {step.get('kv_heads')} K/V heads"
+
+
+registry.register(GQA())

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 
-from tensorllm.errors import UserError
+from tensorllm.base.errors import UserError
 
 _RANGE = re.compile(r"^(\d+)-(\d+)$")
 

@@ -2,9 +2,15 @@
 
 from __future__ import annotations
 
+import json
+
+import typer
+from rich.table import Table
+
 from tensorllm.archs import blocks, get_module, head_layout, rotary_dims
 from tensorllm.attention import read_attention
-from tensorllm.methods.tucker import to_tensor
+from tensorllm.methods.tucker_tensor import to_tensor
+from tensorllm.cli.common import ModelArg, console
 from tensorllm.models.io import auto_class, load_config
 
 
@@ -20,7 +26,7 @@ def describe(spec: str, *, trust_remote_code: bool = False, allow_pickle: bool =
     layers = []
     for i, block in enumerate(blocks(model, arch)):
         w = read_attention(model, arch, i)
-        ffn = [get_module(block, p).weight.numel() for p in (*arch.ffn_in, arch.ffn_out) if p]
+        ffn = [get_module(block, p).weight.numel() for _, p in arch.ffn]
         layers.append({"layer": i, "q": list(w.q.shape), "k": list(w.k.shape), "v": list(w.v.shape),
                        "o": list(w.o.shape), "tensor": list(to_tensor(w, "multihead").shape),
                        "attn_params": w.num_params(), "ffn_params": sum(ffn)})
@@ -36,3 +42,28 @@ def describe(spec: str, *, trust_remote_code: bool = False, allow_pickle: bool =
                   "parameters": sum(p.numel() for p in model.parameters())},
         "layers": layers,
     }
+
+
+def info(model: str = ModelArg, as_json: bool = typer.Option(False, "--json", help="Print JSON instead of tables."),
+         trust_remote_code: bool = typer.Option(False), allow_pickle: bool = typer.Option(False)) -> None:
+    """Architecture, head layout, and per-layer attention tensor shapes and parameter counts."""
+    desc = describe(model, trust_remote_code=trust_remote_code, allow_pickle=allow_pickle)
+    if as_json:
+        print(json.dumps(desc, indent=2))
+        return
+    top = Table(title=f"{model}", show_header=False)
+    for k, v in desc["model"].items():
+        top.add_row(k, str(v))
+    console.print(top)
+    table = Table(title="attention per layer")
+    for col in ("layer", "q", "k", "v", "o", "tucker tensor", "attn params", "ffn params"):
+        table.add_column(col, justify="right")
+    for r in desc["layers"]:
+        table.add_row(str(r["layer"]), *("x".join(map(str, r[n])) for n in ("q", "k", "v", "o", "tensor")),
+                      f"{r['attn_params']:,}", f"{r['ffn_params']:,}")
+    console.print(table)
+
+
+
+def register(app: typer.Typer) -> None:
+    app.command()(info)

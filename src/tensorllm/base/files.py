@@ -17,7 +17,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
 
-from tensorllm.errors import UserError
+from tensorllm.base.errors import UserError
 
 
 def cache_dir(*parts: str) -> Path:

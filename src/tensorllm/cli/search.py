@@ -3,11 +3,11 @@
     tensorllm search smollm2-135m --task wikidata_qa --method tucker --layers all \\
         --ranks "144,48,4;0.5,0.5,1;auto" --store runs/s-tucker --limit-val 500
     tensorllm search smollm2-135m --task wikidata_qa --method laser --rhos 0.9,0.5,0.1,0.01 \\
-        --matrix ffn_in --store runs/s-laser
+        --matrix up --store runs/s-laser
     tensorllm search smollm2-135m --task wikidata_qa --method hybrid \\
         --from runs/s-tucker --from runs/s-laser --top-k 3 --store runs/s-hybrid
     tensorllm search ... --gpus 4                                  # 4 processes, one GPU each
-    torchrun --nproc-per-node 4 -m tensorllm.cli_search search ... # the same, launched by torchrun
+    torchrun --nproc-per-node 4 -m tensorllm.cli search ...       # the same, launched by torchrun
 
 Rerunning a command resumes it from its --store.
 """
@@ -19,21 +19,17 @@ from typing import List, Optional
 
 import typer
 
+from tensorllm.cli.common import method_options, with_method_flags
+from tensorllm.methods import DEFAULT as DEFAULT_METHOD
+from tensorllm.search.runner import search_methods
+
 
 def search(
     model: str = typer.Argument(..., help="Alias (smollm2-135m), local HF directory, .gguf file or hub id."),
     task: str = typer.Option(..., help="wikidata_qa, fever_bigbench, fever, hotpotqa, bios_profession, perplexity."),
     store: Path = typer.Option(..., help="Directory of the results; rerunning the same command resumes from it."),
-    method: str = typer.Option("tucker", help="tucker | laser | hybrid."),
+    method: str = typer.Option(DEFAULT_METHOD, help=" | ".join(search_methods()) + "."),
     layers: str = typer.Option("all", help="Layers (rows of the grid): 9, 0,3,7-9, all."),
-    ranks: Optional[str] = typer.Option(None, help="tucker: rank settings separated by ';', each R1,R2,R3 "
-                                        "integers, fractions of each mode, or auto: '144,48,4;0.5,0.5,1;auto'."),
-    rates: Optional[str] = typer.Option(None, help="tucker: target compression rates, one column each: 5,20,50."),
-    variant: str = typer.Option("multihead", help="tucker: multihead (paper) | single | trawl."),
-    rhos: Optional[str] = typer.Option(None, help="laser: fractions of singular values kept "
-                                       "(default LASER's 0.9,0.8,0.6,0.2,0.1,0.05,0.01)."),
-    matrix: Optional[str] = typer.Option(None, help="laser: ffn_in (default), ffn_out, ... comma-separated for "
-                                         "several; tucker variant single: q, k, v or o."),
     from_: Optional[List[Path]] = typer.Option(None, "--from", help="hybrid: a store of an earlier search "
                                                "(repeat; the top-k of each are combined)."),
     recipe: Optional[List[Path]] = typer.Option(None, help="hybrid: a recipe file, one configuration each (repeat)."),
@@ -55,19 +51,16 @@ def search(
     trust_remote_code: bool = typer.Option(False, help="Allow the checkpoint's own Python code to run."),
     allow_pickle: bool = typer.Option(False, help="Allow pickle (.bin) weights, which can run arbitrary code."),
     as_json: bool = typer.Option(False, "--json", help="Print report.json to stdout at the end."),
+    method_flags: dict = None,
 ) -> None:
     """Evaluate a grid of layer x rank configurations on validation, pick the best, test it, report."""
     import json
 
-    from tensorllm.search.grid import parse_floats, parse_rank_settings
-    from tensorllm.search.runner import SearchSpec, run_search
+    from tensorllm.search.runner import HYBRID, SearchSpec, run_search
 
-    matrices = tuple(m.strip() for m in (matrix or "").split(",") if m.strip())
+    options = method_options(method, "search_flags", method_flags) if method != HYBRID else {}
     spec = SearchSpec(
-        model=model, task=task, store=str(store), method=method, layers=layers,
-        ranks=tuple(parse_rank_settings(ranks)) if ranks else (),
-        rates=tuple(parse_floats(rates, "--rates")) if rates else (), variant=variant,
-        rhos=tuple(parse_floats(rhos, "--rhos")) if rhos else (), matrices=matrices,
+        model=model, task=task, store=str(store), method=method, layers=layers, options=options,
         sources=tuple(str(p) for p in from_ or ()), recipes=tuple(str(p) for p in recipe or ()), top_k=top_k,
         data=str(data) if data else None, limit_val=limit_val, limit_test=limit_test, batch_size=batch_size,
         answer_mode=answer_mode, device=device, dtype=dtype, expand_kv=expand_kv, gpus=gpus, threads=threads,
@@ -84,7 +77,7 @@ def search(
 def print_summary(report: dict, store: Path) -> None:
     from rich.table import Table
 
-    from tensorllm.progress import output_console
+    from tensorllm.base.progress import output_console
     from tensorllm.search.report import ROLE_TITLES, _loss, _pct, _signed, how_measured
 
     SHORT_TITLES = {"baseline": "baseline", "winner": "winner (val)", "auto_best": "auto ranks, layer on val",
@@ -108,18 +101,4 @@ def print_summary(report: dict, store: Path) -> None:
 
 
 def register(app: typer.Typer) -> None:
-    app.command("search")(search)
-
-
-def main() -> None:
-    """`python -m tensorllm.cli_search search ...` (what torchrun runs): the main CLI with `search` on it."""
-    from tensorllm import cli
-
-    if "cli_search" not in cli._EXTENSIONS:
-        register(cli.app)
-    cli.main()
-
-
-if __name__ == "__main__":
-    main()
-
+    app.command("search")(with_method_flags(search, "search_flags"))

@@ -13,8 +13,12 @@ import time
 from pathlib import Path
 
 import torch
+import typer
 from rich.console import Console
 from rich.table import Table
+
+from tensorllm.cli.common import console
+from tensorllm.methods import tucker
 
 PROMPTS = (
     "The capital of France is",
@@ -51,7 +55,7 @@ def run_demo(*, out: Path, layer: int, ranks, eval_items: int, overwrite: bool, 
     from transformers import AutoModelForCausalLM
 
     import tensorllm
-    from tensorllm.cli import print_step_tables
+    from tensorllm.cli.compress import print_step_tables
     from tensorllm.models.aliases import ALIASES
     from tensorllm.recipe import Recipe
 
@@ -69,7 +73,7 @@ def run_demo(*, out: Path, layer: int, ranks, eval_items: int, overwrite: bool, 
     before_gen = _generate(model, tok, PROMPTS)
     before_eval = _wikidata(model, tok, eval_items) if eval_items else None
 
-    recipe = Recipe.single("tucker", device="cpu", layers=[layer], ranks=ranks)
+    recipe = Recipe.single(tucker.NAME, device="cpu", layers=[layer], ranks=ranks)
     _, report = tensorllm.compress(loaded, recipe)
     print_step_tables(report.steps)
 
@@ -115,3 +119,17 @@ def run_demo(*, out: Path, layer: int, ranks, eval_items: int, overwrite: bool, 
     if diff > 1e-4:
         raise RuntimeError(f"reloaded checkpoint differs from the in-memory model ({diff:.2e})")
     return json.loads(report.to_json())
+
+
+def demo(out: Path = typer.Option(Path("runs/demo"), help="Where to save the compressed checkpoint."),
+         layer: int = typer.Option(16, help="Default: the best layer of our GPU search (BENCHMARKS.md)."),
+         ranks: str = typer.Option("288,48,4"),
+         eval_items: int = typer.Option(200, help="WikidataQA items evaluated before/after (0 to skip)."),
+         overwrite: bool = typer.Option(True)) -> None:
+    """The main job on the defaults: SmolLM2-135M, offline, one layer compressed, before/after side by side."""
+    run_demo(out=out, layer=layer, ranks=tucker.parse_ranks(ranks), eval_items=eval_items, overwrite=overwrite, console=console)
+
+
+
+def register(app: typer.Typer) -> None:
+    app.command()(demo)

@@ -20,10 +20,9 @@ from typing import Optional
 import typer
 from rich.table import Table
 
-from tensorllm.errors import UserError
-from tensorllm.progress import output_console
-
-console = output_console()
+from tensorllm.base.errors import UserError
+from tensorllm.base.versions import versions
+from tensorllm.cli.common import console
 
 
 def data_fetch(
@@ -110,11 +109,11 @@ def eval_cmd(
     if harness:
         console.print(_harness_table(harness))
     if json_out is not None:
-        from tensorllm.cache import atomic_write_text
+        from tensorllm.base.files import atomic_write_text
 
         doc = {"model": model, "device": str(next(loaded.model.parameters()).device),
                "dtype": str(next(loaded.model.parameters()).dtype).replace("torch.", ""),
-               "results": [r.to_dict() for r in results], "lm_eval": harness, "versions": _versions()}
+               "results": [r.to_dict() for r in results], "lm_eval": harness, "versions": versions()}
         try:
             atomic_write_text(json_out, json.dumps(doc, indent=2) + "\n")
         except OSError as exc:
@@ -135,7 +134,8 @@ def _check_writable(path: Path) -> None:
 
 def _load(model: str, device: str, dtype: str, trust_remote_code: bool, allow_pickle: bool,
           device_map: str | None = None):
-    from tensorllm.models.io import eval_dtype, load_model, resolve_device
+    from tensorllm.base.devices import eval_dtype, resolve_device
+    from tensorllm.models.io import load_model
 
     return load_model(model, dtype=eval_dtype(dtype, resolve_device(device)), device=device,
                       trust_remote_code=trust_remote_code, allow_pickle=allow_pickle, device_map=device_map)
@@ -167,15 +167,6 @@ def _harness_table(harness: dict) -> Table:
                 continue
             table.add_row(task, key, _fmt(value, ".4f") if isinstance(value, float) else str(value))
     return table
-
-
-def _versions() -> dict:
-    import torch
-    import transformers
-
-    import tensorllm
-
-    return {"tensorllm": tensorllm.__version__, "torch": torch.__version__, "transformers": transformers.__version__}
 
 
 def register(app: typer.Typer) -> None:

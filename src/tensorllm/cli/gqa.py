@@ -13,9 +13,7 @@ from typing import Optional
 import typer
 from rich.table import Table
 
-from tensorllm.progress import output_console
-
-console = output_console()
+from tensorllm.cli.common import console
 
 
 def register(app: typer.Typer) -> None:
@@ -48,7 +46,7 @@ def gqa(
     seed: int = typer.Option(0),
 ) -> None:
     """Convert to grouped-query attention; report K/V energy kept, perplexity, KV-cache size, decode speed."""
-    from tensorllm.methods.gqa.pipeline import run_gqa
+    from tensorllm.cli.gqa_pipeline import run_gqa
     from tensorllm.recipe import Recipe
 
     if train_steps and train_dir is None:

@@ -11,16 +11,17 @@ import json
 import time
 from pathlib import Path
 
-from tensorllm.errors import UserError
+from tensorllm.base.errors import UserError
 from tensorllm.methods import registry
 from tensorllm.methods.gqa.calibrate import chunk
 from tensorllm.methods.gqa.convert import check_convertible
-from tensorllm.methods.gqa.measure import decode_tokens_per_s, kv_cache_bytes_per_token, perplexity
+from tensorllm.eval.measure import decode_tokens_per_s, kv_cache_bytes_per_token, perplexity
 from tensorllm.methods.gqa.method import convert_on_text, text_tokens
-from tensorllm.methods.gqa.plot import finetune_png
-from tensorllm.models.io import check_output_dir, load_model, resolve_device, save_checkpoint
+from tensorllm.cli.gqa_plot import finetune_png
+from tensorllm.base.devices import resolve_device
+from tensorllm.models.io import check_output_dir, load_model, save_checkpoint
 from tensorllm.recipe import Recipe
-from tensorllm.report import versions
+from tensorllm.base.versions import versions
 
 
 def _measure(model, held_out, decode_tokens: int, batch_size: int) -> dict:

@@ -1,0 +1,5 @@
+"""`python -m tensorllm.cli ...` (also what torchrun runs for a distributed search)."""
+
+from tensorllm.cli.app import main
+
+main()

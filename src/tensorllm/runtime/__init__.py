@@ -1,0 +1,1 @@
+"""Inference-time modules plugged into transformers models (e.g. the grouped decode attention)."""
