@@ -1,8 +1,10 @@
 """CPU check of a search winner on the test split (used when the GPU search could not finish).
 
-    python bench/test_split_check.py --layer 16 --ranks 288,48,4 --json bench/results/test_check_L16_full.json
+    python bench/test_split_check.py --layer 16 --ranks 288,48,4 \\
+        --json bench/results/test_split_check/test_check_L16_full.json
     python bench/test_split_check.py --layer 16 --ranks 288,48,4 --limit 3000 --json ...   # a prefix
-    python bench/test_split_check.py --layer 5 --ranks auto --baseline-from bench/results/test_check_L16_full.json ...
+    python bench/test_split_check.py --layer 5 --ranks auto \\
+        --baseline-from bench/results/test_split_check/test_check_L16_full.json ...
 
 Evaluates SmolLM2 (float32, CPU) and the same model with the Tucker of one layer on the same
 WikidataQA test items, keeps each item's correctness, and reports the paired comparison: items

@@ -8,7 +8,8 @@ Both are scored in the same space: the relative error of the rebuilt weights aga
 original weights *as the model uses them* (K/V expanded to one per query head), and the stored
 attention parameters after compression (factors + cores).
 
-    python bench/tucker_gqa_vs_expand.py --layers 0,9,20,29 --json bench/results/gqa_vs_expand.json
+    python bench/tucker_gqa_vs_expand.py --layers 0,9,20,29 \\
+        --json bench/results/tucker_gqa_vs_expand/gqa_vs_expand.json
 """
 
 from __future__ import annotations

@@ -1,7 +1,9 @@
 """The benchmark scripts run at toy size on the CPU (they are timed on the GPU, never in tests),
-so that a change in the library cannot leave them broken until the next GPU session."""
+so that a change in the library cannot leave them broken until the next GPU session; the GPU call
+scripts parse and stage through one helper, and every raw result folder says which claim it backs."""
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -69,3 +71,37 @@ def test_attn_decode_micro_kernels_agree_with_float32_attention(tmp_path):
     rows = result["rows"]
     assert set(rows) == {"mha", "packed", "gqa_native"} and all("error" not in r for r in rows.values())
     assert rows["packed"]["max_abs_err_vs_fp32"] < 1e-5 and rows["gqa_native"]["max_abs_err_vs_fp32"] < 1e-5
+
+
+GPU = BENCH / "gpu"
+STAGING = (".m1/part.aa", ".m2/part.ab", "stage_gguf_alias.py", ".whl/*.whl", ".tc/")  # stage.sh's lines
+
+
+def test_gpu_scripts_parse_and_stage_through_the_one_helper():
+    scripts = sorted(GPU.glob("*.sh"))
+    for script in scripts:
+        subprocess.run(["bash", "-n", str(script)], check=True, capture_output=True, text=True)
+    calls = [s for s in scripts if s.name not in {"env.sh", "stage.sh", "prepare.sh"}]
+    assert calls and "source bench/gpu/env.sh" in (GPU / "stage.sh").read_text()
+    index = (GPU / "README.md").read_text()
+    for script in calls:
+        code = [line for line in script.read_text().splitlines() if line.strip() and not line.startswith("#")]
+        assert code[0].startswith("source bench/gpu/stage.sh"), script.name
+        assert not any(s in line for line in code for s in STAGING), f"{script.name} repeats staging lines"
+        assert f"`{script.name}`" in index, f"{script.name} missing from bench/gpu/README.md"
+
+
+def test_result_folders_say_what_they_back_and_links_resolve():
+    root = BENCH.parent
+    folders = [p for p in (BENCH / "results").iterdir() if p.is_dir()]
+    assert folders and not [p for p in (BENCH / "results").iterdir() if p.is_file()]  # no loose files
+    for folder in folders:
+        readme = (folder / "README.md").read_text()
+        assert "BENCHMARKS.md" in readme and "measured:" in readme and "device:" in readme, folder.name
+        for script in re.findall(r"bench/gpu/[\w.]+\.sh", readme):
+            assert (root / script).exists(), f"{folder.name}/README.md: {script}"
+    for doc in ("BENCHMARKS.md", "README.md", "bench/gpu/README.md"):
+        text = (root / doc).read_text()
+        links = [(root / doc).parent / t for t in re.findall(r"\]\(([^)#\s:]+)\)", text)]
+        paths = [root / t.rstrip(".,") for t in re.findall(r"(?<![\w/.$])bench/[\w./-]+", text)]
+        assert not [str(p) for p in links + paths if not p.exists()], doc

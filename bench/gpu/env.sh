@@ -1,4 +1,5 @@
-# Sourced by every call script: where things live on the lent GPU machine (bash, repo root as cwd).
+# Sourced by stage.sh (so by every script here): where things live on the lent GPU machine (bash,
+# repo root as cwd).
 # $S (outside the repository) survives between calls while the machine stays warm.
 export S=/tmp/s PYTHONUNBUFFERED=1
 export NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1  # NVLink multicast off

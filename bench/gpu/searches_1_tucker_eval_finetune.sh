@@ -1,10 +1,10 @@
-# Call 2 (carry .m2 .tc), right after call 1: the real SmolLM2 (GGUF -> dequantised alias cache) and data.
+# WikidataQA searches, step 1 of 4 (carry .m2 .tc, right after a call that carried .m1 .whl, e.g.
+# tucker_7b_and_decode.sh): the real SmolLM2 (GGUF -> dequantised alias cache) and data are staged.
 # GPU 0: the 90-config Tucker search on one GPU into a fresh store (issue 3, and the 1-GPU side of
 # issue 5), then the full-WikidataQA eval timing. GPU 1: MHA -> GQA on SmolLM2 with the recovery
 # fine-tune (3000 steps, own text; checkpoints in $S/ft so a later call resumes).
-source bench/gpu/env.sh
-cat $S/part.aa .m2/part.ab > $S/smol.gguf && sha256sum $S/smol.gguf | cut -c1-16
-mkdir -p $S/cache && cp -r .tc/data $S/cache/ && python3 bench/stage_gguf_alias.py $S/smol.gguf || exit 1
+# Results: bench/results/search_wikidata_qa/ (tucker_1gpu), eval_wikidata_h200/, gqa_finetune_3000/.
+source bench/gpu/stage.sh
 (
   export CUDA_VISIBLE_DEVICES=0
   t0=$(stamp)
@@ -17,4 +17,4 @@ mkdir -p $S/cache && cp -r .tc/data $S/cache/ && python3 bench/stage_gguf_alias.
    --train-tokens 200000 --train-dir $S/ft --out $S/logs/gqa_smollm2_ft3000.json) > $S/logs/gqa_ft.log 2>&1 &
 wait
 grep -v "^val \|^test " $S/logs/search_1gpu.log | tail -n 40; tail -n 25 $S/logs/gqa_ft.log
-tar czf $OUT/call2.tgz -C $S logs tucker_1gpu
+tar czf $OUT/searches_1_tucker_eval_finetune.tgz -C $S logs tucker_1gpu

@@ -1,8 +1,11 @@
-# Call 3, right after call 2 (no carry; model, stores and fine-tune checkpoints are in $S).
+# WikidataQA searches, step 2 of 4, right after searches_1_tucker_eval_finetune.sh (no carry; model,
+# stores and fine-tune checkpoints are in $S).
 # A (parallel): GPU 1 resumes the GQA fine-tune from its checkpoint; GPU 0 finishes the 1-GPU Tucker
-# store if call 2 left it partial, then the LASER search on one GPU. B: the 2-GPU Tucker search into a
+# store if step 1 left it partial, then the LASER search on one GPU. B: the 2-GPU Tucker search into a
 # fresh store (issue 5), then the hybrid of the Tucker and LASER winners on both GPUs.
-source bench/gpu/env.sh
+# Results: bench/results/search_wikidata_qa/ (tucker_2gpu; $S/hybrid_2gpu, kept as hybrid_2gpu_partial_laser),
+# gqa_finetune_3000/.
+source bench/gpu/stage.sh
 run() {  # name, gpus, then the search flags
   local name=$1 g=$2; shift 2; local t0=$(stamp)
   tl search smollm2-135m --task wikidata_qa --batch-size 1024 --device cuda --gpus $g --store $S/$name "$@"
@@ -22,4 +25,4 @@ wait
   run hybrid_2gpu 2 --method hybrid --from $S/tucker_2gpu --from $S/laser_1gpu --top-k 3 --time-budget 60
 } > $S/logs/search_2gpu.log 2>&1
 grep -v "^\[rank\|^val \|^test " $S/logs/search_a.log $S/logs/search_2gpu.log | tail -n 70; tail -n 12 $S/logs/gqa_ft_resume.log
-tar czf $OUT/call3.tgz -C $S logs tucker_1gpu laser_1gpu tucker_2gpu hybrid_2gpu
+tar czf $OUT/searches_2_laser_tucker_2gpu_hybrid.tgz -C $S logs tucker_1gpu laser_1gpu tucker_2gpu hybrid_2gpu
