@@ -113,7 +113,7 @@ def run_config(args, ranks, compute_name, device):
     _, warm_s = timed(
         lambda: compress_layer(warm, args, ranks, compute_dtype, args.heads, n_iter_max=1), device
     )
-    del warm
+    warm = None  # free it before timing the real layers
     print(f"warm-up (layer 0 copy, 1 sweep): {warm_s:.3f} s")
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)

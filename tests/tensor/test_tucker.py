@@ -5,17 +5,8 @@ import itertools
 import pytest
 import torch
 
-from tensorllm.tensor.tucker import (
-    TuckerResult,
-    fold,
-    hooi,
-    hosvd,
-    mode_dot,
-    multi_mode_dot,
-    reconstruct,
-    relative_error,
-    unfold,
-)
+from tensorllm.tensor.multilinear import fold, mode_dot, multi_mode_dot, unfold
+from tensorllm.tensor.tucker import TuckerResult, hooi, hosvd, reconstruct, relative_error
 
 SHAPE = (24, 10, 4, 5)  # (hidden, head_dim, 4 matrices, heads), a miniature of 4096 x 128 x 4 x 32
 MODES = (0, 1, 2)

@@ -6,7 +6,7 @@ from __future__ import annotations
 import os
 import sys
 from contextlib import contextmanager, redirect_stderr
-from typing import Iterable, Iterator, TypeVar
+from typing import Callable, Iterable, Iterator, TypeVar
 
 T = TypeVar("T")
 
@@ -48,3 +48,17 @@ def quiet_stderr(enabled: bool = True) -> Iterator[None]:
         return
     with open(os.devnull, "w") as sink, redirect_stderr(sink):
         yield
+
+
+def stderr_log(prefix: str = "") -> Callable[[str], None]:
+    """A logger printing `prefix + message` lines to stderr, flushed (progress of long runs)."""
+    def log(msg: str) -> None:
+        print(f"{prefix}{msg}", file=sys.stderr, flush=True)
+
+    return log
+
+
+def fmt_seconds(s: float) -> str:
+    """62 -> '1m02s'; 3720 -> '1h02m'."""
+    s = int(round(s))
+    return f"{s // 3600}h{s % 3600 // 60:02d}m" if s >= 3600 else f"{s // 60}m{s % 60:02d}s"

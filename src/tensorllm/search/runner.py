@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import json
 import os
-import sys
 import time
 from dataclasses import dataclass, field
 from typing import Callable
@@ -32,7 +31,7 @@ from typing import Callable
 import torch
 
 from tensorllm.base.errors import UserError
-from tensorllm.base.progress import track
+from tensorllm.base.progress import fmt_seconds, stderr_log, track
 from tensorllm.search import dist, report as report_mod, select
 from tensorllm.search.apply import Applier
 from tensorllm.methods import DEFAULT as DEFAULT_METHOD, registry
@@ -127,24 +126,12 @@ def _spawned_main(spec: SearchSpec) -> None:
     Search(spec, dist.world_from_env() or dist.World(), None, None).run()
 
 
-def _stderr_log(prefix: str) -> Callable[[str], None]:
-    def log(msg: str) -> None:
-        print(f"{prefix}{msg}", file=sys.stderr, flush=True)
-
-    return log
-
-
-def _fmt_seconds(s: float) -> str:
-    s = int(round(s))
-    return f"{s // 3600}h{s % 3600 // 60:02d}m" if s >= 3600 else f"{s // 60}m{s % 60:02d}s"
-
-
 class Search:
     def __init__(self, spec: SearchSpec, world: dist.World, loaded, log):
         self.spec = spec
         self.world = world
         self.loaded = loaded
-        self.log = log or _stderr_log(f"[rank {world.rank}] " if world.size > 1 else "")
+        self.log = log or stderr_log(f"[rank {world.rank}] " if world.size > 1 else "")
         self.started = time.perf_counter()
         self.deadline = self.started + spec.time_budget if spec.time_budget else None
         self.evaluated: list[str] = []  # "key/split" evaluated by this process in this run
@@ -325,7 +312,7 @@ class Search:
             eta = elapsed / (i + 1) * claims.left() / self.world.size
             acc = "-" if line["accuracy"] is None else f"{line['accuracy']:.2f}"
             self.log(f"{split} {index + 1}/{len(pending)}  {cfg.describe()}  acc {acc}  loss {line['loss']:.4f}  "
-                     f"{line['seconds']:.1f} s  (eta {_fmt_seconds(eta)})")
+                     f"{line['seconds']:.1f} s  (eta {fmt_seconds(eta)})")
         if self._out_of_time() and claims.left():
             self.log(f"time budget of {self.spec.time_budget:g} s reached: stopping; rerun to continue")
         dist.barrier(self.world)

@@ -1,4 +1,4 @@
-"""Tucker decomposition of dense torch tensors: unfold/fold, mode products, HOSVD and HOOI.
+"""Tucker decomposition of dense torch tensors: HOSVD and HOOI (mode products: multilinear.py).
 
 Notation follows Kolda & Bader, "Tensor Decompositions and Applications", SIAM Review 2009:
 `x ×_n m` multiplies every mode-n fibre of `x` by the matrix `m`, and a Tucker model is
@@ -33,7 +33,8 @@ from typing import Sequence
 
 import torch
 
-from tensorllm.tensor.checks import is_int
+from tensorllm.tensor.checks import check_mode, is_int
+from tensorllm.tensor.multilinear import mode_dot, multi_mode_dot, unfold
 
 COMPUTE_DTYPES = (torch.float32, torch.float64)
 
@@ -72,90 +73,6 @@ class TuckerResult:
         for mode, f in zip(self.modes, self.factors):
             shape[mode] = int(f.shape[0])
         return tuple(shape)
-
-
-# ----------------------------------------------------------------------------- unfold / fold
-
-
-def unfold(x: torch.Tensor, mode: int) -> torch.Tensor:
-    """Mode-`mode` unfolding of `x`: a `(I_mode, prod(other sizes))` matrix.
-
-    Column ordering: the remaining modes keep their original order and are flattened row-major
-    (C order, the last mode varies fastest): `unfold(x, n) == x.movedim(n, 0).reshape(I_n, -1)`.
-    This is TensorLy's convention; Kolda & Bader flatten with the first mode fastest instead.
-    The two differ by a column permutation, which changes no Gram matrix, singular vector or
-    Tucker factor.
-    """
-    mode = _check_mode(mode, x.ndim)
-    return x.movedim(mode, 0).reshape(x.shape[mode], -1)  # (I_mode, prod(others))
-
-
-def fold(mat: torch.Tensor, mode: int, shape: Sequence[int]) -> torch.Tensor:
-    """Inverse of `unfold`: `fold(unfold(x, n), n, x.shape)` equals `x`."""
-    shape = tuple(int(s) for s in shape)
-    mode = _check_mode(mode, len(shape))
-    rest = shape[:mode] + shape[mode + 1 :]
-    if tuple(mat.shape) != (shape[mode], math.prod(rest)):
-        raise ValueError(
-            f"cannot fold a matrix of shape {tuple(mat.shape)} into {shape} along mode {mode}: "
-            f"expected ({shape[mode]}, {math.prod(rest)})"
-        )
-    return mat.reshape((shape[mode],) + rest).movedim(0, mode)  # shape
-
-
-# ----------------------------------------------------------------------------- mode products
-
-
-def mode_dot(x: torch.Tensor, m: torch.Tensor, mode: int) -> torch.Tensor:
-    """`x ×_mode m`: multiplies every mode-`mode` fibre of `x` by `m` of shape `(J, I_mode)`.
-
-    The result has the shape of `x` with size `J` in mode `mode`.
-    """
-    mode = _check_mode(mode, x.ndim)
-    size = x.shape[mode]
-    if m.ndim != 2 or m.shape[1] != size:
-        raise ValueError(
-            f"mode_dot: matrix of shape {tuple(m.shape)} does not fit mode {mode} of size {size}"
-        )
-    before = math.prod(x.shape[:mode])
-    after = math.prod(x.shape[mode + 1 :])
-    out_shape = x.shape[:mode] + (m.shape[0],) + x.shape[mode + 1 :]
-    # Three layouts so that no case needs a permuted copy of x.
-    if before == 1:
-        out = m @ x.reshape(size, after)  # (J, after)
-    elif after == 1:
-        out = x.reshape(before, size) @ m.T  # (before, J)
-    else:
-        out = torch.matmul(m, x.reshape(before, size, after))  # (before, J, after)
-    return out.reshape(out_shape)
-
-
-def multi_mode_dot(
-    x: torch.Tensor,
-    mats: Sequence[torch.Tensor],
-    modes: Sequence[int],
-    transpose: bool = False,
-) -> torch.Tensor:
-    """`x ×_{modes[0]} mats[0] ×_{modes[1]} mats[1] ...` (with `mats[i].T` if `transpose`).
-
-    With `transpose=True` and factors `(I_n, R_n)` this projects `x` onto the factors (gives the
-    core); with `transpose=False` it expands a core back. Products along different modes commute;
-    they are applied in the order that shrinks the tensor most first (cheapest), which depends only
-    on the shapes, so results stay deterministic.
-    """
-    if len(mats) != len(modes):
-        raise ValueError(f"multi_mode_dot: {len(mats)} matrices for {len(modes)} modes")
-    modes = [_check_mode(m, x.ndim) for m in modes]
-    if len(set(modes)) != len(modes):
-        raise ValueError(f"multi_mode_dot: repeated mode in {modes}")
-    ops = [(mode, mat.T if transpose else mat) for mode, mat in zip(modes, mats)]
-    ops.sort(key=lambda op: op[1].shape[0] / max(op[1].shape[1], 1))  # output/input size ratio
-    for mode, mat in ops:
-        x = mode_dot(x, mat, mode)
-    return x
-
-
-# ----------------------------------------------------------------------------- HOSVD / HOOI
 
 
 def hosvd(
@@ -326,12 +243,6 @@ def _error_from_core(norm_x2: float, core: torch.Tensor) -> float:
 
 
 
-def _check_mode(mode: int, ndim: int) -> int:
-    if not is_int(mode) or not -ndim <= mode < ndim:
-        raise ValueError(f"mode {mode!r} is not a mode of a {ndim}-way tensor")
-    return int(mode) % ndim
-
-
 def _check_args(
     x: torch.Tensor, ranks: Sequence[int], modes: Sequence[int], compute_dtype: torch.dtype
 ) -> tuple[list[int], list[int]]:
@@ -344,7 +255,7 @@ def _check_args(
         raise ValueError(
             f"compute_dtype must be torch.float32 or torch.float64, got {compute_dtype}"
         )
-    modes = [_check_mode(m, x.ndim) for m in modes]
+    modes = [check_mode(m, x.ndim) for m in modes]
     if not modes:
         raise ValueError("at least one mode must be decomposed")
     if len(set(modes)) != len(modes):
