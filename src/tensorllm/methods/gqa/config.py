@@ -39,7 +39,9 @@ class GQAConfig:
     train_dir         where the fine-tune checkpoints go (and resume from); None = no checkpoints
     save_every        fine-tune checkpoint interval in steps
     train_precision   "auto" (bfloat16 autocast on CUDA, float32 elsewhere), "bfloat16" or "float32":
-                      the fine-tune's matrix products; weights, optimiser state and the KL stay float32
+                      the fine-tune's matrix products; weights, optimiser state and the KL stay float32,
+                      also for a bf16/fp16 checkpoint (the student is float32 while it trains: its size
+                      once more in memory; the teacher stays as loaded; the export is in the model's dtype)
     """
 
     kv_heads: int = 0

@@ -160,6 +160,12 @@ def convert(model: nn.Module, arch: ArchSpec, cfg: GQAConfig, tokens: torch.Tens
     teacher = copy.deepcopy(model).eval().requires_grad_(False) if cfg.train_steps else None
     grams = input_grams(model, arch, tokens, batch_size=cfg.batch_size, device=device, progress=progress)
     t_calib = time.perf_counter() - t0
+    model_dtype = next(model.parameters()).dtype
+    if teacher is not None and model_dtype != torch.float32:
+        # float32 master copies of everything the fine-tune trains (AdamW moments follow the parameters),
+        # before the aligned weights are written, so they are not rounded either; the teacher stays as
+        # loaded, and the exported model goes back to `model_dtype`. Costs the student's size once more.
+        model.float()
     planes_k = key_planes(model, arch, d)
     records, shared, n_aligned = [], [], Hkv
     layers = range(len(grams))
@@ -193,7 +199,9 @@ def convert(model: nn.Module, arch: ArchSpec, cfg: GQAConfig, tokens: torch.Tens
         data = tokens if train is None else train
         summary["finetune"] = finetune(model, arch, teacher, shared, data, cfg, seed=seed, progress=progress,
                                        monitor=monitor)
-        summary["finetune"]["train_tokens"] = int(data.numel())
+        summary["finetune"].update(train_tokens=int(data.numel()),
+                                   model_dtype=str(model_dtype).removeprefix("torch."))
         del teacher
+        model.to(model_dtype)  # the export keeps the checkpoint's dtype
     summary["seconds"] = time.perf_counter() - t0
     return {"layers": records, "summary": summary}

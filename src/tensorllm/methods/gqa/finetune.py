@@ -13,6 +13,8 @@ weight but the original K/V heads), at a learning rate that warms up over the fi
 steps and then follows a cosine down to a tenth of `lr` (`lr_schedule: cosine`, the default) or
 stays at `lr` (`constant`).
 At the end the gates are closed and the shared heads become the GQA checkpoint's K/V.
+Everything trained (weights, gates, multipliers) and the optimiser states are float32: a bf16 or fp16
+checkpoint is cast to float32 by `convert` before the fine-tune and back after the export.
 An optional `monitor(model) -> float` (e.g. held-out perplexity) is called about 25 times with
 every gate closed, i.e. on the GQA model an export at that step would give; it only observes.
 
@@ -191,6 +193,10 @@ def finetune(model: nn.Module, arch: ArchSpec, teacher: nn.Module, shared: list,
     `monitor`, if given, is called on the model with every gate closed about 25 times and at the end;
     its values are returned as `curve` (step, seconds, value)."""
     t0 = time.perf_counter()
+    low = sorted({str(p.dtype) for p in model.parameters() if p.dtype != torch.float32})
+    if low:  # convert() casts the student to float32 first
+        raise UserError(f"the GQA fine-tune trains float32 master weights, but the model holds "
+                        f"{', '.join(low)}")
     device = next(model.parameters()).device
     head_dim = read_attention(model, arch, 0).head_dim
     n_heads = model.config.num_key_value_heads
@@ -301,7 +307,7 @@ def finetune(model: nn.Module, arch: ArchSpec, teacher: nn.Module, shared: list,
     last10 = losses[-10:]
     return {"steps": steps, "resumed_from": start, "kl_first": losses[0] if losses else None,
             "kl_last": losses[-1] if losses else None, "kl_last10": sum(last10) / len(last10) if losses else None,
-            "final_open_probability": open_share, "precision": precision, "lr": cfg.lr, "lr_schedule": cfg.lr_schedule,
-            "history": history, "curve": curve,
+            "final_open_probability": open_share, "precision": precision, "master_dtype": "float32",
+            "lr": cfg.lr, "lr_schedule": cfg.lr_schedule, "history": history, "curve": curve,
             "seconds": time.perf_counter() - t0,
             "checkpoint": str(path) if path else None}
