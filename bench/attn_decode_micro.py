@@ -1,7 +1,7 @@
 """One decode step's attention alone, LLaMA-2-7B layer shape: which kernel reads a grouped cache fastest.
 
     python bench/attn_decode_micro.py --out runs/attn_micro.json     # CUDA
-    python bench/attn_decode_micro.py --small                        # CPU, checks the script (no chunked rows)
+    python bench/attn_decode_micro.py --small   # CPU, checks the script (no chunked rows)
 
 Batch 16, 32 query heads, head dim 128, a static cache of L positions (4,232 as gqa_decode.py's loop)
 with a boolean mask (the last 128 slots unfilled), bfloat16. Kernels, each timed with CUDA events
@@ -24,7 +24,6 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-
 from common import emit_json  # bench/common.py
 
 
@@ -80,10 +79,11 @@ def main() -> None:
     k32, v32 = (torch.randn(B, H, L, d, device=dev, dtype=dt) for _ in range(2))
     k8, v8 = k32[:, ::4].contiguous(), v32[:, ::4].contiguous()
     mask = torch.ones(B, 1, 1, L, dtype=torch.bool, device=dev)
-    mask[..., L - 128:] = False
+    mask[..., L - 128 :] = False
     packed_q = q.view(B, G, 4, d)  # query head h = g * 4 + r
-    ref = F.scaled_dot_product_attention(q.float(), k8.float().repeat_interleave(4, 1),
-                                         v8.float().repeat_interleave(4, 1), attn_mask=mask)  # (B, H, 1, d)
+    ref = F.scaled_dot_product_attention(
+        q.float(), k8.float().repeat_interleave(4, 1), v8.float().repeat_interleave(4, 1), attn_mask=mask
+    )  # (B, H, 1, d)
     rows = {}
 
     def run(name, fn, nbytes, check=None):
@@ -99,17 +99,40 @@ def main() -> None:
 
     kv32, kv8 = 2 * k32.numel() * k32.element_size(), 2 * k8.numel() * k8.element_size()
     run("mha", lambda: F.scaled_dot_product_attention(q, k32, v32, attn_mask=mask), kv32)
-    run("packed", lambda: F.scaled_dot_product_attention(packed_q, k8, v8, attn_mask=mask), kv8,
-        lambda: F.scaled_dot_product_attention(packed_q, k8, v8, attn_mask=mask))
-    run("gqa_native", lambda: F.scaled_dot_product_attention(q, k8, v8, attn_mask=mask, enable_gqa=True), kv8,
-        lambda: F.scaled_dot_product_attention(q, k8, v8, attn_mask=mask, enable_gqa=True))
+    run(
+        "packed",
+        lambda: F.scaled_dot_product_attention(packed_q, k8, v8, attn_mask=mask),
+        kv8,
+        lambda: F.scaled_dot_product_attention(packed_q, k8, v8, attn_mask=mask),
+    )
+    run(
+        "gqa_native",
+        lambda: F.scaled_dot_product_attention(q, k8, v8, attn_mask=mask, enable_gqa=True),
+        kv8,
+        lambda: F.scaled_dot_product_attention(q, k8, v8, attn_mask=mask, enable_gqa=True),
+    )
     for s in (2, 4, 8, 23) if cuda else ():  # the memory-efficient kernel is CUDA's
         if L % s == 0:
-            run(f"chunked_{s}", lambda s=s: chunked(packed_q, k8, v8, mask, s), kv8,
-                lambda s=s: chunked(packed_q, k8, v8, mask, s))
-    emit_json({"bench": "attn_decode_micro", "B": B, "H": H, "G": G, "d": d, "L": L,
-               "device": torch.cuda.get_device_name() if cuda else "cpu", "torch": torch.__version__, "rows": rows},
-              args.out)
+            run(
+                f"chunked_{s}",
+                lambda s=s: chunked(packed_q, k8, v8, mask, s),
+                kv8,
+                lambda s=s: chunked(packed_q, k8, v8, mask, s),
+            )
+    emit_json(
+        {
+            "bench": "attn_decode_micro",
+            "B": B,
+            "H": H,
+            "G": G,
+            "d": d,
+            "L": L,
+            "device": torch.cuda.get_device_name() if cuda else "cpu",
+            "torch": torch.__version__,
+            "rows": rows,
+        },
+        args.out,
+    )
 
 
 if __name__ == "__main__":

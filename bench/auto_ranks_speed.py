@@ -10,16 +10,15 @@ For every layer and compressed mode: time `torch.linalg.svdvals` of the unfoldin
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 import time
+from pathlib import Path
 
 import torch
+from common import emit_json  # bench/common.py
 
 from tensorllm.attention import read_attention
 from tensorllm.methods import tucker_tensor as T
 from tensorllm.models.io import load_model
-
-from common import emit_json  # bench/common.py
 
 
 def main() -> None:
@@ -50,10 +49,19 @@ def main() -> None:
             svd_s, gram_s = svd_s + b - a, gram_s + c - b
             if T.gavish_donoho_rank(s1, *mat.shape) != T.gavish_donoho_rank(s2, *mat.shape):
                 differ.append([i, m])
-    emit_json({"bench": "auto_ranks_speed", "model": args.model, "expand_kv": args.expand_kv,
-               "threads": torch.get_num_threads(), "svdvals_seconds": round(svd_s, 3),
-               "gram_seconds": round(gram_s, 3), "speedup": round(svd_s / gram_s, 2),
-               "layers_modes_with_different_rank": differ}, args.out)
+    emit_json(
+        {
+            "bench": "auto_ranks_speed",
+            "model": args.model,
+            "expand_kv": args.expand_kv,
+            "threads": torch.get_num_threads(),
+            "svdvals_seconds": round(svd_s, 3),
+            "gram_seconds": round(gram_s, 3),
+            "speedup": round(svd_s / gram_s, 2),
+            "layers_modes_with_different_rank": differ,
+        },
+        args.out,
+    )
 
 
 if __name__ == "__main__":

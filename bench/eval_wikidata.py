@@ -18,8 +18,8 @@ import time
 
 import torch
 
-from tensorllm.eval import evaluate, get_task, load_task, select
 from tensorllm.base.devices import eval_dtype, resolve_device
+from tensorllm.eval import evaluate, get_task, load_task, select
 from tensorllm.models.io import load_model
 
 
@@ -61,7 +61,9 @@ def main() -> None:
     args = ap.parse_args()
 
     sizes = [int(b) for b in args.batch_size.split(",")]
-    loaded = load_model(args.model, dtype=eval_dtype(args.dtype, resolve_device(args.device)), device=args.device)
+    loaded = load_model(
+        args.model, dtype=eval_dtype(args.dtype, resolve_device(args.device)), device=args.device
+    )
     model, tok = loaded.model, loaded.tokenizer
     device = next(model.parameters()).device
     all_items = list(load_task(get_task("wikidata_qa")).examples)
@@ -71,36 +73,61 @@ def main() -> None:
     for size in sizes:
         _sync(device)
         t0 = time.perf_counter()
-        res = evaluate(model, tok, "wikidata_qa", split="all", limit=args.limit, batch_size=size, progress=False)
+        res = evaluate(
+            model, tok, "wikidata_qa", split="all", limit=args.limit, batch_size=size, progress=False
+        )
         _sync(device)
         sweep.append((time.perf_counter() - t0, size, res))
-        print(f"batch {size}: {res.n} items in {sweep[-1][0]:.2f} s (acc {res.accuracy:.2f}%, loss {res.loss:.4f})")
+        print(
+            f"batch {size}: {res.n} items in {sweep[-1][0]:.2f} s "
+            f"(acc {res.accuracy:.2f}%, loss {res.loss:.4f})"
+        )
     batched_s, batch_size, res = min(sweep, key=lambda r: r[0])
 
     seq_items = select(all_items, "all", args.sequential)
     seq_s, seq_acc, seq_loss = sequential(model, tok, seq_items)
-    same = evaluate(model, tok, "wikidata_qa", split="all", limit=args.sequential, batch_size=batch_size,
-                    progress=False)
+    same = evaluate(
+        model, tok, "wikidata_qa", split="all", limit=args.sequential, batch_size=batch_size, progress=False
+    )
 
     report = {
-        "model": args.model, "device": str(device), "dtype": str(next(model.parameters()).dtype),
+        "model": args.model,
+        "device": str(device),
+        "dtype": str(next(model.parameters()).dtype),
         "gpu": torch.cuda.get_device_name(device) if device.type == "cuda" else None,
         "items_in_file_single_answer": len(all_items),
-        "batch_sweep": [{"batch_size": b, "seconds": round(t, 3), "accuracy": r.accuracy, "loss": r.loss}
-                        for t, b, r in sweep],
-        "batched": {"n": res.n, "batch_size": batch_size, "seconds": round(batched_s, 3),
-                    "ms_per_example": round(1000 * batched_s / res.n, 3), "accuracy": res.accuracy, "loss": res.loss},
-        "sequential": {"n": len(seq_items), "seconds": round(seq_s, 3),
-                       "ms_per_example": round(1000 * seq_s / len(seq_items), 3), "accuracy": seq_acc,
-                       "loss": seq_loss},
+        "batch_sweep": [
+            {"batch_size": b, "seconds": round(t, 3), "accuracy": r.accuracy, "loss": r.loss}
+            for t, b, r in sweep
+        ],
+        "batched": {
+            "n": res.n,
+            "batch_size": batch_size,
+            "seconds": round(batched_s, 3),
+            "ms_per_example": round(1000 * batched_s / res.n, 3),
+            "accuracy": res.accuracy,
+            "loss": res.loss,
+        },
+        "sequential": {
+            "n": len(seq_items),
+            "seconds": round(seq_s, 3),
+            "ms_per_example": round(1000 * seq_s / len(seq_items), 3),
+            "accuracy": seq_acc,
+            "loss": seq_loss,
+        },
         "same_items_batched": {"n": same.n, "accuracy": same.accuracy, "loss": same.loss},
     }
     report["speedup"] = round(report["sequential"]["ms_per_example"] / report["batched"]["ms_per_example"], 1)
-    print(f"batched   : {res.n} items in {batched_s:.2f} s = {report['batched']['ms_per_example']:.3f} ms/example "
-          f"(acc {res.accuracy:.2f}%, loss {res.loss:.4f})")
-    print(f"sequential: {len(seq_items)} items in {seq_s:.2f} s = {report['sequential']['ms_per_example']:.3f} "
-          f"ms/example (acc {seq_acc:.2f}%, loss {seq_loss:.4f}; batched on the same items: "
-          f"acc {same.accuracy:.2f}%, loss {same.loss:.4f})")
+    print(
+        f"batched   : {res.n} items in {batched_s:.2f} s = "
+        f"{report['batched']['ms_per_example']:.3f} ms/example "
+        f"(acc {res.accuracy:.2f}%, loss {res.loss:.4f})"
+    )
+    print(
+        f"sequential: {len(seq_items)} items in {seq_s:.2f} s = {report['sequential']['ms_per_example']:.3f} "
+        f"ms/example (acc {seq_acc:.2f}%, loss {seq_loss:.4f}; batched on the same items: "
+        f"acc {same.accuracy:.2f}%, loss {same.loss:.4f})"
+    )
     print(f"speed-up  : {report['speedup']}x")
     print(json.dumps(report, indent=2))
     if args.json:

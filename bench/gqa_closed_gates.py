@@ -14,14 +14,13 @@ import copy
 from pathlib import Path
 
 import torch
+from common import emit_json  # bench/common.py
 
 from tensorllm.methods import registry
 from tensorllm.methods.gqa import convert
 from tensorllm.methods.gqa import finetune as ft
 from tensorllm.models.expand_kv import expand_kv
 from tensorllm.models.io import load_model
-
-from common import emit_json  # bench/common.py
 
 
 def run(loaded, tokens, cfg, shortcut: bool) -> dict:
@@ -34,7 +33,9 @@ def run(loaded, tokens, cfg, shortcut: bool) -> dict:
     if not shortcut:
         ft.HardConcreteGates.fix = fix_without_shortcut
     try:
-        info = convert(copy.deepcopy(loaded.model), loaded.arch, cfg, tokens, progress=False)["summary"]["finetune"]
+        info = convert(copy.deepcopy(loaded.model), loaded.arch, cfg, tokens, progress=False)["summary"][
+            "finetune"
+        ]
     finally:
         ft.HardConcreteGates.fix = real_fix
     return {"seconds_per_step": info["seconds"] / cfg.train_steps, "kl_last": info["kl_last"]}
@@ -53,17 +54,40 @@ def main() -> None:
     loaded = load_model(args.model, dtype="float32", device=args.device)
     expand_kv(loaded.model, loaded.arch)
     vocab = loaded.model.config.vocab_size
-    tokens = torch.randint(0, vocab, (4 * args.batch, args.seq_len), generator=torch.Generator().manual_seed(0))
-    cfg = registry.config_from_dict("gqa", {"kv_heads": 1, "seq_len": args.seq_len, "calib_tokens": tokens.numel(),
-                                            "train_steps": args.steps, "train_batch_size": args.batch,
-                                            "sparsity_warmup": 1 / args.steps})
-    rows = [{"shortcut": on, **run(loaded, tokens, cfg, on)} for _ in range(args.repeats) for on in (True, False)]
+    tokens = torch.randint(
+        0, vocab, (4 * args.batch, args.seq_len), generator=torch.Generator().manual_seed(0)
+    )
+    cfg = registry.config_from_dict(
+        "gqa",
+        {
+            "kv_heads": 1,
+            "seq_len": args.seq_len,
+            "calib_tokens": tokens.numel(),
+            "train_steps": args.steps,
+            "train_batch_size": args.batch,
+            "sparsity_warmup": 1 / args.steps,
+        },
+    )
+    rows = [
+        {"shortcut": on, **run(loaded, tokens, cfg, on)} for _ in range(args.repeats) for on in (True, False)
+    ]
     on = [r["seconds_per_step"] for r in rows if r["shortcut"]]
     off = [r["seconds_per_step"] for r in rows if not r["shortcut"]]
-    emit_json({"bench": "gqa_closed_gates", "device": args.device, "threads": torch.get_num_threads(),
-               "steps": args.steps, "batch": args.batch, "seq_len": args.seq_len, "runs": rows,
-               "mean_on": sum(on) / len(on), "mean_off": sum(off) / len(off),
-               "same_kl": len({r["kl_last"] for r in rows}) == 1}, args.out)
+    emit_json(
+        {
+            "bench": "gqa_closed_gates",
+            "device": args.device,
+            "threads": torch.get_num_threads(),
+            "steps": args.steps,
+            "batch": args.batch,
+            "seq_len": args.seq_len,
+            "runs": rows,
+            "mean_on": sum(on) / len(on),
+            "mean_off": sum(off) / len(off),
+            "same_kl": len({r["kl_last"] for r in rows}) == 1,
+        },
+        args.out,
+    )
 
 
 if __name__ == "__main__":

@@ -46,20 +46,33 @@ import traceback
 from pathlib import Path
 
 import torch
-
-from tensorllm.archs import spec_for
-from tensorllm.methods import registry
-from tensorllm.methods.gqa import convert
-from tensorllm.eval.measure import decode_loop_ms, decode_step_ms, kv_cache_bytes_per_token
-from tensorllm.runtime.decode_attention import register as register_decode
-from tensorllm.base.versions import versions
-
 from common import emit_json  # bench/common.py
 
-LLAMA2_7B = dict(hidden_size=4096, intermediate_size=11008, num_hidden_layers=32, num_attention_heads=32,
-                 num_key_value_heads=32, vocab_size=32000, max_position_embeddings=4096 + 256)
-TOY = dict(hidden_size=256, intermediate_size=688, num_hidden_layers=4, num_attention_heads=8,
-           num_key_value_heads=8, vocab_size=1000, max_position_embeddings=512)
+from tensorllm.archs import spec_for
+from tensorllm.base.versions import versions
+from tensorllm.eval.measure import decode_loop_ms, decode_step_ms, kv_cache_bytes_per_token
+from tensorllm.methods import registry
+from tensorllm.methods.gqa import convert
+from tensorllm.runtime.decode_attention import register as register_decode
+
+LLAMA2_7B = dict(
+    hidden_size=4096,
+    intermediate_size=11008,
+    num_hidden_layers=32,
+    num_attention_heads=32,
+    num_key_value_heads=32,
+    vocab_size=32000,
+    max_position_embeddings=4096 + 256,
+)
+TOY = dict(
+    hidden_size=256,
+    intermediate_size=688,
+    num_hidden_layers=4,
+    num_attention_heads=8,
+    num_key_value_heads=8,
+    vocab_size=1000,
+    max_position_embeddings=512,
+)
 
 
 def build(shape: dict, device: torch.device, dtype: torch.dtype):
@@ -86,14 +99,21 @@ def attention_for(path: str) -> str:
     return "flex_attention" if path == "flex" else "sdpa"
 
 
-def measure(model, prompt, new_tokens, repeats, compile_ok: bool, paths: list[str], save, driver: str = "generate") -> dict:
+def measure(
+    model, prompt, new_tokens, repeats, compile_ok: bool, paths: list[str], save, driver: str = "generate"
+) -> dict:
     """Time each path; `save(out)` after each one, so a run cut short keeps the paths it finished.
     driver "loop": the static paths run `decode_loop_ms` (no host sync per step) instead of `generate`."""
-    out = {"kv_heads": model.config.num_key_value_heads, "kv_cache_bytes_per_token": kv_cache_bytes_per_token(model)}
+    out = {
+        "kv_heads": model.config.num_key_value_heads,
+        "kv_cache_bytes_per_token": kv_cache_bytes_per_token(model),
+    }
     grouped = model.config.num_key_value_heads < model.config.num_attention_heads
     static = ("loop" if driver == "loop" else "static") + ("_compiled" if compile_ok else "")
     for path in (p for p in PATHS if p in paths):
-        if path in ("packed", "gqa") and not grouped:  # on a multi-head model it is transformers' SDPA: "static"
+        if (
+            path in ("packed", "gqa") and not grouped
+        ):  # on a multi-head model it is transformers' SDPA: "static"
             continue
         name = "default" if path == "default" else static if path == "static" else f"{static}_{path}"
         if compile_ok:
@@ -129,7 +149,8 @@ def time_path(model, prompt, new_tokens: int, repeats: int, path: str, driver: s
 
 
 def speedups(original: dict, converted: dict) -> dict:
-    """Converted vs original per path (the converted "gqa" / "packed" paths against the original's static one),
+    """Converted vs original per path (the converted "gqa" / "packed" paths against the original's static
+    one),
     and best static path vs best static path."""
     out = {}
     for name, value in converted.items():
@@ -164,16 +185,33 @@ def one_model(args, which: str) -> dict:
     seconds_convert = None
     if which == "converted":
         calib = torch.randint(0, shape["vocab_size"], (2, 256), generator=torch.Generator().manual_seed(2))
-        cfg = registry.config_from_dict("gqa", {"kv_heads": kv, "seq_len": 256, "calib_tokens": 512,
-                                                "grouping": "contiguous", "align": False})
+        cfg = registry.config_from_dict(
+            "gqa",
+            {"kv_heads": kv, "seq_len": 256, "calib_tokens": 512, "grouping": "contiguous", "align": False},
+        )
         t0 = time.perf_counter()
         convert(model, spec_for(model.config), cfg, calib, device=device, progress=False)
         seconds_convert = time.perf_counter() - t0
-    info = {"which": which, "seconds_convert": seconds_convert, "shape": shape, "dtype": str(dtype),
-            "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
-            "batch": batch, "context": context, "new_tokens": new_tokens}
-    out = measure(model, prompt, new_tokens, args.repeats, compile_ok=device.type == "cuda",
-                  paths=args.paths.split(","), driver=args.driver, save=lambda out: emit_json({**info, "measured": out}, args.out, quiet=True))
+    info = {
+        "which": which,
+        "seconds_convert": seconds_convert,
+        "shape": shape,
+        "dtype": str(dtype),
+        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+        "batch": batch,
+        "context": context,
+        "new_tokens": new_tokens,
+    }
+    out = measure(
+        model,
+        prompt,
+        new_tokens,
+        args.repeats,
+        compile_ok=device.type == "cuda",
+        paths=args.paths.split(","),
+        driver=args.driver,
+        save=lambda out: emit_json({**info, "measured": out}, args.out, quiet=True),
+    )
     if args.out is None:
         emit_json({**info, "measured": out}, None)
 
@@ -187,19 +225,37 @@ def main() -> None:
     ap.add_argument("--new-tokens", type=int, default=None, help="decode steps per generate call")
     ap.add_argument("--repeats", type=int, default=2)
     ap.add_argument("--device", default=None)
-    ap.add_argument("--only", choices=["original", "converted"], default=None,
-                    help="time one model in this process (the default runs both, each in a fresh process)")
-    ap.add_argument("--paths", default=",".join(PATHS),
-                    help="comma list of: default (generate as it comes), gqa, packed (tensorllm's decode "
-                         "attention; grouped models only), flex (transformers' flex_attention), "
-                         "static (transformers' SDPA); all but default use a static cache, compiled on CUDA")
-    ap.add_argument("--driver", choices=["generate", "loop"], default="generate",
-                    help="what runs the static paths: transformers' generate, or a compiled one-step function in a "
-                         "loop that never waits for the host (decode_loop_ms: the gpt-fast way)")
-    ap.add_argument("--parallel", action="store_true",
-                    help="time the two models at once, the original on GPU 0 and the converted on GPU 1")
-    ap.add_argument("--child-timeout", type=float, default=None,
-                    help="seconds each model's process may run (with --parallel: both together)")
+    ap.add_argument(
+        "--only",
+        choices=["original", "converted"],
+        default=None,
+        help="time one model in this process (the default runs both, each in a fresh process)",
+    )
+    ap.add_argument(
+        "--paths",
+        default=",".join(PATHS),
+        help="comma list of: default (generate as it comes), gqa, packed (tensorllm's decode "
+        "attention; grouped models only), flex (transformers' flex_attention), "
+        "static (transformers' SDPA); all but default use a static cache, compiled on CUDA",
+    )
+    ap.add_argument(
+        "--driver",
+        choices=["generate", "loop"],
+        default="generate",
+        help="what runs the static paths: transformers' generate, or a compiled one-step function in a "
+        "loop that never waits for the host (decode_loop_ms: the gpt-fast way)",
+    )
+    ap.add_argument(
+        "--parallel",
+        action="store_true",
+        help="time the two models at once, the original on GPU 0 and the converted on GPU 1",
+    )
+    ap.add_argument(
+        "--child-timeout",
+        type=float,
+        default=None,
+        help="seconds each model's process may run (with --parallel: both together)",
+    )
     ap.add_argument("--out", type=Path, default=None)
     args = ap.parse_args()
     unknown = set(args.paths.split(",")) - set(PATHS)
@@ -215,11 +271,18 @@ def main() -> None:
         visible = [d for d in os.environ.get("CUDA_VISIBLE_DEVICES", "0,1").split(",") if d.strip()]
         try:
             for i, which in enumerate(("original", "converted")):  # beside --out, so a cut run leaves them
-                path = (args.out.with_name(f"{args.out.stem}.{which}.json") if args.out
-                        else Path(tmp) / f"{which}.json")
+                path = (
+                    args.out.with_name(f"{args.out.stem}.{which}.json")
+                    if args.out
+                    else Path(tmp) / f"{which}.json"
+                )
                 path.unlink(missing_ok=True)
                 cmd = [sys.executable, __file__, *sys.argv[1:], "--only", which, "--out", str(path)]
-                env = {**os.environ, "CUDA_VISIBLE_DEVICES": visible[i % len(visible)]} if args.parallel else None
+                env = (
+                    {**os.environ, "CUDA_VISIBLE_DEVICES": visible[i % len(visible)]}
+                    if args.parallel
+                    else None
+                )
                 jobs[which] = (path, subprocess.Popen(cmd, stdout=subprocess.DEVNULL, env=env))
                 if not args.parallel:
                     _wait(jobs[which][1], deadline)
@@ -227,7 +290,9 @@ def main() -> None:
             for which, (path, proc) in jobs.items():
                 code = _wait(proc, deadline)
                 if not path.is_file():
-                    raise SystemExit(f"timing the {which} model failed (exit {code}) before any path finished")
+                    raise SystemExit(
+                        f"timing the {which} model failed (exit {code}) before any path finished"
+                    )
                 parts[which] = json.loads(path.read_text())
                 if code:
                     parts[which]["exit_code"] = code
@@ -240,12 +305,18 @@ def main() -> None:
     speedup = speedups(original, converted)
     first = parts["original"]
     result = {
-        "bench": "gqa_decode", "weights": "random (speed only)",
-        "processes": "one per model (fresh compile each)" + (", at once on GPUs 0 and 1" if args.parallel else ""),
+        "bench": "gqa_decode",
+        "weights": "random (speed only)",
+        "processes": "one per model (fresh compile each)"
+        + (", at once on GPUs 0 and 1" if args.parallel else ""),
         **{k: first[k] for k in ("shape", "dtype", "device", "batch", "context", "new_tokens")},
         "attention": "sdpa; *_flex: flex_attention; *_gqa / *_packed: tensorllm.runtime.decode_attention",
-        "exit_codes": {w: parts[w].get("exit_code", 0) for w in parts}, "original": original, "converted": converted, "speedup": speedup,
-        "seconds_convert": parts["converted"]["seconds_convert"], "versions": versions(),
+        "exit_codes": {w: parts[w].get("exit_code", 0) for w in parts},
+        "original": original,
+        "converted": converted,
+        "speedup": speedup,
+        "seconds_convert": parts["converted"]["seconds_convert"],
+        "versions": versions(),
     }
     emit_json(result, args.out)
 

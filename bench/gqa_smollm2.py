@@ -1,7 +1,7 @@
 """Quality of MHA -> GQA on the real SmolLM2-135M: held-out perplexity of each variant vs the original.
 
     python bench/gqa_smollm2.py --out runs/gqa_smollm2.json --train-steps 400        # GPU
-    python bench/gqa_smollm2.py --train-steps 3000 --train-batch-size 8 --train-tokens 200000   # fine-tune text
+    python bench/gqa_smollm2.py --train-steps 3000 --train-batch-size 8 --train-tokens 200000 # fine-tune text
     python bench/gqa_smollm2.py --model /tmp/s/smol.gguf --calib-file text.txt ...    # a GGUF copy
     python bench/gqa_smollm2.py --small                                               # CPU, checks the script
 
@@ -23,17 +23,16 @@ import time
 from pathlib import Path
 
 import torch
+from common import emit_json  # bench/common.py
 
 from tensorllm.base.errors import UserError
+from tensorllm.base.versions import versions
+from tensorllm.eval.measure import kv_cache_bytes_per_token, perplexity
 from tensorllm.methods import registry
 from tensorllm.methods.gqa import convert
 from tensorllm.methods.gqa.calibrate import calibration_documents, chunk, token_stream
-from tensorllm.eval.measure import kv_cache_bytes_per_token, perplexity
 from tensorllm.models.expand_kv import expand_kv
 from tensorllm.models.io import load_model
-from tensorllm.base.versions import versions
-
-from common import emit_json  # bench/common.py
 
 
 def stdlib_documents(min_chars: int) -> list[str]:
@@ -76,9 +75,15 @@ def main() -> None:
     ap.add_argument("--lr", type=float, default=1e-4)
     ap.add_argument("--lr-schedule", choices=["cosine", "constant"], default="cosine")
     ap.add_argument("--train-batch-size", type=int, default=None)
-    ap.add_argument("--train-tokens", type=int, default=0,
-                    help="fine-tune on this many tokens after the held-out ones (0: on the calibration tokens)")
-    ap.add_argument("--train-precision", default="auto", help="auto (bfloat16 autocast on CUDA), bfloat16, float32")
+    ap.add_argument(
+        "--train-tokens",
+        type=int,
+        default=0,
+        help="fine-tune on this many tokens after the held-out ones (0: on the calibration tokens)",
+    )
+    ap.add_argument(
+        "--train-precision", default="auto", help="auto (bfloat16 autocast on CUDA), bfloat16, float32"
+    )
     ap.add_argument("--train-scope", choices=["attention", "all"], default="attention")
     ap.add_argument("--train-dir", default=None, help="fine-tune checkpoints; rerunning resumes from them")
     ap.add_argument("--device", default=None)
@@ -111,15 +116,21 @@ def main() -> None:
     calib = chunk(ids, calib_tokens, seq_len)
     held_out = chunk(ids, eval_tokens, seq_len, offset=calib.numel(), what="held-out evaluation")
     # fine-tune text after the held-out text, so calibration and held-out stay those of the runs before
-    train = (chunk(ids, args.train_tokens, seq_len, offset=calib.numel() + held_out.numel(), what="fine-tune text")
-             if args.train_tokens else None)
+    train = (
+        chunk(ids, args.train_tokens, seq_len, offset=calib.numel() + held_out.numel(), what="fine-tune text")
+        if args.train_tokens
+        else None
+    )
     arch = loaded.arch
     original_ppl = perplexity(loaded.model, held_out)
     original_kv = kv_cache_bytes_per_token(loaded.model)
     expand_kv(loaded.model, arch)
     mha = loaded.model
     mha_ppl = perplexity(mha, held_out)
-    print(f"original ppl {original_ppl:.3f}   expanded to MHA {mha_ppl:.3f}   ({time.perf_counter() - t0:.0f} s)")
+    print(
+        f"original ppl {original_ppl:.3f}   expanded to MHA {mha_ppl:.3f}   "
+        f"({time.perf_counter() - t0:.0f} s)"
+    )
 
     variants = [
         ("kv3_similarity_align", dict(kv_heads=3, grouping="similarity", align=True)),
@@ -127,44 +138,76 @@ def main() -> None:
         ("kv1_no_align", dict(kv_heads=1, align=False)),  # one group: plain mean-pooling of all K/V heads
     ]
     if steps:
-        variants.append((f"kv1_align_finetune{steps}", dict(kv_heads=1, align=True, train_steps=steps, lr=args.lr,
-                                                             lr_schedule=args.lr_schedule,
-                                                             train_batch_size=batch,
-                                                             train_precision=args.train_precision,
-                                                             train_scope=args.train_scope,
-                                                             train_dir=args.train_dir)))
+        variants.append(
+            (
+                f"kv1_align_finetune{steps}",
+                dict(
+                    kv_heads=1,
+                    align=True,
+                    train_steps=steps,
+                    lr=args.lr,
+                    lr_schedule=args.lr_schedule,
+                    train_batch_size=batch,
+                    train_precision=args.train_precision,
+                    train_scope=args.train_scope,
+                    train_dir=args.train_dir,
+                ),
+            )
+        )
     rows = []
     for name, opts in variants:
         model = copy.deepcopy(mha)
         cfg = registry.config_from_dict("gqa", {"seq_len": seq_len, **opts})
         ts = time.perf_counter()
         # the fine-tune's held-out perplexity curve (the monitor only observes)
-        result = convert(model, arch, cfg, calib, train=train, device=torch.device(device), progress=True,
-                         monitor=lambda m: perplexity(m, held_out))
+        result = convert(
+            model,
+            arch,
+            cfg,
+            calib,
+            train=train,
+            device=torch.device(device),
+            progress=True,
+            monitor=lambda m: perplexity(m, held_out),
+        )
         seconds = time.perf_counter() - ts
         s = result["summary"]
-        row = {"variant": name, "options": opts, "perplexity": perplexity(model, held_out),
-               "kv_heads": model.config.num_key_value_heads,
-               "kv_cache_bytes_per_token": kv_cache_bytes_per_token(model),
-               "mean_key_energy_kept": s["mean_key_energy_kept"], "mean_value_energy_kept": s["mean_value_energy_kept"],
-               "seconds": seconds}
+        row = {
+            "variant": name,
+            "options": opts,
+            "perplexity": perplexity(model, held_out),
+            "kv_heads": model.config.num_key_value_heads,
+            "kv_cache_bytes_per_token": kv_cache_bytes_per_token(model),
+            "mean_key_energy_kept": s["mean_key_energy_kept"],
+            "mean_value_energy_kept": s["mean_value_energy_kept"],
+            "seconds": seconds,
+        }
         if "finetune" in s:
             row["finetune"] = {k: v for k, v in s["finetune"].items() if k != "history"}
             ratio = [(c["seconds"], c["value"] / original_ppl) for c in s["finetune"]["curve"]]
             within = [t for t, r in ratio if r <= 1.25]
             row["finetune"]["first_seconds_within_1.25x"] = within[0] if within else None
         rows.append(row)
-        print(f"{name:32s} ppl {row['perplexity']:10.3f}  K kept {row['mean_key_energy_kept']:.3f}  "
-              f"V kept {row['mean_value_energy_kept']:.3f}  {seconds:.0f} s")
+        print(
+            f"{name:32s} ppl {row['perplexity']:10.3f}  K kept {row['mean_key_energy_kept']:.3f}  "
+            f"V kept {row['mean_value_energy_kept']:.3f}  {seconds:.0f} s"
+        )
         del model
     result = {
-        "bench": "gqa_smollm2", "weights": "real SmolLM2-135M-Instruct", "model": args.model, "device": device,
-        "calib_tokens": int(calib.numel()), "held_out_tokens": int(held_out.numel()), "seq_len": seq_len,
+        "bench": "gqa_smollm2",
+        "weights": "real SmolLM2-135M-Instruct",
+        "model": args.model,
+        "device": device,
+        "calib_tokens": int(calib.numel()),
+        "held_out_tokens": int(held_out.numel()),
+        "seq_len": seq_len,
         "train_tokens": int(train.numel()) if train is not None else int(calib.numel()),
         "text": text,
         "original": {"perplexity": original_ppl, "kv_heads": 3, "kv_cache_bytes_per_token": original_kv},
         "expanded_mha": {"perplexity": mha_ppl, "kv_heads": 9},
-        "variants": rows, "seconds_total": time.perf_counter() - t0, "versions": versions(),
+        "variants": rows,
+        "seconds_total": time.perf_counter() - t0,
+        "versions": versions(),
     }
     emit_json(result, args.out)
 

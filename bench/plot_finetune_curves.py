@@ -48,11 +48,18 @@ def main() -> None:
         name, _, files = run.partition("=")
         pts = curves[name] = curve([Path(f) for f in files.split("+")])
         if not pts:
-            raise SystemExit(f"{files}: no 'step N/M  monitor V  T s' lines (a run with --train-steps logs them)")
+            raise SystemExit(
+                f"{files}: no 'step N/M  monitor V  T s' lines (a run with --train-steps logs them)"
+            )
         ax.plot([p[2] / 60 for p in pts], [p[1] for p in pts], marker=".", label=name)
     ax.axhline(args.original, color="k", lw=0.8, label=f"original {args.original:.2f}")
-    ax.axhline(args.target * args.original, color="r", ls="--", lw=0.8,
-               label=f"target {args.target:g}x = {args.target * args.original:.2f}")
+    ax.axhline(
+        args.target * args.original,
+        color="r",
+        ls="--",
+        lw=0.8,
+        label=f"target {args.target:g}x = {args.target * args.original:.2f}",
+    )
     ax.set_yscale("log")
     ax.set_xlabel("fine-tune minutes (incl. the monitor's evaluations)")
     ax.set_ylabel("held-out perplexity of the GQA export")

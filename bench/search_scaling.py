@@ -7,7 +7,8 @@
 
 Everything after `--` is passed to `tensorllm search` as it is, plus `--gpus N --store ROOT/gN`.
 Each store must not exist yet (a resumed store would time only the missing work). First, untimed,
-the same search with 16 items per split on the most processes, starting evaluations for 45 s (ROOT/warmup): it warms the disk
+the same search with 16 items per split on the most processes, starting evaluations
+for 45 s (ROOT/warmup): it warms the disk
 cache and the GPUs, so the first timed count does not pay for a cold machine alone (`--no-warmup`
 skips it). Reports, per process count: wall-clock seconds of the whole command (spawn, loads, every
 evaluation, report), the set-up times rank 0 logged, the seconds of evaluation on the busiest rank
@@ -45,17 +46,22 @@ def _store_summary(store: Path) -> dict:
             val_seconds.append(line["seconds"])
     report = json.loads((store / "report.json").read_text())
     winner = (report.get("roles") or {}).get("winner") or {}
-    return {"numbers": numbers, "status": report.get("status"), "winner": winner.get("key"),
-            "winner_describe": winner.get("describe"), "median_val_seconds": statistics.median(val_seconds),
-            "busiest_rank_seconds": round(max(per_rank.values()), 2),
-            "evaluations_per_rank": dict(sorted(per_rank_count.items())),
-            "setup_seconds": report["run"].get("setup_seconds"),
-            "eval_seconds_by_phase_per_rank": per_rank_phases}
+    return {
+        "numbers": numbers,
+        "status": report.get("status"),
+        "winner": winner.get("key"),
+        "winner_describe": winner.get("describe"),
+        "median_val_seconds": statistics.median(val_seconds),
+        "busiest_rank_seconds": round(max(per_rank.values()), 2),
+        "evaluations_per_rank": dict(sorted(per_rank_count.items())),
+        "setup_seconds": report["run"].get("setup_seconds"),
+        "eval_seconds_by_phase_per_rank": per_rank_phases,
+    }
 
 
 def main() -> None:
     argv = sys.argv[1:]
-    search_args = argv[argv.index("--") + 1:] if "--" in argv else []
+    search_args = argv[argv.index("--") + 1 :] if "--" in argv else []
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--root", type=Path, required=True, help="the stores go to ROOT/g1, ROOT/g2, ...")
     ap.add_argument("--gpus", default="1,2", help="process counts, the first is the reference")
@@ -71,19 +77,44 @@ def main() -> None:
         ap.error(f"stores exist already (the timing needs fresh ones): {', '.join(taken)}")
     env = dict(os.environ, NCCL_NVLS_ENABLE="0")  # NVLink multicast stays off
     if not args.no_warmup:  # the last --limit-* / --store / --gpus given wins
-        cmd = [sys.executable, "-m", "tensorllm.cli", "search", *search_args, "--limit-val", "16", "--limit-test", "16",
-               "--time-budget", "45", "--gpus", str(max(counts)), "--store", str(args.root / "warmup")]
+        cmd = [
+            sys.executable,
+            "-m",
+            "tensorllm.cli",
+            "search",
+            *search_args,
+            "--limit-val",
+            "16",
+            "--limit-test",
+            "16",
+            "--time-budget",
+            "45",
+            "--gpus",
+            str(max(counts)),
+            "--store",
+            str(args.root / "warmup"),
+        ]
         t0 = time.perf_counter()
         subprocess.run(cmd, check=True, env=env, stdout=subprocess.DEVNULL)
         print(f"warm-up: {time.perf_counter() - t0:.1f} s", file=sys.stderr, flush=True)
     rows = []
     for n in counts:
-        cmd = [sys.executable, "-m", "tensorllm.cli", "search", *search_args, "--gpus", str(n),
-               "--store", str(stores[n])]
+        cmd = [
+            sys.executable,
+            "-m",
+            "tensorllm.cli",
+            "search",
+            *search_args,
+            "--gpus",
+            str(n),
+            "--store",
+            str(stores[n]),
+        ]
         t0 = time.perf_counter()
         subprocess.run(cmd, check=True, env=env, stdout=subprocess.DEVNULL)
-        rows.append({"processes": n, "wall_seconds": round(time.perf_counter() - t0, 2),
-                     **_store_summary(stores[n])})
+        rows.append(
+            {"processes": n, "wall_seconds": round(time.perf_counter() - t0, 2), **_store_summary(stores[n])}
+        )
         print(f"{n} process(es): {rows[-1]['wall_seconds']:.1f} s", file=sys.stderr, flush=True)
     ref = rows[0]
     for r in rows:

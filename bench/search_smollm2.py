@@ -56,9 +56,17 @@ def _row(stage: str, role: str, r: dict | None) -> dict | None:
     if r is None:
         return None
     v, t = r.get("val") or {}, r.get("test") or {}
-    return {"stage": stage, "role": role, "configuration": r["describe"], "val_acc": v.get("accuracy"),
-            "val_loss": v.get("loss"), "test_acc": t.get("accuracy"), "test_loss": t.get("loss"),
-            "delta_val": r.get("delta_val"), "delta_test": r.get("delta_test")}
+    return {
+        "stage": stage,
+        "role": role,
+        "configuration": r["describe"],
+        "val_acc": v.get("accuracy"),
+        "val_loss": v.get("loss"),
+        "test_acc": t.get("accuracy"),
+        "test_loss": t.get("loss"),
+        "delta_val": r.get("delta_val"),
+        "delta_test": r.get("delta_test"),
+    }
 
 
 def _f(x, fmt="{:.2f}") -> str:
@@ -70,12 +78,12 @@ def main(argv=None) -> dict:
     t0 = time.perf_counter()
     import torch
 
-    from tensorllm.cli.app import _quiet_transformers
     from tensorllm.base.devices import resolve_device
-    from tensorllm.models.io import load_model
-    from tensorllm.search import SearchSpec, run_search
+    from tensorllm.cli.app import _quiet_transformers
     from tensorllm.methods.registry import parse_floats
     from tensorllm.methods.tucker import parse_rank_settings
+    from tensorllm.models.io import load_model
+    from tensorllm.search import SearchSpec, run_search
 
     _quiet_transformers()
     device = resolve_device(args.device)
@@ -90,12 +98,24 @@ def main(argv=None) -> dict:
     load_s = time.perf_counter() - t0
     print(f"loaded {args.model} ({dtype}, {device}) in {load_s:.1f} s", flush=True)
 
-    common = dict(model=args.model, task="wikidata_qa", data=args.data, limit_val=args.limit_val,
-                  limit_test=args.limit_test, batch_size=args.batch_size, answer_mode=args.answer_mode,
-                  device=str(device), dtype=dtype, expand_kv=args.expand_kv, layers=args.layers)
+    common = dict(
+        model=args.model,
+        task="wikidata_qa",
+        data=args.data,
+        limit_val=args.limit_val,
+        limit_test=args.limit_test,
+        batch_size=args.batch_size,
+        answer_mode=args.answer_mode,
+        device=str(device),
+        dtype=dtype,
+        expand_kv=args.expand_kv,
+        layers=args.layers,
+    )
     stages = {
         "tucker": dict(method="tucker", options={"ranks": parse_rank_settings(args.ranks)}),
-        "laser": dict(method="laser", options={"rhos": parse_floats(args.rhos, "--rhos"), "matrices": ("up",)}),
+        "laser": dict(
+            method="laser", options={"rhos": parse_floats(args.rhos, "--rhos"), "matrices": ("up",)}
+        ),
         "hybrid": dict(method="hybrid", sources=(str(out / "tucker"), str(out / "laser")), top_k=args.top_k),
     }
     wanted = [s.strip() for s in args.stages.split(",") if s.strip()]
@@ -109,8 +129,9 @@ def main(argv=None) -> dict:
                 status = "partial"
                 break
         print(f"== stage {name}", flush=True)
-        rep = run_search(SearchSpec(store=str(out / name), time_budget=budget, **common, **stages[name]),
-                         loaded=loaded)
+        rep = run_search(
+            SearchSpec(store=str(out / name), time_budget=budget, **common, **stages[name]), loaded=loaded
+        )
         reports[name] = rep
         if rep["status"] != "complete":
             status = "partial"
@@ -126,21 +147,44 @@ def main(argv=None) -> dict:
         rows.append(_row(name, "auto ranks at winner's layer", roles.get("auto_at_winner_layer")))
     rows = [r for r in rows if r is not None]
     total = time.perf_counter() - t0
-    print(f"\nSmolLM2-135M{' (K/V expanded)' if args.expand_kv else ''}, wikidata_qa, {args.answer_mode}, "
-          f"{dtype} on {device}" + (f" ({torch.cuda.get_device_name(device)})" if device.type == "cuda" else ""))
+    print(
+        f"\nSmolLM2-135M{' (K/V expanded)' if args.expand_kv else ''}, wikidata_qa, {args.answer_mode}, "
+        f"{dtype} on {device}" + (f" ({torch.cuda.get_device_name(device)})" if device.type == "cuda" else "")
+    )
     print("| stage | role | configuration | val acc | Δ val | test acc | Δ test | test loss |")
     print("|---|---|---|---:|---:|---:|---:|---:|")
     for r in rows:
-        print(f"| {r['stage']} | {r['role']} | {r['configuration']} | {_f(r['val_acc'])} "
-              f"| {_f(r['delta_val'], '{:+.2f}')} "
-              f"| {_f(r['test_acc'])} | {_f(r['delta_test'], '{:+.2f}')} | {_f(r['test_loss'], '{:.4f}')} |")
+        print(
+            f"| {r['stage']} | {r['role']} | {r['configuration']} | {_f(r['val_acc'])} "
+            f"| {_f(r['delta_val'], '{:+.2f}')} "
+            f"| {_f(r['test_acc'])} | {_f(r['delta_test'], '{:+.2f}')} | {_f(r['test_loss'], '{:.4f}')} |"
+        )
     evaluated = sum(rep["run"]["evaluated_this_run"] for rep in reports.values())
-    print(f"status: {status}; {evaluated} evaluations this run; total {total:.1f} s (model load {load_s:.1f} s)")
-    result = {"status": status, "model": args.model, "expand_kv": args.expand_kv, "dtype": dtype,
-              "device": str(device), "task": "wikidata_qa", "answer_mode": args.answer_mode, "rows": rows,
-              "stages": {k: {"status": v["status"], "progress": v["progress"], "run": v["run"],
-                             "report": str(out / k / "report.md")} for k, v in reports.items()},
-              "seconds_total": round(total, 2), "seconds_load": round(load_s, 2), "args": vars(args)}
+    print(
+        f"status: {status}; {evaluated} evaluations this run; total {total:.1f} s (model load {load_s:.1f} s)"
+    )
+    result = {
+        "status": status,
+        "model": args.model,
+        "expand_kv": args.expand_kv,
+        "dtype": dtype,
+        "device": str(device),
+        "task": "wikidata_qa",
+        "answer_mode": args.answer_mode,
+        "rows": rows,
+        "stages": {
+            k: {
+                "status": v["status"],
+                "progress": v["progress"],
+                "run": v["run"],
+                "report": str(out / k / "report.md"),
+            }
+            for k, v in reports.items()
+        },
+        "seconds_total": round(total, 2),
+        "seconds_load": round(load_s, 2),
+        "args": vars(args),
+    }
     from tensorllm.base.files import atomic_write_text
 
     atomic_write_text(out / "bench.json", json.dumps(result, indent=2) + "\n")

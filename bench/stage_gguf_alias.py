@@ -1,6 +1,6 @@
 """Materialise the `smollm2-135m` alias cache from a local copy of its GGUF (machines without PyPI).
 
-    python bench/stage_gguf_alias.py /path/SmolLM2-135M-Instruct.Q4_1.gguf   # into $TENSORLLM_CACHE
+python bench/stage_gguf_alias.py /path/SmolLM2-135M-Instruct.Q4_1.gguf   # into $TENSORLLM_CACHE
 """
 
 import sys

@@ -33,7 +33,9 @@ def mcnemar_exact(b: int, c: int) -> float:
     return min(1.0, 2 * tail)
 
 
-def paired_bootstrap(base: list[bool], new: list[bool], reps: int = 2000, seed: int = 0) -> tuple[float, float]:
+def paired_bootstrap(
+    base: list[bool], new: list[bool], reps: int = 2000, seed: int = 0
+) -> tuple[float, float]:
     """95% interval (points) of mean(new) - mean(base), resampling items with replacement."""
     rng = random.Random(seed)
     n = len(base)
@@ -43,8 +45,16 @@ def paired_bootstrap(base: list[bool], new: list[bool], reps: int = 2000, seed: 
 
 
 def run(loaded, limit, batch_size):
-    res = evaluate(loaded.model, loaded.tokenizer, "wikidata_qa", split="test", limit=limit, batch_size=batch_size,
-                   keep_examples=True, progress=True).to_dict()
+    res = evaluate(
+        loaded.model,
+        loaded.tokenizer,
+        "wikidata_qa",
+        split="test",
+        limit=limit,
+        batch_size=batch_size,
+        keep_examples=True,
+        progress=True,
+    ).to_dict()
     correct = [bool(e["correct"]) for e in res.pop("examples")]
     return res, correct
 
@@ -56,8 +66,11 @@ def main() -> None:
     p.add_argument("--limit", type=int, default=None)
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--json", default=None)
-    p.add_argument("--baseline-from", default=None,
-                   help="reuse the baseline (numbers and per-item correctness) of an earlier run on the same items")
+    p.add_argument(
+        "--baseline-from",
+        default=None,
+        help="reuse the baseline (numbers and per-item correctness) of an earlier run on the same items",
+    )
     a = p.parse_args()
     loaded = tensorllm.load_model("smollm2-135m", device="cpu")
     t0 = time.time()
@@ -70,23 +83,43 @@ def main() -> None:
         base, base_ok = run(loaded, a.limit, a.batch_size)
     print("baseline", base["accuracy"], base["loss"], flush=True)
     ranks = a.ranks if a.ranks == "auto" else [int(x) for x in a.ranks.split(",")]
-    _, report = tensorllm.compress(loaded, {"device": "cpu", "steps": [
-        {"method": "tucker", "layers": [a.layer], "ranks": ranks}]}, progress=False)
+    _, report = tensorllm.compress(
+        loaded,
+        {"device": "cpu", "steps": [{"method": "tucker", "layers": [a.layer], "ranks": ranks}]},
+        progress=False,
+    )
     resolved = report.steps[0]["layers"][0]["ranks"]
     new, new_ok = run(loaded, a.limit, a.batch_size)
     print(f"tucker L{a.layer} {ranks}", new["accuracy"], new["loss"], flush=True)
     b = sum(n and not o for o, n in zip(base_ok, new_ok))  # only the Tucker model right
     c = sum(o and not n for o, n in zip(base_ok, new_ok))  # only the baseline right
     lo, hi = paired_bootstrap(base_ok, new_ok)
-    paired = {"only_tucker_right": b, "only_baseline_right": c, "mcnemar_exact_p": mcnemar_exact(b, c),
-              "diff_points": new["accuracy"] - base["accuracy"], "bootstrap95_points": [lo, hi]}
+    paired = {
+        "only_tucker_right": b,
+        "only_baseline_right": c,
+        "mcnemar_exact_p": mcnemar_exact(b, c),
+        "diff_points": new["accuracy"] - base["accuracy"],
+        "bootstrap95_points": [lo, hi],
+    }
     print(json.dumps(paired), flush=True)
     keep = ("n", "accuracy", "loss", "answer_mode", "source", "seconds")
-    out = {"layer": a.layer, "ranks": ranks, "resolved_ranks": resolved, "limit": a.limit,
-           "baseline_from": a.baseline_from, "device": "cpu float32", "seconds": time.time() - t0,
-           "versions": tensorllm.report.versions(), "baseline": {k: base[k] for k in keep},
-           "tucker": {k: new[k] for k in keep}, "paired": paired,
-           "correct": {"baseline": "".join("01"[x] for x in base_ok), "tucker": "".join("01"[x] for x in new_ok)}}
+    out = {
+        "layer": a.layer,
+        "ranks": ranks,
+        "resolved_ranks": resolved,
+        "limit": a.limit,
+        "baseline_from": a.baseline_from,
+        "device": "cpu float32",
+        "seconds": time.time() - t0,
+        "versions": tensorllm.report.versions(),
+        "baseline": {k: base[k] for k in keep},
+        "tucker": {k: new[k] for k in keep},
+        "paired": paired,
+        "correct": {
+            "baseline": "".join("01"[x] for x in base_ok),
+            "tucker": "".join("01"[x] for x in new_ok),
+        },
+    }
     if a.json:
         with open(a.json, "w") as f:
             json.dump(out, f, indent=2)

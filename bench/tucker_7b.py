@@ -52,8 +52,9 @@ def from_heads(x, wq, wk, wv, wo):
 
 
 def _weights(wq, wk, wv, wo, heads) -> AttnWeights:
-    return AttnWeights(wq, wk, wv, wo, None, None, None, None, heads=heads, kv_heads=heads,
-                       head_dim=wq.shape[0] // heads)
+    return AttnWeights(
+        wq, wk, wv, wo, None, None, None, None, heads=heads, kv_heads=heads, head_dim=wq.shape[0] // heads
+    )
 
 
 def make_layer(args, layer, device):
@@ -82,7 +83,9 @@ def compress_layer(mats, args, ranks, compute_dtype, heads, n_iter_max=None):
     x = to_heads(*mats, heads)  # (D, d, 4, H)
     # "full-hosvd" is the textbook start (every factor from HOSVD, as up to 2026-11-25): the
     # library skips the start factor the first sweep never reads; this times the difference.
-    init = hosvd(x, ranks, MODES, compute_dtype=compute_dtype).factors if args.start == "full-hosvd" else "hosvd"
+    init = (
+        hosvd(x, ranks, MODES, compute_dtype=compute_dtype).factors if args.start == "full-hosvd" else "hosvd"
+    )
     res = hooi(
         x,
         ranks,
@@ -119,8 +122,7 @@ def run_config(args, ranks, compute_name, device):
         torch.cuda.reset_peak_memory_stats(device)
     per_layer = []
     for i, mats in enumerate(layers):
-        res, secs = timed(lambda: compress_layer(mats, args, ranks, compute_dtype, args.heads),
-                          device)
+        res, secs = timed(lambda: compress_layer(mats, args, ranks, compute_dtype, args.heads), device)
         per_layer.append(
             {
                 "layer": i,
@@ -141,7 +143,9 @@ def run_config(args, ranks, compute_name, device):
     parts = breakdown(args, ranks, compute_dtype, device)
     # Everything but the start is sweeps: a rough cost of one sweep. The library's start is a
     # HOSVD without the first mode (no Gram + eigh of the D x D matrix).
-    start_s = parts["hosvd_s"] - (0 if args.start == "full-hosvd" else parts["gram_mode0_s"] + parts["eigh_mode0_s"])
+    start_s = parts["hosvd_s"] - (
+        0 if args.start == "full-hosvd" else parts["gram_mode0_s"] + parts["eigh_mode0_s"]
+    )
     sweep_s = (sum(secs) - args.layers * start_s) / max(total_sweeps, 1)
     out = {
         "compute_dtype": compute_name,
@@ -204,8 +208,7 @@ def run_tensorly(args, ranks, device):
             ((_, _), errs), secs = timed(lambda: call(xg), device)
             err = float(errs[-1])
             out["tensorly_gpu"] = {"seconds": secs, "n_iter": len(errs), "final_error": err}
-            print(f"TensorLy, GPU pytorch float64: {secs:.2f} s, {len(errs)} sweeps, "
-                  f"error {err:.5f}")
+            print(f"TensorLy, GPU pytorch float64: {secs:.2f} s, {len(errs)} sweeps, error {err:.5f}")
         except Exception as exc:
             out["tensorly_gpu"] = {
                 "error": f"{type(exc).__name__}: {exc}",
@@ -232,9 +235,11 @@ COLUMNS = [  # (title, width, format, getter)
 
 def print_table(runs, args):
     d = args.hidden // args.heads
-    print(f"\n{args.layers} layers of {args.hidden}x{d}x4x{args.heads}, ranks {tuple(args.ranks)}, "
-          f"input {args.dtype}, {args.weights} weights, tol {args.tol:g}, "
-          f"n_iter_max {args.n_iter_max}")
+    print(
+        f"\n{args.layers} layers of {args.hidden}x{d}x4x{args.heads}, ranks {tuple(args.ranks)}, "
+        f"input {args.dtype}, {args.weights} weights, tol {args.tol:g}, "
+        f"n_iter_max {args.n_iter_max}"
+    )
     head = " | ".join(f"{title:>{w}}" for title, w, _, _ in COLUMNS)
     print(head)
     print("-" * len(head))
@@ -255,15 +260,14 @@ def self_check():
 
 
 def parse_args():
-    p = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--layers", type=int, default=32)
     p.add_argument("--hidden", type=int, default=4096)
     p.add_argument("--heads", type=int, default=32)
-    p.add_argument("--ranks", default=None,
-                   help="R1,R2,R3 (default hidden/4, head_dim/2, 3: 1024,64,3 for 7B)")
+    p.add_argument(
+        "--ranks", default=None, help="R1,R2,R3 (default hidden/4, head_dim/2, 3: 1024,64,3 for 7B)"
+    )
     p.add_argument("--dtype", choices=sorted(DTYPES), default="bf16", help="checkpoint dtype")
     p.add_argument("--compute-dtype", default="float64", help="comma list of float64, float32")
     p.add_argument("--n-iter-max", type=int, default=100)
@@ -271,13 +275,20 @@ def parse_args():
     # sweeps on random weights. Pass --tol 1e-8 to time that.
     p.add_argument("--tol", type=float, default=1e-4)
     p.add_argument("--weights", choices=["gaussian", "decaying"], default="gaussian")
-    p.add_argument("--start", choices=["library", "full-hosvd"], default="library",
-                   help="full-hosvd: also compute the start factor the first sweep never reads (the old way)")
+    p.add_argument(
+        "--start",
+        choices=["library", "full-hosvd"],
+        default="library",
+        help="full-hosvd: also compute the start factor the first sweep never reads (the old way)",
+    )
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--linalg", choices=["default", "cusolver", "magma"], default="default",
-                   help="torch.backends.cuda.preferred_linalg_library (CUDA only)")
-    p.add_argument("--tensorly", action="store_true",
-                   help="also time TensorLy's partial_tucker on layer 0")
+    p.add_argument(
+        "--linalg",
+        choices=["default", "cusolver", "magma"],
+        default="default",
+        help="torch.backends.cuda.preferred_linalg_library (CUDA only)",
+    )
+    p.add_argument("--tensorly", action="store_true", help="also time TensorLy's partial_tucker on layer 0")
     p.add_argument("--tensorly-n-iter-max", type=int, default=3)
     p.add_argument("--json", type=Path, default=None, help="write the results here")
     args = p.parse_args()

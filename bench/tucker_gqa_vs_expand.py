@@ -20,18 +20,17 @@ import time
 
 import torch
 
+from tensorllm.attention import read_attention
 from tensorllm.methods.tucker import TuckerConfig, compress_layer
 from tensorllm.models.expand_kv import repeat_heads
 from tensorllm.models.io import load_model
-from tensorllm.attention import read_attention
 
 SETTINGS = [(288, 48, 4), (144, 32, 2), (64, 16, 1), (144, 48, 3)]
 
 
 def expand(w):
     g = w.group
-    return w.with_(k=repeat_heads(w.k, w.kv_heads, g), v=repeat_heads(w.v, w.kv_heads, g),
-                   kv_heads=w.heads)
+    return w.with_(k=repeat_heads(w.k, w.kv_heads, g), v=repeat_heads(w.v, w.kv_heads, g), kv_heads=w.heads)
 
 
 def functional_error(orig, new) -> float:
@@ -54,19 +53,29 @@ def main() -> None:
         for ranks in SETTINGS:
             cfg = TuckerConfig(layers=(layer,), ranks=ranks, tol=1e-5)
             for way, src in (("gqa-aware", w), ("expanded", expand(w))):
-                # the block-type mode has 8 slices for gqa-aware, 4 for expanded: scale R3 to the same fraction
+                # block-type mode: 8 slices for gqa-aware, 4 for expanded; scale R3 to the same fraction
                 r3 = ranks[2] if way == "gqa-aware" else max(1, ranks[2] // 2)
                 cfg.ranks = (ranks[0], ranks[1], r3)
                 t0 = time.perf_counter()
                 new, rec = compress_layer(src, cfg, torch.device("cpu"))
-                rows.append({"layer": layer, "way": way, "ranks": rec["ranks"], "params_after": rec["params_after"],
-                             "stored_params_before": w.num_params() if way == "gqa-aware" else src.num_params(),
-                             "functional_rel_error": functional_error(w, new),
-                             "per_matrix": rec["rel_error_per_matrix"], "seconds": time.perf_counter() - t0})
+                rows.append(
+                    {
+                        "layer": layer,
+                        "way": way,
+                        "ranks": rec["ranks"],
+                        "params_after": rec["params_after"],
+                        "stored_params_before": w.num_params() if way == "gqa-aware" else src.num_params(),
+                        "functional_rel_error": functional_error(w, new),
+                        "per_matrix": rec["rel_error_per_matrix"],
+                        "seconds": time.perf_counter() - t0,
+                    }
+                )
                 r = rows[-1]
-                print(f"layer {layer:2d} {way:9s} ranks {str(r['ranks']):16s} params {r['params_after']:>8,} "
-                      f"(dense {r['stored_params_before']:,}) functional error {r['functional_rel_error']:.4f}",
-                      flush=True)
+                print(
+                    f"layer {layer:2d} {way:9s} ranks {str(r['ranks']):16s} params {r['params_after']:>8,} "
+                    f"(dense {r['stored_params_before']:,}) functional error {r['functional_rel_error']:.4f}",
+                    flush=True,
+                )
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"rows": rows, "settings": SETTINGS}, f, indent=2)

@@ -32,6 +32,11 @@ export HF_HUB_OFFLINE=${HF_HUB_OFFLINE:-1} TRANSFORMERS_VERBOSITY=${TRANSFORMERS
 case "$1" in
   test)
     shift || true
+    if [ $# -eq 0 ]; then  # the whole suite (CI): lint and format first, so style drift fails loudly too
+      echo "[test] ruff check + ruff format --check" >&2
+      "$VENV/bin/ruff" check .
+      "$VENV/bin/ruff" format --check .
+    fi
     exec "$PY" -m pytest -q -p no:cacheprovider "$@"
     ;;
   *)

@@ -16,15 +16,34 @@ BENCH = Path(__file__).resolve().parents[1] / "bench"
 def _run(script: str, *args: str, tmp_path: Path) -> dict:
     out = tmp_path / f"{script}.json"
     flag = "--json" if script == "tucker_7b.py" else "--out"
-    subprocess.run([sys.executable, str(BENCH / script), *args, flag, str(out)], check=True, cwd=BENCH,
-                   capture_output=True, text=True, timeout=600)
+    subprocess.run(
+        [sys.executable, str(BENCH / script), *args, flag, str(out)],
+        check=True,
+        cwd=BENCH,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     return json.loads(out.read_text())
 
 
 def test_tucker_7b_both_starts_reach_the_same_decomposition(tmp_path):
-    tiny = ["--device", "cpu", "--layers", "2", "--hidden", "256", "--heads", "4", "--compute-dtype", "float32"]
-    runs = {start: _run("tucker_7b.py", *tiny, "--start", start, tmp_path=tmp_path)["runs"][0]
-            for start in ("library", "full-hosvd")}
+    tiny = [
+        "--device",
+        "cpu",
+        "--layers",
+        "2",
+        "--hidden",
+        "256",
+        "--heads",
+        "4",
+        "--compute-dtype",
+        "float32",
+    ]
+    runs = {
+        start: _run("tucker_7b.py", *tiny, "--start", start, tmp_path=tmp_path)["runs"][0]
+        for start in ("library", "full-hosvd")
+    }
     lib, full = runs["library"], runs["full-hosvd"]
     assert lib["total_sweeps"] == full["total_sweeps"] > 0
     errors = [[layer["final_error"] for layer in r["layers"]] for r in (lib, full)]
@@ -33,22 +52,51 @@ def test_tucker_7b_both_starts_reach_the_same_decomposition(tmp_path):
 
 @pytest.mark.slow
 def test_gqa_decode_times_both_models_in_their_own_processes(tmp_path):
-    result = _run("gqa_decode.py", "--small", "--new-tokens", "4", "--repeats", "1", "--parallel",
-                  "--child-timeout", "600", tmp_path=tmp_path)
+    result = _run(
+        "gqa_decode.py",
+        "--small",
+        "--new-tokens",
+        "4",
+        "--repeats",
+        "1",
+        "--parallel",
+        "--child-timeout",
+        "600",
+        tmp_path=tmp_path,
+    )
     assert result["original"]["kv_heads"] == 8 and result["converted"]["kv_heads"] == 2
-    assert result["converted"]["kv_cache_bytes_per_token"] * 4 == result["original"]["kv_cache_bytes_per_token"]
+    assert (
+        result["converted"]["kv_cache_bytes_per_token"] * 4 == result["original"]["kv_cache_bytes_per_token"]
+    )
     paths = {"default", "static", "static_gqa", "static_packed", "static_flex"}
-    assert set(result["speedup"]) == paths | {"best_vs_best"} and result["exit_codes"] == {"original": 0, "converted": 0}
+    assert set(result["speedup"]) == paths | {"best_vs_best"} and result["exit_codes"] == {
+        "original": 0,
+        "converted": 0,
+    }
     assert all(result["speedup"][p] > 0 for p in paths) and result["speedup"]["best_vs_best"]["speedup"] > 0
     assert "static_packed" not in result["original"]  # multi-head: the packed path is SDPA's, timed once
 
 
 @pytest.mark.slow
 def test_gqa_decode_loop_driver_times_the_static_paths_without_generate(tmp_path):
-    result = _run("gqa_decode.py", "--small", "--new-tokens", "3", "--repeats", "1", "--driver", "loop",
-                  "--paths", "gqa,static", tmp_path=tmp_path)
+    result = _run(
+        "gqa_decode.py",
+        "--small",
+        "--new-tokens",
+        "3",
+        "--repeats",
+        "1",
+        "--driver",
+        "loop",
+        "--paths",
+        "gqa,static",
+        tmp_path=tmp_path,
+    )
     assert set(result["converted"]) >= {"loop_gqa", "loop"} and "loop_gqa" not in result["original"]
-    assert result["converted"]["loop_gqa"]["steps_timed"] == 3 and "tokens" not in result["converted"]["loop_gqa"]
+    assert (
+        result["converted"]["loop_gqa"]["steps_timed"] == 3
+        and "tokens" not in result["converted"]["loop_gqa"]
+    )
     assert set(result["speedup"]) == {"loop_gqa", "loop", "best_vs_best"}
 
 
@@ -61,8 +109,18 @@ def test_auto_ranks_speed_compares_both_routes_on_the_real_model(smollm2, tmp_pa
 
 @pytest.mark.real
 def test_closed_gates_ab_runs_both_ways_with_the_same_kl(smollm2, tmp_path):
-    result = _run("gqa_closed_gates.py", "--steps", "2", "--batch", "1", "--seq-len", "32", "--repeats", "1",
-                  tmp_path=tmp_path)
+    result = _run(
+        "gqa_closed_gates.py",
+        "--steps",
+        "2",
+        "--batch",
+        "1",
+        "--seq-len",
+        "32",
+        "--repeats",
+        "1",
+        tmp_path=tmp_path,
+    )
     assert [r["shortcut"] for r in result["runs"]] == [True, False] and result["same_kl"]
 
 

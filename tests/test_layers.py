@@ -97,7 +97,7 @@ def find_cycle(g: dict[str, set[str]]) -> list[str] | None:
         stack.append(m)
         for d in sorted(g.get(m, ())):
             if state.get(d) == 1:
-                return stack[stack.index(d):] + [d]
+                return stack[stack.index(d) :] + [d]
             if d not in state:
                 found = visit(d)
                 if found:
@@ -125,10 +125,13 @@ def test_the_checker_sees_a_cycle():
     assert find_cycle(g) is not None
 
 
-@pytest.mark.parametrize("source, expect", [
-    ("from tensorllm.cli import app\n", "upward"),
-    ("import tensorllm.search.store\n", "upward"),
-])
+@pytest.mark.parametrize(
+    "source, expect",
+    [
+        ("from tensorllm.cli import app\n", "upward"),
+        ("import tensorllm.search.store\n", "upward"),
+    ],
+)
 def test_the_checker_sees_an_upward_import(tmp_path, source, expect):
     """The check can fail: a base-layer module importing the CLI or the search is reported."""
     path = tmp_path / "probe.py"

@@ -47,7 +47,7 @@ def _rewrite_header(path: Path, header: bytes, length: int | None = None) -> Non
     data = (path / WEIGHTS).read_bytes()
     n = int.from_bytes(data[:8], "little")
     length = len(header) if length is None else length
-    (path / WEIGHTS).write_bytes(length.to_bytes(8, "little") + header + data[8 + n:])
+    (path / WEIGHTS).write_bytes(length.to_bytes(8, "little") + header + data[8 + n :])
 
 
 def case_missing(tmp, ckpt, tiny):
@@ -102,8 +102,15 @@ def case_no_weights(tmp, ckpt, tiny):
 
 def case_unknown_arch(tmp, ckpt, tiny):
     p = tmp / "opt"
-    config = transformers.OPTConfig(hidden_size=64, num_attention_heads=4, num_hidden_layers=2, ffn_dim=128,
-                                    vocab_size=128, max_position_embeddings=64, word_embed_proj_dim=64)
+    config = transformers.OPTConfig(
+        hidden_size=64,
+        num_attention_heads=4,
+        num_hidden_layers=2,
+        ffn_dim=128,
+        vocab_size=128,
+        max_position_embeddings=64,
+        word_embed_proj_dim=64,
+    )
     transformers.OPTForCausalLM(config).save_pretrained(p)
     tiny.tokenizer().save_pretrained(p)
     return Case(p, "unsupported architecture 'opt' (supported: bert, gemma")
@@ -160,13 +167,17 @@ def case_out_is_input(tmp, ckpt, tiny):
 
 def case_nan(tmp, ckpt, tiny):
     p = _copy(ckpt, tmp)
-    _damage_weights(p, lambda sd: sd["model.layers.1.mlp.up_proj.weight"].view(-1).__setitem__(5, float("nan")))
+    _damage_weights(
+        p, lambda sd: sd["model.layers.1.mlp.up_proj.weight"].view(-1).__setitem__(5, float("nan"))
+    )
     return Case(p, "contain NaN or Inf (first in model.layers.1.mlp.up_proj.weight)")
 
 
 def case_inf(tmp, ckpt, tiny):
     p = _copy(ckpt, tmp)
-    _damage_weights(p, lambda sd: sd["model.layers.0.self_attn.k_proj.weight"].view(-1).__setitem__(0, float("-inf")))
+    _damage_weights(
+        p, lambda sd: sd["model.layers.0.self_attn.k_proj.weight"].view(-1).__setitem__(0, float("-inf"))
+    )
     return Case(p, "contain NaN or Inf")
 
 
@@ -178,8 +189,7 @@ def _leftovers(out: Path) -> list[str]:
 
 
 def _state(case: Case, out: Path, tree_hash):
-    return (tree_hash(case.model) if case.model.exists() else None,
-            tree_hash(out) if out.exists() else None)
+    return (tree_hash(case.model) if case.model.exists() else None, tree_hash(out) if out.exists() else None)
 
 
 def _api(case: Case, out: Path) -> None:
@@ -235,8 +245,10 @@ def test_bad_input_is_a_user_error_and_writes_nothing(name, tmp_path, tiny_ckpt,
         assert not out.exists()
 
 
-@pytest.mark.skipif(not hasattr(os, "geteuid") or os.geteuid() == 0,
-                    reason="root reads every directory whatever its mode (see case_no_config instead)")
+@pytest.mark.skipif(
+    not hasattr(os, "geteuid") or os.geteuid() == 0,
+    reason="root reads every directory whatever its mode (see case_no_config instead)",
+)
 def test_unreadable_model_dir(tmp_path, tiny_ckpt, run_cli):
     p = _copy(tiny_ckpt, tmp_path)
     p.chmod(0)
@@ -282,8 +294,16 @@ def test_expand_kv_refuses_an_existing_output(tmp_path, tiny_ckpt, run_cli, tree
 
 def test_real_process_exit_code_and_single_line(tmp_path, run_cli_process):
     """`python -m tensorllm.cli` in its own process (not only the in-process runner) behaves the same."""
-    rc, stdout, stderr = run_cli_process("compress", str(tmp_path / "nope"), "--out", str(tmp_path / "out"),
-                                         "--layers", "0", "--ranks", "8,4,2")
+    rc, stdout, stderr = run_cli_process(
+        "compress",
+        str(tmp_path / "nope"),
+        "--out",
+        str(tmp_path / "out"),
+        "--layers",
+        "0",
+        "--ranks",
+        "8,4,2",
+    )
     _assert_one_error_line(rc, stdout, stderr, "not found")
     assert not (tmp_path / "out").exists()
 
@@ -291,10 +311,13 @@ def test_real_process_exit_code_and_single_line(tmp_path, run_cli_process):
 def test_usage_errors_are_one_line_too(tmp_path, tiny_ckpt, run_cli):
     rc, stdout, stderr = run_cli("compress", str(tiny_ckpt))  # no --out
     _assert_one_error_line(rc, stdout, stderr, "--out")
-    rc, stdout, stderr = run_cli("compress", str(tiny_ckpt), "--out", str(tmp_path / "out"), "--ranks", "8,four,2")
+    rc, stdout, stderr = run_cli(
+        "compress", str(tiny_ckpt), "--out", str(tmp_path / "out"), "--ranks", "8,four,2"
+    )
     _assert_one_error_line(rc, stdout, stderr, "--ranks '8,four,2'")
-    rc, stdout, stderr = run_cli("compress", str(tiny_ckpt), "--out", str(tmp_path / "out"), "--method", "prune",
-                                 "--layers", "0")
+    rc, stdout, stderr = run_cli(
+        "compress", str(tiny_ckpt), "--out", str(tmp_path / "out"), "--method", "prune", "--layers", "0"
+    )
     _assert_one_error_line(rc, stdout, stderr, "unknown method 'prune'")
     assert not (tmp_path / "out").exists()
 
@@ -306,8 +329,9 @@ def test_library_errors_are_folded_onto_one_line(tmp_path, tiny_ckpt, run_cli, t
         if f.name.startswith(("tokenizer", "special_tokens")):
             f.unlink()
     before = tree_hash(model)
-    rc, stdout, stderr = run_cli("compress", str(model), "--out", str(tmp_path / "out"), "--layers", "0",
-                                 "--ranks", "8,4,2")
+    rc, stdout, stderr = run_cli(
+        "compress", str(model), "--out", str(tmp_path / "out"), "--layers", "0", "--ranks", "8,4,2"
+    )
     _assert_one_error_line(rc, stdout, stderr, f"cannot load '{model}'")
     assert "(1) a `tokenizers` library serialization file" in stderr  # from the reason's second line
     assert len(stderr.strip()) <= len(f"error: cannot load '{model}': ") + 300
@@ -363,8 +387,18 @@ def test_failed_save_leaves_no_output_cli(tmp_path, tiny_ckpt, monkeypatch, run_
     seen = _failing_save(monkeypatch)
     out = tmp_path / "out"
     with pytest.raises(OSError, match="No space"):  # not a user error: the CLI lets it through
-        run_cli("compress", str(tiny_ckpt), "--out", str(out), "--layers", "0", "--ranks", "8,4,2",
-                "--device", "cpu")
+        run_cli(
+            "compress",
+            str(tiny_ckpt),
+            "--out",
+            str(out),
+            "--layers",
+            "0",
+            "--ranks",
+            "8,4,2",
+            "--device",
+            "cpu",
+        )
     assert seen and not out.exists() and _leftovers(out) == []
     assert tree_hash(tiny_ckpt) == before
 
@@ -374,8 +408,19 @@ def test_cli_writes_a_checkpoint_and_overwrite_replaces_it(tmp_path, tiny_ckpt, 
     out = tmp_path / "out"
     out.mkdir()
     (out / "stale.txt").write_text("from an earlier run")
-    rc, stdout, stderr = run_cli("compress", str(tiny_ckpt), "--out", str(out), "--layers", "1", "--ranks", "8,4,2",
-                                 "--device", "cpu", "--overwrite")
+    rc, stdout, stderr = run_cli(
+        "compress",
+        str(tiny_ckpt),
+        "--out",
+        str(out),
+        "--layers",
+        "1",
+        "--ranks",
+        "8,4,2",
+        "--device",
+        "cpu",
+        "--overwrite",
+    )
     assert rc == 0, stderr
     assert "saved checkpoint" in stdout
     assert not (out / "stale.txt").exists()
@@ -386,7 +431,10 @@ def test_cli_writes_a_checkpoint_and_overwrite_replaces_it(tmp_path, tiny_ckpt, 
     assert rec["layer"] == 1 and rec["ranks"] == [8, 4, 2] and 0 < rec["rel_error"] < 1
     assert rec["compression_rate"] > 1 and rec["seconds"] > 0 and report["seconds"] > 0
     assert {"tensorllm", "torch", "transformers", "python"} <= set(report["versions"])
-    assert report["recipe"] == yaml.safe_load((out / "recipe.yaml").read_text()) and report["recipe"]["version"] == 1
+    assert (
+        report["recipe"] == yaml.safe_load((out / "recipe.yaml").read_text())
+        and report["recipe"]["version"] == 1
+    )
 
     new, old = load_file(out / WEIGHTS), load_file(tiny_ckpt / WEIGHTS)
     assert new.keys() == old.keys()
@@ -397,8 +445,9 @@ def test_cli_writes_a_checkpoint_and_overwrite_replaces_it(tmp_path, tiny_ckpt, 
     assert torch.isfinite(tiny.logits(reloaded, ids)).all()
 
     # a second --overwrite run with the saved recipe gives the same weights
-    rc, _, stderr = run_cli("compress", str(tiny_ckpt), "--out", str(out), "--recipe", str(out / "recipe.yaml"),
-                            "--overwrite")
+    rc, _, stderr = run_cli(
+        "compress", str(tiny_ckpt), "--out", str(out), "--recipe", str(out / "recipe.yaml"), "--overwrite"
+    )
     assert rc == 0, stderr
     again = load_file(out / WEIGHTS)
     assert all(torch.equal(again[k], new[k]) for k in new)
@@ -423,19 +472,26 @@ def _hub_cache(root: Path, repo: str, checkpoint: Path) -> Path:
     return root
 
 
-def test_hub_id_resolves_through_the_hub_cache_offline(tmp_path, tiny_ckpt, tiny, run_cli_process, monkeypatch):
+def test_hub_id_resolves_through_the_hub_cache_offline(
+    tmp_path, tiny_ckpt, tiny, run_cli_process, monkeypatch
+):
     """The network path (a hub id handed to transformers), with the hub replaced by a local cache."""
     monkeypatch.setenv("HF_HUB_CACHE", str(_hub_cache(tmp_path / "hub", "tllm-test/tiny-llama", tiny_ckpt)))
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     out = tmp_path / "out"
-    rc, stdout, stderr = run_cli_process("compress", "tllm-test/tiny-llama", "--out", str(out),
-                                         *[x for kv in GOOD_FLAGS.items() for x in kv])
+    rc, stdout, stderr = run_cli_process(
+        "compress", "tllm-test/tiny-llama", "--out", str(out), *[x for kv in GOOD_FLAGS.items() for x in kv]
+    )
     assert rc == 0, stderr
     model = transformers.AutoModelForCausalLM.from_pretrained(out)
     original = transformers.AutoModelForCausalLM.from_pretrained(tiny_ckpt)
     sd, ref = model.state_dict(), original.state_dict()
-    assert not torch.equal(sd["model.layers.0.self_attn.q_proj.weight"], ref["model.layers.0.self_attn.q_proj.weight"])
-    assert torch.equal(sd["model.layers.1.self_attn.q_proj.weight"], ref["model.layers.1.self_attn.q_proj.weight"])
+    assert not torch.equal(
+        sd["model.layers.0.self_attn.q_proj.weight"], ref["model.layers.0.self_attn.q_proj.weight"]
+    )
+    assert torch.equal(
+        sd["model.layers.1.self_attn.q_proj.weight"], ref["model.layers.1.self_attn.q_proj.weight"]
+    )
 
     rc, stdout, stderr = run_cli_process("info", "tllm-test/not-there")
     _assert_one_error_line(rc, stdout, stderr, "cannot read the config of 'tllm-test/not-there'")
@@ -453,37 +509,50 @@ def _recipe_file(tmp: Path, text: str) -> Path:
 _STEP_YAML = "steps:\n  - method: tucker\n    layers: [0]\n    ranks: [8, 4, 2]\n"
 
 
-@pytest.mark.parametrize("args, match", [
-    (["--layers", "1,,0", "--ranks", "8,4,2"], "layers '1,,0' has an empty item"),
-    (["--layers", "0,", "--ranks", "8,4,2"], "layers '0,' has an empty item"),
-    (["--layers", "1-0", "--ranks", "8,4,2"], "layer range '1-0' is empty"),
-    (["--layers", "-3", "--ranks", "8,4,2"], "layer -3 is out of range"),
-    (["--layers", "0", "--ranks", "0.0,1,1"], "must be positive"),
-    (["--layers", "0", "--ranks", "1.5,0.5,1"], "fractional ranks must lie in (0, 1]"),
-    (["--layers", "0", "--ranks", "nan,1,1"], "must be positive, got [nan, 1.0, 1.0]"),
-    (["--layers", "0", "--rate", "0"], "compression rate must be >= 1"),
-    (["--layers", "0", "--rate", "nan"], "compression rate must be >= 1, got nan"),
-    (["--recipe", "{tmp}/recipe.yaml", "--layers", "1"], "--recipe cannot be combined with --layers"),
-    (["--recipe", "{tmp}/recipe.yaml", "--method", "laser"], "--recipe cannot be combined with --method"),
-])
+@pytest.mark.parametrize(
+    "args, match",
+    [
+        (["--layers", "1,,0", "--ranks", "8,4,2"], "layers '1,,0' has an empty item"),
+        (["--layers", "0,", "--ranks", "8,4,2"], "layers '0,' has an empty item"),
+        (["--layers", "1-0", "--ranks", "8,4,2"], "layer range '1-0' is empty"),
+        (["--layers", "-3", "--ranks", "8,4,2"], "layer -3 is out of range"),
+        (["--layers", "0", "--ranks", "0.0,1,1"], "must be positive"),
+        (["--layers", "0", "--ranks", "1.5,0.5,1"], "fractional ranks must lie in (0, 1]"),
+        (["--layers", "0", "--ranks", "nan,1,1"], "must be positive, got [nan, 1.0, 1.0]"),
+        (["--layers", "0", "--rate", "0"], "compression rate must be >= 1"),
+        (["--layers", "0", "--rate", "nan"], "compression rate must be >= 1, got nan"),
+        (["--recipe", "{tmp}/recipe.yaml", "--layers", "1"], "--recipe cannot be combined with --layers"),
+        (["--recipe", "{tmp}/recipe.yaml", "--method", "laser"], "--recipe cannot be combined with --method"),
+    ],
+)
 def test_cli_mistakes_are_one_line_errors(args, match, tmp_path, tiny_ckpt, run_cli, tree_hash):
     _recipe_file(tmp_path, _STEP_YAML)
     before = tree_hash(tiny_ckpt)
     out = tmp_path / "out"
-    rc, stdout, stderr = run_cli("compress", str(tiny_ckpt), "--out", str(out), "--device", "cpu",
-                                 *[a.format(tmp=tmp_path) for a in args])
+    rc, stdout, stderr = run_cli(
+        "compress",
+        str(tiny_ckpt),
+        "--out",
+        str(out),
+        "--device",
+        "cpu",
+        *[a.format(tmp=tmp_path) for a in args],
+    )
     _assert_one_error_line(rc, stdout, stderr, match)
     assert not out.exists() and _leftovers(out) == [] and tree_hash(tiny_ckpt) == before
 
 
-@pytest.mark.parametrize("extra, match", [
-    ("    tol: .nan\n", "tol must be >= 0"),
-    ("    colour: red\n", "unknown option(s) colour for method 'tucker'"),
-    ("    n_iter_max: many\n", "tucker.n_iter_max: expected an integer, got 'many'"),
-    ("version: '1'\n", "recipe version '1' is not supported"),
-    ("dtype: [float32]\n", "recipe dtype and device must be strings"),
-    ("dtype: float8\n", "unknown dtype 'float8'"),
-])
+@pytest.mark.parametrize(
+    "extra, match",
+    [
+        ("    tol: .nan\n", "tol must be >= 0"),
+        ("    colour: red\n", "unknown option(s) colour for method 'tucker'"),
+        ("    n_iter_max: many\n", "tucker.n_iter_max: expected an integer, got 'many'"),
+        ("version: '1'\n", "recipe version '1' is not supported"),
+        ("dtype: [float32]\n", "recipe dtype and device must be strings"),
+        ("dtype: float8\n", "unknown dtype 'float8'"),
+    ],
+)
 def test_cli_bad_recipe_files_are_one_line_errors(extra, match, tmp_path, tiny_ckpt, run_cli):
     text = _STEP_YAML + extra if extra.startswith(" ") else extra + _STEP_YAML
     recipe = _recipe_file(tmp_path, text)
@@ -498,8 +567,19 @@ def test_out_that_contains_the_input_is_refused_even_with_overwrite(tmp_path, ti
     work = tmp_path / "work"
     model = Path(shutil.copytree(tiny_ckpt, work / "model"))
     before = tree_hash(work)
-    rc, stdout, stderr = run_cli("compress", str(model), "--out", str(work), "--layers", "0", "--ranks", "8,4,2",
-                                 "--device", "cpu", "--overwrite")
+    rc, stdout, stderr = run_cli(
+        "compress",
+        str(model),
+        "--out",
+        str(work),
+        "--layers",
+        "0",
+        "--ranks",
+        "8,4,2",
+        "--device",
+        "cpu",
+        "--overwrite",
+    )
     _assert_one_error_line(rc, stdout, stderr, f"output directory {work.resolve()} contains the input")
     loaded = tensorllm.load_model(str(model), device="cpu")
     with pytest.raises(UserError, match="contains the input"):
@@ -510,8 +590,19 @@ def test_out_that_contains_the_input_is_refused_even_with_overwrite(tmp_path, ti
 def test_out_that_is_a_file_is_refused(tmp_path, tiny_ckpt, run_cli):
     out = tmp_path / "out"
     out.write_text("a file of mine")
-    rc, stdout, stderr = run_cli("compress", str(tiny_ckpt), "--out", str(out), "--layers", "0", "--ranks", "8,4,2",
-                                 "--device", "cpu", "--overwrite")
+    rc, stdout, stderr = run_cli(
+        "compress",
+        str(tiny_ckpt),
+        "--out",
+        str(out),
+        "--layers",
+        "0",
+        "--ranks",
+        "8,4,2",
+        "--device",
+        "cpu",
+        "--overwrite",
+    )
     _assert_one_error_line(rc, stdout, stderr, "exists and is not a directory")
     assert out.read_text() == "a file of mine" and _leftovers(out) == []
 
@@ -532,13 +623,19 @@ def test_a_layer_given_as_a_number_in_a_recipe(tmp_path, tiny_ckpt, run_cli):
 def test_remote_code_never_runs_without_the_flag(tmp_path, tiny_ckpt, run_cli):
     model = _copy(tiny_ckpt, tmp_path)
     marker = tmp_path / "ran"
-    (model / "custom.py").write_text(f"open({str(marker)!r}, 'w').close()\n"
-                                     "from transformers import PretrainedConfig\n\n\n"
-                                     "class CustomConfig(PretrainedConfig):\n    model_type = 'custom'\n")
-    (model / "config.json").write_text(json.dumps({"model_type": "custom",
-                                                   "auto_map": {"AutoConfig": "custom.CustomConfig"}}))
-    for command in (["info", str(model)], ["compress", str(model), "--out", str(tmp_path / "out"), "--layers", "0",
-                                           "--ranks", "8,4,2"], ["expand-kv", str(model), "--out", str(tmp_path / "out")]):
+    (model / "custom.py").write_text(
+        f"open({str(marker)!r}, 'w').close()\n"
+        "from transformers import PretrainedConfig\n\n\n"
+        "class CustomConfig(PretrainedConfig):\n    model_type = 'custom'\n"
+    )
+    (model / "config.json").write_text(
+        json.dumps({"model_type": "custom", "auto_map": {"AutoConfig": "custom.CustomConfig"}})
+    )
+    for command in (
+        ["info", str(model)],
+        ["compress", str(model), "--out", str(tmp_path / "out"), "--layers", "0", "--ranks", "8,4,2"],
+        ["expand-kv", str(model), "--out", str(tmp_path / "out")],
+    ):
         rc, stdout, stderr = run_cli(*command)
         _assert_one_error_line(rc, stdout, stderr, "(pass --trust-remote-code to run it)")
         assert not marker.exists()
@@ -570,11 +667,22 @@ def _tiny_gguf(tiny, path: Path) -> Path:
     w.add_bos_token_id(1)
     w.add_eos_token_id(2)
     w.add_unk_token_id(0)
-    names = {"model.embed_tokens.weight": "token_embd.weight", "model.norm.weight": "output_norm.weight",
-             "lm_head.weight": "output.weight"}
-    blk = {"self_attn.q_proj": "attn_q", "self_attn.k_proj": "attn_k", "self_attn.v_proj": "attn_v",
-           "self_attn.o_proj": "attn_output", "mlp.gate_proj": "ffn_gate", "mlp.up_proj": "ffn_up",
-           "mlp.down_proj": "ffn_down", "input_layernorm": "attn_norm", "post_attention_layernorm": "ffn_norm"}
+    names = {
+        "model.embed_tokens.weight": "token_embd.weight",
+        "model.norm.weight": "output_norm.weight",
+        "lm_head.weight": "output.weight",
+    }
+    blk = {
+        "self_attn.q_proj": "attn_q",
+        "self_attn.k_proj": "attn_k",
+        "self_attn.v_proj": "attn_v",
+        "self_attn.o_proj": "attn_output",
+        "mlp.gate_proj": "ffn_gate",
+        "mlp.up_proj": "ffn_up",
+        "mlp.down_proj": "ffn_down",
+        "input_layernorm": "attn_norm",
+        "post_attention_layernorm": "ffn_norm",
+    }
     for i in range(cfg.num_hidden_layers):
         names.update({f"model.layers.{i}.{hf}.weight": f"blk.{i}.{g}.weight" for hf, g in blk.items()})
     heads = {"q_proj": cfg.num_attention_heads, "k_proj": cfg.num_key_value_heads}
@@ -598,16 +706,28 @@ def test_gguf_output_beside_the_file_and_errors_on_one_line(tmp_path, tiny, run_
     assert torch.allclose(tiny.logits(loaded.model, ids), tiny.logits(tiny.model("llama"), ids), atol=1e-5)
 
     # an error after the GGUF load: one line (transformers' dequantising progress bar is kept off)
-    rc, stdout, stderr = run_cli("compress", str(gguf_path), "--out", str(tmp_path / "bad"), "--layers", "5",
-                                 "--ranks", "8,4,2")
+    rc, stdout, stderr = run_cli(
+        "compress", str(gguf_path), "--out", str(tmp_path / "bad"), "--layers", "5", "--ranks", "8,4,2"
+    )
     _assert_one_error_line(rc, stdout, stderr, "layer 5 is out of range")
     # the input is the file: an output in the same folder is fine, the file itself or its folder is not
-    rc, _, stderr = run_cli("compress", str(gguf_path), "--out", str(tmp_path / "runs" / "l1"), "--layers", "1",
-                            "--ranks", "8,4,2", "--device", "cpu")
+    rc, _, stderr = run_cli(
+        "compress",
+        str(gguf_path),
+        "--out",
+        str(tmp_path / "runs" / "l1"),
+        "--layers",
+        "1",
+        "--ranks",
+        "8,4,2",
+        "--device",
+        "cpu",
+    )
     assert rc == 0, stderr
     assert transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "runs" / "l1") is not None
     for out, match in ((gguf_path, "lies inside the input"), (tmp_path, "contains the input")):
-        rc, stdout, stderr = run_cli("compress", str(gguf_path), "--out", str(out), "--layers", "1", "--ranks",
-                                     "8,4,2", "--overwrite")
+        rc, stdout, stderr = run_cli(
+            "compress", str(gguf_path), "--out", str(out), "--layers", "1", "--ranks", "8,4,2", "--overwrite"
+        )
         _assert_one_error_line(rc, stdout, stderr, match)
     assert tree_hash(gguf_path) == before and not (tmp_path / "bad").exists()

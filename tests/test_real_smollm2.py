@@ -30,8 +30,8 @@ tok = AutoTokenizer.from_pretrained(path)
 ids = torch.load(ids_file)
 with torch.no_grad():
     logits = model(input_ids=ids).logits
-    gen = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=8, do_sample=False,
-                         pad_token_id=tok.eos_token_id)
+    gen = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=8,
+                         do_sample=False, pad_token_id=tok.eos_token_id)
 assert not any(m == "tensorllm" or m.startswith("tensorllm.") for m in sys.modules), "tensorllm was imported"
 torch.save({"logits": logits, "new_tokens": gen[0, ids.shape[1]:], "text": tok.decode(gen[0, ids.shape[1]:])},
            out_file)
@@ -52,23 +52,41 @@ def reference_logits(smollm2, smollm2_ids):
 def compressed(smollm2):
     """The model compressed in memory through the API: (model, report)."""
     model = copy.deepcopy(smollm2.model)
-    return tensorllm.compress(model, {"device": "cpu", "steps": [
-        {"method": "tucker", "layers": [LAYER], "ranks": list(RANKS)}]}, progress=False)
+    return tensorllm.compress(
+        model,
+        {"device": "cpu", "steps": [{"method": "tucker", "layers": [LAYER], "ranks": list(RANKS)}]},
+        progress=False,
+    )
 
 
 @pytest.fixture(scope="module")
 def cli_out(tmp_path_factory, run_cli):
     out = tmp_path_factory.mktemp("smollm2") / "l9"
-    rc, stdout, stderr = run_cli("compress", "smollm2-135m", "--method", "tucker", "--layers", str(LAYER),
-                                 "--ranks", ",".join(map(str, RANKS)), "--device", "cpu", "--out", str(out))
+    rc, stdout, stderr = run_cli(
+        "compress",
+        "smollm2-135m",
+        "--method",
+        "tucker",
+        "--layers",
+        str(LAYER),
+        "--ranks",
+        ",".join(map(str, RANKS)),
+        "--device",
+        "cpu",
+        "--out",
+        str(out),
+    )
     assert rc == 0, stderr
     assert "saved checkpoint" in stdout
     return out
 
 
 def test_full_ranks_on_all_layers_reproduce_the_model(smollm2_model, smollm2_ids, reference_logits):
-    _, report = tensorllm.compress(smollm2_model, {"device": "cpu", "steps": [
-        {"method": "tucker", "layers": "all", "ranks": [1.0, 1.0, 1.0]}]}, progress=False)
+    _, report = tensorllm.compress(
+        smollm2_model,
+        {"device": "cpu", "steps": [{"method": "tucker", "layers": "all", "ranks": [1.0, 1.0, 1.0]}]},
+        progress=False,
+    )
     records = report.steps[0]["layers"]
     assert [r["layer"] for r in records] == list(range(30))
     assert all(r["tensor_shape"] == SHAPE and r["ranks"] == SHAPE[:3] for r in records)
@@ -106,10 +124,13 @@ def test_cli_compress_writes_checkpoint_recipe_and_report(cli_out, compressed):
         assert torch.equal(t, state[name]), name
 
 
-def test_plain_transformers_loads_and_generates(cli_out, compressed, smollm2, smollm2_ids, reference_logits,
-                                                run_python, tmp_path):
+def test_plain_transformers_loads_and_generates(
+    cli_out, compressed, smollm2, smollm2_ids, reference_logits, run_python, tmp_path
+):
     torch.save(smollm2_ids, tmp_path / "ids.pt")
-    proc = run_python(PLAIN_TRANSFORMERS, cli_out, tmp_path / "ids.pt", tmp_path / "result.pt", torch.get_num_threads())
+    proc = run_python(
+        PLAIN_TRANSFORMERS, cli_out, tmp_path / "ids.pt", tmp_path / "result.pt", torch.get_num_threads()
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     result = torch.load(tmp_path / "result.pt")
     want = logits(compressed[0], smollm2_ids)
@@ -130,7 +151,9 @@ def test_recipe_rerun_reproduces_identical_weights(cli_out, run_cli, tmp_path):
     assert (out / "recipe.yaml").read_text() == (cli_out / "recipe.yaml").read_text()
 
 
-def test_cli_expand_kv_gives_an_equivalent_multi_head_checkpoint(run_cli, smollm2_ids, reference_logits, tmp_path):
+def test_cli_expand_kv_gives_an_equivalent_multi_head_checkpoint(
+    run_cli, smollm2_ids, reference_logits, tmp_path
+):
     from transformers import AutoModelForCausalLM
 
     out = tmp_path / "mha"

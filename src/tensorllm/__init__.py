@@ -5,8 +5,8 @@ Methods: `tucker` (TensorLLM, arXiv 2501.15674), `laser` (arXiv 2312.13558),
 """
 
 from tensorllm.api import compress
-from tensorllm.base.versions import __version__
 from tensorllm.base.errors import UserError
+from tensorllm.base.versions import __version__
 from tensorllm.models.io import load_model, save_checkpoint
 from tensorllm.recipe import Recipe
 

@@ -25,9 +25,9 @@ from typing import Any
 
 import yaml
 
+from tensorllm.base.devices import parse_dtype
 from tensorllm.base.errors import UserError, one_line
 from tensorllm.methods import registry
-from tensorllm.base.devices import parse_dtype
 
 RECIPE_VERSION = 1
 _TOP_KEYS = {"version", "dtype", "device", "seed", "steps"}
@@ -51,20 +51,27 @@ class Recipe:
     version: int = RECIPE_VERSION
 
     @classmethod
-    def single(cls, method: str, *, dtype: str = "auto", device: str = "auto", seed: int = 0, **options) -> "Recipe":
-        return cls.from_dict({"dtype": dtype, "device": device, "seed": seed,
-                              "steps": [{"method": method, **options}]})
+    def single(
+        cls, method: str, *, dtype: str = "auto", device: str = "auto", seed: int = 0, **options
+    ) -> Recipe:
+        return cls.from_dict(
+            {"dtype": dtype, "device": device, "seed": seed, "steps": [{"method": method, **options}]}
+        )
 
     @classmethod
-    def from_dict(cls, data: Any) -> "Recipe":
+    def from_dict(cls, data: Any) -> Recipe:
         if not isinstance(data, dict):
             raise UserError("a recipe must be a mapping with a 'steps' list")
         unknown = sorted(set(data) - _TOP_KEYS)
         if unknown:
-            raise UserError(f"unknown recipe key(s) {', '.join(unknown)} (allowed: {', '.join(sorted(_TOP_KEYS))})")
+            raise UserError(
+                f"unknown recipe key(s) {', '.join(unknown)} (allowed: {', '.join(sorted(_TOP_KEYS))})"
+            )
         version = data.get("version", RECIPE_VERSION)
         if isinstance(version, bool) or version != RECIPE_VERSION:  # repr: a quoted "1" is not version 1
-            raise UserError(f"recipe version {version!r} is not supported (this tensorllm reads version {RECIPE_VERSION})")
+            raise UserError(
+                f"recipe version {version!r} is not supported (this tensorllm reads version {RECIPE_VERSION})"
+            )
         raw_steps = data.get("steps")
         if not isinstance(raw_steps, list) or not raw_steps:
             raise UserError("a recipe needs a non-empty 'steps' list")
@@ -84,7 +91,7 @@ class Recipe:
         return cls(steps, dtype, device, seed, version)
 
     @classmethod
-    def load(cls, path: str | Path) -> "Recipe":
+    def load(cls, path: str | Path) -> Recipe:
         p = Path(path)
         if not p.is_file():
             raise UserError(f"recipe file {p} does not exist")
@@ -95,8 +102,13 @@ class Recipe:
         return cls.from_dict(data)
 
     def to_dict(self) -> dict:
-        return {"version": self.version, "dtype": self.dtype, "device": self.device, "seed": self.seed,
-                "steps": [s.to_dict() for s in self.steps]}
+        return {
+            "version": self.version,
+            "dtype": self.dtype,
+            "device": self.device,
+            "seed": self.seed,
+            "steps": [s.to_dict() for s in self.steps],
+        }
 
     def to_yaml(self) -> str:
         return yaml.safe_dump(self.to_dict(), sort_keys=False)

@@ -15,20 +15,24 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from tensorllm.data import bigbench as bb
 from tensorllm.base.errors import UserError
+from tensorllm.data import bigbench as bb
 
-CONTENT = {rel: json.dumps({"examples": [{"input": f"{rel} is", "target": "x"}]}).encode()
-           for rel in bb.MEMBERS.values()}
+CONTENT = {
+    rel: json.dumps({"examples": [{"input": f"{rel} is", "target": "x"}]}).encode()
+    for rel in bb.MEMBERS.values()
+}
 
 
 def fake_sdist(extra_members: int = 3, drop: str | None = None) -> bytes:
     buf = io.BytesIO()
     with tarfile.open(fileobj=buf, mode="w:gz") as tar:
+
         def add(name: str, data: bytes) -> None:
             info = tarfile.TarInfo(bb._PREFIX + name)
             info.size = len(data)
             tar.addfile(info, io.BytesIO(data))
+
         for i in range(extra_members):
             add(f"bigbench/benchmark_tasks/other_{i}/task.json", b"{}" * 1000)
         for rel, data in CONTENT.items():
@@ -54,13 +58,24 @@ def index(monkeypatch):
             if self.path == "/simple/bigbench/":
                 state["accept"].append(self.headers.get("Accept", ""))
                 if state["html"]:
-                    body = b'<html><body><a href="../../files/bigbench-1.0.0.tar.gz#sha256=00">x</a></body></html>'
+                    link = b'<a href="../../files/bigbench-1.0.0.tar.gz#sha256=00">x</a>'
+                    body = b"<html><body>" + link + b"</body></html>"
                     ctype = "text/html"
                 else:
-                    body = json.dumps({"meta": {"api-version": "1.1"}, "name": "bigbench", "files": [
-                        {"filename": "bigbench-0.0.1.tar.gz", "url": "../../files/old.tar.gz"},
-                        {"filename": bb.SDIST, "url": "../../files/bigbench-1.0.0.tar.gz",
-                         "size": len(state["sdist"])}]}).encode()
+                    body = json.dumps(
+                        {
+                            "meta": {"api-version": "1.1"},
+                            "name": "bigbench",
+                            "files": [
+                                {"filename": "bigbench-0.0.1.tar.gz", "url": "../../files/old.tar.gz"},
+                                {
+                                    "filename": bb.SDIST,
+                                    "url": "../../files/bigbench-1.0.0.tar.gz",
+                                    "size": len(state["sdist"]),
+                                },
+                            ],
+                        }
+                    ).encode()
                     ctype = "application/vnd.pypi.simple.v1+json"
             elif self.path == "/files/bigbench-1.0.0.tar.gz":
                 body, ctype = state["sdist"], "application/octet-stream"
@@ -157,14 +172,16 @@ def test_unreachable_index_says_what_to_do(cache, monkeypatch):
         bb.fetch_bigbench(progress=False)
 
 
-
 def test_default_text_is_the_paragraph_sets_in_order_each_paragraph_once(cache, monkeypatch):
     """New-Wikipedia first (so short runs read only it), then SQuAD dev's Wikipedia, then NYT."""
     from tensorllm.data import TEXT_MEMBERS, default_calibration_text
 
     cache.mkdir(parents=True)
-    paras = {"paragraphs": ["wiki one", "wiki two", "wiki one"], "wiki_squad_dev": ["dev one", "wiki two"],
-             "nyt": ["news one"]}
+    paras = {
+        "paragraphs": ["wiki one", "wiki two", "wiki one"],
+        "wiki_squad_dev": ["dev one", "wiki two"],
+        "nyt": ["news one"],
+    }
     for key, texts in paras.items():
         (cache / bb.MEMBERS[key]).parent.mkdir(parents=True, exist_ok=True)
         doc = {"data": [{"title": key, "paragraphs": [{"context": f" {t} "} for t in texts]}]}

@@ -15,10 +15,9 @@ from pathlib import Path
 
 import pytest
 import torch
+from eval_helpers import WORDS, word_tokenizer  # tests/eval/eval_helpers.py
 
 from tensorllm.base.errors import UserError
-
-from eval_helpers import WORDS, word_tokenizer  # tests/eval/eval_helpers.py
 
 
 @pytest.fixture(scope="session")
@@ -69,9 +68,19 @@ def tiny_llama():
     from transformers import LlamaConfig, LlamaForCausalLM
 
     tok = word_tokenizer(bos=True)
-    cfg = LlamaConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                      num_attention_heads=4, num_key_value_heads=2, head_dim=8, max_position_embeddings=256,
-                      bos_token_id=1, eos_token_id=2, pad_token_id=0)
+    cfg = LlamaConfig(
+        vocab_size=len(tok),
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        head_dim=8,
+        max_position_embeddings=256,
+        bos_token_id=1,
+        eos_token_id=2,
+        pad_token_id=0,
+    )
     torch.manual_seed(0)
     model = LlamaForCausalLM(cfg).eval()
     with torch.no_grad():  # sharper logits than the 0.02 init, so greedy choices are not near-ties
@@ -86,8 +95,16 @@ def tiny_gpt2():
     from transformers import GPT2Config, GPT2LMHeadModel
 
     tok = word_tokenizer(bos=False)
-    cfg = GPT2Config(vocab_size=len(tok), n_embd=32, n_layer=2, n_head=4, n_positions=256,
-                     bos_token_id=1, eos_token_id=2, pad_token_id=0)
+    cfg = GPT2Config(
+        vocab_size=len(tok),
+        n_embd=32,
+        n_layer=2,
+        n_head=4,
+        n_positions=256,
+        bos_token_id=1,
+        eos_token_id=2,
+        pad_token_id=0,
+    )
     torch.manual_seed(1)
     model = GPT2LMHeadModel(cfg).eval()
     with torch.no_grad():
@@ -102,11 +119,19 @@ def tiny_bert(tmp_path_factory):
     from transformers import BertConfig, BertForMaskedLM, BertTokenizer
 
     vocab = tmp_path_factory.mktemp("bert") / "vocab.txt"
-    vocab.write_text("\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + WORDS + ["?", ":", ".", ","]) + "\n")
+    vocab.write_text(
+        "\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + WORDS + ["?", ":", ".", ","]) + "\n"
+    )
     tok = BertTokenizer(vocab=str(vocab))  # transformers 5: WordPiece from a vocab file (`vocab=`)
     assert tok.unk_token_id not in tok("paris is the capital of france").input_ids
-    cfg = BertConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                     num_attention_heads=4, max_position_embeddings=128)
+    cfg = BertConfig(
+        vocab_size=len(tok),
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        max_position_embeddings=128,
+    )
     torch.manual_seed(2)
     model = BertForMaskedLM(cfg).eval()
     with torch.no_grad():
@@ -119,8 +144,10 @@ def tiny_bert(tmp_path_factory):
 @pytest.fixture
 def jsonl(tmp_path):
     """jsonl(records, name="data.jsonl") -> path of a JSON Lines file holding them."""
+
     def write(records: list[dict], name: str = "data.jsonl") -> Path:
         path = tmp_path / name
         path.write_text("".join(json.dumps(r) + "\n" for r in records), encoding="utf-8")
         return path
+
     return write

@@ -5,10 +5,12 @@ A module with its own name, not conftest.py: several test folders have a conftes
 
 from __future__ import annotations
 
-WORDS = ("paris rome berlin madrid london spain france italy english french red blue green cat dog bird "
-         "true false journalist poet composer model teacher architect painter professor the of is a what "
-         "capital country language color answer claim text consider following this or person profession "
-         "in who was born city river one two three").split()
+WORDS = (
+    "paris rome berlin madrid london spain france italy english french red blue green cat dog bird "
+    "true false journalist poet composer model teacher architect painter professor the of is a what "
+    "capital country language color answer claim text consider following this or person profession "
+    "in who was born city river one two three"
+).split()
 
 
 def word_tokenizer(bos: bool = True):
@@ -23,5 +25,6 @@ def word_tokenizer(bos: bool = True):
     tok.decoder = decoders.WordPiece(prefix="##")  # joins words with spaces
     if bos:
         tok.post_processor = processors.TemplateProcessing(single="<s> $A", special_tokens=[("<s>", 1)])
-    return PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", bos_token="<s>", eos_token="</s>",
-                                   unk_token="<unk>")
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tok, pad_token="<pad>", bos_token="<s>", eos_token="</s>", unk_token="<unk>"
+    )

@@ -12,12 +12,10 @@ import random
 
 import pytest
 import torch
+from eval_helpers import WORDS  # tests/eval/eval_helpers.py
 
 from tensorllm.base.errors import UserError
-from tensorllm.eval import evaluate, get_task, load_task, select
-from tensorllm.eval import decoder
-
-from eval_helpers import WORDS  # tests/eval/eval_helpers.py
+from tensorllm.eval import decoder, evaluate, get_task, load_task, select
 
 NOUNS = [w for w in WORDS if w not in ("true", "false")]
 
@@ -38,17 +36,30 @@ def reference_generative(model, tok, items, max_new_tokens):
     rows = []
     for e in items:
         enc = tok(e.prompt, return_tensors="pt")
-        out = model.generate(**enc, max_new_tokens=max_new_tokens, min_new_tokens=1, do_sample=False,
-                             pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id)
+        out = model.generate(
+            **enc,
+            max_new_tokens=max_new_tokens,
+            min_new_tokens=1,
+            do_sample=False,
+            pad_token_id=tok.pad_token_id,
+            eos_token_id=tok.eos_token_id,
+        )
         full_text = tok.decode(out[0], skip_special_tokens=True, clean_up_tokenization_spaces=False)
-        new_text = tok.decode(out[0, enc.input_ids.shape[1]:], skip_special_tokens=True,
-                              clean_up_tokenization_spaces=False)
+        new_text = tok.decode(
+            out[0, enc.input_ids.shape[1] :], skip_special_tokens=True, clean_up_tokenization_spaces=False
+        )
         ids = tok(e.prompt + " " + e.answer, return_tensors="pt").input_ids
         n_ans = len(tok(e.answer, add_special_tokens=False).input_ids)
         logp = torch.log_softmax(model(ids).logits[0, :-1].float(), dim=-1)
         nll = -logp.gather(1, ids[0, 1:, None])[-n_ans:, 0].mean().item()
-        rows.append({"new": new_text, "faithful": e.answer.lower() in full_text.lower(),
-                     "continuation": e.answer.lower() in new_text.lower(), "nll": nll})
+        rows.append(
+            {
+                "new": new_text,
+                "faithful": e.answer.lower() in full_text.lower(),
+                "continuation": e.answer.lower() in new_text.lower(),
+                "nll": nll,
+            }
+        )
     return rows
 
 
@@ -60,8 +71,17 @@ def test_generative_batched_equals_reference(request, jsonl, which, batch_size):
     items = select(load_task(get_task("hotpotqa"), path).examples, "all", None)
     ref = reference_generative(model, tok, items, 15)
     for mode in ("faithful", "continuation"):
-        res = evaluate(model, tok, "hotpotqa", split="all", data=path, batch_size=batch_size, answer_mode=mode,
-                       keep_examples=True, progress=False)
+        res = evaluate(
+            model,
+            tok,
+            "hotpotqa",
+            split="all",
+            data=path,
+            batch_size=batch_size,
+            answer_mode=mode,
+            keep_examples=True,
+            progress=False,
+        )
         assert res.n == 25 and res.answer_mode == mode and res.metric == "generate-substring"
         assert [x["prediction"] for x in res.examples] == [r["new"] for r in ref]
         assert [x["correct"] for x in res.examples] == [r[mode] for r in ref]
@@ -70,7 +90,9 @@ def test_generative_batched_equals_reference(request, jsonl, which, batch_size):
         assert res.accuracy == pytest.approx(100.0 * sum(r[mode] for r in ref) / 25)
         assert res.loss == pytest.approx(sum(r["nll"] for r in ref) / 25, abs=1e-4)
         phases = res.seconds_by_phase  # where the evaluation's time went, inside its total
-        assert set(phases) == {"tokenise", "generate", "judge", "loss"} and all(v >= 0 for v in phases.values())
+        assert set(phases) == {"tokenise", "generate", "judge", "loss"} and all(
+            v >= 0 for v in phases.values()
+        )
         assert sum(phases.values()) <= res.seconds and res.to_dict()["seconds_by_phase"] == phases
     assert any(r["faithful"] for r in ref)  # not vacuous: some items are judged correct
 
@@ -82,15 +104,22 @@ def test_eos_stops_each_row_like_generate(tiny_llama, eos_step):
     prompts = [tok(f"what is the capital of {w} ?").input_ids for w in NOUNS[:9]]
     free = decoder.greedy_generate(model, prompts, max_new_tokens=8, eos_ids=[], pad_id=0, progress=False)
     eos = free[0][eos_step]
-    got = decoder.greedy_generate(model, prompts, max_new_tokens=8, eos_ids=[eos], pad_id=0, batch_size=4,
-                                  progress=False)
+    got = decoder.greedy_generate(
+        model, prompts, max_new_tokens=8, eos_ids=[eos], pad_id=0, batch_size=4, progress=False
+    )
     with torch.no_grad():
         for p, g in zip(prompts, got):
-            out = model.generate(torch.tensor([p]), max_new_tokens=8, min_new_tokens=1, do_sample=False,
-                                 eos_token_id=eos, pad_token_id=0)
-            ref = out[0, len(p):].tolist()
+            out = model.generate(
+                torch.tensor([p]),
+                max_new_tokens=8,
+                min_new_tokens=1,
+                do_sample=False,
+                eos_token_id=eos,
+                pad_token_id=0,
+            )
+            ref = out[0, len(p) :].tolist()
             if eos in ref:
-                ref = ref[:ref.index(eos) + 1]
+                ref = ref[: ref.index(eos) + 1]
             assert g == ref
     assert any(len(g) < 8 for g in got)
 
@@ -98,8 +127,10 @@ def test_eos_stops_each_row_like_generate(tiny_llama, eos_step):
 def test_label_logit_classification_equals_reference(tiny_llama, jsonl):
     model, tok = tiny_llama
     rng = random.Random(3)
-    recs = [{"claim": " ".join(rng.choice(NOUNS) for _ in range(rng.randint(1, 9))), "label": rng.random() < 0.5}
-            for _ in range(30)]
+    recs = [
+        {"claim": " ".join(rng.choice(NOUNS) for _ in range(rng.randint(1, 9))), "label": rng.random() < 0.5}
+        for _ in range(30)
+    ]
     path = jsonl(recs)
     items = load_task(get_task("fever"), path).examples
     true_id, false_id = (tok(w, add_special_tokens=False).input_ids[0] for w in ("true", "false"))
@@ -110,7 +141,9 @@ def test_label_logit_classification_equals_reference(tiny_llama, jsonl):
             pred = 0 if logits[true_id] > logits[false_id] else 1
             want_correct.append(pred == e.label)
             want_nll.append(-torch.log_softmax(logits, -1)[[true_id, false_id][e.label]].item())
-    res = evaluate(model, tok, "fever", split="all", data=path, batch_size=7, keep_examples=True, progress=False)
+    res = evaluate(
+        model, tok, "fever", split="all", data=path, batch_size=7, keep_examples=True, progress=False
+    )
     assert res.metric == "label-logits" and res.answer_mode is None
     assert [x["correct"] for x in res.examples] == want_correct
     assert res.accuracy == pytest.approx(100.0 * sum(want_correct) / len(items))
@@ -122,15 +155,29 @@ def test_label_logit_classification_equals_reference(tiny_llama, jsonl):
 def test_bios_eight_labels(tiny_gpt2, jsonl):
     model, tok = tiny_gpt2
     profs = ["journalist", "poet", "composer", "model", "teacher", "architect", "painter", "professor"]
-    path = jsonl([{"hard_text": f"the person was born in {c}", "profession": p}
-                  for c, p in zip(["paris", "rome", "berlin", "madrid"] * 4, profs * 2)])
+    path = jsonl(
+        [
+            {"hard_text": f"the person was born in {c}", "profession": p}
+            for c, p in zip(["paris", "rome", "berlin", "madrid"] * 4, profs * 2)
+        ]
+    )
     ids = [tok(p, add_special_tokens=False).input_ids[0] for p in profs]
     items = load_task(get_task("bios_profession"), path).examples
     with torch.no_grad():
-        want = [int(model(tok(e.prompt, return_tensors="pt").input_ids).logits[0, -1, ids].argmax()) == e.label
-                for e in items]
-    res = evaluate(model, tok, "bios_profession", split="all", data=path, batch_size=5, keep_examples=True,
-                   progress=False)
+        want = [
+            int(model(tok(e.prompt, return_tensors="pt").input_ids).logits[0, -1, ids].argmax()) == e.label
+            for e in items
+        ]
+    res = evaluate(
+        model,
+        tok,
+        "bios_profession",
+        split="all",
+        data=path,
+        batch_size=5,
+        keep_examples=True,
+        progress=False,
+    )
     assert [x["correct"] for x in res.examples] == want and res.n == 16
 
 
@@ -167,11 +214,14 @@ def test_encoder_mlm_equals_reference(tiny_bert, jsonl):
             ids = tok(e.prompt + " " + e.answer, return_tensors="pt").input_ids[0]
             n = len(tok(e.answer, add_special_tokens=False).input_ids)
             masked = ids.clone()
-            masked[-1 - n:-1] = mask  # the answer sits just before [SEP]
+            masked[-1 - n : -1] = mask  # the answer sits just before [SEP]
             logp = torch.log_softmax(model(masked[None]).logits[0], -1)
-            want_nll.append(-logp[torch.arange(len(ids) - 1 - n, len(ids) - 1), ids[-1 - n:-1]].mean().item())
-    res = evaluate(model, tok, "hotpotqa", split="all", data=path, batch_size=4, keep_examples=True,
-                   progress=False)
+            want_nll.append(
+                -logp[torch.arange(len(ids) - 1 - n, len(ids) - 1), ids[-1 - n : -1]].mean().item()
+            )
+    res = evaluate(
+        model, tok, "hotpotqa", split="all", data=path, batch_size=4, keep_examples=True, progress=False
+    )
     assert res.model_kind == "encoder" and res.metric == "mlm-fill" and res.answer_mode == "masks"
     assert [x["prediction"] for x in res.examples] == want_text
     assert [x["correct"] for x in res.examples] == want_correct
@@ -181,8 +231,12 @@ def test_encoder_mlm_equals_reference(tiny_bert, jsonl):
 
 def test_encoder_label_classification(tiny_bert, jsonl):
     model, tok = tiny_bert
-    path = jsonl([{"claim": f"{a} is the capital of {b}", "label": i % 2 == 0}
-                  for i, (a, b) in enumerate(zip(NOUNS[:10], NOUNS[10:20]))])
+    path = jsonl(
+        [
+            {"claim": f"{a} is the capital of {b}", "label": i % 2 == 0}
+            for i, (a, b) in enumerate(zip(NOUNS[:10], NOUNS[10:20]))
+        ]
+    )
     items = load_task(get_task("fever"), path).examples
     true_id, false_id = tok.convert_tokens_to_ids(["true", "false"])
     with torch.no_grad():
@@ -191,7 +245,9 @@ def test_encoder_label_classification(tiny_bert, jsonl):
             ids = tok(e.prompt + " [MASK]", return_tensors="pt").input_ids[0]
             logits = model(ids[None]).logits[0, ids == tok.mask_token_id][0]
             want.append((0 if logits[true_id] > logits[false_id] else 1) == e.label)
-    res = evaluate(model, tok, "fever", split="all", data=path, batch_size=3, keep_examples=True, progress=False)
+    res = evaluate(
+        model, tok, "fever", split="all", data=path, batch_size=3, keep_examples=True, progress=False
+    )
     assert res.metric == "mlm-label" and [x["correct"] for x in res.examples] == want
 
 
@@ -223,7 +279,9 @@ def test_custom_task_spec(tiny_llama, jsonl):
     path = jsonl(qa_records(10))
     res = evaluate(*tiny_llama, spec, split="test", data=path, keep_examples=True, progress=False)
     assert res.task == "capitals" and res.n == 8
-    assert all(len(tiny_llama[1](x["prediction"], add_special_tokens=False).input_ids) <= 3 for x in res.examples)
+    assert all(
+        len(tiny_llama[1](x["prediction"], add_special_tokens=False).input_ids) <= 3 for x in res.examples
+    )
 
 
 def test_hotpot_drops_long_answers_and_restores_train_mode(tiny_llama, jsonl):

@@ -8,12 +8,11 @@ from pathlib import Path
 
 import pytest
 import typer
+from eval_helpers import WORDS
 from typer.testing import CliRunner
 
-from tensorllm.cli.eval import register
 from tensorllm.base.errors import UserError
-
-from eval_helpers import WORDS
+from tensorllm.cli.eval import register
 
 
 @pytest.fixture(scope="module")
@@ -40,15 +39,39 @@ def model_dir(tiny_llama, tmp_path_factory):
 @pytest.fixture
 def qa_file(jsonl):
     rng = random.Random(0)
-    return jsonl([{"question": " ".join(rng.choice(WORDS) for _ in range(5)) + " ?", "answer": rng.choice(WORDS)}
-                  for _ in range(20)])
+    return jsonl(
+        [
+            {"question": " ".join(rng.choice(WORDS) for _ in range(5)) + " ?", "answer": rng.choice(WORDS)}
+            for _ in range(20)
+        ]
+    )
 
 
 def test_eval_writes_table_and_json(app, model_dir, qa_file, tmp_path):
     out = tmp_path / "res" / "eval.json"
-    result = CliRunner().invoke(app, ["eval", str(model_dir), "--task", "hotpotqa", "--data", str(qa_file),
-                                      "--split", "test", "--limit", "7", "--batch-size", "3", "--device", "cpu",
-                                      "--json", str(out), "--answer-mode", "continuation"])
+    result = CliRunner().invoke(
+        app,
+        [
+            "eval",
+            str(model_dir),
+            "--task",
+            "hotpotqa",
+            "--data",
+            str(qa_file),
+            "--split",
+            "test",
+            "--limit",
+            "7",
+            "--batch-size",
+            "3",
+            "--device",
+            "cpu",
+            "--json",
+            str(out),
+            "--answer-mode",
+            "continuation",
+        ],
+    )
     assert result.exit_code == 0, result.output
     assert "hotpotqa" in result.output and "test" in result.output
     doc = json.loads(out.read_text())
@@ -59,13 +82,16 @@ def test_eval_writes_table_and_json(app, model_dir, qa_file, tmp_path):
     assert not list(out.parent.glob(".*tmp*"))  # written atomically, no leftovers
 
 
-@pytest.mark.parametrize("args, message", [
-    (["--task", "nope"], "unknown task 'nope'"),
-    (["--task", "hotpotqa", "--limit", "0"], "--limit must be a positive"),
-    (["--task", "hotpotqa", "--split", "train"], "unknown split"),
-    ([], "nothing to evaluate"),
-    (["--task", "hotpotqa,perplexity"], "--data belongs to one task"),
-])
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--task", "nope"], "unknown task 'nope'"),
+        (["--task", "hotpotqa", "--limit", "0"], "--limit must be a positive"),
+        (["--task", "hotpotqa", "--split", "train"], "unknown split"),
+        ([], "nothing to evaluate"),
+        (["--task", "hotpotqa,perplexity"], "--data belongs to one task"),
+    ],
+)
 def test_eval_bad_inputs(app, model_dir, qa_file, args, message):
     if "--task" in args and "nope" not in args:
         args = args + ["--data", str(qa_file)]
@@ -76,31 +102,46 @@ def test_eval_bad_inputs(app, model_dir, qa_file, args, message):
 
 def test_eval_empty_split_is_an_error(app, model_dir, jsonl):
     path = jsonl([{"question": "what ?", "answer": "paris"}] * 4)  # 4 items: the val split is empty
-    result = CliRunner().invoke(app, ["eval", str(model_dir), "--task", "hotpotqa", "--data", str(path),
-                                      "--device", "cpu"])
+    result = CliRunner().invoke(
+        app, ["eval", str(model_dir), "--task", "hotpotqa", "--data", str(path), "--device", "cpu"]
+    )
     assert isinstance(result.exception, UserError) and "is empty" in str(result.exception)
 
 
 def _bad_files(tmp_path) -> dict[str, Path]:
-    files = {"broken.jsonl": '{"question": "a ?", "answer": "b"}\n\n{"question": "c ?", "answer": \n',
-             "record.json": '[\n  {"question": "a ?", "answer": "b"},\n  {"question": "c ?",\n   "answer": 7}\n]\n',
-             "tiny.jsonl": '{"question": "a ?", "answer": "b"}\n' * 4}
+    files = {
+        "broken.jsonl": '{"question": "a ?", "answer": "b"}\n\n{"question": "c ?", "answer": \n',
+        "record.json": '[\n  {"question": "a ?", "answer": "b"},\n'
+        '  {"question": "c ?",\n   "answer": 7}\n]\n',
+        "tiny.jsonl": '{"question": "a ?", "answer": "b"}\n' * 4,
+    }
     for name, text in files.items():
         (tmp_path / name).write_text(text)
     (tmp_path / "a-file").write_text("x")
     return {name.split(".")[0]: tmp_path / name for name in files}
 
 
-@pytest.mark.parametrize("args, message", [
-    (["--task", "nope"], "unknown task 'nope'"),
-    (["--task", "hotpotqa", "--data", "{broken}"], "broken.jsonl line 3: not valid JSON"),
-    (["--task", "hotpotqa", "--data", "{record}"], "record.json line 3 (item 2): field 'answer' must be a string"),
-    (["--task", "hotpotqa", "--data", "{tiny}"], "the val split of task 'hotpotqa' is empty"),
-    (["--task", "hotpotqa", "--data", "{tiny}", "--split", "all", "--limit", "0"], "--limit must be a positive"),
-    (["--task", "hotpotqa", "--data", "{tmp}"], "is a directory"),
-    (["--task", "hotpotqa", "--data", "{tiny}", "--split", "all", "--json", "{tmp}/a-file/out.json"],
-     "cannot write into"),
-])
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--task", "nope"], "unknown task 'nope'"),
+        (["--task", "hotpotqa", "--data", "{broken}"], "broken.jsonl line 3: not valid JSON"),
+        (
+            ["--task", "hotpotqa", "--data", "{record}"],
+            "record.json line 3 (item 2): field 'answer' must be a string",
+        ),
+        (["--task", "hotpotqa", "--data", "{tiny}"], "the val split of task 'hotpotqa' is empty"),
+        (
+            ["--task", "hotpotqa", "--data", "{tiny}", "--split", "all", "--limit", "0"],
+            "--limit must be a positive",
+        ),
+        (["--task", "hotpotqa", "--data", "{tmp}"], "is a directory"),
+        (
+            ["--task", "hotpotqa", "--data", "{tiny}", "--split", "all", "--json", "{tmp}/a-file/out.json"],
+            "cannot write into",
+        ),
+    ],
+)
 def test_bad_input_is_one_line_exit_2_and_writes_nothing(run_cli, model_dir, tmp_path, args, message):
     """The issue's bad inputs through the real entry point: `error: ...` alone on stderr, exit code 2."""
     files = {k: str(v) for k, v in _bad_files(tmp_path).items()}
@@ -117,7 +158,9 @@ def test_bad_input_is_one_line_exit_2_and_writes_nothing(run_cli, model_dir, tmp
 
 def test_option_errors_come_before_the_model_loads(run_cli, tmp_path):
     """A wrong answer mode is reported at once, before the (here: missing) model is looked for."""
-    rc, _, stderr = run_cli("eval", str(tmp_path / "no-model"), "--task", "wikidata_qa", "--answer-mode", "prompt")
+    rc, _, stderr = run_cli(
+        "eval", str(tmp_path / "no-model"), "--task", "wikidata_qa", "--answer-mode", "prompt"
+    )
     assert rc == 2 and "unknown answer mode 'prompt'" in stderr
 
 
@@ -129,7 +172,8 @@ def test_data_fetch_twice_does_nothing(app, bigbench):
 
 @pytest.mark.real
 def test_minilm_has_no_mlm_head(app, qa_file):
-    result = CliRunner().invoke(app, ["eval", "minilm-l6", "--task", "hotpotqa", "--data", str(qa_file),
-                                      "--device", "cpu"])
+    result = CliRunner().invoke(
+        app, ["eval", "minilm-l6", "--task", "hotpotqa", "--data", str(qa_file), "--device", "cpu"]
+    )
     assert isinstance(result.exception, UserError)
     assert "no language-model head" in str(result.exception)

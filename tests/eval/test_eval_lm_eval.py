@@ -15,18 +15,21 @@ import torch
 from tensorllm.base.errors import UserError
 from tensorllm.eval.lm_eval_bridge import run_lm_eval
 
-DOCS = [{"question": "the capital of france is", "choices": ["paris", "dog"], "label": 0},
-        {"question": "the capital of italy is", "choices": ["cat", "rome"], "label": 1},
-        {"question": "the color of the river is", "choices": ["blue", "three"], "label": 0},
-        {"question": "the language of spain is", "choices": ["red", "english"], "label": 1},
-        {"question": "who was born in paris", "choices": ["poet", "river"], "label": 0}]
+DOCS = [
+    {"question": "the capital of france is", "choices": ["paris", "dog"], "label": 0},
+    {"question": "the capital of italy is", "choices": ["cat", "rome"], "label": 1},
+    {"question": "the color of the river is", "choices": ["blue", "three"], "label": 0},
+    {"question": "the language of spain is", "choices": ["red", "english"], "label": 1},
+    {"question": "who was born in paris", "choices": ["poet", "river"], "label": 0},
+]
 
 
 @pytest.fixture
 def task_dir(tmp_path):
     data = tmp_path / "docs.jsonl"
     data.write_text("".join(json.dumps(d) + "\n" for d in DOCS))
-    (tmp_path / "tllm_words.yaml").write_text(textwrap.dedent(f"""\
+    (tmp_path / "tllm_words.yaml").write_text(
+        textwrap.dedent(f"""\
         task: tllm_words
         dataset_path: json
         dataset_kwargs:
@@ -39,7 +42,8 @@ def task_dir(tmp_path):
         doc_to_target: label
         metric_list:
           - metric: acc
-        """))
+        """)
+    )
     return tmp_path
 
 
@@ -54,7 +58,7 @@ def _reference_acc(model, tok) -> float:
                 cont = tok(" " + c, add_special_tokens=False).input_ids
                 ids = torch.tensor([ctx + cont])
                 logp = torch.log_softmax(model(ids).logits[0, :-1].float(), -1)
-                scores.append(logp[len(ctx) - 1:].gather(1, ids[0, len(ctx):, None]).sum().item())
+                scores.append(logp[len(ctx) - 1 :].gather(1, ids[0, len(ctx) :, None]).sum().item())
             hits += int(max(range(len(scores)), key=scores.__getitem__) == d["label"])
     return hits / len(DOCS)
 
@@ -83,11 +87,14 @@ def test_lm_eval_missing_is_a_user_error(tiny_llama, monkeypatch):
         run_lm_eval(*tiny_llama, ["anything"])
 
 
-@pytest.mark.parametrize("kwargs, match", [
-    ({"num_fewshot": -1}, "--num-fewshot must be >= 0"),
-    ({"include_path": "/nonexistent/tasks"}, "--lm-eval-include /nonexistent/tasks is not a directory"),
-    ({"limit": 0}, "--limit must be a positive"),
-])
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        ({"num_fewshot": -1}, "--num-fewshot must be >= 0"),
+        ({"include_path": "/nonexistent/tasks"}, "--lm-eval-include /nonexistent/tasks is not a directory"),
+        ({"limit": 0}, "--limit must be a positive"),
+    ],
+)
 def test_bad_options_are_refused_before_lm_eval_is_needed(tiny_llama, monkeypatch, kwargs, match):
     monkeypatch.setitem(sys.modules, "lm_eval", None)
     with pytest.raises(UserError, match=match):

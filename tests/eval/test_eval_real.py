@@ -24,8 +24,10 @@ def test_bigbench_files_hold_what_we_expect(bigbench):
     fever = load_task(get_task("fever_bigbench"))
     assert len(fever.examples) == 6612
     assert sum(e.label == 0 for e in fever.examples) == 3292  # "true" claims
-    assert all(e.prompt.startswith("Consider the following claim: ") and "\nQ:" not in e.prompt
-               for e in fever.examples)
+    assert all(
+        e.prompt.startswith("Consider the following claim: ") and "\nQ:" not in e.prompt
+        for e in fever.examples
+    )
     paragraphs = load_task(get_task("perplexity"))
     assert len(paragraphs.examples) == 1581
     assert all(len(e.answer) > 100 for e in paragraphs.examples[:50])
@@ -60,26 +62,35 @@ def reference(smollm2, bigbench_dir):
             enc = tok(e.prompt, return_tensors="pt")
             out = model.generate(**enc, max_new_tokens=10, min_new_tokens=1, do_sample=False)
             full_text = tok.decode(out[0], skip_special_tokens=True, clean_up_tokenization_spaces=False)
-            new_text = tok.decode(out[0, enc.input_ids.shape[1]:], skip_special_tokens=True,
-                                  clean_up_tokenization_spaces=False)
+            new_text = tok.decode(
+                out[0, enc.input_ids.shape[1] :], skip_special_tokens=True, clean_up_tokenization_spaces=False
+            )
             ids = tok(e.prompt + " " + e.answer, return_tensors="pt").input_ids[0]
             n = _answer_len_laser(tok, ids, e.answer)
             logp = torch.log_softmax(model(ids[None]).logits[0, :-1], dim=-1).gather(1, ids[1:, None])[:, 0]
-            rows.append({"new": new_text, "nll": -logp[-n:].mean().item(),
-                         "faithful": e.answer.strip().lower() in full_text.strip().lower(),
-                         "continuation": e.answer.strip().lower() in new_text.strip().lower()})
+            rows.append(
+                {
+                    "new": new_text,
+                    "nll": -logp[-n:].mean().item(),
+                    "faithful": e.answer.strip().lower() in full_text.strip().lower(),
+                    "continuation": e.answer.strip().lower() in new_text.strip().lower(),
+                }
+            )
     return rows
 
 
 @pytest.mark.real
 def test_wikidata_baseline_equals_reference(smollm2, bigbench, reference):
     model, tok = smollm2
-    res = evaluate(model, tok, "wikidata_qa", split="test", limit=30, batch_size=8, keep_examples=True,
-                   progress=False)
+    res = evaluate(
+        model, tok, "wikidata_qa", split="test", limit=30, batch_size=8, keep_examples=True, progress=False
+    )
     want_acc = 100.0 * sum(r["faithful"] for r in reference) / 30
     want_loss = sum(r["nll"] for r in reference) / 30
-    print(f"\nsmollm2-135m WikidataQA test[:30]: accuracy {res.accuracy:.2f}% (reference {want_acc:.2f}%), "
-          f"loss {res.loss:.5f} (reference {want_loss:.5f})")
+    print(
+        f"\nsmollm2-135m WikidataQA test[:30]: accuracy {res.accuracy:.2f}% (reference {want_acc:.2f}%), "
+        f"loss {res.loss:.5f} (reference {want_loss:.5f})"
+    )
     assert res.n == 30 and res.answer_mode == "faithful"
     assert [x["prediction"] for x in res.examples] == [r["new"] for r in reference]
     assert res.accuracy == want_acc
@@ -91,8 +102,17 @@ def test_wikidata_baseline_equals_reference(smollm2, bigbench, reference):
 def test_batched_equals_one_at_a_time_on_16(smollm2, bigbench, reference):
     """One batch of 16 (maximal left padding), continuation-only accuracy."""
     model, tok = smollm2
-    res = evaluate(model, tok, "wikidata_qa", split="test", limit=16, batch_size=16,
-                   answer_mode="continuation", keep_examples=True, progress=False)
+    res = evaluate(
+        model,
+        tok,
+        "wikidata_qa",
+        split="test",
+        limit=16,
+        batch_size=16,
+        answer_mode="continuation",
+        keep_examples=True,
+        progress=False,
+    )
     ref = reference[:16]
     assert [x["prediction"] for x in res.examples] == [r["new"] for r in ref]
     assert [x["correct"] for x in res.examples] == [r["continuation"] for r in ref]
@@ -113,7 +133,8 @@ def test_fever_bigbench_label_logits_real(smollm2, bigbench):
             pred = 0 if logits[true_id[0]] > logits[false_id[0]] else 1
             correct.append(pred == e.label)
             nll.append(-torch.log_softmax(logits, -1)[(true_id + false_id)[e.label]].item())
-    res = evaluate(model, tok, "fever_bigbench", split="val", limit=16, batch_size=5, keep_examples=True,
-                   progress=False)
+    res = evaluate(
+        model, tok, "fever_bigbench", split="val", limit=16, batch_size=5, keep_examples=True, progress=False
+    )
     assert [x["correct"] for x in res.examples] == correct
     assert res.loss == pytest.approx(sum(nll) / 16, abs=1e-4)

@@ -29,7 +29,9 @@ class Scale(Method):
 
     name, config_cls, searchable = "scale_o", ScaleConfig, True
     compress_flags = (Flag("factor", "scale_o: the factor.", type=float),)
-    search_flags = (Flag("factors", "scale_o: factors, one column each.", parse=lambda s: parse_floats(s, "--factors")),)
+    search_flags = (
+        Flag("factors", "scale_o: factors, one column each.", parse=lambda s: parse_floats(s, "--factors")),
+    )
 
     def apply(self, model, arch, cfg, ctx) -> dict:
         for i in parse_layers(cfg.layers, len(blocks(model, arch))):

@@ -17,8 +17,14 @@ from tensorllm.base.errors import UserError
 from tensorllm.methods import registry
 from tensorllm.methods.laser import LaserConfig
 from tensorllm.methods.tucker import TuckerConfig, compress_layer
-from tensorllm.methods.tucker_tensor import (auto_ranks, from_tensor, ranks_for_rate, singular_values, to_tensor,
-                                             tucker_params)
+from tensorllm.methods.tucker_tensor import (
+    auto_ranks,
+    from_tensor,
+    ranks_for_rate,
+    singular_values,
+    to_tensor,
+    tucker_params,
+)
 from tensorllm.models.expand_kv import expand_kv
 from tensorllm.recipe import Recipe
 
@@ -34,8 +40,12 @@ def make_weights(D=32, H=4, Hkv=4, d=8, *, bias=False, seed=0, planted: int | No
 
     if planted:
         U = torch.linalg.qr(rand(D, planted)).Q  # (D, r)
-        q, k, v, o = rand(H * d, planted) @ U.T, rand(Hkv * d, planted) @ U.T, rand(Hkv * d, planted) @ U.T, \
-            U @ rand(planted, H * d)
+        q, k, v, o = (
+            rand(H * d, planted) @ U.T,
+            rand(Hkv * d, planted) @ U.T,
+            rand(Hkv * d, planted) @ U.T,
+            U @ rand(planted, H * d),
+        )
         q, k, v, o = (x + noise * rand(*x.shape) for x in (q, k, v, o))
     else:
         q, k, v, o = rand(H * d, D), rand(Hkv * d, D), rand(Hkv * d, D), rand(D, H * d)
@@ -53,15 +63,15 @@ def rel(a: torch.Tensor, b: torch.Tensor) -> float:
 
 
 def q_block(w, i):
-    return w.q[i * w.head_dim:(i + 1) * w.head_dim, :].T  # (D, d)
+    return w.q[i * w.head_dim : (i + 1) * w.head_dim, :].T  # (D, d)
 
 
 def kv_block(t, j, d):
-    return t[j * d:(j + 1) * d, :].T  # (D, d)
+    return t[j * d : (j + 1) * d, :].T  # (D, d)
 
 
 def o_block(w, i):
-    return w.o[:, i * w.head_dim:(i + 1) * w.head_dim]  # O^T block, (D, d)
+    return w.o[:, i * w.head_dim : (i + 1) * w.head_dim]  # O^T block, (D, d)
 
 
 # ----------------------------------------------------------------- tensorisation
@@ -76,7 +86,8 @@ def test_from_tensor_inverts_to_tensor(heads, variant):
     t = to_tensor(w, name, matrix)
     g = H // Hkv
     expected = {"multihead": (32, 8, 2 * g + 2, Hkv), "trawl": (32, Hkv * 8, 2 * g + 2)}.get(
-        name, (32, 8, H if matrix in ("q", "o") else Hkv))
+        name, (32, 8, H if matrix in ("q", "o") else Hkv)
+    )
     assert tuple(t.shape) == expected
     back = from_tensor(t, w, name, matrix)
     for n in ("q", "k", "v", "o"):
@@ -96,10 +107,10 @@ def test_mha_tensor_is_the_papers_D_d_4_h_tensor():
     D, d, h = 32, 8, 4
     paper = torch.empty(D, d, 4, h, dtype=torch.float64)
     for i in range(h):
-        paper[:, :, 0, i] = w.q[i * d:(i + 1) * d, :].T
-        paper[:, :, 1, i] = w.k[i * d:(i + 1) * d, :].T
-        paper[:, :, 2, i] = w.v[i * d:(i + 1) * d, :].T
-        paper[:, :, 3, i] = w.o[:, i * d:(i + 1) * d]
+        paper[:, :, 0, i] = w.q[i * d : (i + 1) * d, :].T
+        paper[:, :, 1, i] = w.k[i * d : (i + 1) * d, :].T
+        paper[:, :, 2, i] = w.v[i * d : (i + 1) * d, :].T
+        paper[:, :, 3, i] = w.o[:, i * d : (i + 1) * d]
     assert torch.equal(to_tensor(w, "multihead"), paper)
 
 
@@ -133,8 +144,12 @@ def test_single_tensor_stacks_one_matrix_type_per_head(matrix):
     n = 6 if matrix in ("q", "o") else 2
     assert tuple(t.shape) == (32, 8, n)
     for i in range(n):
-        want = {"q": lambda: q_block(w, i), "o": lambda: o_block(w, i), "k": lambda: kv_block(w.k, i, 8),
-                "v": lambda: kv_block(w.v, i, 8)}[matrix]()
+        want = {
+            "q": lambda: q_block(w, i),
+            "o": lambda: o_block(w, i),
+            "k": lambda: kv_block(w.k, i, 8),
+            "v": lambda: kv_block(w.v, i, 8),
+        }[matrix]()
         assert torch.equal(t[:, :, i], want)
 
 
@@ -210,8 +225,15 @@ def test_unreachable_rate_is_a_user_error():
         compress_layer(make_weights(D=64, H=4, d=16), cfg(rate=1e6), CPU)
 
 
-@pytest.mark.parametrize("fractions, expected", [((1.0, 1.0, 1.0), [32, 8, 4]), ((0.5, 0.25, 1.0), [16, 2, 4]),
-                                                 ((0.3, 0.3, 0.3), [10, 3, 2]), ((0.01, 0.01, 0.01), [1, 1, 1])])
+@pytest.mark.parametrize(
+    "fractions, expected",
+    [
+        ((1.0, 1.0, 1.0), [32, 8, 4]),
+        ((0.5, 0.25, 1.0), [16, 2, 4]),
+        ((0.3, 0.3, 0.3), [10, 3, 2]),
+        ((0.01, 0.01, 0.01), [1, 1, 1]),
+    ],
+)
 def test_fractional_ranks_are_fractions_of_each_mode(fractions, expected):
     _, rec = compress_layer(make_weights(D=32, H=4, d=8), cfg(ranks=list(fractions)), CPU)
     assert rec["ranks"] == expected
@@ -223,17 +245,38 @@ def test_rank_larger_than_its_mode_is_a_user_error(ranks, mode):
         compress_layer(make_weights(D=32, H=4, d=8), cfg(ranks=ranks), CPU)
 
 
-@pytest.mark.parametrize("ranks", [[0, 4, 2], [8, 0, 2], [-1, 4, 2], [8, 4, -3], [-0.5, 1.0, 1.0], [1.5, 1.0, 1.0],
-                                   [2, 0.5, 1], [8, 4], [8, 4, 2, 1], "big", [True, 4, 2]])
+@pytest.mark.parametrize(
+    "ranks",
+    [
+        [0, 4, 2],
+        [8, 0, 2],
+        [-1, 4, 2],
+        [8, 4, -3],
+        [-0.5, 1.0, 1.0],
+        [1.5, 1.0, 1.0],
+        [2, 0.5, 1],
+        [8, 4],
+        [8, 4, 2, 1],
+        "big",
+        [True, 4, 2],
+    ],
+)
 def test_bad_ranks_are_user_errors(ranks):
     with pytest.raises(UserError):
         cfg(ranks=ranks)
 
 
-@pytest.mark.parametrize("variant, matrix, ranks", [("multihead", None, [1.0, 1.0, 1.0]),
-                                                    ("trawl", None, [1.0, 1.0, 1.0]),
-                                                    ("single", "q", [1.0, 1.0]), ("single", "k", [1.0, 1.0]),
-                                                    ("single", "v", [1.0, 1.0]), ("single", "o", [1.0, 1.0])])
+@pytest.mark.parametrize(
+    "variant, matrix, ranks",
+    [
+        ("multihead", None, [1.0, 1.0, 1.0]),
+        ("trawl", None, [1.0, 1.0, 1.0]),
+        ("single", "q", [1.0, 1.0]),
+        ("single", "k", [1.0, 1.0]),
+        ("single", "v", [1.0, 1.0]),
+        ("single", "o", [1.0, 1.0]),
+    ],
+)
 @pytest.mark.parametrize("heads", [(4, 4), (6, 2)], ids=["mha", "gqa"])
 def test_every_variant_reconstructs_at_full_rank(variant, matrix, ranks, heads):
     w = make_weights(D=32, H=heads[0], Hkv=heads[1], d=8, seed=3)
@@ -271,13 +314,16 @@ def test_singular_values_from_the_gram_matrix_match_an_svd(shape):
     want = torch.linalg.svdvals(mat)
     got = singular_values(mat)
     assert got.shape == want.shape and torch.all(got[:-1] >= got[1:])
-    assert torch.allclose(got, want, rtol=1e-9, atol=1e-10 * float(want[0]))  # squaring: small ones lose digits
+    assert torch.allclose(
+        got, want, rtol=1e-9, atol=1e-10 * float(want[0])
+    )  # squaring: small ones lose digits
 
 
 def test_singular_values_of_a_nearly_low_rank_matrix_come_from_an_svd():
     gen = torch.Generator().manual_seed(5)
-    mat = torch.randn(64, 5, generator=gen, dtype=torch.float64) @ torch.randn(5, 2048, generator=gen,
-                                                                             dtype=torch.float64)
+    mat = torch.randn(64, 5, generator=gen, dtype=torch.float64) @ torch.randn(
+        5, 2048, generator=gen, dtype=torch.float64
+    )
     assert torch.equal(singular_values(mat), torch.linalg.svdvals(mat))  # rank 5: the Gram route would lie
 
 
@@ -299,46 +345,55 @@ def test_auto_ranks_are_valid_and_find_a_planted_subspace():
 _STEP = {"method": "tucker", "layers": [0], "ranks": [8, 4, 2]}
 
 
-@pytest.mark.parametrize("data, match", [
-    ({"steps": [_STEP], "colour": "red"}, "unknown recipe key"),
-    ({"steps": [{**_STEP, "bogus": 1}]}, "unknown option"),
-    ({"steps": [{"method": "tucker", "ranks": [8, 4, 2]}]}, "needs 'layers'"),
-    ({"steps": [{**_STEP, "rate": 10.0}]}, "exactly one of 'ranks' and 'rate'"),
-    ({"steps": [{"method": "tucker", "layers": [0]}]}, "exactly one of 'ranks' and 'rate'"),
-    ({"steps": [{**_STEP, "variant": "cp"}]}, "not one of"),
-    ({"steps": [{**_STEP, "variant": "single", "ranks": [8, 4]}]}, "needs 'matrix'"),
-    ({"steps": [{**_STEP, "matrix": "q"}]}, "needs 'matrix'"),
-    ({"steps": [{**_STEP, "variant": "single", "matrix": "x", "ranks": [8, 4]}]}, "not one of"),
-    ({"steps": [{**_STEP, "rate": None, "ranks": None}]}, "exactly one"),
-    ({"steps": [{"method": "prune", "layers": [0]}]}, "unknown method"),
-    ({"steps": [{"layers": [0]}]}, "needs a 'method'"),
-    ({"steps": []}, "non-empty 'steps'"),
-    ({}, "non-empty 'steps'"),
-    ([_STEP], "must be a mapping"),
-    ({"version": 2, "steps": [_STEP]}, "version 2"),
-    ({"seed": "one", "steps": [_STEP]}, "seed must be an integer"),
-    ({"steps": [{**_STEP, "rate": 0.5, "ranks": None}]}, "must be >= 1"),
-    ({"steps": [{**_STEP, "n_iter_max": -1}]}, ">= 0"),
-    ({"steps": [{"method": "laser", "layers": [0]}]}, "exactly one of 'rho' and 'rank'"),
-    ({"steps": [{"method": "laser", "layers": [0], "rho": 1.5}]}, r"rho must lie in \(0, 1\]"),
-    ({"steps": [{"method": "laser", "layers": [0], "rank": 4, "svd": "randomized"}]}, "needs a seed"),
-    ({"steps": [{**_STEP, "ranks": [float("nan"), 1.0, 1.0]}]}, r"must be positive, got \[nan"),
-    ({"steps": [{**_STEP, "ranks": None, "rate": float("nan")}]}, "must be >= 1, got nan"),
-    ({"steps": [{**_STEP, "tol": float("nan")}]}, "tol must be >= 0"),
-    ({"version": "1", "steps": [_STEP]}, "version '1' is not supported"),
-    ({"version": True, "steps": [_STEP]}, "version True is not supported"),
-    ({"dtype": "float8", "steps": [_STEP]}, "unknown dtype 'float8'"),
-    ({"device": 0, "steps": [_STEP]}, "dtype and device must be strings"),
-])
+@pytest.mark.parametrize(
+    "data, match",
+    [
+        ({"steps": [_STEP], "colour": "red"}, "unknown recipe key"),
+        ({"steps": [{**_STEP, "bogus": 1}]}, "unknown option"),
+        ({"steps": [{"method": "tucker", "ranks": [8, 4, 2]}]}, "needs 'layers'"),
+        ({"steps": [{**_STEP, "rate": 10.0}]}, "exactly one of 'ranks' and 'rate'"),
+        ({"steps": [{"method": "tucker", "layers": [0]}]}, "exactly one of 'ranks' and 'rate'"),
+        ({"steps": [{**_STEP, "variant": "cp"}]}, "not one of"),
+        ({"steps": [{**_STEP, "variant": "single", "ranks": [8, 4]}]}, "needs 'matrix'"),
+        ({"steps": [{**_STEP, "matrix": "q"}]}, "needs 'matrix'"),
+        ({"steps": [{**_STEP, "variant": "single", "matrix": "x", "ranks": [8, 4]}]}, "not one of"),
+        ({"steps": [{**_STEP, "rate": None, "ranks": None}]}, "exactly one"),
+        ({"steps": [{"method": "prune", "layers": [0]}]}, "unknown method"),
+        ({"steps": [{"layers": [0]}]}, "needs a 'method'"),
+        ({"steps": []}, "non-empty 'steps'"),
+        ({}, "non-empty 'steps'"),
+        ([_STEP], "must be a mapping"),
+        ({"version": 2, "steps": [_STEP]}, "version 2"),
+        ({"seed": "one", "steps": [_STEP]}, "seed must be an integer"),
+        ({"steps": [{**_STEP, "rate": 0.5, "ranks": None}]}, "must be >= 1"),
+        ({"steps": [{**_STEP, "n_iter_max": -1}]}, ">= 0"),
+        ({"steps": [{"method": "laser", "layers": [0]}]}, "exactly one of 'rho' and 'rank'"),
+        ({"steps": [{"method": "laser", "layers": [0], "rho": 1.5}]}, r"rho must lie in \(0, 1\]"),
+        ({"steps": [{"method": "laser", "layers": [0], "rank": 4, "svd": "randomized"}]}, "needs a seed"),
+        ({"steps": [{**_STEP, "ranks": [float("nan"), 1.0, 1.0]}]}, r"must be positive, got \[nan"),
+        ({"steps": [{**_STEP, "ranks": None, "rate": float("nan")}]}, "must be >= 1, got nan"),
+        ({"steps": [{**_STEP, "tol": float("nan")}]}, "tol must be >= 0"),
+        ({"version": "1", "steps": [_STEP]}, "version '1' is not supported"),
+        ({"version": True, "steps": [_STEP]}, "version True is not supported"),
+        ({"dtype": "float8", "steps": [_STEP]}, "unknown dtype 'float8'"),
+        ({"device": 0, "steps": [_STEP]}, "dtype and device must be strings"),
+    ],
+)
 def test_recipe_validation_errors(data, match):
     with pytest.raises(UserError, match=match):
         Recipe.from_dict(data)
 
 
 def test_recipe_round_trips_through_yaml(tmp_path):
-    data = {"dtype": "float32", "device": "cpu", "seed": 3, "steps": [
-        {"method": "tucker", "layers": "0,1", "ranks": [0.5, 0.5, 1.0], "variant": "trawl"},
-        {"method": "laser", "layers": [1], "matrix": "ffn_out", "rho": 0.1}]}
+    data = {
+        "dtype": "float32",
+        "device": "cpu",
+        "seed": 3,
+        "steps": [
+            {"method": "tucker", "layers": "0,1", "ranks": [0.5, 0.5, 1.0], "variant": "trawl"},
+            {"method": "laser", "layers": [1], "matrix": "ffn_out", "rho": 0.1},
+        ],
+    }
     recipe = Recipe.from_dict(data)
     path = tmp_path / "recipe.yaml"
     path.write_text(recipe.to_yaml())
@@ -368,11 +423,21 @@ def test_recipe_file_errors(tmp_path):
 
 def test_bad_layers_are_user_errors(tiny):
     model = tiny.model("llama")
-    for layers, match in (([2], "out of range"), ("x", "not an integer"), ("1-0", "is empty"), ([-3], "out of range"),
-                           ("0,,1", "empty item"), ("1,", "empty item"), ("", "no layers selected")):
+    for layers, match in (
+        ([2], "out of range"),
+        ("x", "not an integer"),
+        ("1-0", "is empty"),
+        ([-3], "out of range"),
+        ("0,,1", "empty item"),
+        ("1,", "empty item"),
+        ("", "no layers selected"),
+    ):
         with pytest.raises(UserError, match=match):
-            tensorllm.compress(model, {"device": "cpu", "steps": [{"method": "tucker", "layers": layers,
-                                                                    "ranks": [8, 4, 2]}]}, progress=False)
+            tensorllm.compress(
+                model,
+                {"device": "cpu", "steps": [{"method": "tucker", "layers": layers, "ranks": [8, 4, 2]}]},
+                progress=False,
+            )
 
 
 # ----------------------------------------------------------------- LASER
@@ -388,8 +453,11 @@ def test_laser_is_the_svd_truncation_of_one_matrix(tiny, option, k):
     model = tiny.model("llama")
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
     target = "model.layers.1.mlp.up_proj.weight"  # ffn_in of layer 1, (128, 64)
-    _, report = tensorllm.compress(model, {"device": "cpu", "steps": [
-        {"method": "laser", "layers": [1], "matrix": "ffn_in", **option}]}, progress=False)
+    _, report = tensorllm.compress(
+        model,
+        {"device": "cpu", "steps": [{"method": "laser", "layers": [1], "matrix": "ffn_in", **option}]},
+        progress=False,
+    )
     rec = report.steps[0]["layers"][0]
     assert rec["rank"] == k and rec["shape"] == [128, 64] and rec["matrix"] == "mlp.up_proj"
     after = dict(model.named_parameters())
@@ -407,9 +475,23 @@ def test_laser_randomized_svd_needs_a_seed_and_is_reproducible(tiny):
     runs = []
     for _ in range(2):
         model = tiny.model("llama")
-        tensorllm.compress(model, {"device": "cpu", "steps": [
-            {"method": "laser", "layers": [0], "matrix": "ffn_out", "rank": 4, "svd": "randomized", "seed": 7}]},
-            progress=False)
+        tensorllm.compress(
+            model,
+            {
+                "device": "cpu",
+                "steps": [
+                    {
+                        "method": "laser",
+                        "layers": [0],
+                        "matrix": "ffn_out",
+                        "rank": 4,
+                        "svd": "randomized",
+                        "seed": 7,
+                    }
+                ],
+            },
+            progress=False,
+        )
         runs.append(model.model.layers[0].mlp.down_proj.weight.detach().clone())
     assert torch.equal(runs[0], runs[1])
     assert torch.linalg.matrix_rank(runs[0].double(), rtol=1e-5) == 4
@@ -417,11 +499,17 @@ def test_laser_randomized_svd_needs_a_seed_and_is_reproducible(tiny):
 
 def test_laser_rank_larger_than_the_matrix_is_a_user_error(tiny):
     with pytest.raises(UserError, match="exceeds"):
-        tensorllm.compress(tiny.model("llama"), {"device": "cpu", "steps": [
-            {"method": "laser", "layers": [0], "matrix": "k", "rank": 33}]}, progress=False)
+        tensorllm.compress(
+            tiny.model("llama"),
+            {"device": "cpu", "steps": [{"method": "laser", "layers": [0], "matrix": "k", "rank": 33}]},
+            progress=False,
+        )
     with pytest.raises(UserError, match="no matrix"):
-        tensorllm.compress(tiny.model("llama"), {"device": "cpu", "steps": [
-            {"method": "laser", "layers": [0], "matrix": "nope", "rank": 3}]}, progress=False)
+        tensorllm.compress(
+            tiny.model("llama"),
+            {"device": "cpu", "steps": [{"method": "laser", "layers": [0], "matrix": "nope", "rank": 3}]},
+            progress=False,
+        )
 
 
 # ----------------------------------------------------------------- TensorLy oracle on the real model
@@ -454,16 +542,25 @@ def test_multihead_tucker_matches_tensorly_on_smollm2(smollm2, smollm2_model):
         x[:, :, 0, i], x[:, :, 1, i], x[:, :, 2, i] = w.q[rows].T, w.k[rows].T, w.v[rows].T
         x[:, :, 3, i] = w.o[:, rows]
     with tl.backend_context("pytorch"):  # TensorLy's algorithm; torch only does its linear algebra
-        (core, factors), errors = partial_tucker(x, rank=ranks, modes=[0, 1, 2], init="svd", svd="truncated_svd",
-                                                 n_iter_max=sweeps, tol=0)
+        (core, factors), errors = partial_tucker(
+            x, rank=ranks, modes=[0, 1, 2], init="svd", svd="truncated_svd", n_iter_max=sweeps, tol=0
+        )
         x_hat = tl.tenalg.multi_mode_dot(core, factors, modes=[0, 1, 2])  # (D, d, 4, h)
     assert len(errors) == sweeps
     # cut back into canonical weights: Q/K/V blocks transpose back into rows, O^T blocks are columns of o
     ref = {n: torch.cat([x_hat[:, :, m, i].T for i in range(h)]) for m, n in enumerate("qkv")}  # (h*d, D)
     ref["o"] = torch.cat([x_hat[:, :, 3, i] for i in range(h)], dim=1)  # (D, h*d)
 
-    _, report = tensorllm.compress(model, {"device": "cpu", "steps": [
-        {"method": "tucker", "layers": [layer], "ranks": ranks, "n_iter_max": sweeps, "tol": 0.0}]}, progress=False)
+    _, report = tensorllm.compress(
+        model,
+        {
+            "device": "cpu",
+            "steps": [
+                {"method": "tucker", "layers": [layer], "ranks": ranks, "n_iter_max": sweeps, "tol": 0.0}
+            ],
+        },
+        progress=False,
+    )
     rec = report.steps[0]["layers"][0]
     assert rec["hooi_iterations"] == sweeps and rec["tensor_shape"] == [D, d, 4, h]
     assert rec["rel_error"] == pytest.approx(float(errors[-1]), abs=1e-9)
@@ -471,10 +568,14 @@ def test_multihead_tucker_matches_tensorly_on_smollm2(smollm2, smollm2_model):
     for n in ("q", "k", "v", "o"):
         err = rel(getattr(new, n), ref[n])
         assert err < 1e-4, f"{n}: ours vs TensorLy relative difference {err:.2e}"
-        assert rel(getattr(new, n), before[f"model.layers.{layer}.self_attn.{n}_proj.weight"]) > 1e-2  # compressed
+        assert (
+            rel(getattr(new, n), before[f"model.layers.{layer}.self_attn.{n}_proj.weight"]) > 1e-2
+        )  # compressed
 
     prefix = f"model.layers.{layer}.self_attn."
     for n, p in model.named_parameters():
-        if n.startswith(prefix) and n.endswith(("q_proj.weight", "k_proj.weight", "v_proj.weight", "o_proj.weight")):
+        if n.startswith(prefix) and n.endswith(
+            ("q_proj.weight", "k_proj.weight", "v_proj.weight", "o_proj.weight")
+        ):
             continue
         assert torch.equal(p, before[n]), f"{n} changed"

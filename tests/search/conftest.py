@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 import pytest
-
 from search_helpers import make_model_dir, write_task
 
 
 @pytest.fixture(scope="session")
 def search_tiny(tmp_path_factory) -> dict:
     root = tmp_path_factory.mktemp("tiny")
-    return {"model": str(make_model_dir(root / "model")), "data": str(write_task(root / "task.jsonl")),
-            "other_model": str(make_model_dir(root / "model2", seed=1))}
+    return {
+        "model": str(make_model_dir(root / "model")),
+        "data": str(write_task(root / "task.jsonl")),
+        "other_model": str(make_model_dir(root / "model2", seed=1)),
+    }
 
 
 @pytest.fixture()

@@ -12,8 +12,10 @@ from pathlib import Path
 
 import torch
 
-WORDS = ("paris rome berlin madrid london red blue green yellow black cat dog bird fish horse one two three "
-         "four five apple pear plum grape lemon north south east west").split()
+WORDS = (
+    "paris rome berlin madrid london red blue green yellow black cat dog bird fish horse one two three "
+    "four five apple pear plum grape lemon north south east west"
+).split()
 PROMPT_WORDS = "what is the capital color animal number fruit direction of item answer".split()
 SPECIALS = ("<pad>", "<s>", "</s>", "<unk>")
 
@@ -25,17 +27,29 @@ def make_tokenizer():
     vocab = {t: i for i, t in enumerate(SPECIALS + tuple(PROMPT_WORDS) + tuple(WORDS) + ("?", ":", "."))}
     tok = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
     tok.pre_tokenizer = pre_tokenizers.Whitespace()
-    return PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", bos_token="<s>", eos_token="</s>",
-                                   unk_token="<unk>")
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tok, pad_token="<pad>", bos_token="<s>", eos_token="</s>", unk_token="<unk>"
+    )
 
 
 def make_model_dir(path: Path, seed: int = 0, layers: int = 3) -> Path:
     from transformers import LlamaConfig, LlamaForCausalLM
 
     tok = make_tokenizer()
-    cfg = LlamaConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=48, num_hidden_layers=layers,
-                      num_attention_heads=4, num_key_value_heads=2, head_dim=8, max_position_embeddings=128,
-                      bos_token_id=1, eos_token_id=2, pad_token_id=0, tie_word_embeddings=False)
+    cfg = LlamaConfig(
+        vocab_size=len(tok),
+        hidden_size=32,
+        intermediate_size=48,
+        num_hidden_layers=layers,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        head_dim=8,
+        max_position_embeddings=128,
+        bos_token_id=1,
+        eos_token_id=2,
+        pad_token_id=0,
+        tie_word_embeddings=False,
+    )
     torch.manual_seed(seed)
     model = LlamaForCausalLM(cfg)
     with torch.no_grad():  # larger weights than the 0.02 init, so that Tucker/LASER visibly change outputs
@@ -56,16 +70,29 @@ def write_task(path: Path, n: int = 40, seed: int = 0) -> Path:
             if rng.random() < 0.5:
                 a = target
             kind = rng.choice(["capital", "color", "animal", "fruit"])
-            f.write(json.dumps({"input": f"what is the {kind} of {a} {b} ? answer :", "target": target}) + "\n")
+            f.write(
+                json.dumps({"input": f"what is the {kind} of {a} {b} ? answer :", "target": target}) + "\n"
+            )
     return path
 
 
 def spec_for(tiny: dict, store: Path, **kw):
     from tensorllm.search import SearchSpec
 
-    base = dict(model=tiny["model"], task="wikidata_qa", store=str(store), data=tiny["data"], method="tucker",
-                ranks=((8, 4, 2), (0.5, 0.5, 1.0), "auto"), limit_val=8, limit_test=10, batch_size=16,
-                device="cpu", threads=1, progress=False)
+    base = dict(
+        model=tiny["model"],
+        task="wikidata_qa",
+        store=str(store),
+        data=tiny["data"],
+        method="tucker",
+        ranks=((8, 4, 2), (0.5, 0.5, 1.0), "auto"),
+        limit_val=8,
+        limit_test=10,
+        batch_size=16,
+        device="cpu",
+        threads=1,
+        progress=False,
+    )
     base.update(kw)
     options = {k: base.pop(k) for k in ("ranks", "rates", "variant", "rhos", "matrices") if k in base}
     return SearchSpec(**base, options={k: v for k, v in options.items() if v})

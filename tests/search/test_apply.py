@@ -5,8 +5,8 @@ import pytest
 import torch
 
 import tensorllm.methods.tucker as tucker_mod
-from tensorllm.search.apply import Applier, touched_params
 from tensorllm.methods import registry
+from tensorllm.search.apply import Applier, touched_params
 from tensorllm.search.grid import Config
 
 
@@ -16,6 +16,7 @@ def tucker_step(model, arch, layer, options):
 
 def laser_step(model, arch, layer, matrix, rho):
     return registry.get("laser").concrete_step(model, arch, layer, {"matrix": matrix, "rho": rho})
+
 
 FAST = {"n_iter_max": 3}  # a few HOOI iterations: what is tested here does not depend on convergence
 

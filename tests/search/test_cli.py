@@ -5,13 +5,12 @@ import json
 
 import pytest
 import typer
+from search_helpers import spec_for
 from typer.testing import CliRunner
 
 import tensorllm.search.runner as runner
 from tensorllm.cli import search as cli_search
 from tensorllm.search import run_search
-
-from search_helpers import spec_for
 
 
 def _invoke(monkeypatch, args):
@@ -26,19 +25,80 @@ def _invoke(monkeypatch, args):
 
 
 def test_tucker_flags(monkeypatch):
-    spec = _invoke(monkeypatch, ["m", "--task", "wikidata_qa", "--store", "s", "--layers", "0-3",
-                                 "--ranks", "144,48,4;0.5,0.5,1;auto", "--rates", "5,20", "--limit-val", "50",
-                                 "--gpus", "2", "--expand-kv", "--time-budget", "540"])
-    assert spec.options["ranks"] == [(144, 48, 4), (0.5, 0.5, 1.0), "auto"] and spec.options["rates"] == [5.0, 20.0]
-    assert (spec.layers, spec.limit_val, spec.gpus, spec.expand_kv, spec.time_budget) == ("0-3", 50, 2, True, 540.0)
+    spec = _invoke(
+        monkeypatch,
+        [
+            "m",
+            "--task",
+            "wikidata_qa",
+            "--store",
+            "s",
+            "--layers",
+            "0-3",
+            "--ranks",
+            "144,48,4;0.5,0.5,1;auto",
+            "--rates",
+            "5,20",
+            "--limit-val",
+            "50",
+            "--gpus",
+            "2",
+            "--expand-kv",
+            "--time-budget",
+            "540",
+        ],
+    )
+    assert spec.options["ranks"] == [(144, 48, 4), (0.5, 0.5, 1.0), "auto"] and spec.options["rates"] == [
+        5.0,
+        20.0,
+    ]
+    assert (spec.layers, spec.limit_val, spec.gpus, spec.expand_kv, spec.time_budget) == (
+        "0-3",
+        50,
+        2,
+        True,
+        540.0,
+    )
 
 
 def test_laser_and_hybrid_flags(monkeypatch):
-    spec = _invoke(monkeypatch, ["m", "--task", "fever", "--store", "s", "--method", "laser",
-                                 "--rhos", "0.9,0.01", "--matrix", "up,down", "--nproc", "3"])
+    spec = _invoke(
+        monkeypatch,
+        [
+            "m",
+            "--task",
+            "fever",
+            "--store",
+            "s",
+            "--method",
+            "laser",
+            "--rhos",
+            "0.9,0.01",
+            "--matrix",
+            "up,down",
+            "--nproc",
+            "3",
+        ],
+    )
     assert spec.options == {"rhos": [0.9, 0.01], "matrices": ("up", "down")} and spec.gpus == 3
-    spec = _invoke(monkeypatch, ["m", "--task", "fever", "--store", "s", "--method", "hybrid",
-                                 "--from", "a", "--from", "b", "--top-k", "2"])
+    spec = _invoke(
+        monkeypatch,
+        [
+            "m",
+            "--task",
+            "fever",
+            "--store",
+            "s",
+            "--method",
+            "hybrid",
+            "--from",
+            "a",
+            "--from",
+            "b",
+            "--top-k",
+            "2",
+        ],
+    )
     assert spec.sources == ("a", "b") and spec.top_k == 2
 
 
@@ -56,35 +116,63 @@ def small_store(search_tiny, tmp_path_factory):
 
 def _inputs(tmp_path, store) -> dict:
     """The files the bad-input cases name, written into tmp_path: {name: path}."""
-    files = {"broken.jsonl": '{"input": "a is", "target": "b"}\n{"input": "c is", \n',
-             "short.jsonl": '{"input": "a is", "target": "b"}\n' * 4,
-             "fever.jsonl": "".join(f'{{"claim": "paris is red", "label": {i % 2}}}\n' for i in range(10)),
-             "gqa.yaml": "steps:\n  - {method: gqa, kv_heads: 1}\n", "a-file": "x"}
+    files = {
+        "broken.jsonl": '{"input": "a is", "target": "b"}\n{"input": "c is", \n',
+        "short.jsonl": '{"input": "a is", "target": "b"}\n' * 4,
+        "fever.jsonl": "".join(f'{{"claim": "paris is red", "label": {i % 2}}}\n' for i in range(10)),
+        "gqa.yaml": "steps:\n  - {method: gqa, kv_heads: 1}\n",
+        "a-file": "x",
+    }
     for name, text in files.items():
         (tmp_path / name).write_text(text)
-    return {"store": store, "file": tmp_path / "a-file",
-            **{name.split(".")[0]: tmp_path / name for name in files if "." in name}}
+    return {
+        "store": store,
+        "file": tmp_path / "a-file",
+        **{name.split(".")[0]: tmp_path / name for name in files if "." in name},
+    }
 
 
-@pytest.mark.parametrize("change, message", [
-    ({"--task": "nope"}, "unknown task 'nope'"),
-    ({"--data": "{broken}"}, "broken.jsonl line 2: not valid JSON"),
-    ({"--data": "{short}"}, "the val split of task 'wikidata_qa' is empty"),
-    ({"--limit-val": "0"}, "--limit-val must be >= 1"),
-    ({"--threads": "-1"}, "--threads must be >= 1"),
-    ({"--threads": "0"}, "--threads must be >= 1"),
-    ({"--store": "{store}", "--limit-val": "6"}, "belongs to a different search (limit_val: store has 8"),
-    ({"--store": "{store}", "--answer-mode": "continuation"}, "belongs to a different search (answer_mode"),
-    ({"--store": "{file}/store"}, "cannot create the store"),
-    ({"--task": "fever", "--data": "{fever}"}, "share a first token"),  # the tiny vocabulary lacks true/false
-    ({"--method": "hybrid", "--recipe": "{gqa}"}, "step 1: the search applies laser and tucker steps, not 'gqa'"),
-])
-def test_bad_input_is_one_line_exit_2_and_writes_nothing(run_cli, search_tiny, small_store, tmp_path, change,
-                                                         message):
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        ({"--task": "nope"}, "unknown task 'nope'"),
+        ({"--data": "{broken}"}, "broken.jsonl line 2: not valid JSON"),
+        ({"--data": "{short}"}, "the val split of task 'wikidata_qa' is empty"),
+        ({"--limit-val": "0"}, "--limit-val must be >= 1"),
+        ({"--threads": "-1"}, "--threads must be >= 1"),
+        ({"--threads": "0"}, "--threads must be >= 1"),
+        ({"--store": "{store}", "--limit-val": "6"}, "belongs to a different search (limit_val: store has 8"),
+        (
+            {"--store": "{store}", "--answer-mode": "continuation"},
+            "belongs to a different search (answer_mode",
+        ),
+        ({"--store": "{file}/store"}, "cannot create the store"),
+        (
+            {"--task": "fever", "--data": "{fever}"},
+            "share a first token",
+        ),  # the tiny vocabulary lacks true/false
+        (
+            {"--method": "hybrid", "--recipe": "{gqa}"},
+            "step 1: the search applies laser and tucker steps, not 'gqa'",
+        ),
+    ],
+)
+def test_bad_input_is_one_line_exit_2_and_writes_nothing(
+    run_cli, search_tiny, small_store, tmp_path, change, message
+):
     names = _inputs(tmp_path, small_store)
-    flags = {"--task": "wikidata_qa", "--data": search_tiny["data"], "--store": str(tmp_path / "new"),
-             "--layers": "0", "--ranks": "8,4,2", "--limit-val": "8", "--limit-test": "10", "--batch-size": "16",
-             "--device": "cpu", "--threads": "1"}
+    flags = {
+        "--task": "wikidata_qa",
+        "--data": search_tiny["data"],
+        "--store": str(tmp_path / "new"),
+        "--layers": "0",
+        "--ranks": "8,4,2",
+        "--limit-val": "8",
+        "--limit-test": "10",
+        "--batch-size": "16",
+        "--device": "cpu",
+        "--threads": "1",
+    }
     flags.update({k: v.format(**names) for k, v in change.items()})
     before = _tree(small_store)
     rc, stdout, stderr = run_cli("search", search_tiny["model"], *[x for kv in flags.items() for x in kv])

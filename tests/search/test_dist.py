@@ -8,11 +8,10 @@ import sys
 
 import pytest
 import torch
+from search_helpers import spec_for, store_numbers
 
 from tensorllm.search import Store, run_search
 from tensorllm.search.dist import Claims, World, world_from_env
-
-from search_helpers import spec_for, store_numbers
 
 
 def test_claims_hand_each_index_to_exactly_one_rank(monkeypatch):
@@ -65,7 +64,9 @@ def test_two_spawned_gloo_processes_equal_one_process(search_tiny, tmp_path, one
     assert two["roles"]["winner"]["key"] == report["roles"]["winner"]["key"]
     lines = [json.loads(line) for p in Store(tmp_path / "two").files() for line in p.read_text().splitlines()]
     keys = [(line["key"], line["split"]) for line in lines]
-    assert len(keys) == len(set(keys)) == len(store_numbers(store))  # each evaluated once, by one rank or other
+    assert (
+        len(keys) == len(set(keys)) == len(store_numbers(store))
+    )  # each evaluated once, by one rank or other
     assert (tmp_path / "two" / "heatmap.png").is_file()
 
 
@@ -74,15 +75,42 @@ def test_torchrun_resumes_a_partial_store_and_equals_one_process(search_tiny, tm
     run_search(spec_for(search_tiny, tmp_path / "s", layers="0"))  # part of the grid, by one process
     first = store_numbers(tmp_path / "s")
     env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK")}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
-           "-m", "tensorllm.cli", "search", search_tiny["model"], "--task", "wikidata_qa",
-           "--data", search_tiny["data"],
-           "--store", str(tmp_path / "s"), "--layers", "all", "--ranks", "8,4,2;0.5,0.5,1;auto",
-           "--limit-val", "8", "--limit-test", "10", "--batch-size", "16", "--device", "cpu", "--threads", "1",
-           "--json"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc-per-node",
+        "2",
+        "-m",
+        "tensorllm.cli",
+        "search",
+        search_tiny["model"],
+        "--task",
+        "wikidata_qa",
+        "--data",
+        search_tiny["data"],
+        "--store",
+        str(tmp_path / "s"),
+        "--layers",
+        "all",
+        "--ranks",
+        "8,4,2;0.5,0.5,1;auto",
+        "--limit-val",
+        "8",
+        "--limit-test",
+        "10",
+        "--batch-size",
+        "16",
+        "--device",
+        "cpu",
+        "--threads",
+        "1",
+        "--json",
+    ]
     out = subprocess.run(cmd, capture_output=True, text=True, timeout=180, env=env)
     assert out.returncode == 0, out.stderr[-3000:]
-    report = json.loads(out.stdout[out.stdout.index("{"):])  # only rank 0 prints
+    report = json.loads(out.stdout[out.stdout.index("{") :])  # only rank 0 prints
     assert report["status"] == "complete"
     final = store_numbers(tmp_path / "s")
     assert all(final[k] == v for k, v in first.items())  # kept, not recomputed
@@ -90,8 +118,8 @@ def test_torchrun_resumes_a_partial_store_and_equals_one_process(search_tiny, tm
 
 
 def test_device_map_helpers_on_a_cpu_machine(tiny_loaded):
-    from tensorllm.base.errors import UserError
     from tensorllm.base.devices import device_map_kwargs, input_device, is_dispatched
+    from tensorllm.base.errors import UserError
 
     assert device_map_kwargs(None) == {}
     with pytest.raises(UserError):
@@ -105,12 +133,45 @@ def test_device_map_helpers_on_a_cpu_machine(tiny_loaded):
 
 def test_the_scaling_bench_runs_fresh_stores_and_compares_them(search_tiny, tmp_path):
     bench = os.path.join(os.path.dirname(__file__), "..", "..", "bench", "search_scaling.py")
-    search = [search_tiny["model"], "--task", "wikidata_qa", "--data", search_tiny["data"], "--layers", "0",
-              "--ranks", "8,4,2;auto", "--limit-val", "8", "--limit-test", "10", "--batch-size", "16",
-              "--device", "cpu", "--threads", "1"]
-    out = subprocess.run([sys.executable, bench, "--root", str(tmp_path / "sc"), "--gpus", "1,2",
-                          "--out", str(tmp_path / "sc.json"), "--", *search], capture_output=True, text=True,
-                         timeout=300, cwd=os.path.dirname(bench))
+    search = [
+        search_tiny["model"],
+        "--task",
+        "wikidata_qa",
+        "--data",
+        search_tiny["data"],
+        "--layers",
+        "0",
+        "--ranks",
+        "8,4,2;auto",
+        "--limit-val",
+        "8",
+        "--limit-test",
+        "10",
+        "--batch-size",
+        "16",
+        "--device",
+        "cpu",
+        "--threads",
+        "1",
+    ]
+    out = subprocess.run(
+        [
+            sys.executable,
+            bench,
+            "--root",
+            str(tmp_path / "sc"),
+            "--gpus",
+            "1,2",
+            "--out",
+            str(tmp_path / "sc.json"),
+            "--",
+            *search,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=os.path.dirname(bench),
+    )
     assert out.returncode == 0, out.stderr[-3000:]
     rows = json.loads((tmp_path / "sc.json").read_text())["rows"]
     assert [r["processes"] for r in rows] == [1, 2]
@@ -121,6 +182,11 @@ def test_the_scaling_bench_runs_fresh_stores_and_compares_them(search_tiny, tmp_
         assert set(r["setup_seconds"]) == {"start", "load", "task_check", "grid", "store"}
         assert {"tokenise", "generate", "judge", "loss"} <= set(r["eval_seconds_by_phase_per_rank"]["0"])
     assert (tmp_path / "sc" / "warmup" / "report.json").is_file()  # the untimed warm-up ran first
-    again = subprocess.run([sys.executable, bench, "--root", str(tmp_path / "sc"), "--", *search],
-                           capture_output=True, text=True, timeout=60, cwd=os.path.dirname(bench))
+    again = subprocess.run(
+        [sys.executable, bench, "--root", str(tmp_path / "sc"), "--", *search],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=os.path.dirname(bench),
+    )
     assert again.returncode == 2 and "stores exist already" in again.stderr

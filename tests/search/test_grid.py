@@ -30,8 +30,9 @@ def test_key_is_stable_and_ignores_dict_order():
 
 def test_tucker_grid_resolves_ranks_and_merges_equal_settings(tiny_loaded):
     # tiny model: tensor (D=32, d=8, 2g+2=6, Hkv=2); 0.5,0.5,1 -> (16,4,6), the same as the explicit 16,4,6
-    grid = tucker_grid(tiny_loaded.model, tiny_loaded.arch, "0,2", ranks=[(16, 4, 6), (0.5, 0.5, 1.0), "auto"],
-                       rates=[4.0])
+    grid = tucker_grid(
+        tiny_loaded.model, tiny_loaded.arch, "0,2", ranks=[(16, 4, 6), (0.5, 0.5, 1.0), "auto"], rates=[4.0]
+    )
     assert grid.rows == ["L0", "L2"] and grid.cols == ["16,4,6", "0.5,0.5,1", "auto", "rate 4"]
     assert grid.cells[("L0", "16,4,6")].key == grid.cells[("L0", "0.5,0.5,1")].key
     step = grid.cells[("L2", "auto")].steps[0]
@@ -57,7 +58,10 @@ def test_laser_grid_uses_integer_ranks(tiny_loaded):
 
 
 def test_hybrid_grid_combines_every_pair():
-    a = [("A1", Config(({"method": "tucker", "layers": [0]},))), ("A2", Config(({"method": "tucker", "layers": [1]},)))]
+    a = [
+        ("A1", Config(({"method": "tucker", "layers": [0]},))),
+        ("A2", Config(({"method": "tucker", "layers": [1]},))),
+    ]
     b = [("B1", Config(({"method": "laser", "layers": [2]},)))]
     grid = hybrid_grid([a, b])
     assert grid.rows == ["A1", "A2"] and grid.cols == ["B1"]
@@ -66,7 +70,9 @@ def test_hybrid_grid_combines_every_pair():
         hybrid_grid([a])
 
 
-@pytest.mark.parametrize("layers,shown", [([9], "L9"), ([0, 3], "L0,3"), ("0,3", "L0,3"), ("all", "Lall"), (7, "L7")])
+@pytest.mark.parametrize(
+    "layers,shown", [([9], "L9"), ([0, 3], "L0,3"), ("0,3", "L0,3"), ("all", "Lall"), (7, "L7")]
+)
 def test_describe_step_shows_layers_as_written(layers, shown):
     from tensorllm.search.grid import describe_step
 

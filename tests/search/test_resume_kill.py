@@ -8,9 +8,9 @@ import subprocess
 import sys
 import time
 
-from tensorllm.search import run_search
-
 from search_helpers import spec_for, store_numbers
+
+from tensorllm.search import run_search
 
 # Runs the real CLI with every evaluation followed by a pause, so the test can kill it mid-run.
 HARNESS = """
@@ -30,9 +30,32 @@ main()
 
 
 def cli_args(tiny, store):
-    return ["search", tiny["model"], "--task", "wikidata_qa", "--data", tiny["data"], "--store", str(store),
-            "--method", "tucker", "--layers", "all", "--ranks", "8,4,2;0.5,0.5,1;auto", "--limit-val", "8",
-            "--limit-test", "10", "--batch-size", "16", "--device", "cpu", "--threads", "1"]
+    return [
+        "search",
+        tiny["model"],
+        "--task",
+        "wikidata_qa",
+        "--data",
+        tiny["data"],
+        "--store",
+        str(store),
+        "--method",
+        "tucker",
+        "--layers",
+        "all",
+        "--ranks",
+        "8,4,2;0.5,0.5,1;auto",
+        "--limit-val",
+        "8",
+        "--limit-test",
+        "10",
+        "--batch-size",
+        "16",
+        "--device",
+        "cpu",
+        "--threads",
+        "1",
+    ]
 
 
 def _lines(path):
@@ -44,11 +67,16 @@ def test_sigkill_mid_run_then_resume(search_tiny, tmp_path):
     harness.write_text(HARNESS)
     store = tmp_path / "killed"
     results = store / "results-rank0.jsonl"
-    proc = subprocess.Popen([sys.executable, str(harness), "0.5", *cli_args(search_tiny, store)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    proc = subprocess.Popen(
+        [sys.executable, str(harness), "0.5", *cli_args(search_tiny, store)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
     deadline = time.time() + 90
     while _lines(results) < 3:
-        assert proc.poll() is None, "the search ended before it could be killed: " + proc.stderr.read().decode()[-2000:]
+        assert proc.poll() is None, (
+            "the search ended before it could be killed: " + proc.stderr.read().decode()[-2000:]
+        )
         assert time.time() < deadline, "the search made no progress"
         time.sleep(0.01)
     os.kill(proc.pid, signal.SIGKILL)
@@ -58,8 +86,12 @@ def test_sigkill_mid_run_then_resume(search_tiny, tmp_path):
     before = store_numbers(store)
     assert len(before) >= 3
 
-    resumed = subprocess.run([sys.executable, str(harness), "0", *cli_args(search_tiny, store)], capture_output=True,
-                             text=True, timeout=120)
+    resumed = subprocess.run(
+        [sys.executable, str(harness), "0", *cli_args(search_tiny, store)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert f"{len(before)} of " in resumed.stderr and "already in the store" in resumed.stderr
     after = store_numbers(store)  # asserts each (configuration, split) occurs once

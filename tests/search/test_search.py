@@ -4,12 +4,11 @@ data-free comparison, hybrid, time budget, and that no Tucker step is decomposed
 import json
 
 import pytest
+from search_helpers import spec_for, store_numbers
 
 import tensorllm.methods.tucker as tucker_mod
 from tensorllm.base.errors import UserError
 from tensorllm.search import BASELINE, Store, run_search
-
-from search_helpers import spec_for, store_numbers
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -59,10 +58,15 @@ def test_perplexity_search_maps_loss_reductions(search_tiny, tmp_path):
 
     rng = random.Random(0)
     data = tmp_path / "paragraphs.jsonl"
-    data.write_text("".join(json.dumps({"text": " ".join(rng.choice(WORDS) for _ in range(12))}) + "\n"
-                            for _ in range(15)))
+    data.write_text(
+        "".join(
+            json.dumps({"text": " ".join(rng.choice(WORDS) for _ in range(12))}) + "\n" for _ in range(15)
+        )
+    )
     store = tmp_path / "s"
-    rep = run_search(spec_for(search_tiny, store, task="perplexity", data=str(data), layers="0", ranks=((8, 4, 2),)))
+    rep = run_search(
+        spec_for(search_tiny, store, task="perplexity", data=str(data), layers="0", ranks=((8, 4, 2),))
+    )
     (cell,) = rep["grid"]["cells"][0]
     assert rep["grid"]["delta"] == "loss" and cell["accuracy"] is None
     assert cell["delta"] == pytest.approx(rep["roles"]["baseline"]["val"]["loss"] - cell["loss"])
@@ -101,12 +105,23 @@ def test_extended_grid_reuses_the_shared_configs(tucker_run, search_tiny, tmp_pa
     for p in store.iterdir():
         if p.name != ".lock":
             (copy / p.name).write_bytes(p.read_bytes())
-    report = run_search(spec_for(search_tiny, copy, layers="all"))  # adds layer 1: 3 configs (+3 test roles at most)
+    report = run_search(
+        spec_for(search_tiny, copy, layers="all")
+    )  # adds layer 1: 3 configs (+3 test roles at most)
     assert 3 <= report["run"]["evaluated_this_run"] <= 6
 
 
-@pytest.mark.parametrize("change", [{"limit_val": 6}, {"task": "hotpotqa"}, {"answer_mode": "continuation"},
-                                    {"batch_size": 3}, {"method": "laser", "rhos": (0.5,)}, {"model": "other"}])
+@pytest.mark.parametrize(
+    "change",
+    [
+        {"limit_val": 6},
+        {"task": "hotpotqa"},
+        {"answer_mode": "continuation"},
+        {"batch_size": 3},
+        {"method": "laser", "rhos": (0.5,)},
+        {"model": "other"},
+    ],
+)
 def test_refuses_a_store_written_by_another_search(tucker_run, search_tiny, tmp_path, change):
     store, _ = tucker_run
     if change.get("model") == "other":
@@ -114,7 +129,9 @@ def test_refuses_a_store_written_by_another_search(tucker_run, search_tiny, tmp_
     if change.get("task") == "hotpotqa":  # data in hotpotqa's format, so that the store is what is refused
         rows = [json.loads(line) for line in open(search_tiny["data"], encoding="utf-8")]
         path = tmp_path / "hotpot.jsonl"
-        path.write_text("".join(json.dumps({"question": r["input"], "answer": r["target"]}) + "\n" for r in rows))
+        path.write_text(
+            "".join(json.dumps({"question": r["input"], "answer": r["target"]}) + "\n" for r in rows)
+        )
         change = {**change, "data": str(path)}
     with pytest.raises(UserError) as exc:
         run_search(spec_for(search_tiny, store, layers="0,2", **change))
@@ -127,7 +144,9 @@ def test_no_tucker_is_decomposed_twice(search_tiny, tmp_path, monkeypatch):
     monkeypatch.setattr(tucker_mod, "compress_layer", lambda *a, **k: calls.append(1) or real(*a, **k))
     # "16,4,6" and "0.5,0.5,1" select the same ranks: one configuration; the winner and the auto
     # configurations are evaluated again on test from the cache
-    report = run_search(spec_for(search_tiny, tmp_path / "s", layers="1", ranks=((16, 4, 6), (0.5, 0.5, 1.0), "auto")))
+    report = run_search(
+        spec_for(search_tiny, tmp_path / "s", layers="1", ranks=((16, 4, 6), (0.5, 0.5, 1.0), "auto"))
+    )
     distinct = {c["key"] for row in report["grid"]["cells"] for c in row}
     assert len(distinct) == 2 and len(calls) == 2
     assert report["run"]["step_cache"]["hits"] >= 1
@@ -145,11 +164,20 @@ def test_time_budget_gives_a_partial_report_then_resumes(search_tiny, tmp_path):
 
 def test_laser_then_hybrid_from_two_stores(search_tiny, tmp_path, tucker_run):
     tucker_store, _ = tucker_run
-    laser = run_search(spec_for(search_tiny, tmp_path / "laser", method="laser", layers="1,2", rhos=(0.5, 0.1),
-                                ranks=()))
+    laser = run_search(
+        spec_for(search_tiny, tmp_path / "laser", method="laser", layers="1,2", rhos=(0.5, 0.1), ranks=())
+    )
     assert laser["status"] == "complete" and "auto_best" not in laser["roles"]
-    hybrid = run_search(spec_for(search_tiny, tmp_path / "hybrid", method="hybrid", ranks=(), top_k=2,
-                                 sources=(str(tucker_store), str(tmp_path / "laser"))))
+    hybrid = run_search(
+        spec_for(
+            search_tiny,
+            tmp_path / "hybrid",
+            method="hybrid",
+            ranks=(),
+            top_k=2,
+            sources=(str(tucker_store), str(tmp_path / "laser")),
+        )
+    )
     assert hybrid["status"] == "complete"
     assert len(hybrid["grid"]["rows"]) == 2 and len(hybrid["grid"]["cols"]) == 2
     steps = hybrid["roles"]["winner"]["steps"]
@@ -161,17 +189,28 @@ def test_hybrid_refuses_sources_of_another_search(search_tiny, tmp_path, tucker_
     other = run_search(spec_for(search_tiny, tmp_path / "other", layers="0", limit_val=4))
     assert other["status"] == "complete"
     with pytest.raises(UserError, match="different search"):
-        run_search(spec_for(search_tiny, tmp_path / "h", method="hybrid", ranks=(),
-                            sources=(str(tucker_run[0]), str(tmp_path / "other"))))
+        run_search(
+            spec_for(
+                search_tiny,
+                tmp_path / "h",
+                method="hybrid",
+                ranks=(),
+                sources=(str(tucker_run[0]), str(tmp_path / "other")),
+            )
+        )
 
 
 def test_hybrid_from_explicit_recipes(search_tiny, tmp_path):
     r1 = tmp_path / "a.yaml"
-    r1.write_text("steps:\n  - {method: tucker, layers: [0], ranks: [8, 4, 2]}\n"
-                  "  - {method: laser, layers: [1], rho: 0.5}\n")
+    r1.write_text(
+        "steps:\n  - {method: tucker, layers: [0], ranks: [8, 4, 2]}\n"
+        "  - {method: laser, layers: [1], rho: 0.5}\n"
+    )
     r2 = tmp_path / "b.yaml"
     r2.write_text("steps:\n  - {method: laser, layers: [2], rho: 0.25}\n")
-    rep = run_search(spec_for(search_tiny, tmp_path / "s", method="hybrid", ranks=(), recipes=(str(r1), str(r2))))
+    rep = run_search(
+        spec_for(search_tiny, tmp_path / "s", method="hybrid", ranks=(), recipes=(str(r1), str(r2)))
+    )
     assert rep["grid"]["rows"] == ["a", "b"] and rep["status"] == "complete"
 
 

@@ -23,7 +23,12 @@ def test_full_tie_keeps_grid_order():
 
 
 def test_nan_and_missing_rank_last():
-    results = [r("nan_acc", math.nan, 0.1), r("nan_loss", 60.0, math.nan), r("ok", 60.0, 5.0), r("none", None, 1.0)]
+    results = [
+        r("nan_acc", math.nan, 0.1),
+        r("nan_loss", 60.0, math.nan),
+        r("ok", 60.0, 5.0),
+        r("none", None, 1.0),
+    ]
     assert [x["key"] for x in select.rank(results)] == ["ok", "nan_loss", "nan_acc", "none"]
 
 

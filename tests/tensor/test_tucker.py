@@ -29,9 +29,7 @@ def _low_rank(shape=SHAPE, modes=MODES, ranks=RANKS, noise=0.0, seed=0):
         core_shape[m] = r
     # Decaying core entries give every unfolding a clear spectral gap above the noise.
     core = _rand(tuple(core_shape), seed=seed) + 3.0
-    factors = [
-        _orthonormal(shape[m], r, seed + 1 + i) for i, (m, r) in enumerate(zip(modes, ranks))
-    ]
+    factors = [_orthonormal(shape[m], r, seed + 1 + i) for i, (m, r) in enumerate(zip(modes, ranks))]
     x = multi_mode_dot(core, factors, modes)
     return x + noise * _rand(shape, seed=seed + 99)
 
@@ -132,8 +130,9 @@ def test_start_factor_of_the_first_updated_mode_is_never_read():
     """hooi skips that factor's eigendecomposition: any start there gives the same result, bit for bit."""
     x = _rand(seed=11)
     start = hosvd(x, RANKS, MODES).factors
-    junk = torch.linalg.qr(torch.randn(SHAPE[MODES[0]], RANKS[0], dtype=x.dtype,
-                                       generator=torch.Generator().manual_seed(0)))[0]  # (I_0, R_0)
+    junk = torch.linalg.qr(
+        torch.randn(SHAPE[MODES[0]], RANKS[0], dtype=x.dtype, generator=torch.Generator().manual_seed(0))
+    )[0]  # (I_0, R_0)
     a = hooi(x, RANKS, MODES, n_iter_max=3, tol=0)
     b = hooi(x, RANKS, MODES, n_iter_max=3, tol=0, init=[junk] + start[1:])
     assert torch.equal(a.core, b.core) and all(torch.equal(f, g) for f, g in zip(a.factors, b.factors))
@@ -157,7 +156,9 @@ def test_one_rank_reduced_mode_gives_the_hosvd(ranks):
     """One sweep is then exact, so it is the only one (no second sweep just to compare errors)."""
     x = _rand(seed=14)
     res, base = hooi(x, ranks, MODES, tol=0), hosvd(x, ranks, MODES)
-    assert torch.equal(res.core, base.core) and all(torch.equal(f, g) for f, g in zip(res.factors, base.factors))
+    assert torch.equal(res.core, base.core) and all(
+        torch.equal(f, g) for f, g in zip(res.factors, base.factors)
+    )
     assert res.errors == base.errors and res.n_iter == 1 and res.converged
 
 

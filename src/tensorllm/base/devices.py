@@ -1,10 +1,10 @@
 """Devices and dtypes: the bottom layer every other one may use.
 
-    resolve_device("auto")       -> cuda if available, else cpu (a clear error for a missing GPU)
-    parse_dtype("bf16")          -> torch.bfloat16 (None for "auto": as stored)
-    eval_dtype("auto", device)   -> the load dtype of evaluation and search
-    device_map_kwargs("balanced")-> from_pretrained kwargs spreading one model over the GPUs
-    input_device(model)          -> where input ids go (first stage of a spread model)
+resolve_device("auto")       -> cuda if available, else cpu (a clear error for a missing GPU)
+parse_dtype("bf16")          -> torch.bfloat16 (None for "auto": as stored)
+eval_dtype("auto", device)   -> the load dtype of evaluation and search
+device_map_kwargs("balanced")-> from_pretrained kwargs spreading one model over the GPUs
+input_device(model)          -> where input ids go (first stage of a spread model)
 """
 
 from __future__ import annotations
@@ -15,8 +15,14 @@ import torch
 
 from tensorllm.base.errors import UserError
 
-DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
-          "float16": torch.float16, "fp16": torch.float16}
+DTYPES = {
+    "float32": torch.float32,
+    "fp32": torch.float32,
+    "bfloat16": torch.bfloat16,
+    "bf16": torch.bfloat16,
+    "float16": torch.float16,
+    "fp16": torch.float16,
+}
 
 
 def parse_dtype(name: str | None) -> torch.dtype | None:
@@ -47,9 +53,9 @@ def resolve_device(name: str | None) -> torch.device:
     return dev
 
 
-
-def device_map_kwargs(device_map: str | None, *, gpus: int | None = None,
-                      headroom: float = 0.9) -> dict[str, Any]:
+def device_map_kwargs(
+    device_map: str | None, *, gpus: int | None = None, headroom: float = 0.9
+) -> dict[str, Any]:
     """`from_pretrained` keyword arguments that spread a model over the visible GPUs with accelerate.
 
     device_map: None (no spreading), "auto", "balanced", "balanced_low_0" or "sequential".

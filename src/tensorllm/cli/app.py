@@ -9,10 +9,15 @@ import sys
 import typer
 
 from tensorllm.base.errors import UserError
-from tensorllm.cli import compress, demo, eval as eval_cmds, gqa, info, search
+from tensorllm.cli import compress, demo, gqa, info, search
+from tensorllm.cli import eval as eval_cmds
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
-                  help="Structural denoising and compression of transformer attention (TensorLLM, LASER, MHA->GQA).")
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    help="Structural denoising and compression of transformer attention (TensorLLM, LASER, MHA->GQA).",
+)
 for _module in (compress, info, demo, eval_cmds, gqa, search):
     _module.register(app)
 
@@ -39,4 +44,3 @@ def main() -> None:
                 print(f"error: {exc.format_message()}", file=sys.stderr)
             sys.exit(2)
         raise
-

@@ -6,7 +6,7 @@ import dataclasses
 import functools
 import inspect
 import typing
-from typing import Callable, Optional
+from collections.abc import Callable
 
 import typer
 
@@ -17,10 +17,13 @@ from tensorllm.methods.registry import Flag
 
 console = output_console()
 
-ModelArg = typer.Argument(..., help="Alias (smollm2-135m, minilm-l6), local HF directory, .gguf file or hub id.")
+ModelArg = typer.Argument(
+    ..., help="Alias (smollm2-135m, minilm-l6), local HF directory, .gguf file or hub id."
+)
 
 
 # -- options that methods add to a command ----------------------------------------------------------
+
 
 def merged_flags(kind: str) -> list[Flag]:
     """Every method's flags of `kind` ("compress_flags" or "search_flags"), one per option name; the
@@ -43,10 +46,20 @@ def with_method_flags(func: Callable, kind: str) -> Callable:
     given as `method_flags={name: raw value}` (resolve them with `method_options`)."""
     flags = merged_flags(kind)
     hints = typing.get_type_hints(func)
-    params = [p.replace(annotation=hints.get(p.name, p.annotation))
-              for p in inspect.signature(func).parameters.values() if p.name != "method_flags"]
-    params += [inspect.Parameter(f"flag_{f.name}", inspect.Parameter.KEYWORD_ONLY, annotation=Optional[f.type],
-                                 default=typer.Option(None, f"--{f.name}", help=f.help)) for f in flags]
+    params = [
+        p.replace(annotation=hints.get(p.name, p.annotation))
+        for p in inspect.signature(func).parameters.values()
+        if p.name != "method_flags"
+    ]
+    params += [
+        inspect.Parameter(
+            f"flag_{f.name}",
+            inspect.Parameter.KEYWORD_ONLY,
+            annotation=f.type | None,
+            default=typer.Option(None, f"--{f.name}", help=f.help),
+        )
+        for f in flags
+    ]
 
     @functools.wraps(func)
     def command(**kwargs):
@@ -66,6 +79,8 @@ def method_options(method: str, kind: str, given: dict) -> dict:
     stray = [name for name in given if name not in own]
     if stray:
         allowed = ", ".join(f"--{n}" for n in own) or "none"
-        raise UserError(f"{', '.join('--' + n for n in stray)} is not an option of method '{method}' "
-                        f"(its options: {allowed})")
+        raise UserError(
+            f"{', '.join('--' + n for n in stray)} is not an option of method '{method}' "
+            f"(its options: {allowed})"
+        )
     return {own[name].dest: own[name].value(raw) for name, raw in given.items()}

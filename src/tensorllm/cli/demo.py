@@ -32,8 +32,10 @@ def _generate(model, tok, prompts, new_tokens: int = 16) -> list[str]:
     for p in prompts:
         ids = tok(p, return_tensors="pt").to(model.device)
         with torch.no_grad():
-            gen = model.generate(**ids, max_new_tokens=new_tokens, do_sample=False, pad_token_id=tok.eos_token_id)
-        outs.append(tok.decode(gen[0, ids["input_ids"].shape[1]:], skip_special_tokens=True).strip())
+            gen = model.generate(
+                **ids, max_new_tokens=new_tokens, do_sample=False, pad_token_id=tok.eos_token_id
+            )
+        outs.append(tok.decode(gen[0, ids["input_ids"].shape[1] :], skip_special_tokens=True).strip())
     return outs
 
 
@@ -97,21 +99,32 @@ def run_demo(*, out: Path, layer: int, ranks, eval_items: int, overwrite: bool, 
     summary.add_row("layer attention parameters", f"{rec['params_before']:,}", f"{rec['params_after']:,}")
     summary.add_row("compression rate (paper's formula)", "1.00x", f"{rec['compression_rate']:.2f}x")
     summary.add_row("relative reconstruction error", "0", f"{rec['rel_error']:.4f}")
-    summary.add_row("max |logit change| on the prompts", "0", f"{(after_logits - before_logits).abs().max():.3f}")
+    summary.add_row(
+        "max |logit change| on the prompts", "0", f"{(after_logits - before_logits).abs().max():.3f}"
+    )
     if before_eval is not None:
-        summary.add_row(f"WikidataQA accuracy ({before_eval.n} test items, {before_eval.answer_mode})",
-                        f"{before_eval.accuracy:.1f}%", f"{after_eval.accuracy:.1f}%")
+        summary.add_row(
+            f"WikidataQA accuracy ({before_eval.n} test items, {before_eval.answer_mode})",
+            f"{before_eval.accuracy:.1f}%",
+            f"{after_eval.accuracy:.1f}%",
+        )
         summary.add_row("WikidataQA gold-answer loss", f"{before_eval.loss:.3f}", f"{after_eval.loss:.3f}")
     console.print(summary)
 
     report.extra["demo"] = {
-        "prompts": list(PROMPTS), "generations_before": before_gen, "generations_after": after_gen,
+        "prompts": list(PROMPTS),
+        "generations_before": before_gen,
+        "generations_after": after_gen,
         "max_abs_logit_change": float((after_logits - before_logits).abs().max()),
         "wikidata_before": before_eval.to_dict() if before_eval else None,
         "wikidata_after": after_eval.to_dict() if after_eval else None,
     }
-    out = tensorllm.save_checkpoint(loaded, out, overwrite=overwrite,
-                                    extra_files={"recipe.yaml": recipe.to_yaml(), "report.json": report.to_json()})
+    out = tensorllm.save_checkpoint(
+        loaded,
+        out,
+        overwrite=overwrite,
+        extra_files={"recipe.yaml": recipe.to_yaml(), "report.json": report.to_json()},
+    )
     reloaded = AutoModelForCausalLM.from_pretrained(out)  # plain transformers, no tensorllm code involved
     diff = float((_logits(reloaded, tok, probe) - after_logits).abs().max())
     console.print(f"saved to [bold]{out}[/]; reloaded with plain transformers: max |logit diff| = {diff:.2e}")
@@ -121,14 +134,23 @@ def run_demo(*, out: Path, layer: int, ranks, eval_items: int, overwrite: bool, 
     return json.loads(report.to_json())
 
 
-def demo(out: Path = typer.Option(Path("runs/demo"), help="Where to save the compressed checkpoint."),
-         layer: int = typer.Option(16, help="Default: the best layer of our GPU search (BENCHMARKS.md)."),
-         ranks: str = typer.Option("288,48,4"),
-         eval_items: int = typer.Option(200, help="WikidataQA items evaluated before/after (0 to skip)."),
-         overwrite: bool = typer.Option(True)) -> None:
-    """The main job on the defaults: SmolLM2-135M, offline, one layer compressed, before/after side by side."""
-    run_demo(out=out, layer=layer, ranks=tucker.parse_ranks(ranks), eval_items=eval_items, overwrite=overwrite, console=console)
-
+def demo(
+    out: Path = typer.Option(Path("runs/demo"), help="Where to save the compressed checkpoint."),
+    layer: int = typer.Option(16, help="Default: the best layer of our GPU search (BENCHMARKS.md)."),
+    ranks: str = typer.Option("288,48,4"),
+    eval_items: int = typer.Option(200, help="WikidataQA items evaluated before/after (0 to skip)."),
+    overwrite: bool = typer.Option(True),
+) -> None:
+    """The main job on the defaults: SmolLM2-135M, offline, one layer compressed, before/after side by
+    side."""
+    run_demo(
+        out=out,
+        layer=layer,
+        ranks=tucker.parse_ranks(ranks),
+        eval_items=eval_items,
+        overwrite=overwrite,
+        console=console,
+    )
 
 
 def register(app: typer.Typer) -> None:

@@ -11,23 +11,25 @@ import json
 import time
 from pathlib import Path
 
+from tensorllm.base.devices import resolve_device
 from tensorllm.base.errors import UserError
+from tensorllm.base.versions import versions
+from tensorllm.cli.gqa_plot import finetune_png
+from tensorllm.eval.measure import decode_tokens_per_s, kv_cache_bytes_per_token, perplexity
 from tensorllm.methods import registry
 from tensorllm.methods.gqa.calibrate import chunk
 from tensorllm.methods.gqa.convert import check_convertible
-from tensorllm.eval.measure import decode_tokens_per_s, kv_cache_bytes_per_token, perplexity
 from tensorllm.methods.gqa.method import convert_on_text, text_tokens
-from tensorllm.cli.gqa_plot import finetune_png
-from tensorllm.base.devices import resolve_device
 from tensorllm.models.io import check_output_dir, load_model, save_checkpoint
 from tensorllm.recipe import Recipe
-from tensorllm.base.versions import versions
 
 
 def _measure(model, held_out, decode_tokens: int, batch_size: int) -> dict:
-    out = {"kv_heads": getattr(model.config, "num_key_value_heads", None) or model.config.num_attention_heads,
-           "kv_cache_bytes_per_token": kv_cache_bytes_per_token(model),
-           "perplexity": perplexity(model, held_out, batch_size=batch_size)}
+    out = {
+        "kv_heads": getattr(model.config, "num_key_value_heads", None) or model.config.num_attention_heads,
+        "kv_cache_bytes_per_token": kv_cache_bytes_per_token(model),
+        "perplexity": perplexity(model, held_out, batch_size=batch_size),
+    }
     if decode_tokens:
         out["decode_tokens_per_s"] = decode_tokens_per_s(model, new_tokens=decode_tokens)
     return out
@@ -41,8 +43,16 @@ def check_measure_options(eval_tokens: int, decode_tokens: int) -> None:
         raise UserError(f"decode_tokens must be 0 (skip) or more, got {decode_tokens}")
 
 
-def run_gqa(model_spec: str, out: Path, recipe: Recipe, *, eval_tokens: int = 8192, decode_tokens: int = 32,
-            overwrite: bool = False, progress: bool = True) -> tuple[Path, dict]:
+def run_gqa(
+    model_spec: str,
+    out: Path,
+    recipe: Recipe,
+    *,
+    eval_tokens: int = 8192,
+    decode_tokens: int = 32,
+    overwrite: bool = False,
+    progress: bool = True,
+) -> tuple[Path, dict]:
     """Convert `model_spec` with the single `gqa` step of `recipe`; returns (output dir, report)."""
     t0 = time.perf_counter()
     check_measure_options(eval_tokens, decode_tokens)
@@ -57,8 +67,14 @@ def run_gqa(model_spec: str, out: Path, recipe: Recipe, *, eval_tokens: int = 81
     t_load = time.perf_counter() - t0
     before = _measure(model, held_out, decode_tokens, cfg.batch_size)
     t1 = time.perf_counter()
-    ctx = registry.RunContext(device=resolve_device(recipe.device), seed=recipe.seed, tokenizer=loaded.tokenizer,
-                              source=loaded, progress=progress)
+    ctx = registry.RunContext(
+        device=resolve_device(recipe.device),
+        seed=recipe.seed,
+        tokenizer=loaded.tokenizer,
+        source=loaded,
+        progress=progress,
+    )
+
     def held_out_ppl(m) -> float:  # the fine-tune's curve: the held-out perplexity an export would have
         return perplexity(m, held_out, batch_size=cfg.batch_size)
 
@@ -67,19 +83,34 @@ def run_gqa(model_spec: str, out: Path, recipe: Recipe, *, eval_tokens: int = 81
     t_convert = time.perf_counter() - t1
     after = _measure(model, held_out, decode_tokens, cfg.batch_size)
     report = {
-        "model": model_spec, "architecture": arch.name, "recipe": recipe.to_dict(),
-        "before": before, "after": after,
-        "eval": {"held_out_tokens": int(held_out.numel()), "seq_len": int(held_out.shape[1]),
-                 "calib_tokens": int(text.calib.numel()),
-                 "train_tokens": int(text.train.numel()) if text.train is not None else None,
-                 "decode_new_tokens": decode_tokens, "decode_batch": 1},
-        "layers": result["layers"], "summary": result["summary"],
-        "seconds": {"load_and_tokenise": t_load, "convert": t_convert, "total_before_save": time.perf_counter() - t0},
+        "model": model_spec,
+        "architecture": arch.name,
+        "recipe": recipe.to_dict(),
+        "before": before,
+        "after": after,
+        "eval": {
+            "held_out_tokens": int(held_out.numel()),
+            "seq_len": int(held_out.shape[1]),
+            "calib_tokens": int(text.calib.numel()),
+            "train_tokens": int(text.train.numel()) if text.train is not None else None,
+            "decode_new_tokens": decode_tokens,
+            "decode_batch": 1,
+        },
+        "layers": result["layers"],
+        "summary": result["summary"],
+        "seconds": {
+            "load_and_tokenise": t_load,
+            "convert": t_convert,
+            "total_before_save": time.perf_counter() - t0,
+        },
         "versions": versions(),
     }
     extra = {"recipe.yaml": recipe.to_yaml(), "report.json": json.dumps(report, indent=2, default=str)}
     if "finetune" in result["summary"]:
-        extra["finetune.png"] = finetune_png(result["summary"]["finetune"], before=before["perplexity"],
-                                             title=f"{model_spec} -> {cfg.kv_heads} K/V heads: recovery fine-tune")
+        extra["finetune.png"] = finetune_png(
+            result["summary"]["finetune"],
+            before=before["perplexity"],
+            title=f"{model_spec} -> {cfg.kv_heads} K/V heads: recovery fine-tune",
+        )
     out = save_checkpoint(loaded, out, overwrite=overwrite, extra_files=extra)
     return out, report

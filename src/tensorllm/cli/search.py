@@ -15,7 +15,6 @@ Rerunning a command resumes it from its --store.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import List, Optional
 
 import typer
 
@@ -26,30 +25,51 @@ from tensorllm.search.runner import search_methods
 
 def search(
     model: str = typer.Argument(..., help="Alias (smollm2-135m), local HF directory, .gguf file or hub id."),
-    task: str = typer.Option(..., help="wikidata_qa, fever_bigbench, fever, hotpotqa, bios_profession, perplexity."),
-    store: Path = typer.Option(..., help="Directory of the results; rerunning the same command resumes from it."),
+    task: str = typer.Option(
+        ..., help="wikidata_qa, fever_bigbench, fever, hotpotqa, bios_profession, perplexity."
+    ),
+    store: Path = typer.Option(
+        ..., help="Directory of the results; rerunning the same command resumes from it."
+    ),
     method: str = typer.Option(DEFAULT_METHOD, help=" | ".join(search_methods()) + "."),
     layers: str = typer.Option("all", help="Layers (rows of the grid): 9, 0,3,7-9, all."),
-    from_: Optional[List[Path]] = typer.Option(None, "--from", help="hybrid: a store of an earlier search "
-                                               "(repeat; the top-k of each are combined)."),
-    recipe: Optional[List[Path]] = typer.Option(None, help="hybrid: a recipe file, one configuration each (repeat)."),
+    from_: list[Path] | None = typer.Option(
+        None, "--from", help="hybrid: a store of an earlier search (repeat; the top-k of each are combined)."
+    ),
+    recipe: list[Path] | None = typer.Option(
+        None, help="hybrid: a recipe file, one configuration each (repeat)."
+    ),
     top_k: int = typer.Option(3, help="hybrid: configurations taken from each --from store."),
-    data: Optional[Path] = typer.Option(None, help="Local JSON/JSONL task file instead of the built-in source."),
-    limit_val: Optional[int] = typer.Option(None, help="Use the first N validation examples."),
-    limit_test: Optional[int] = typer.Option(None, help="Use the first N test examples."),
+    data: Path | None = typer.Option(
+        None, help="Local JSON/JSONL task file instead of the built-in source."
+    ),
+    limit_val: int | None = typer.Option(None, help="Use the first N validation examples."),
+    limit_test: int | None = typer.Option(None, help="Use the first N test examples."),
     batch_size: int = typer.Option(256, help="Evaluation batch size."),
-    answer_mode: str = typer.Option("faithful", help="Generative accuracy: faithful (LASER's code) | continuation."),
+    answer_mode: str = typer.Option(
+        "faithful", help="Generative accuracy: faithful (LASER's code) | continuation."
+    ),
     device: str = typer.Option("auto", help="auto, cpu, cuda (with --gpus N: one GPU per process)."),
-    dtype: str = typer.Option("auto", help="Load dtype: auto (bfloat16 on CUDA, as stored on CPU), float32, bfloat16, float16."),
+    dtype: str = typer.Option(
+        "auto", help="Load dtype: auto (bfloat16 on CUDA, as stored on CPU), float32, bfloat16, float16."
+    ),
     expand_kv: bool = typer.Option(False, help="Expand grouped-query K/V heads to multi-head after loading."),
-    gpus: int = typer.Option(1, "--gpus", "--nproc", help="Processes, one per GPU (NCCL); with --device cpu, "
-                             "CPU processes (gloo). Ignored under torchrun, which sets the world itself."),
-    threads: Optional[int] = typer.Option(None, help="CPU threads per process (default: cores / processes)."),
-    time_budget: Optional[float] = typer.Option(None, help="Stop starting evaluations after this many seconds "
-                                                "(partial report; rerun to continue)."),
+    gpus: int = typer.Option(
+        1,
+        "--gpus",
+        "--nproc",
+        help="Processes, one per GPU (NCCL); with --device cpu, "
+        "CPU processes (gloo). Ignored under torchrun, which sets the world itself.",
+    ),
+    threads: int | None = typer.Option(None, help="CPU threads per process (default: cores / processes)."),
+    time_budget: float | None = typer.Option(
+        None, help="Stop starting evaluations after this many seconds (partial report; rerun to continue)."
+    ),
     seed: int = typer.Option(0),
     trust_remote_code: bool = typer.Option(False, help="Allow the checkpoint's own Python code to run."),
-    allow_pickle: bool = typer.Option(False, help="Allow pickle (.bin) weights, which can run arbitrary code."),
+    allow_pickle: bool = typer.Option(
+        False, help="Allow pickle (.bin) weights, which can run arbitrary code."
+    ),
     as_json: bool = typer.Option(False, "--json", help="Print report.json to stdout at the end."),
     method_flags: dict = None,
 ) -> None:
@@ -60,11 +80,30 @@ def search(
 
     options = method_options(method, "search_flags", method_flags) if method != HYBRID else {}
     spec = SearchSpec(
-        model=model, task=task, store=str(store), method=method, layers=layers, options=options,
-        sources=tuple(str(p) for p in from_ or ()), recipes=tuple(str(p) for p in recipe or ()), top_k=top_k,
-        data=str(data) if data else None, limit_val=limit_val, limit_test=limit_test, batch_size=batch_size,
-        answer_mode=answer_mode, device=device, dtype=dtype, expand_kv=expand_kv, gpus=gpus, threads=threads,
-        time_budget=time_budget, seed=seed, trust_remote_code=trust_remote_code, allow_pickle=allow_pickle)
+        model=model,
+        task=task,
+        store=str(store),
+        method=method,
+        layers=layers,
+        options=options,
+        sources=tuple(str(p) for p in from_ or ()),
+        recipes=tuple(str(p) for p in recipe or ()),
+        top_k=top_k,
+        data=str(data) if data else None,
+        limit_val=limit_val,
+        limit_test=limit_test,
+        batch_size=batch_size,
+        answer_mode=answer_mode,
+        device=device,
+        dtype=dtype,
+        expand_kv=expand_kv,
+        gpus=gpus,
+        threads=threads,
+        time_budget=time_budget,
+        seed=seed,
+        trust_remote_code=trust_remote_code,
+        allow_pickle=allow_pickle,
+    )
     report = run_search(spec)
     if report is None:  # a rank other than 0: rank 0 prints
         return
@@ -80,11 +119,17 @@ def print_summary(report: dict, store: Path) -> None:
     from tensorllm.base.progress import output_console
     from tensorllm.search.report import ROLE_TITLES, _loss, _pct, _signed, how_measured
 
-    SHORT_TITLES = {"baseline": "baseline", "winner": "winner (val)", "auto_best": "auto ranks, layer on val",
-                    "auto_at_winner_layer": "auto ranks, winner's layer"}
+    SHORT_TITLES = {
+        "baseline": "baseline",
+        "winner": "winner (val)",
+        "auto_best": "auto ranks, layer on val",
+        "auto_at_winner_layer": "auto ranks, winner's layer",
+    }
 
     console = output_console()
-    table = Table(title=f"{report['method']} search on {report['task']} ({report['status']}; {how_measured(report)})")
+    table = Table(
+        title=f"{report['method']} search on {report['task']} ({report['status']}; {how_measured(report)})"
+    )
     for col in ("", "configuration", "val acc", "Δ val", "val loss", "test acc", "Δ test", "test loss"):
         table.add_column(col, justify="left" if col in ("", "configuration") else "right")
     for role in ROLE_TITLES:
@@ -92,12 +137,22 @@ def print_summary(report: dict, store: Path) -> None:
         if r is None:
             continue
         v, t = r["val"] or {}, r["test"] or {}
-        table.add_row(SHORT_TITLES[role], r["describe"], _pct(v.get("accuracy")), _signed(r["delta_val"]),
-                      _loss(v.get("loss")), _pct(t.get("accuracy")), _signed(r["delta_test"]), _loss(t.get("loss")))
+        table.add_row(
+            SHORT_TITLES[role],
+            r["describe"],
+            _pct(v.get("accuracy")),
+            _signed(r["delta_val"]),
+            _loss(v.get("loss")),
+            _pct(t.get("accuracy")),
+            _signed(r["delta_test"]),
+            _loss(t.get("loss")),
+        )
     console.print(table)
     prog = report["progress"]
-    console.print(f"{prog['val_done']} of {prog['configurations']} configurations on validation; "
-                  f"report.md, report.json and heatmap.png in [bold]{store}[/]")
+    console.print(
+        f"{prog['val_done']} of {prog['configurations']} configurations on validation; "
+        f"report.md, report.json and heatmap.png in [bold]{store}[/]"
+    )
 
 
 def register(app: typer.Typer) -> None:

@@ -4,7 +4,6 @@ import json
 
 from tensorllm.data.bigbench import MEMBERS, FetchResult, bigbench_file, fetch_bigbench
 
-
 TEXT_MEMBERS = ("paragraphs", "wiki_squad_dev", "nyt")  # in this order
 
 

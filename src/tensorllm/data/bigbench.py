@@ -42,8 +42,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
-from tensorllm.base.files import atomic_dir, cache_dir
 from tensorllm.base.errors import UserError
+from tensorllm.base.files import atomic_dir, cache_dir
 
 PACKAGE = "bigbench"
 VERSION = "1.0.0"
@@ -115,12 +115,15 @@ def fetch_bigbench(sdist: str | Path | None = None, *, progress: bool = True) ->
             total = int(resp.headers.get("Content-Length") or size or 0)
             _extract(resp, total, directory, url, progress)
     except (urllib.error.URLError, OSError, http.client.HTTPException) as exc:
-        raise UserError(f"download of {SDIST} failed ({_reason(exc)}); download it yourself and pass "
-                        f"--sdist PATH (or set {SDIST_ENV})") from None
+        raise UserError(
+            f"download of {SDIST} failed ({_reason(exc)}); download it yourself and pass "
+            f"--sdist PATH (or set {SDIST_ENV})"
+        ) from None
     return FetchResult(directory, True, url)
 
 
 # -- finding the file on the package index ------------------------------------------------------
+
 
 def index_url() -> str:
     """The simple-index URL pip would use: PIP_INDEX_URL, pip's config, else pip's default."""
@@ -128,8 +131,12 @@ def index_url() -> str:
     if env:
         return env.split()[0]
     try:
-        proc = subprocess.run([sys.executable, "-m", "pip", "config", "get", "global.index-url"],
-                              capture_output=True, text=True, timeout=60)
+        proc = subprocess.run(
+            [sys.executable, "-m", "pip", "config", "get", "global.index-url"],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
         if proc.returncode == 0 and proc.stdout.strip():
             return proc.stdout.strip().split()[0]
     except (OSError, subprocess.SubprocessError):
@@ -137,23 +144,28 @@ def index_url() -> str:
     try:
         from pip._internal.models.index import PyPI
     except ImportError:
-        raise UserError(f"cannot tell which package index to use (pip is not importable); pass --sdist PATH "
-                        f"to a local {SDIST}") from None
+        raise UserError(
+            f"cannot tell which package index to use (pip is not importable); pass --sdist PATH "
+            f"to a local {SDIST}"
+        ) from None
     return PyPI.simple_url
 
 
 def _find_sdist_url() -> tuple[str, int | None]:
     page = index_url().rstrip("/") + f"/{PACKAGE}/"
-    req = urllib.request.Request(page, headers={
-        "Accept": "application/vnd.pypi.simple.v1+json, text/html;q=0.1"})
+    req = urllib.request.Request(
+        page, headers={"Accept": "application/vnd.pypi.simple.v1+json, text/html;q=0.1"}
+    )
     try:
         with urllib.request.urlopen(req, timeout=60, context=_ssl_context()) as resp:
             ctype = resp.headers.get("Content-Type", "")
             body = resp.read()
             page = resp.geturl()
     except (urllib.error.URLError, OSError) as exc:
-        raise UserError(f"cannot reach the package index at {page} ({_reason(exc)}); pass --sdist PATH "
-                        f"to a local {SDIST} (or set {SDIST_ENV})") from None
+        raise UserError(
+            f"cannot reach the package index at {page} ({_reason(exc)}); pass --sdist PATH "
+            f"to a local {SDIST} (or set {SDIST_ENV})"
+        ) from None
     if "json" in ctype:
         for f in json.loads(body).get("files", []):
             if f.get("filename") == SDIST:
@@ -176,6 +188,7 @@ def _reason(exc: BaseException) -> str:
 
 # -- streaming extraction -----------------------------------------------------------------------
 
+
 class _HashingReader:
     """File-like wrapper that hashes and counts every byte the tar reader pulls through it."""
 
@@ -197,8 +210,10 @@ class _HashingReader:
 
 def _extract(raw: BinaryIO, total: int, directory: Path, source: str, progress: bool) -> None:
     wanted = {_PREFIX + rel: rel for rel in MEMBERS.values()}
-    with _byte_progress(total, f"BIG-bench {SDIST}", progress) as advance, \
-            atomic_dir(directory, overwrite=True) as tmp:
+    with (
+        _byte_progress(total, f"BIG-bench {SDIST}", progress) as advance,
+        atomic_dir(directory, overwrite=True) as tmp,
+    ):
         reader = _HashingReader(raw, advance)
         found: dict[str, str] = {}
         try:
@@ -220,13 +235,19 @@ def _extract(raw: BinaryIO, total: int, directory: Path, source: str, progress: 
         except (tarfile.TarError, EOFError) as exc:  # corrupt or truncated data (network errors propagate)
             raise UserError(f"{source} is not a readable {SDIST} ({_reason(exc)})") from None
         if reader.sha.hexdigest() != SDIST_SHA256:
-            raise UserError(f"{source} does not have the sha256 of {SDIST} (got {reader.sha.hexdigest()[:16]}..., "
-                            f"want {SDIST_SHA256[:16]}...)")
+            raise UserError(
+                f"{source} does not have the sha256 of {SDIST} (got {reader.sha.hexdigest()[:16]}..., "
+                f"want {SDIST_SHA256[:16]}...)"
+            )
         missing = sorted(set(MEMBERS.values()) - set(found))
         if missing:
             raise UserError(f"{source} lacks {', '.join(missing)}")
-        manifest = {"package": f"{PACKAGE}=={VERSION}", "sdist_sha256": SDIST_SHA256, "source": source,
-                    "members": found}
+        manifest = {
+            "package": f"{PACKAGE}=={VERSION}",
+            "sdist_sha256": SDIST_SHA256,
+            "source": source,
+            "members": found,
+        }
         (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2))
 
 
@@ -244,8 +265,13 @@ class _byte_progress:
         from rich.console import Console
         from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn
 
-        self._bar = Progress(TextColumn("{task.description}"), BarColumn(), DownloadColumn(),
-                             TimeRemainingColumn(), console=Console(stderr=True))
+        self._bar = Progress(
+            TextColumn("{task.description}"),
+            BarColumn(),
+            DownloadColumn(),
+            TimeRemainingColumn(),
+            console=Console(stderr=True),
+        )
         self._bar.__enter__()
         task = self._bar.add_task(self.description, total=self.total or None)
         return lambda n: self._bar.advance(task, n)

@@ -51,14 +51,15 @@ def left_pad(seqs: list[list[int]], pad_id: int, device) -> tuple[torch.Tensor, 
     ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
     mask = torch.zeros((len(seqs), width), dtype=torch.long)
     for r, s in enumerate(seqs):
-        ids[r, width - len(s):] = torch.tensor(s, dtype=torch.long)
-        mask[r, width - len(s):] = 1
+        ids[r, width - len(s) :] = torch.tensor(s, dtype=torch.long)
+        mask[r, width - len(s) :] = 1
     pos = (mask.cumsum(-1) - 1).clamp(min=0)  # 0 at each row's first real token
     return ids.to(device), mask.to(device), pos.to(device)
 
 
 def cache_argument(model) -> str:
-    """The name of the model's KV-cache argument: transformers >= 5.2x calls it `cache`, before `past_key_values`."""
+    """The name of the model's KV-cache argument: transformers >= 5.2x calls it `cache`, earlier
+    `past_key_values`."""
     return "cache" if "cache" in forward_params(model) else "past_key_values"
 
 
@@ -79,9 +80,18 @@ def _run(model, ids, mask, pos, *, keep: int | None = None, past=None, use_cache
 
 
 @torch.inference_mode()
-def greedy_generate(model, prompts: list[list[int]], *, max_new_tokens: int, eos_ids: list[int], pad_id: int,
-                    min_new_tokens: int = 1, batch_size: int = 256, max_batch_tokens: int = 65536,
-                    progress: bool = True) -> list[list[int]]:
+def greedy_generate(
+    model,
+    prompts: list[list[int]],
+    *,
+    max_new_tokens: int,
+    eos_ids: list[int],
+    pad_id: int,
+    min_new_tokens: int = 1,
+    batch_size: int = 256,
+    max_batch_tokens: int = 65536,
+    progress: bool = True,
+) -> list[list[int]]:
     """Greedy continuation of each prompt (token ids), cut after the first EOS (kept).
 
     Same as `model.generate(do_sample=False, max_new_tokens=..., min_new_tokens=...)` one prompt
@@ -124,14 +134,22 @@ def _gathered_logprobs(logits: torch.Tensor, targets: torch.Tensor, budget: int 
     rows = max(1, budget // max(1, logits.shape[1] * logits.shape[2]))
     parts = []
     for s in range(0, logits.shape[0], rows):
-        lp = torch.log_softmax(logits[s:s + rows].float(), dim=-1)  # (b, K, V)
-        parts.append(lp.gather(-1, targets[s:s + rows, :, None]).squeeze(-1))
+        lp = torch.log_softmax(logits[s : s + rows].float(), dim=-1)  # (b, K, V)
+        parts.append(lp.gather(-1, targets[s : s + rows, :, None]).squeeze(-1))
     return torch.cat(parts)
 
 
 @torch.inference_mode()
-def sequence_nll(model, seqs: list[list[int]], n_scored: list[int], *, pad_id: int, batch_size: int = 256,
-                 max_batch_tokens: int = 65536, progress: bool = True) -> list[tuple[float, int]]:
+def sequence_nll(
+    model,
+    seqs: list[list[int]],
+    n_scored: list[int],
+    *,
+    pad_id: int,
+    batch_size: int = 256,
+    max_batch_tokens: int = 65536,
+    progress: bool = True,
+) -> list[tuple[float, int]]:
     """Teacher forcing: per sequence, (sum of NLL, count) over its last n_scored tokens."""
     device = input_device(model)
     results: list[tuple[float, int]] = [(0.0, 0)] * len(seqs)
@@ -150,8 +168,16 @@ def sequence_nll(model, seqs: list[list[int]], n_scored: list[int], *, pad_id: i
 
 
 @torch.inference_mode()
-def last_token_logprobs(model, prompts: list[list[int]], token_ids: list[int], *, pad_id: int,
-                        batch_size: int = 256, max_batch_tokens: int = 65536, progress: bool = True) -> torch.Tensor:
+def last_token_logprobs(
+    model,
+    prompts: list[list[int]],
+    token_ids: list[int],
+    *,
+    pad_id: int,
+    batch_size: int = 256,
+    max_batch_tokens: int = 65536,
+    progress: bool = True,
+) -> torch.Tensor:
     """(N, L) float32 log-probabilities (full-vocabulary softmax) of `token_ids` after each prompt."""
     device = input_device(model)
     out = torch.empty((len(prompts), len(token_ids)), dtype=torch.float32)

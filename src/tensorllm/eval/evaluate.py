@@ -39,7 +39,9 @@ class EvalResult:
     accuracy: float | None  # percent; None for the perplexity task
     loss: float | None
     perplexity: float | None = None  # perplexity task only
-    metric: str = ""  # how accuracy was computed: generate-substring, label-logits, mlm-fill, mlm-label, token-nll
+    metric: str = (
+        ""  # how accuracy was computed: generate-substring, label-logits, mlm-fill, mlm-label, token-nll
+    )
     answer_mode: str | None = None  # generative tasks: faithful, continuation, or masks (encoders)
     model_kind: str = "decoder"
     seconds: float = 0.0
@@ -73,15 +75,17 @@ class _Run:
 
 
 def model_kind(model) -> str:
-    """"decoder" (causal LM head) or "encoder" (masked-LM head); anything else is a UserError."""
+    """ "decoder" (causal LM head) or "encoder" (masked-LM head); anything else is a UserError."""
     name = type(model).__name__
     if getattr(model.config, "is_encoder_decoder", False):
         raise UserError(f"{name} is an encoder-decoder model; evaluation supports decoders and MLM encoders")
     head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
     if head is None:
-        raise UserError(f"the model ({name}) has no language-model head (the checkpoint holds only the "
-                        "encoder / backbone, e.g. a sentence-embedding model): evaluation needs a causal LM or a "
-                        "*ForMaskedLM checkpoint")
+        raise UserError(
+            f"the model ({name}) has no language-model head (the checkpoint holds only the "
+            "encoder / backbone, e.g. a sentence-embedding model): evaluation needs a causal LM or a "
+            "*ForMaskedLM checkpoint"
+        )
     if name.endswith("ForMaskedLM"):
         return "encoder"
     if name.endswith(("ForCausalLM", "LMHeadModel")) or getattr(model.config, "is_decoder", False):
@@ -89,9 +93,21 @@ def model_kind(model) -> str:
     raise UserError(f"cannot tell whether {name} is a causal or a masked LM")
 
 
-def evaluate(model, tokenizer, task: str | TaskSpec, split: str = "val", limit: int | None = None, *,
-             batch_size: int = 256, answer_mode: str = "faithful", data=None, kind: str | None = None,
-             max_batch_tokens: int = 65536, keep_examples: bool = False, progress: bool = True) -> EvalResult:
+def evaluate(
+    model,
+    tokenizer,
+    task: str | TaskSpec,
+    split: str = "val",
+    limit: int | None = None,
+    *,
+    batch_size: int = 256,
+    answer_mode: str = "faithful",
+    data=None,
+    kind: str | None = None,
+    max_batch_tokens: int = 65536,
+    keep_examples: bool = False,
+    progress: bool = True,
+) -> EvalResult:
     """Evaluate an in-memory model on one task split (see the module docstring for the metrics)."""
     spec = task if isinstance(task, TaskSpec) else get_task(task)
     check_answer_mode(answer_mode)
@@ -105,12 +121,16 @@ def evaluate(model, tokenizer, task: str | TaskSpec, split: str = "val", limit: 
     model.eval()
     try:
         if kind == "decoder":
-            scored = {"generate": _decoder_generate, "classify": _decoder_classify,
-                      "perplexity": _decoder_perplexity}[spec.kind](model, tokenizer, spec, items, run)
+            scored = {
+                "generate": _decoder_generate,
+                "classify": _decoder_classify,
+                "perplexity": _decoder_perplexity,
+            }[spec.kind](model, tokenizer, spec, items, run)
         else:
             _check_encoder_length(model, tokenizer, items)
             scored = {"generate": _encoder_generate, "classify": _encoder_classify}[spec.kind](
-                model, tokenizer, spec, items, run)
+                model, tokenizer, spec, items, run
+            )
     finally:
         model.train(was_training)
     metric, mode, correct, nll, predictions = scored
@@ -122,11 +142,34 @@ def evaluate(model, tokenizer, task: str | TaskSpec, split: str = "val", limit: 
         accuracy, ppl = 100.0 * sum(correct) / len(correct), None
     details = None
     if keep_examples:
-        details = [{"prompt": e.prompt, "answer": e.answer, "prediction": predictions[i] if predictions else None,
-                    "correct": correct[i] if correct else None, "nll_sum": nll[i][0], "tokens": nll[i][1]}
-                   for i, e in enumerate(items)]
-    return EvalResult(spec.name, split, len(items), accuracy, loss, ppl, metric, mode, kind,
-                      time.perf_counter() - start, batch_size, source, skipped, details, run.phases or None)
+        details = [
+            {
+                "prompt": e.prompt,
+                "answer": e.answer,
+                "prediction": predictions[i] if predictions else None,
+                "correct": correct[i] if correct else None,
+                "nll_sum": nll[i][0],
+                "tokens": nll[i][1],
+            }
+            for i, e in enumerate(items)
+        ]
+    return EvalResult(
+        spec.name,
+        split,
+        len(items),
+        accuracy,
+        loss,
+        ppl,
+        metric,
+        mode,
+        kind,
+        time.perf_counter() - start,
+        batch_size,
+        source,
+        skipped,
+        details,
+        run.phases or None,
+    )
 
 
 def check_answer_mode(answer_mode: str) -> None:
@@ -140,7 +183,9 @@ def check_model(model, spec: TaskSpec, kind: str | None = None) -> str:
     if kind not in ("decoder", "encoder"):
         raise UserError(f"unknown model kind '{kind}' (decoder or encoder)")
     if spec.kind == "perplexity" and kind == "encoder":
-        raise UserError("the perplexity task needs a decoder (causal) model; encoders have no next-token loss")
+        raise UserError(
+            "the perplexity task needs a decoder (causal) model; encoders have no next-token loss"
+        )
     return kind
 
 
@@ -173,7 +218,9 @@ def _short_answers(tokenizer, dataset, max_tokens: int) -> list[Example]:
     return kept
 
 
-def task_items(tokenizer, spec: TaskSpec, split: str, limit: int | None, data=None) -> tuple[list[Example], int, str]:
+def task_items(
+    tokenizer, spec: TaskSpec, split: str, limit: int | None, data=None
+) -> tuple[list[Example], int, str]:
     """(the examples `evaluate` scores, records dropped, source): the task's records, LASER's answer
     length filter (HotpotQA), then the split and its first `limit` items. Bad data is a UserError."""
     dataset = load_task(spec, data)
@@ -186,6 +233,7 @@ def task_items(tokenizer, spec: TaskSpec, split: str, limit: int | None, data=No
 
 
 # -- decoder models ------------------------------------------------------------------------------
+
 
 def _decoder_ids(model, tokenizer) -> tuple[list[int], int]:
     """EOS ids as `generate` would use them (generation config first), and a pad id."""
@@ -204,9 +252,15 @@ def _teacher_forced(model, tokenizer, items: list[Example], pad: int, run: _Run)
     with run.timed("tokenise"):
         spans = answer_spans(tokenizer, [e.prompt for e in items], [e.answer for e in items])
     with run.timed("loss"):
-        return decoder.sequence_nll(model, [ids[:end] for ids, _, end in spans], [end - s for _, s, end in spans],
-                                    pad_id=pad, batch_size=run.batch_size, max_batch_tokens=run.max_batch_tokens,
-                                    progress=run.progress)
+        return decoder.sequence_nll(
+            model,
+            [ids[:end] for ids, _, end in spans],
+            [end - s for _, s, end in spans],
+            pad_id=pad,
+            batch_size=run.batch_size,
+            max_batch_tokens=run.max_batch_tokens,
+            progress=run.progress,
+        )
 
 
 def _decoder_generate(model, tokenizer, spec, items, run):
@@ -214,14 +268,25 @@ def _decoder_generate(model, tokenizer, spec, items, run):
     with run.timed("tokenise"):
         prompts = encode(tokenizer, [e.prompt for e in items])
     with run.timed("generate"):
-        conts = decoder.greedy_generate(model, prompts, max_new_tokens=spec.max_new_tokens, eos_ids=eos_ids,
-                                        pad_id=pad, min_new_tokens=1, batch_size=run.batch_size,
-                                        max_batch_tokens=run.max_batch_tokens, progress=run.progress)
+        conts = decoder.greedy_generate(
+            model,
+            prompts,
+            max_new_tokens=spec.max_new_tokens,
+            eos_ids=eos_ids,
+            pad_id=pad,
+            min_new_tokens=1,
+            batch_size=run.batch_size,
+            max_batch_tokens=run.max_batch_tokens,
+            progress=run.progress,
+        )
     with run.timed("judge"):
         decode = dict(skip_special_tokens=True, clean_up_tokenization_spaces=False)
         new_text = tokenizer.batch_decode(conts, **decode)
-        judged = (tokenizer.batch_decode([p + c for p, c in zip(prompts, conts)], **decode)
-                  if run.answer_mode == "faithful" else new_text)
+        judged = (
+            tokenizer.batch_decode([p + c for p, c in zip(prompts, conts)], **decode)
+            if run.answer_mode == "faithful"
+            else new_text
+        )
         correct = [answer_in_text(e.answer, t) for e, t in zip(items, judged)]
     nll = _teacher_forced(model, tokenizer, items, pad, run)
     return "generate-substring", run.answer_mode, correct, nll, new_text
@@ -233,10 +298,25 @@ def _decoder_classify(model, tokenizer, spec, items, run):
         label_ids, single = label_tokens(tokenizer, items[0].prompt, spec.labels)
         prompts = encode(tokenizer, [e.prompt for e in items])
     with run.timed("score"):
-        lp = decoder.last_token_logprobs(model, prompts, label_ids, pad_id=pad, batch_size=run.batch_size,
-                                         max_batch_tokens=run.max_batch_tokens, progress=run.progress)  # (N, L)
-    return _classified(model, tokenizer, spec, items, lp, single,
-                       lambda: _teacher_forced(model, tokenizer, items, pad, run), "label-logits")
+        lp = decoder.last_token_logprobs(
+            model,
+            prompts,
+            label_ids,
+            pad_id=pad,
+            batch_size=run.batch_size,
+            max_batch_tokens=run.max_batch_tokens,
+            progress=run.progress,
+        )  # (N, L)
+    return _classified(
+        model,
+        tokenizer,
+        spec,
+        items,
+        lp,
+        single,
+        lambda: _teacher_forced(model, tokenizer, items, pad, run),
+        "label-logits",
+    )
 
 
 def _classified(model, tokenizer, spec, items, lp, single, multi_token_loss, metric):
@@ -256,15 +336,22 @@ def _decoder_perplexity(model, tokenizer, spec, items, run):
     scorable = [i for i, s in enumerate(seqs) if len(s) >= 2]
     nll = [(0.0, 0)] * len(seqs)
     with run.timed("loss"):
-        got = decoder.sequence_nll(model, [seqs[i] for i in scorable], [len(seqs[i]) - 1 for i in scorable],
-                                   pad_id=pad, batch_size=run.batch_size, max_batch_tokens=run.max_batch_tokens,
-                                   progress=run.progress)
+        got = decoder.sequence_nll(
+            model,
+            [seqs[i] for i in scorable],
+            [len(seqs[i]) - 1 for i in scorable],
+            pad_id=pad,
+            batch_size=run.batch_size,
+            max_batch_tokens=run.max_batch_tokens,
+            progress=run.progress,
+        )
     for i, r in zip(scorable, got):
         nll[i] = r
     return "token-nll", None, None, nll, None
 
 
 # -- encoder (masked-LM) models ------------------------------------------------------------------
+
 
 def _mask_id(tokenizer) -> int:
     if tokenizer.mask_token_id is None:
@@ -283,18 +370,31 @@ def _masked_gold_loss(model, tokenizer, items, run):
     mask = _mask_id(tokenizer)
     spans = answer_spans(tokenizer, [e.prompt for e in items], [e.answer for e in items])
     seqs = [ids[:s] + [mask] * (end - s) + ids[end:] for ids, s, end in spans]
-    return encoder.mlm_gold_nll(model, seqs, [ids[s:end] for ids, s, end in spans], mask_id=mask,
-                                pad_id=tokenizer.pad_token_id or 0, batch_size=run.batch_size,
-                                max_batch_tokens=min(run.max_batch_tokens, 16384), progress=run.progress)
+    return encoder.mlm_gold_nll(
+        model,
+        seqs,
+        [ids[s:end] for ids, s, end in spans],
+        mask_id=mask,
+        pad_id=tokenizer.pad_token_id or 0,
+        batch_size=run.batch_size,
+        max_batch_tokens=min(run.max_batch_tokens, 16384),
+        progress=run.progress,
+    )
 
 
 def _encoder_generate(model, tokenizer, spec, items, run):
     mask = _mask_id(tokenizer)
     masks = " ".join([tokenizer.mask_token] * encoder.ACCURACY_MASKS)
     seqs = encode(tokenizer, [f"{e.prompt} {masks}" for e in items])
-    filled = encoder.mlm_fill(model, seqs, mask_id=mask, pad_id=tokenizer.pad_token_id or 0,
-                              batch_size=run.batch_size, max_batch_tokens=min(run.max_batch_tokens, 16384),
-                              progress=run.progress)
+    filled = encoder.mlm_fill(
+        model,
+        seqs,
+        mask_id=mask,
+        pad_id=tokenizer.pad_token_id or 0,
+        batch_size=run.batch_size,
+        max_batch_tokens=min(run.max_batch_tokens, 16384),
+        progress=run.progress,
+    )
     text = tokenizer.batch_decode(filled, skip_special_tokens=True, clean_up_tokenization_spaces=False)
     correct = [answer_in_text(e.answer, t) for e, t in zip(items, text)]
     return "mlm-fill", "masks", correct, _masked_gold_loss(model, tokenizer, items, run), text
@@ -304,9 +404,23 @@ def _encoder_classify(model, tokenizer, spec, items, run):
     mask = _mask_id(tokenizer)
     label_ids, single = label_tokens(tokenizer, items[0].prompt, spec.labels)
     seqs = encode(tokenizer, [f"{e.prompt} {tokenizer.mask_token}" for e in items])
-    lp = encoder.mlm_label_logprobs(model, seqs, label_ids, mask_id=mask, pad_id=tokenizer.pad_token_id or 0,
-                                    batch_size=run.batch_size, max_batch_tokens=min(run.max_batch_tokens, 16384),
-                                    progress=run.progress)
-    return _classified(model, tokenizer, spec, items, lp, single,
-                       lambda: _masked_gold_loss(model, tokenizer, items, run), "mlm-label")
-
+    lp = encoder.mlm_label_logprobs(
+        model,
+        seqs,
+        label_ids,
+        mask_id=mask,
+        pad_id=tokenizer.pad_token_id or 0,
+        batch_size=run.batch_size,
+        max_batch_tokens=min(run.max_batch_tokens, 16384),
+        progress=run.progress,
+    )
+    return _classified(
+        model,
+        tokenizer,
+        spec,
+        items,
+        lp,
+        single,
+        lambda: _masked_gold_loss(model, tokenizer, items, run),
+        "mlm-label",
+    )

@@ -20,8 +20,13 @@ def require_lm_eval() -> None:
     _import()
 
 
-def check_args(tasks: list[str], *, limit: int | None = None, num_fewshot: int | None = None,
-               include_path: str | None = None) -> list[str]:
+def check_args(
+    tasks: list[str],
+    *,
+    limit: int | None = None,
+    num_fewshot: int | None = None,
+    include_path: str | None = None,
+) -> list[str]:
     """The task names, stripped; a UserError for an option lm-eval would choke on or silently accept."""
     tasks = [t.strip() for t in tasks if t.strip()]
     if not tasks:
@@ -41,7 +46,9 @@ def _import():
         from lm_eval.models.huggingface import HFLM
         from lm_eval.tasks import TaskManager
     except ImportError:
-        raise UserError("lm-eval is not installed; install the extra: pip install 'tensorllm[lm-eval]'") from None
+        raise UserError(
+            "lm-eval is not installed; install the extra: pip install 'tensorllm[lm-eval]'"
+        ) from None
     return lm_eval, HFLM, TaskManager
 
 
@@ -58,8 +65,17 @@ def _plain(value):
     return str(value)
 
 
-def run_lm_eval(model, tokenizer, tasks: list[str], *, batch_size: int = 16, limit: int | None = None,
-                num_fewshot: int | None = None, include_path: str | None = None, seed: int = 0) -> dict:
+def run_lm_eval(
+    model,
+    tokenizer,
+    tasks: list[str],
+    *,
+    batch_size: int = 16,
+    limit: int | None = None,
+    num_fewshot: int | None = None,
+    include_path: str | None = None,
+    seed: int = 0,
+) -> dict:
     """Run lm-eval `tasks` on the in-memory model; return {"results", "versions", "n-shot", "limit"}."""
     tasks = check_args(tasks, limit=limit, num_fewshot=num_fewshot, include_path=include_path)
     lm_eval, HFLM, TaskManager = _import()
@@ -72,14 +88,35 @@ def run_lm_eval(model, tokenizer, tasks: list[str], *, batch_size: int = 16, lim
         manager = TaskManager(include_path=include_path) if include_path else TaskManager()
     unknown = [t for t in tasks if t not in manager.all_tasks]
     if unknown:
-        raise UserError(f"lm-eval does not know task(s) {', '.join(unknown)}"
-                        + ("" if include_path else " (pass --lm-eval-include DIR for your own task YAML files)"))
-    lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size,
-              device=str(next(model.parameters()).device))
-    out = lm_eval.simple_evaluate(model=lm, tasks=tasks, limit=limit, num_fewshot=num_fewshot,
-                                  task_manager=manager, log_samples=False, random_seed=seed,
-                                  numpy_random_seed=seed, torch_random_seed=seed, fewshot_random_seed=seed)
+        raise UserError(
+            f"lm-eval does not know task(s) {', '.join(unknown)}"
+            + ("" if include_path else " (pass --lm-eval-include DIR for your own task YAML files)")
+        )
+    lm = HFLM(
+        pretrained=model,
+        tokenizer=tokenizer,
+        batch_size=batch_size,
+        device=str(next(model.parameters()).device),
+    )
+    out = lm_eval.simple_evaluate(
+        model=lm,
+        tasks=tasks,
+        limit=limit,
+        num_fewshot=num_fewshot,
+        task_manager=manager,
+        log_samples=False,
+        random_seed=seed,
+        numpy_random_seed=seed,
+        torch_random_seed=seed,
+        fewshot_random_seed=seed,
+    )
     if out is None:  # only non-zero ranks of a distributed run get None
         return {}
-    return _plain({"results": out.get("results", {}), "versions": out.get("versions", {}),
-                   "n-shot": out.get("n-shot", {}), "limit": limit})
+    return _plain(
+        {
+            "results": out.get("results", {}),
+            "versions": out.get("versions", {}),
+            "n-shot": out.get("n-shot", {}),
+            "limit": limit,
+        }
+    )

@@ -48,26 +48,48 @@ class StepClock:
 
 
 @torch.no_grad()
-def decode_step_ms(model: nn.Module, prompt: torch.Tensor, new_tokens: int, *, repeats: int = 1, **kw) -> dict:
+def decode_step_ms(
+    model: nn.Module, prompt: torch.Tensor, new_tokens: int, *, repeats: int = 1, **kw
+) -> dict:
     """Median milliseconds per greedy decode step of `generate` (the prefill excluded), after a warm-up."""
-    run = dict(attention_mask=torch.ones_like(prompt), max_new_tokens=new_tokens, min_new_tokens=new_tokens,
-               do_sample=False, pad_token_id=0, **kw)
+    run = dict(
+        attention_mask=torch.ones_like(prompt),
+        max_new_tokens=new_tokens,
+        min_new_tokens=new_tokens,
+        do_sample=False,
+        pad_token_id=0,
+        **kw,
+    )
     model.generate(prompt, **run)  # warm-up: compilation / CUDA graph capture happen here
     steps, prefill = [], []
     for _ in range(repeats):
         clock = StepClock()
         model.generate(prompt, streamer=clock, **run)
         t = torch.tensor(clock.times, dtype=torch.float64)
-        prefill.append(float(t[1] - t[0]))  # [0]: prompt handed over, [1]: first new token (after the prefill)
+        prefill.append(
+            float(t[1] - t[0])
+        )  # [0]: prompt handed over, [1]: first new token (after the prefill)
         steps.append(torch.diff(t[1:]))
     ms = 1000 * float(torch.cat(steps).median())
-    return {"ms_per_step": ms, "tokens_per_s": 1000 * prompt.shape[0] / ms, "prefill_seconds": min(prefill),
-            "steps_timed": int(sum(len(x) for x in steps))}
+    return {
+        "ms_per_step": ms,
+        "tokens_per_s": 1000 * prompt.shape[0] / ms,
+        "prefill_seconds": min(prefill),
+        "steps_timed": int(sum(len(x) for x in steps)),
+    }
 
 
 @torch.no_grad()
-def decode_loop_ms(model: nn.Module, prompt: torch.Tensor, new_tokens: int, *, repeats: int = 1, warmup: int = 8,
-                   compile: bool = True, backend: str = "inductor") -> dict:
+def decode_loop_ms(
+    model: nn.Module,
+    prompt: torch.Tensor,
+    new_tokens: int,
+    *,
+    repeats: int = 1,
+    warmup: int = 8,
+    compile: bool = True,
+    backend: str = "inductor",
+) -> dict:
     """Milliseconds per greedy decode step of a host-sync-free loop over one compiled step (static cache).
 
     transformers' `generate` reads each new token back to the host before it launches the next step
@@ -77,7 +99,8 @@ def decode_loop_ms(model: nn.Module, prompt: torch.Tensor, new_tokens: int, *, r
     `compile=False` runs it eagerly; another `backend`, e.g. "aot_eager", traces the same full graph
     without inductor's code generation) and called until `warmup` tokens exist, then `repeats` timed
     segments of `new_tokens` steps; each token feeds the next step on the device and nothing is read
-    back until a segment ends. ms/step = the median of the segments' time / new_tokens. Returns also `tokens`: (B, warmup + repeats * new_tokens) greedy ids
+    back until a segment ends. ms/step = the median of the segments' time / new_tokens. Returns also
+    `tokens`: (B, warmup + repeats * new_tokens) greedy ids
     (plain argmax, no EOS rule), which equal a cache-free greedy reference's (tested).
     """
     from transformers import StaticCache
@@ -85,7 +108,9 @@ def decode_loop_ms(model: nn.Module, prompt: torch.Tensor, new_tokens: int, *, r
     from tensorllm.eval.decoder import cache_argument, forward_params
 
     if warmup < 1 or repeats < 1 or new_tokens < 1:
-        raise ValueError(f"warmup, repeats and new_tokens must be >= 1, got {warmup}, {repeats}, {new_tokens}")
+        raise ValueError(
+            f"warmup, repeats and new_tokens must be >= 1, got {warmup}, {repeats}, {new_tokens}"
+        )
     if compile and backend == "inductor" and warmup < 3:  # CUDA graphs are recorded on the 2nd-3rd call
         raise ValueError(f"warmup must be >= 3 when compiling with CUDA graphs, got {warmup}")
     batch, length = prompt.shape
@@ -121,12 +146,18 @@ def decode_loop_ms(model: nn.Module, prompt: torch.Tensor, new_tokens: int, *, r
         sync()
         segments.append((time.perf_counter() - t0) / new_tokens)
     ms = 1000 * statistics.median(segments)
-    return {"ms_per_step": ms, "tokens_per_s": 1000 * batch / ms, "prefill_seconds": prefill,
-            "steps_timed": repeats * new_tokens, "tokens": torch.cat(out, dim=1).cpu()}
+    return {
+        "ms_per_step": ms,
+        "tokens_per_s": 1000 * batch / ms,
+        "prefill_seconds": prefill,
+        "steps_timed": repeats * new_tokens,
+        "tokens": torch.cat(out, dim=1).cpu(),
+    }
 
 
-def decode_tokens_per_s(model: nn.Module, *, batch: int = 1, prompt_len: int = 16, new_tokens: int = 32,
-                        seed: int = 0) -> float:
+def decode_tokens_per_s(
+    model: nn.Module, *, batch: int = 1, prompt_len: int = 16, new_tokens: int = 32, seed: int = 0
+) -> float:
     """Greedy-decode throughput of transformers' default `generate` (tokens/s summed over the batch)."""
     gen = torch.Generator().manual_seed(seed)
     prompt = torch.randint(0, model.config.vocab_size, (batch, prompt_len), generator=gen)

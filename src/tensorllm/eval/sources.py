@@ -61,7 +61,9 @@ def load_task(task: TaskSpec, data: str | Path | None = None) -> Dataset:
         st = path.stat()
         return _load_file(task, str(path.resolve()), st.st_mtime_ns, st.st_size)
     if task.builtin is None:
-        raise UserError(f"task '{task.name}' has no built-in source; pass --data FILE (fields: {task.fields})")
+        raise UserError(
+            f"task '{task.name}' has no built-in source; pass --data FILE (fields: {task.fields})"
+        )
     return _load_builtin(task)
 
 
@@ -79,7 +81,9 @@ def _parse_all(task: TaskSpec, records, where: str) -> Dataset:
         else:
             examples.append(ex)
     if not examples:
-        raise UserError(f"{where} holds no usable {task.name} examples (fields: {task.fields}; {skipped} skipped)")
+        raise UserError(
+            f"{where} holds no usable {task.name} examples (fields: {task.fields}; {skipped} skipped)"
+        )
     return Dataset(task.name, tuple(examples), where, skipped)
 
 
@@ -161,6 +165,7 @@ def _member(text: str, key: str) -> int:
 
 # -- built-in sources ------------------------------------------------------------------------------
 
+
 @functools.lru_cache(maxsize=8)
 def _load_builtin(task: TaskSpec) -> Dataset:
     kind, _, name = task.builtin.partition(":")
@@ -189,10 +194,14 @@ def _hf_records(task: TaskSpec, name: str) -> list[tuple[str, object]]:
     try:
         import datasets
     except ImportError:
-        raise UserError(f"task '{task.name}' reads Hugging Face datasets, which is not installed; {hint}") from None
+        raise UserError(
+            f"task '{task.name}' reads Hugging Face datasets, which is not installed; {hint}"
+        ) from None
     unreachable = _hub_unreachable()
     if unreachable:  # fail at once instead of after `datasets`' retries with back-off
-        raise UserError(f"task '{task.name}' reads the Hugging Face Hub, which is unreachable ({unreachable}); {hint}")
+        raise UserError(
+            f"task '{task.name}' reads the Hugging Face Hub, which is unreachable ({unreachable}); {hint}"
+        )
     try:
         if name == "fever":
             ds = datasets.load_dataset("EleutherAI/fever", "v1.0")
@@ -201,24 +210,35 @@ def _hf_records(task: TaskSpec, name: str) -> list[tuple[str, object]]:
                 labels: dict[str, set] = {}
                 for row in ds[split]:
                     labels.setdefault(row["claim"], set()).add(row["label"])
-                records += [(f"{split} {c!r}", {"claim": c, "label": next(iter(ls))})
-                            for c, ls in labels.items() if len(ls) == 1]
+                records += [
+                    (f"{split} {c!r}", {"claim": c, "label": next(iter(ls))})
+                    for c, ls in labels.items()
+                    if len(ls) == 1
+                ]
             return records
         if name == "hotpotqa":
             ds = datasets.load_dataset("hotpotqa/hotpot_qa", "fullwiki")
             n_val = len(ds["validation"])  # LASER: as many train items as validation has, then validation
-            rows = [("train", ds["train"][i]) for i in range(n_val)] + [("validation", r) for r in ds["validation"]]
-            return [(f"{s} item {i + 1}", {"question": r["question"], "answer": r["answer"]})
-                    for i, (s, r) in enumerate(rows)]
+            rows = [("train", ds["train"][i]) for i in range(n_val)] + [
+                ("validation", r) for r in ds["validation"]
+            ]
+            return [
+                (f"{s} item {i + 1}", {"question": r["question"], "answer": r["answer"]})
+                for i, (s, r) in enumerate(rows)
+            ]
         if name == "bios":
             ds = datasets.load_dataset("LabHC/bias_in_bios", split="dev")
-            return [(f"dev item {i + 1}", {"hard_text": r["hard_text"], "profession": r["profession"]})
-                    for i, r in enumerate(ds)]
+            return [
+                (f"dev item {i + 1}", {"hard_text": r["hard_text"], "profession": r["profession"]})
+                for i, r in enumerate(ds)
+            ]
     except UserError:
         raise
     except Exception as exc:  # offline, missing dataset, changed schema: all the same to the user
         first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-        raise UserError(f"cannot load the Hugging Face data of task '{task.name}' ({first}); {hint}") from None
+        raise UserError(
+            f"cannot load the Hugging Face data of task '{task.name}' ({first}); {hint}"
+        ) from None
     raise UserError(f"unknown built-in source hf:{name}")
 
 

@@ -24,8 +24,9 @@ professions are skipped, as LASER does. Records a task skips are counted, not er
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable, Literal
+from typing import Literal
 
 from tensorllm.base.errors import UserError
 
@@ -55,6 +56,7 @@ class TaskSpec:
 
 # -- record parsers ------------------------------------------------------------------------------
 
+
 def _text(record: dict, *names: str) -> str:
     for name in names:
         if name in record:
@@ -64,8 +66,10 @@ def _text(record: dict, *names: str) -> str:
             if not value.strip():
                 raise ValueError(f"field '{name}' is empty")
             return value.strip()
-    raise ValueError(f"missing field '{names[0]}'" + (f" (or {', '.join(repr(n) for n in names[1:])})"
-                                                       if len(names) > 1 else ""))
+    raise ValueError(
+        f"missing field '{names[0]}'"
+        + (f" (or {', '.join(repr(n) for n in names[1:])})" if len(names) > 1 else "")
+    )
 
 
 def parse_wikidata(record: dict) -> Example | None:
@@ -115,8 +119,12 @@ def parse_fever(record: dict) -> Example | None:
         match = _BB_CLAIM.search(raw)
         claim = match.group(1) if match else raw
         scores = record["target_scores"]
-        if not isinstance(scores, dict) or set(scores) != {"true", "false"} or sorted(scores.values()) != [0, 1]:
-            raise ValueError("field 'target_scores' must be {\"true\": 0|1, \"false\": 1|0}")
+        if (
+            not isinstance(scores, dict)
+            or set(scores) != {"true", "false"}
+            or sorted(scores.values()) != [0, 1]
+        ):
+            raise ValueError('field \'target_scores\' must be {"true": 0|1, "false": 1|0}')
         label = 0 if scores["true"] == 1 else 1
     else:
         claim = _text(record, "claim")
@@ -130,16 +138,26 @@ def parse_fever(record: dict) -> Example | None:
 
 BIOS_PROFESSIONS = ("journalist", "poet", "composer", "model", "teacher", "architect", "painter", "professor")
 # LabHC/bias_in_bios' integer ids of those eight professions (its 28-class `profession` field).
-BIOS_LABHC_IDS = {11: "journalist", 20: "poet", 5: "composer", 12: "model", 26: "teacher", 1: "architect",
-                  14: "painter", 21: "professor"}
+BIOS_LABHC_IDS = {
+    11: "journalist",
+    20: "poet",
+    5: "composer",
+    12: "model",
+    26: "teacher",
+    1: "architect",
+    14: "painter",
+    21: "professor",
+}
 
 
 def bios_prompt(text: str) -> str:
     text = text.strip()
     if not text.endswith((".", "?")):
         text += "."
-    return (f"Consider the following text: {text} What is the profession of the person in this text? "
-            "The profession of this person is")
+    return (
+        f"Consider the following text: {text} What is the profession of the person in this text? "
+        "The profession of this person is"
+    )
 
 
 def parse_bios(record: dict) -> Example | None:
@@ -173,25 +191,70 @@ def parse_paragraph(record: dict) -> Example | None:
 
 # -- the registry --------------------------------------------------------------------------------
 
-TASKS: dict[str, TaskSpec] = {t.name: t for t in (
-    TaskSpec("wikidata_qa", "generate", "BIG-bench qa_wikidata, items with exactly one target",
-             parse_wikidata, "input, target", max_new_tokens=10, builtin="bigbench:qa_wikidata",
-             notes="prompt = raw input; correct iff the lower-cased target is in the decoded text"),
-    TaskSpec("fever_bigbench", "classify", "BIG-bench fact_checker/fever (6,612 claims; not LASER's FEVER set)",
-             parse_fever, "claim, label (or BIG-bench input, target_scores)", labels=FEVER_LABELS,
-             builtin="bigbench:fever", notes="claim cut out of the BIG-bench input, put in LASER's FEVER prompt"),
-    TaskSpec("fever", "classify", "LASER's FEVER: EleutherAI/fever v1.0 paper_dev + paper_test, "
-             "conflicting claims removed", parse_fever, "claim, label", labels=FEVER_LABELS, builtin="hf:fever"),
-    TaskSpec("hotpotqa", "generate", "HotpotQA fullwiki (LASER: train[:len(validation)] + validation)",
-             parse_hotpot, "question, answer", max_new_tokens=15, max_answer_tokens=15, builtin="hf:hotpotqa",
-             notes="answers of more than 15 tokens are dropped, as LASER does (counted by the evaluated "
-             "tokenizer with its special tokens; LASER counted with Llama-2's, BOS included)"),
-    TaskSpec("bios_profession", "classify", "LabHC/bias_in_bios dev, 8 single-token professions",
-             parse_bios, "hard_text, profession", labels=BIOS_PROFESSIONS, builtin="hf:bios"),
-    TaskSpec("perplexity", "perplexity", "English Wikipedia paragraphs (BIG-bench squad_shifts new_wiki)",
-             parse_paragraph, "text", builtin="bigbench:paragraphs",
-             notes="token-weighted mean NLL; perplexity = exp(loss); paragraphs cut at 512 tokens"),
-)}
+TASKS: dict[str, TaskSpec] = {
+    t.name: t
+    for t in (
+        TaskSpec(
+            "wikidata_qa",
+            "generate",
+            "BIG-bench qa_wikidata, items with exactly one target",
+            parse_wikidata,
+            "input, target",
+            max_new_tokens=10,
+            builtin="bigbench:qa_wikidata",
+            notes="prompt = raw input; correct iff the lower-cased target is in the decoded text",
+        ),
+        TaskSpec(
+            "fever_bigbench",
+            "classify",
+            "BIG-bench fact_checker/fever (6,612 claims; not LASER's FEVER set)",
+            parse_fever,
+            "claim, label (or BIG-bench input, target_scores)",
+            labels=FEVER_LABELS,
+            builtin="bigbench:fever",
+            notes="claim cut out of the BIG-bench input, put in LASER's FEVER prompt",
+        ),
+        TaskSpec(
+            "fever",
+            "classify",
+            "LASER's FEVER: EleutherAI/fever v1.0 paper_dev + paper_test, conflicting claims removed",
+            parse_fever,
+            "claim, label",
+            labels=FEVER_LABELS,
+            builtin="hf:fever",
+        ),
+        TaskSpec(
+            "hotpotqa",
+            "generate",
+            "HotpotQA fullwiki (LASER: train[:len(validation)] + validation)",
+            parse_hotpot,
+            "question, answer",
+            max_new_tokens=15,
+            max_answer_tokens=15,
+            builtin="hf:hotpotqa",
+            notes="answers of more than 15 tokens are dropped, as LASER does (counted by the evaluated "
+            "tokenizer with its special tokens; LASER counted with Llama-2's, BOS included)",
+        ),
+        TaskSpec(
+            "bios_profession",
+            "classify",
+            "LabHC/bias_in_bios dev, 8 single-token professions",
+            parse_bios,
+            "hard_text, profession",
+            labels=BIOS_PROFESSIONS,
+            builtin="hf:bios",
+        ),
+        TaskSpec(
+            "perplexity",
+            "perplexity",
+            "English Wikipedia paragraphs (BIG-bench squad_shifts new_wiki)",
+            parse_paragraph,
+            "text",
+            builtin="bigbench:paragraphs",
+            notes="token-weighted mean NLL; perplexity = exp(loss); paragraphs cut at 512 tokens",
+        ),
+    )
+}
 
 
 def get_task(name: str) -> TaskSpec:

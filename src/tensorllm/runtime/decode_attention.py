@@ -29,26 +29,47 @@ import torch.nn.functional as F
 NAMES = {"gqa": "tensorllm_gqa_sdpa", "packed": "tensorllm_packed_sdpa"}  # kernel -> registered name
 
 
-def decode_attention(module, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
-                     attention_mask: torch.Tensor | None, dropout: float = 0.0, scaling: float | None = None,
-                     is_causal: bool | None = None, kernel: str = "gqa", **kwargs):
+def decode_attention(
+    module,
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+    dropout: float = 0.0,
+    scaling: float | None = None,
+    is_causal: bool | None = None,
+    kernel: str = "gqa",
+    **kwargs,
+):
     """query (B, H, q, d), key/value (B, Hkv, L, d) -> ((B, q, H, dv), None), as transformers' SDPA."""
     from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
     n_rep = getattr(module, "num_key_value_groups", 1)
     B, H, q_len, d = query.shape
     if q_len != 1 or n_rep == 1 or kwargs.get("position_bias") is not None or dropout:
-        return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling,
-                                      is_causal=is_causal, **kwargs)
+        return sdpa_attention_forward(
+            module,
+            query,
+            key,
+            value,
+            attention_mask,
+            dropout=dropout,
+            scaling=scaling,
+            is_causal=is_causal,
+            **kwargs,
+        )
     if kernel == "gqa":  # query head h = g * n_rep + r reads K/V head g, as in transformers' repeat_kv
-        out = F.scaled_dot_product_attention(query, key, value, attn_mask=attention_mask, scale=scaling,
-                                             enable_gqa=True)  # (B, H, 1, dv)
+        out = F.scaled_dot_product_attention(
+            query, key, value, attn_mask=attention_mask, scale=scaling, enable_gqa=True
+        )  # (B, H, 1, dv)
         return out.transpose(1, 2), None  # (B, 1, H, dv)
     packed = query.reshape(B, H // n_rep, n_rep, d)  # (B, Hkv, n_rep, d): the group's heads as query rows
     mask = attention_mask  # (B, 1, 1, L) broadcasts over rows; a per-head mask (B, H, 1, L) is regrouped
     if mask is not None and mask.shape[1] != 1:
         mask = mask.reshape(mask.shape[0], H // n_rep, n_rep, mask.shape[-1])  # (B, Hkv, n_rep, L)
-    out = F.scaled_dot_product_attention(packed, key, value, attn_mask=mask, scale=scaling)  # (B, Hkv, n_rep, dv)
+    out = F.scaled_dot_product_attention(
+        packed, key, value, attn_mask=mask, scale=scaling
+    )  # (B, Hkv, n_rep, dv)
     return out.reshape(B, 1, H, value.shape[-1]), None  # (B, 1, H, dv)
 
 

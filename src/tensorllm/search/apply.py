@@ -21,8 +21,8 @@ from __future__ import annotations
 
 import time
 from collections import OrderedDict
+from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Iterator
 
 import torch
 from torch import nn
@@ -88,7 +88,16 @@ def _summary(step_report: dict) -> dict:
     """The parts of a compress() step report worth keeping per configuration."""
     out = {"method": step_report["method"], "seconds": round(step_report.get("seconds", 0.0), 4)}
     layers = step_report.get("layers") or []
-    keep = ("layer", "ranks", "rank", "matrix", "compression_rate", "rel_error", "hooi_iterations", "converged")
+    keep = (
+        "layer",
+        "ranks",
+        "rank",
+        "matrix",
+        "compression_rate",
+        "rel_error",
+        "hooi_iterations",
+        "converged",
+    )
     out["layers"] = [{k: r[k] for k in keep if k in r} for r in layers]
     return out
 
@@ -108,8 +117,12 @@ class Applier:
 
     def _compute(self, step: dict) -> dict:
         opts = {k: v for k, v in step.items() if k != "method"}
-        recipe = Recipe([Step(step["method"], registry.config_from_dict(step["method"], opts))],
-                        dtype="auto", device=str(self.device), seed=self.seed)
+        recipe = Recipe(
+            [Step(step["method"], registry.config_from_dict(step["method"], opts))],
+            dtype="auto",
+            device=str(self.device),
+            seed=self.seed,
+        )
         _, report = compress(self.model, recipe, tokenizer=self.tokenizer, progress=False)
         return report.steps[0]
 
@@ -160,5 +173,7 @@ class Applier:
             if n in allowed:
                 continue
             if versions.get(n) != (id(p), p._version):
-                raise RuntimeError(f"applying a configuration changed {n}, which the search did not snapshot "
-                                   "(the method's touched_modules hook is incomplete)")
+                raise RuntimeError(
+                    f"applying a configuration changed {n}, which the search did not snapshot "
+                    "(the method's touched_modules hook is incomplete)"
+                )

@@ -19,10 +19,11 @@ from __future__ import annotations
 
 import os
 import socket
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import Any, Callable, Iterator
+from typing import Any
 
 import torch
 
@@ -146,7 +147,9 @@ def process_group(world: World, device: torch.device) -> Iterator[None]:
     kwargs: dict[str, Any] = {}
     if backend == "nccl":
         kwargs["device_id"] = device  # binds the communicator to this rank's GPU up front
-    dist.init_process_group(backend, rank=world.rank, world_size=world.size, timeout=BARRIER_TIMEOUT, **kwargs)
+    dist.init_process_group(
+        backend, rank=world.rank, world_size=world.size, timeout=BARRIER_TIMEOUT, **kwargs
+    )
     try:
         yield
     finally:
@@ -171,8 +174,9 @@ def free_port() -> int:
 
 
 def _spawned(index: int, fn: Callable, nprocs: int, args: tuple) -> None:
-    os.environ.update(RANK=str(index), WORLD_SIZE=str(nprocs), LOCAL_RANK=str(index),
-                      LOCAL_WORLD_SIZE=str(nprocs))
+    os.environ.update(
+        RANK=str(index), WORLD_SIZE=str(nprocs), LOCAL_RANK=str(index), LOCAL_WORLD_SIZE=str(nprocs)
+    )
     # the tokenizers' thread pool sizes itself from the cores on first use: share them out too
     os.environ.setdefault("RAYON_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // nprocs)))
     fn(*args)
@@ -197,8 +201,10 @@ def spawn(fn: Callable, nprocs: int, args: tuple) -> None:
             raise UserError(text.rsplit(marker, 1)[1].strip().splitlines()[0]) from None
         raise
     except mp.ProcessExitedException as exc:
-        raise UserError(f"search process {exc.error_index} died ({exc}); rerun the same command to resume "
-                        "(finished configurations are kept in the store)") from None
+        raise UserError(
+            f"search process {exc.error_index} died ({exc}); rerun the same command to resume "
+            "(finished configurations are kept in the store)"
+        ) from None
     finally:
         for k, v in saved.items():
             if v is None:

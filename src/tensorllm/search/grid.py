@@ -90,6 +90,7 @@ class Grid:
 
 # -- builders --------------------------------------------------------------------------------------
 
+
 def method_grid(model, arch, method: str, layers, options: dict) -> Grid:
     """Rows = layers, columns = the method's columns for `options`; each cell one concrete step."""
     m = registry.get(method)
@@ -126,7 +127,9 @@ def recipes_grid(paths: list[str | Path]) -> Grid:
         rec = Recipe.load(path)
         for i, step in enumerate(rec.steps, 1):
             if not registry.get(step.method).searchable:
-                raise UserError(f"recipe {path} step {i}: the search applies "
-                                f"{' and '.join(m.name for m in registry.searchable())} steps, not '{step.method}'")
+                raise UserError(
+                    f"recipe {path} step {i}: the search applies "
+                    f"{' and '.join(m.name for m in registry.searchable())} steps, not '{step.method}'"
+                )
         grid.add(Path(path).stem, "recipe", Config(tuple(s.to_dict() for s in rec.steps)))
     return grid

@@ -50,12 +50,26 @@ def _ranks_of(line: dict) -> str:
 
 
 # What the grid cells (table and heatmap) show: accuracy gains, or loss reductions for tasks without accuracy.
-DELTAS = {"accuracy": ("val accuracy minus baseline", "points", "+.1f"),
-          "loss": ("val loss reduction vs baseline", "nats/token", "+.3f")}  # baseline minus config: + = better
+DELTAS = {
+    "accuracy": ("val accuracy minus baseline", "points", "+.1f"),
+    "loss": ("val loss reduction vs baseline", "nats/token", "+.3f"),
+}  # baseline minus config: + = better
 
 
-def build(grid: Grid, identity: dict, info: dict, val: dict[str, dict], test: dict[str, dict], roles: dict,
-          *, status: str, run_seconds: float, evaluated: int, cache=None, setup: dict | None = None) -> dict:
+def build(
+    grid: Grid,
+    identity: dict,
+    info: dict,
+    val: dict[str, dict],
+    test: dict[str, dict],
+    roles: dict,
+    *,
+    status: str,
+    run_seconds: float,
+    evaluated: int,
+    cache=None,
+    setup: dict | None = None,
+) -> dict:
     base = val.get(BASELINE.key)
     base_acc = base["accuracy"] if base else None
     by_loss = get_task(identity["task"]).kind == "perplexity"
@@ -65,10 +79,19 @@ def build(grid: Grid, identity: dict, info: dict, val: dict[str, dict], test: di
         for c in grid.cols:
             cfg = grid.cells.get((r, c))
             line = val.get(cfg.key) if cfg is not None else None
-            row.append(None if line is None else {
-                "key": line["key"], "accuracy": line["accuracy"], "loss": line["loss"],
-                "delta": _delta(base and base["loss"], line["loss"]) if by_loss
-                else _delta(line["accuracy"], base_acc), "ranks": _ranks_of(line)})
+            row.append(
+                None
+                if line is None
+                else {
+                    "key": line["key"],
+                    "accuracy": line["accuracy"],
+                    "loss": line["loss"],
+                    "delta": _delta(base and base["loss"], line["loss"])
+                    if by_loss
+                    else _delta(line["accuracy"], base_acc),
+                    "ranks": _ranks_of(line),
+                }
+            )
         cells.append(row)
     configs = grid.configs()
     done = [val[c.key] for c in configs if c.key in val]
@@ -79,33 +102,63 @@ def build(grid: Grid, identity: dict, info: dict, val: dict[str, dict], test: di
     for role, cfg in roles.items():
         v, t = val.get(cfg.key), test.get(cfg.key)
         base_t = test.get(BASELINE.key)
-        role_rows[role] = {"key": cfg.key, "describe": cfg.describe(), "steps": list(cfg.steps),
-                           "cells": [list(rc) for rc in grid.cells_of(cfg.key)],
-                           "val": _metrics(v), "test": _metrics(t),
-                           "delta_val": _delta(v and v["accuracy"], base_acc),
-                           "delta_test": _delta(t and t["accuracy"], base_t and base_t["accuracy"])}
+        role_rows[role] = {
+            "key": cfg.key,
+            "describe": cfg.describe(),
+            "steps": list(cfg.steps),
+            "cells": [list(rc) for rc in grid.cells_of(cfg.key)],
+            "val": _metrics(v),
+            "test": _metrics(t),
+            "delta_val": _delta(v and v["accuracy"], base_acc),
+            "delta_test": _delta(t and t["accuracy"], base_t and base_t["accuracy"]),
+        }
     every = list(val.values()) + list(test.values())
     how = next((x["eval"] for x in every if x.get("eval")), {})
     return {
         "status": status,
-        "task": identity["task"], "method": identity["method"],
-        "identity": identity, "info": info,
+        "task": identity["task"],
+        "method": identity["method"],
+        "identity": identity,
+        "info": info,
         "accuracy_metric": {"metric": how.get("metric"), "answer_mode": how.get("answer_mode")},
         "selection": "highest validation accuracy; ties: lower validation loss; then grid order",
         "roles": role_rows,
-        "grid": {"row_title": grid.row_title, "col_title": grid.col_title, "rows": grid.rows, "cols": grid.cols,
-                 "cells": cells, "delta": "loss" if by_loss else "accuracy"},
-        "ranking": [{"key": x["key"], "describe": x["describe"], "accuracy": x["accuracy"], "loss": x["loss"],
-                     "delta": _delta(x["accuracy"], base_acc)} for x in ranked[:10]],
-        "progress": {"configurations": len(configs), "val_done": len(done), "baseline_val": base is not None,
-                     "test_done": sum(1 for c in roles.values() if c.key in test)},
-        "run": {"seconds": round(run_seconds, 2), "setup_seconds": setup, "evaluated_this_run": evaluated,
-                "eval_seconds_in_store": round(sum(x.get("seconds", 0.0) for x in every), 2),
-                "step_cache": {"hits": cache.hits, "misses": cache.misses} if cache is not None else None},
+        "grid": {
+            "row_title": grid.row_title,
+            "col_title": grid.col_title,
+            "rows": grid.rows,
+            "cols": grid.cols,
+            "cells": cells,
+            "delta": "loss" if by_loss else "accuracy",
+        },
+        "ranking": [
+            {
+                "key": x["key"],
+                "describe": x["describe"],
+                "accuracy": x["accuracy"],
+                "loss": x["loss"],
+                "delta": _delta(x["accuracy"], base_acc),
+            }
+            for x in ranked[:10]
+        ],
+        "progress": {
+            "configurations": len(configs),
+            "val_done": len(done),
+            "baseline_val": base is not None,
+            "test_done": sum(1 for c in roles.values() if c.key in test),
+        },
+        "run": {
+            "seconds": round(run_seconds, 2),
+            "setup_seconds": setup,
+            "evaluated_this_run": evaluated,
+            "eval_seconds_in_store": round(sum(x.get("seconds", 0.0) for x in every), 2),
+            "step_cache": {"hits": cache.hits, "misses": cache.misses} if cache is not None else None,
+        },
     }
 
 
 # -- writing ---------------------------------------------------------------------------------------
+
 
 def _clean(obj):
     """JSON without NaN/Infinity (strict parsers reject them): non-finite floats become null."""
@@ -128,7 +181,8 @@ def write(root: Path, report: dict) -> None:
 
 
 def how_measured(rep: dict) -> str:
-    """'answer mode: faithful' (generative tasks) or the metric: every report says how accuracy was measured."""
+    """'answer mode: faithful' (generative tasks) or the metric: every report says how accuracy was
+    measured."""
     m = rep.get("accuracy_metric") or {}
     if m.get("answer_mode"):
         return f"answer mode: {m['answer_mode']}"
@@ -155,21 +209,30 @@ def markdown(rep: dict) -> str:
     n_val = (base.get("val") or {}).get("n", "?")
     n_test = (base.get("test") or {}).get("n", "?")
     lines = [f"# {rep['method']} search on {rep['task']} ({rep['status']})", ""]
-    lines += [f"- model: `{info.get('model_spec')}` ({info.get('architecture')}, {ident['dtype']}, "
-              f"{ident['device_type']}, fingerprint {ident['model']}"
-              + (", K/V heads expanded to multi-head" if info.get("expand_kv") else "") + ")",
-              f"- data: {ident['data']}; validation n = {n_val}, test n = {n_test}; {how_measured(rep)}; "
-              f"batch size {ident.get('batch_size')}",
-              f"- configurations: {prog['val_done']} of {prog['configurations']} evaluated on validation; "
-              f"selection: {rep['selection']}",
-              f"- code: tensorllm {info.get('code_version')}; this run {rep['run']['seconds']:.1f} s, "
-              f"{rep['run']['evaluated_this_run']} evaluations (all evaluations in the store: "
-              f"{rep['run']['eval_seconds_in_store']:.1f} s)", ""]
+    lines += [
+        f"- model: `{info.get('model_spec')}` ({info.get('architecture')}, {ident['dtype']}, "
+        f"{ident['device_type']}, fingerprint {ident['model']}"
+        + (", K/V heads expanded to multi-head" if info.get("expand_kv") else "")
+        + ")",
+        f"- data: {ident['data']}; validation n = {n_val}, test n = {n_test}; {how_measured(rep)}; "
+        f"batch size {ident.get('batch_size')}",
+        f"- configurations: {prog['val_done']} of {prog['configurations']} evaluated on validation; "
+        f"selection: {rep['selection']}",
+        f"- code: tensorllm {info.get('code_version')}; this run {rep['run']['seconds']:.1f} s, "
+        f"{rep['run']['evaluated_this_run']} evaluations (all evaluations in the store: "
+        f"{rep['run']['eval_seconds_in_store']:.1f} s)",
+        "",
+    ]
     if rep["status"] != "complete":
-        lines += ["**Partial**: not every configuration has been evaluated yet; the winner below is provisional. "
-                  "Rerun the same command to continue.", ""]
-    lines += ["| | configuration | val acc | Δ val | val loss | test acc | Δ test | test loss |",
-              "|---|---|---:|---:|---:|---:|---:|---:|"]
+        lines += [
+            "**Partial**: not every configuration has been evaluated yet; the winner below is provisional. "
+            "Rerun the same command to continue.",
+            "",
+        ]
+    lines += [
+        "| | configuration | val acc | Δ val | val loss | test acc | Δ test | test loss |",
+        "|---|---|---:|---:|---:|---:|---:|---:|",
+    ]
     for role in ("baseline", "winner", "auto_best", "auto_at_winner_layer"):
         r = rep["roles"].get(role)
         if r is None:
@@ -177,27 +240,47 @@ def markdown(rep: dict) -> str:
         v, t = r["val"] or {}, r["test"] or {}
         same = role.startswith("auto") and r["key"] == rep["roles"]["winner"]["key"]
         described = r["describe"] + (" (= the winner)" if same else "")
-        lines.append(f"| {ROLE_TITLES[role]} | {described} | {_pct(v.get('accuracy'))} | "
-                     f"{_signed(r['delta_val'])} | {_loss(v.get('loss'))} | {_pct(t.get('accuracy'))} | "
-                     f"{_signed(r['delta_test'])} | {_loss(t.get('loss'))} |")
+        lines.append(
+            f"| {ROLE_TITLES[role]} | {described} | {_pct(v.get('accuracy'))} | "
+            f"{_signed(r['delta_val'])} | {_loss(v.get('loss'))} | {_pct(t.get('accuracy'))} | "
+            f"{_signed(r['delta_test'])} | {_loss(t.get('loss'))} |"
+        )
     lines.append("")
     if "auto_best" in rep["roles"]:
-        lines += ["`auto` ranks come from the weights alone (Gavish-Donoho threshold on each unfolding); the "
-                  "\"layer selected on val\" row still uses validation data to pick the layer, so only the "
-                  "\"at the winner's layer\" row compares ranks with everything else held equal.", ""]
+        lines += [
+            "`auto` ranks come from the weights alone (Gavish-Donoho threshold on each unfolding); the "
+            '"layer selected on val" row still uses validation data to pick the layer, so only the '
+            '"at the winner\'s layer" row compares ranks with everything else held equal.',
+            "",
+        ]
     elif getattr(registry.find(rep["method"]), "data_free_column", None):
         col = registry.find(rep["method"]).data_free_column
         lines += [f"No data-free comparison: the grid has no `{col}` column (add `;{col}` to --ranks).", ""]
-    lines += ["## Best on validation", "", "| # | configuration | val acc | Δ val | val loss |",
-              "|---:|---|---:|---:|---:|"]
+    lines += [
+        "## Best on validation",
+        "",
+        "| # | configuration | val acc | Δ val | val loss |",
+        "|---:|---|---:|---:|---:|",
+    ]
     for i, x in enumerate(rep["ranking"], 1):
-        lines.append(f"| {i} | {x['describe']} | {_pct(x['accuracy'])} | {_signed(x['delta'])} | {_loss(x['loss'])} |")
+        lines.append(
+            f"| {i} | {x['describe']} | {_pct(x['accuracy'])} | {_signed(x['delta'])} | {_loss(x['loss'])} |"
+        )
     g = rep["grid"]
     label, unit, _ = DELTAS[g.get("delta", "accuracy")]
-    lines += ["", f"## {label[0].upper() + label[1:]} ({unit})", "", "![heatmap](heatmap.png)", "",
-              f"| {g['row_title']} | " + " | ".join(g["cols"]) + " |", "|---|" + "---:|" * len(g["cols"])]
+    lines += [
+        "",
+        f"## {label[0].upper() + label[1:]} ({unit})",
+        "",
+        "![heatmap](heatmap.png)",
+        "",
+        f"| {g['row_title']} | " + " | ".join(g["cols"]) + " |",
+        "|---|" + "---:|" * len(g["cols"]),
+    ]
     for r, row in zip(g["rows"], g["cells"]):
-        lines.append(f"| {r} | " + " | ".join("-" if c is None else _signed(c["delta"], unit) for c in row) + " |")
+        lines.append(
+            f"| {r} | " + " | ".join("-" if c is None else _signed(c["delta"], unit) for c in row) + " |"
+        )
     return "\n".join(lines) + "\n"
 
 
@@ -229,7 +312,15 @@ def heatmap(rep: dict, path: Path) -> None:
     for i, row in enumerate(g["cells"]):
         for j, c in enumerate(row):
             if c is None or not _finite(c["delta"]):
-                ax.text(j, i, "-" if c is None else "n/a", ha="center", va="center", fontsize=size, color="#555555")
+                ax.text(
+                    j,
+                    i,
+                    "-" if c is None else "n/a",
+                    ha="center",
+                    va="center",
+                    fontsize=size,
+                    color="#555555",
+                )
                 continue
             text = format(c["delta"], spec)
             if cols[j] == free and c.get("ranks"):
@@ -239,9 +330,15 @@ def heatmap(rep: dict, path: Path) -> None:
     winner = rep["roles"].get("winner")
     for r, c in (winner or {}).get("cells", []):
         if r in rows and c in cols:
-            ax.add_patch(Rectangle((cols.index(c) - 0.5, rows.index(r) - 0.5), 1, 1, fill=False, lw=2.5, ec="black"))
-    ax.set_xticks(range(len(cols)), cols, rotation=25 if max(map(len, cols)) > 8 else 0,
-                  ha="right" if max(map(len, cols)) > 8 else "center")
+            ax.add_patch(
+                Rectangle((cols.index(c) - 0.5, rows.index(r) - 0.5), 1, 1, fill=False, lw=2.5, ec="black")
+            )
+    ax.set_xticks(
+        range(len(cols)),
+        cols,
+        rotation=25 if max(map(len, cols)) > 8 else 0,
+        ha="right" if max(map(len, cols)) > 8 else "center",
+    )
     ax.set_yticks(range(len(rows)), rows, fontsize=8 if len(rows) <= 40 else 6)
     ax.set_xlabel(g["col_title"])
     ax.set_ylabel(g["row_title"])

@@ -25,18 +25,28 @@ from __future__ import annotations
 import json
 import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 
 import torch
 
 from tensorllm.base.errors import UserError
 from tensorllm.base.progress import fmt_seconds, stderr_log, track
-from tensorllm.search import dist, report as report_mod, select
+from tensorllm.methods import DEFAULT as DEFAULT_METHOD
+from tensorllm.methods import registry
+from tensorllm.search import dist, select
+from tensorllm.search import report as report_mod
 from tensorllm.search.apply import Applier
-from tensorllm.methods import DEFAULT as DEFAULT_METHOD, registry
 from tensorllm.search.grid import BASELINE, Config, Grid, hybrid_grid, method_grid, recipes_grid
-from tensorllm.search.store import FORMAT, Store, code_version, data_identity, mismatch, model_fingerprint, now
+from tensorllm.search.store import (
+    FORMAT,
+    Store,
+    code_version,
+    data_identity,
+    mismatch,
+    model_fingerprint,
+    now,
+)
 
 HYBRID = "hybrid"  # not a method: combinations of the best configurations of earlier searches
 
@@ -82,9 +92,13 @@ class SearchSpec:
 
         get_task(self.task)
         if self.method not in search_methods():
-            raise UserError(f"unknown search method '{self.method}' (choose from {', '.join(search_methods())})")
+            raise UserError(
+                f"unknown search method '{self.method}' (choose from {', '.join(search_methods())})"
+            )
         if self.answer_mode not in ANSWER_MODES:
-            raise UserError(f"unknown answer mode '{self.answer_mode}' (choose from {', '.join(ANSWER_MODES)})")
+            raise UserError(
+                f"unknown answer mode '{self.answer_mode}' (choose from {', '.join(ANSWER_MODES)})"
+            )
         for name in ("limit_val", "limit_test"):
             value = getattr(self, name)
             if value is not None and value < 1:
@@ -96,7 +110,9 @@ class SearchSpec:
         if self.time_budget is not None and self.time_budget <= 0:
             raise UserError(f"--time-budget must be positive, got {self.time_budget}")
         if self.method == HYBRID and bool(self.sources) == bool(self.recipes):
-            raise UserError("a hybrid search needs either --from STORE (two or more) or --recipe FILE (one or more)")
+            raise UserError(
+                "a hybrid search needs either --from STORE (two or more) or --recipe FILE (one or more)"
+            )
         if self.method != HYBRID:
             if self.sources or self.recipes:
                 raise UserError("--from and --recipe belong to --method hybrid")
@@ -144,8 +160,13 @@ class Search:
 
         spec = self.spec
         if self.loaded is None:
-            self.loaded = load_model(spec.model, dtype=eval_dtype(spec.dtype, device), device=str(device),
-                                     trust_remote_code=spec.trust_remote_code, allow_pickle=spec.allow_pickle)
+            self.loaded = load_model(
+                spec.model,
+                dtype=eval_dtype(spec.dtype, device),
+                device=str(device),
+                trust_remote_code=spec.trust_remote_code,
+                allow_pickle=spec.allow_pickle,
+            )
             if spec.expand_kv:
                 from tensorllm.models.expand_kv import expand_kv
 
@@ -167,15 +188,29 @@ class Search:
         from tensorllm.base.versions import __version__, versions
 
         spec = self.spec
-        identity = {"format": FORMAT, "model": model_fingerprint(self.model), "task": spec.task,
-                    "data": data_identity(spec.task, spec.data), "limit_val": spec.limit_val,
-                    "limit_test": spec.limit_test, "answer_mode": spec.answer_mode,
-                    "batch_size": spec.batch_size, "method": spec.method,
-                    "dtype": str(next(self.model.parameters()).dtype).replace("torch.", ""),
-                    "device_type": self.device.type, "tensorllm": __version__}
-        info = {"model_spec": spec.model, "expand_kv": spec.expand_kv, "architecture": self.arch.name,
-                "data_file": str(spec.data) if spec.data else None, "created": now(),
-                "code_version": code_version(), "versions": versions()}
+        identity = {
+            "format": FORMAT,
+            "model": model_fingerprint(self.model),
+            "task": spec.task,
+            "data": data_identity(spec.task, spec.data),
+            "limit_val": spec.limit_val,
+            "limit_test": spec.limit_test,
+            "answer_mode": spec.answer_mode,
+            "batch_size": spec.batch_size,
+            "method": spec.method,
+            "dtype": str(next(self.model.parameters()).dtype).replace("torch.", ""),
+            "device_type": self.device.type,
+            "tensorllm": __version__,
+        }
+        info = {
+            "model_spec": spec.model,
+            "expand_kv": spec.expand_kv,
+            "architecture": self.arch.name,
+            "data_file": str(spec.data) if spec.data else None,
+            "created": now(),
+            "code_version": code_version(),
+            "versions": versions(),
+        }
         return identity, info
 
     def _grid(self, identity: dict) -> Grid:
@@ -209,7 +244,9 @@ class Search:
             with dist.process_group(world, device):
                 if spec.threads:
                     torch.set_num_threads(spec.threads)
-                elif world.size > 1:  # CPU ranks compute on them; GPU ranks still tokenise and launch from them
+                elif (
+                    world.size > 1
+                ):  # CPU ranks compute on them; GPU ranks still tokenise and launch from them
                     torch.set_num_threads(max(1, (os.cpu_count() or 1) // world.local_size))
                 return self._run(device)
         finally:
@@ -243,8 +280,13 @@ class Search:
             if not world.is_main:
                 self.store.check(identity)
             self.writer = self.store.writer(world.rank)
-            self.applier = Applier(self.model, self.arch, tokenizer=self.tokenizer, seed=self.spec.seed,
-                                   cache_bytes=self.spec.cache_bytes)
+            self.applier = Applier(
+                self.model,
+                self.arch,
+                tokenizer=self.tokenizer,
+                seed=self.spec.seed,
+                cache_bytes=self.spec.cache_bytes,
+            )
             lap("store")
             self.log("set-up: " + ", ".join(f"{k} {v:.1f} s" for k, v in self.setup.items()))
             return self._phases(identity, info)
@@ -265,11 +307,19 @@ class Search:
             test_done = self._phase("test", unique)
         result = None
         if self.world.is_main:
-            result = report_mod.build(self.grid, identity, info, val, self.store.results("test"), roles,
-                                      status="complete" if val_done and test_done else "partial",
-                                      run_seconds=time.perf_counter() - self.started,
-                                      evaluated=len(self.evaluated), cache=self.applier.cache,
-                                      setup=self.setup)
+            result = report_mod.build(
+                self.grid,
+                identity,
+                info,
+                val,
+                self.store.results("test"),
+                roles,
+                status="complete" if val_done and test_done else "partial",
+                run_seconds=time.perf_counter() - self.started,
+                evaluated=len(self.evaluated),
+                cache=self.applier.cache,
+                setup=self.setup,
+            )
             report_mod.write(self.store.root, result)
             self.log(f"report: {self.store.root / 'report.md'} ({result['status']})")
         dist.barrier(self.world)
@@ -300,19 +350,27 @@ class Search:
         claims = dist.Claims(self.world, f"{self.run_index}/{self.phases}/{split}", len(pending))
         dist.barrier(self.world)  # every rank has read the same store before anyone appends to it
         share = f"; taken by whichever of the {self.world.size} ranks is free" if self.world.size > 1 else ""
-        self.log(f"{split}: {len(configs) - len(pending)} of {len(configs)} configurations already in the store, "
-                 f"{len(pending)} to evaluate{share}")
+        self.log(
+            f"{split}: {len(configs) - len(pending)} of {len(configs)} configurations already in the store, "
+            f"{len(pending)} to evaluate{share}"
+        )
         t0 = time.perf_counter()
-        bar = track(iter(lambda: None if self._out_of_time() else claims.next(), None), f"search ({split})",
-                    enabled=self.spec.progress and self.world.size == 1, total=len(pending))
+        bar = track(
+            iter(lambda: None if self._out_of_time() else claims.next(), None),
+            f"search ({split})",
+            enabled=self.spec.progress and self.world.size == 1,
+            total=len(pending),
+        )
         for i, index in enumerate(bar):
             cfg = pending[index]
             line = self._evaluate(cfg, split)
             elapsed = time.perf_counter() - t0
             eta = elapsed / (i + 1) * claims.left() / self.world.size
             acc = "-" if line["accuracy"] is None else f"{line['accuracy']:.2f}"
-            self.log(f"{split} {index + 1}/{len(pending)}  {cfg.describe()}  acc {acc}  loss {line['loss']:.4f}  "
-                     f"{line['seconds']:.1f} s  (eta {fmt_seconds(eta)})")
+            self.log(
+                f"{split} {index + 1}/{len(pending)}  {cfg.describe()}  acc {acc}  loss {line['loss']:.4f}  "
+                f"{line['seconds']:.1f} s  (eta {fmt_seconds(eta)})"
+            )
         if self._out_of_time() and claims.left():
             self.log(f"time budget of {self.spec.time_budget:g} s reached: stopping; rerun to continue")
         dist.barrier(self.world)
@@ -325,16 +383,36 @@ class Search:
         spec = self.spec
         t0 = time.perf_counter()
         with self.applier.applied(cfg) as steps:
-            res = evaluate(self.model, self.tokenizer, spec.task, split=split,
-                           limit=spec.limit_val if split == "val" else spec.limit_test,
-                           batch_size=spec.batch_size, answer_mode=spec.answer_mode, data=spec.data, progress=False)
+            res = evaluate(
+                self.model,
+                self.tokenizer,
+                spec.task,
+                split=split,
+                limit=spec.limit_val if split == "val" else spec.limit_test,
+                batch_size=spec.batch_size,
+                answer_mode=spec.answer_mode,
+                data=spec.data,
+                progress=False,
+            )
         ev = res.to_dict()
         ev.pop("examples", None)
         cells = self.grid.cells_of(cfg.key)
-        line = {"key": cfg.key, "split": split, "cell": list(cells[0]) if cells else ["baseline", ""],
-                "describe": cfg.describe(), "steps": list(cfg.steps), "accuracy": res.accuracy, "loss": res.loss,
-                "n": res.n, "apply": steps, "eval": ev, "seconds": round(time.perf_counter() - t0, 3),
-                "rank": self.world.rank, "world": self.world.size, "finished": now()}
+        line = {
+            "key": cfg.key,
+            "split": split,
+            "cell": list(cells[0]) if cells else ["baseline", ""],
+            "describe": cfg.describe(),
+            "steps": list(cfg.steps),
+            "accuracy": res.accuracy,
+            "loss": res.loss,
+            "n": res.n,
+            "apply": steps,
+            "eval": ev,
+            "seconds": round(time.perf_counter() - t0, 3),
+            "rank": self.world.rank,
+            "world": self.world.size,
+            "finished": now(),
+        }
         self.writer.append(line)
         self.evaluated.append(f"{cfg.key}/{split}")
         return line

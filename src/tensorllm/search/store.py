@@ -32,23 +32,36 @@ import json
 import os
 import subprocess
 import time
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import torch
 
-from tensorllm.base.files import atomic_write_text
 from tensorllm.base.errors import UserError
+from tensorllm.base.files import atomic_write_text
 
 FORMAT = 2  # 2: the evaluation batch size is part of the identity (bf16 numbers depend on it)
 MANIFEST = "store.json"
 RESULTS_GLOB = "results-rank*.jsonl"
-IDENTITY_KEYS = ("format", "model", "task", "data", "limit_val", "limit_test", "answer_mode", "batch_size", "method",
-                 "dtype", "device_type", "tensorllm")
+IDENTITY_KEYS = (
+    "format",
+    "model",
+    "task",
+    "data",
+    "limit_val",
+    "limit_test",
+    "answer_mode",
+    "batch_size",
+    "method",
+    "dtype",
+    "device_type",
+    "tensorllm",
+)
 _OWN_FILES = {MANIFEST, ".lock", "report.md", "report.json", "heatmap.png"}
 
 
 # -- identity --------------------------------------------------------------------------------------
+
 
 def model_fingerprint(model) -> str:
     """A cheap, stable hash of a model: its shape-defining config and a strided sample of every tensor.
@@ -58,8 +71,16 @@ def model_fingerprint(model) -> str:
     """
     h = hashlib.sha256()
     cfg = model.config
-    for name in ("model_type", "hidden_size", "num_hidden_layers", "num_attention_heads", "num_key_value_heads",
-                 "head_dim", "intermediate_size", "vocab_size"):
+    for name in (
+        "model_type",
+        "hidden_size",
+        "num_hidden_layers",
+        "num_attention_heads",
+        "num_key_value_heads",
+        "head_dim",
+        "intermediate_size",
+        "vocab_size",
+    ):
         h.update(f"{name}={getattr(cfg, name, None)};".encode())
     with torch.no_grad():
         for name, p in sorted(model.named_parameters()):
@@ -91,8 +112,12 @@ def code_version() -> str:
 
     here = Path(__file__).resolve().parent
     try:
-        out = subprocess.run(["git", "-C", str(here), "rev-parse", "--short", "HEAD"], capture_output=True,
-                             text=True, timeout=5)
+        out = subprocess.run(
+            ["git", "-C", str(here), "rev-parse", "--short", "HEAD"],
+            capture_output=True,
+            text=True,
+            timeout=5,
+        )
         commit = out.stdout.strip() if out.returncode == 0 else ""
     except (OSError, subprocess.SubprocessError):
         commit = ""
@@ -101,11 +126,15 @@ def code_version() -> str:
 
 def mismatch(expected: dict, found: dict) -> list[str]:
     """'key: store has X, this search Y' for every identity field that differs."""
-    return [f"{k}: store has {found.get(k)!r}, this search {expected.get(k)!r}" for k in IDENTITY_KEYS
-            if found.get(k) != expected.get(k)]
+    return [
+        f"{k}: store has {found.get(k)!r}, this search {expected.get(k)!r}"
+        for k in IDENTITY_KEYS
+        if found.get(k) != expected.get(k)
+    ]
 
 
 # -- writing ---------------------------------------------------------------------------------------
+
 
 class Writer:
     """Appends result lines to one file that this process owns (exclusive flock) until `close`."""
@@ -152,6 +181,7 @@ class Writer:
 
 # -- the store -------------------------------------------------------------------------------------
 
+
 class Store:
     def __init__(self, root: str | os.PathLike):
         self.root = Path(root).expanduser()
@@ -191,8 +221,10 @@ class Store:
         if found is None:
             stray = sorted(p.name for p in self.root.iterdir() if p.name not in _OWN_FILES)
             if stray:
-                raise UserError(f"--store {self.root} is a non-empty directory without {MANIFEST} "
-                                f"(holds {stray[0]}); pick a new or empty directory")
+                raise UserError(
+                    f"--store {self.root} is a non-empty directory without {MANIFEST} "
+                    f"(holds {stray[0]}); pick a new or empty directory"
+                )
             atomic_write_text(self.manifest_path, json.dumps({**identity, "info": info}, indent=2) + "\n")
             return
         self.check(identity, found)
@@ -203,8 +235,9 @@ class Store:
             raise UserError(f"{self.root} is not a search store (no {MANIFEST})")
         diff = mismatch(identity, found)
         if diff:
-            raise UserError(f"store {self.root} belongs to a different search ({'; '.join(diff)}); "
-                            "use another --store")
+            raise UserError(
+                f"store {self.root} belongs to a different search ({'; '.join(diff)}); use another --store"
+            )
 
     def close(self) -> None:
         if self._lock_fd >= 0:

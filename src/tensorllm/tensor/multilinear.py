@@ -8,7 +8,7 @@ fibre of `x` by the matrix `m`.
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 

@@ -13,7 +13,7 @@ the default.
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 
@@ -53,9 +53,7 @@ def truncated_svd(
     if method not in METHODS:
         raise ValueError(f"method must be one of {METHODS}, got {method!r}")
     if compute_dtype not in (torch.float32, torch.float64):
-        raise ValueError(
-            f"compute_dtype must be torch.float32 or torch.float64, got {compute_dtype}"
-        )
+        raise ValueError(f"compute_dtype must be torch.float32 or torch.float64, got {compute_dtype}")
     a = w.to(compute_dtype)  # (m, n)
     if method == "exact":
         u, s, vh = torch.linalg.svd(a, full_matrices=False)  # (m, k0), (k0,), (k0, n)
@@ -104,4 +102,3 @@ def _randomized_svd(
         q = torch.linalg.qr(a @ z).Q  # (m, l)
     ub, s, vh = torch.linalg.svd(q.T @ a, full_matrices=False)  # (l, l), (l,), (l, n)
     return q @ ub, s, vh  # (m, l), (l,), (l, n)
-

@@ -28,8 +28,8 @@ Implementation choices (all for speed on a 4096 x 128 x 4 x 32 tensor, and for r
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 import torch
 
@@ -144,8 +144,7 @@ def hooi(
         # 4096 x 128 x 4 x 32 layer this is one of three 4096 x 4096 `eigh`s, ~30% of the time).
         unused = active[0] if sweeps else None
         factors = [
-            None if i == unused else _leading_vectors(xc, r, m)
-            for i, (m, r) in enumerate(zip(modes, ranks))
+            None if i == unused else _leading_vectors(xc, r, m) for i, (m, r) in enumerate(zip(modes, ranks))
         ]
     else:
         factors = _check_init(init, xc, modes, ranks)
@@ -184,9 +183,7 @@ def relative_error(x: torch.Tensor, result: TuckerResult) -> float:
     """`||x - reconstruct(result)|| / ||x||`, computed directly (0.0 for an all-zero `x`)."""
     x_hat = reconstruct(result)
     if tuple(x.shape) != tuple(x_hat.shape):
-        raise ValueError(
-            f"tensor of shape {tuple(x.shape)} vs a decomposition of shape {tuple(x_hat.shape)}"
-        )
+        raise ValueError(f"tensor of shape {tuple(x.shape)} vs a decomposition of shape {tuple(x_hat.shape)}")
     x = x.to(device=x_hat.device, dtype=x_hat.dtype)
     norm_x = torch.linalg.vector_norm(x).item()
     if norm_x == 0.0:
@@ -217,9 +214,7 @@ def _fix_signs(u: torch.Tensor) -> torch.Tensor:
     return u * signs  # (I, R)
 
 
-def _project(
-    x: torch.Tensor, factors: Sequence[torch.Tensor], modes: Sequence[int]
-) -> torch.Tensor:
+def _project(x: torch.Tensor, factors: Sequence[torch.Tensor], modes: Sequence[int]) -> torch.Tensor:
     """`x ×_n U_n^T` over the given modes, skipping identity (full-rank) factors."""
     keep = [(f, m) for f, m in zip(factors, modes) if not _is_identity(f)]
     return multi_mode_dot(x, [f for f, _ in keep], [m for _, m in keep], transpose=True)
@@ -242,7 +237,6 @@ def _error_from_core(norm_x2: float, core: torch.Tensor) -> float:
     return math.sqrt(max(norm_x2 - _sq_norm(core), 0.0) / norm_x2)
 
 
-
 def _check_args(
     x: torch.Tensor, ranks: Sequence[int], modes: Sequence[int], compute_dtype: torch.dtype
 ) -> tuple[list[int], list[int]]:
@@ -252,9 +246,7 @@ def _check_args(
     if x.is_complex():
         raise ValueError("complex tensors are not supported")
     if compute_dtype not in COMPUTE_DTYPES:
-        raise ValueError(
-            f"compute_dtype must be torch.float32 or torch.float64, got {compute_dtype}"
-        )
+        raise ValueError(f"compute_dtype must be torch.float32 or torch.float64, got {compute_dtype}")
     modes = [check_mode(m, x.ndim) for m in modes]
     if not modes:
         raise ValueError("at least one mode must be decomposed")
@@ -262,9 +254,7 @@ def _check_args(
         raise ValueError(f"modes must be distinct, got {modes}")
     ranks = list(ranks)
     if len(ranks) != len(modes):
-        raise ValueError(
-            f"got {len(ranks)} ranks for {len(modes)} modes {modes}; give one rank per mode"
-        )
+        raise ValueError(f"got {len(ranks)} ranks for {len(modes)} modes {modes}; give one rank per mode")
     for mode, rank in zip(modes, ranks):
         size = x.shape[mode]
         if not is_int(rank) or not 1 <= rank <= size:
@@ -285,8 +275,7 @@ def _check_init(
     for f, m, r in zip(init, modes, ranks):
         if tuple(f.shape) != (xc.shape[m], r):
             raise ValueError(
-                f"init factor for mode {m} has shape {tuple(f.shape)}, "
-                f"expected {(xc.shape[m], r)}"
+                f"init factor for mode {m} has shape {tuple(f.shape)}, expected {(xc.shape[m], r)}"
             )
         f = f.to(device=xc.device, dtype=xc.dtype)
         factors.append(torch.eye(r, dtype=xc.dtype, device=xc.device) if r == xc.shape[m] else f)

@@ -20,13 +20,53 @@ from tensorllm.methods.gqa.heads import permute_kv_heads, transform_heads
 def english_text(min_chars: int = 60_000) -> str:
     """Docstrings of the Python standard library: real English prose, the same on every machine."""
     source = Path(importlib.util.find_spec("this").origin).read_text()  # the Zen of Python, ROT13 in `s`
-    zen = next(n.value.value for n in ast.parse(source).body if isinstance(n, ast.Assign) and n.targets[0].id == "s")
+    zen = next(
+        n.value.value for n in ast.parse(source).body if isinstance(n, ast.Assign) and n.targets[0].id == "s"
+    )
     docs = [codecs.decode(zen, "rot13")]
-    for name in ("collections", "json", "argparse", "logging", "pathlib", "inspect", "typing", "functools",
-                 "itertools", "subprocess", "threading", "unittest", "email", "http.client", "urllib.request",
-                 "dataclasses", "decimal", "fractions", "random", "statistics", "textwrap", "zipfile", "tarfile",
-                 "shutil", "tempfile", "datetime", "calendar", "csv", "sqlite3", "socket", "ssl", "pickle",
-                 "heapq", "bisect", "contextlib", "abc", "enum", "string", "re", "difflib", "pprint"):
+    for name in (
+        "collections",
+        "json",
+        "argparse",
+        "logging",
+        "pathlib",
+        "inspect",
+        "typing",
+        "functools",
+        "itertools",
+        "subprocess",
+        "threading",
+        "unittest",
+        "email",
+        "http.client",
+        "urllib.request",
+        "dataclasses",
+        "decimal",
+        "fractions",
+        "random",
+        "statistics",
+        "textwrap",
+        "zipfile",
+        "tarfile",
+        "shutil",
+        "tempfile",
+        "datetime",
+        "calendar",
+        "csv",
+        "sqlite3",
+        "socket",
+        "ssl",
+        "pickle",
+        "heapq",
+        "bisect",
+        "contextlib",
+        "abc",
+        "enum",
+        "string",
+        "re",
+        "difflib",
+        "pprint",
+    ):
         mod = importlib.import_module(name)
         for obj in [mod] + [getattr(mod, a) for a in sorted(dir(mod)) if not a.startswith("_")]:
             documented = inspect.ismodule(obj) or inspect.isclass(obj) or inspect.isfunction(obj)
@@ -46,15 +86,35 @@ def smollm2_tokenizer():
     return AutoTokenizer.from_pretrained(alias_path("smollm2-135m"))
 
 
-def tiny_llama(heads: int = 4, kv_heads: int = 4, *, vocab: int = 256, hidden: int | None = None, head_dim: int = 16,
-               layers: int = 2, bias: bool = False, family: str = "llama", seed: int = 0, dtype=torch.float64):
+def tiny_llama(
+    heads: int = 4,
+    kv_heads: int = 4,
+    *,
+    vocab: int = 256,
+    hidden: int | None = None,
+    head_dim: int = 16,
+    layers: int = 2,
+    bias: bool = False,
+    family: str = "llama",
+    seed: int = 0,
+    dtype=torch.float64,
+):
     from transformers import LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCausalLM
 
     torch.manual_seed(seed)
     hidden = hidden or heads * head_dim
-    common = dict(vocab_size=vocab, hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=layers,
-                  num_attention_heads=heads, num_key_value_heads=kv_heads, head_dim=head_dim,
-                  initializer_range=0.2, max_position_embeddings=512, tie_word_embeddings=False)
+    common = dict(
+        vocab_size=vocab,
+        hidden_size=hidden,
+        intermediate_size=2 * hidden,
+        num_hidden_layers=layers,
+        num_attention_heads=heads,
+        num_key_value_heads=kv_heads,
+        head_dim=head_dim,
+        initializer_range=0.2,
+        max_position_embeddings=512,
+        tie_word_embeddings=False,
+    )
     if family == "qwen2":  # q/k/v biases
         model = Qwen2ForCausalLM(Qwen2Config(**common))
     else:
@@ -66,13 +126,30 @@ def tiny_llama(heads: int = 4, kv_heads: int = 4, *, vocab: int = 256, hidden: i
     return model.to(dtype).eval()
 
 
-def tiny_gptj(*, vocab: int = 256, hidden: int = 64, heads: int = 4, rotary_dim: int = 8, layers: int = 2,
-              seed: int = 0, dtype=torch.float64):
+def tiny_gptj(
+    *,
+    vocab: int = 256,
+    hidden: int = 64,
+    heads: int = 4,
+    rotary_dim: int = 8,
+    layers: int = 2,
+    seed: int = 0,
+    dtype=torch.float64,
+):
     from transformers import GPTJConfig, GPTJForCausalLM
 
     torch.manual_seed(seed)
-    cfg = GPTJConfig(vocab_size=vocab, n_embd=hidden, n_layer=layers, n_head=heads, rotary_dim=rotary_dim,
-                     n_positions=512, initializer_range=0.2, bos_token_id=0, eos_token_id=0)
+    cfg = GPTJConfig(
+        vocab_size=vocab,
+        n_embd=hidden,
+        n_layer=layers,
+        n_head=heads,
+        rotary_dim=rotary_dim,
+        n_positions=512,
+        initializer_range=0.2,
+        bos_token_id=0,
+        eos_token_id=0,
+    )
     return GPTJForCausalLM(cfg).to(dtype).eval()
 
 
@@ -80,7 +157,9 @@ def tiny_gpt2(*, vocab: int = 256, seed: int = 0):
     from transformers import GPT2Config, GPT2LMHeadModel
 
     torch.manual_seed(seed)
-    cfg = GPT2Config(vocab_size=vocab, n_embd=64, n_layer=2, n_head=4, n_positions=128, bos_token_id=0, eos_token_id=0)
+    cfg = GPT2Config(
+        vocab_size=vocab, n_embd=64, n_layer=2, n_head=4, n_positions=128, bos_token_id=0, eos_token_id=0
+    )
     return GPT2LMHeadModel(cfg).eval()
 
 

@@ -41,8 +41,9 @@ def _rope_interleaved(x, pos, rotary_dim):
     return torch.cat([rot, x[..., rotary_dim:]], dim=-1).transpose(1, 2)
 
 
-@pytest.mark.parametrize("pairing,rdims", [("half", D), ("half", 8), ("interleaved", D), ("interleaved", 8),
-                                           (None, 0)])
+@pytest.mark.parametrize(
+    "pairing,rdims", [("half", D), ("half", 8), ("interleaved", D), ("interleaved", 8), (None, 0)]
+)
 def test_allowed_transforms_commute_with_the_runtime_rope(pairing, rdims):
     gen = torch.Generator().manual_seed(1)
     planes = A.Planes.for_rope(D, rdims, pairing)
@@ -76,8 +77,10 @@ def test_a_reflection_in_a_plane_does_not_commute():
     assert (after - before).abs().max() > 1e-3
 
 
-@pytest.mark.parametrize("planes", [A.Planes.for_rope(D, D, "half"), A.Planes.for_rope(D, 8, "interleaved"),
-                                    A.Planes.orthogonal(D)])
+@pytest.mark.parametrize(
+    "planes",
+    [A.Planes.for_rope(D, D, "half"), A.Planes.for_rope(D, 8, "interleaved"), A.Planes.orthogonal(D)],
+)
 def test_best_transform_is_optimal(planes):
     gen = torch.Generator().manual_seed(3)
     M = torch.randn(D, D, generator=gen, dtype=torch.float64)
@@ -97,16 +100,22 @@ def test_single_plane_angle_matches_a_grid_search():
     planes = A.Planes.for_rope(2, 2, "half")
     M = torch.tensor([[0.3, -1.2], [0.4, 0.9]], dtype=torch.float64)
     T = A.best_transform(M, planes)
-    grid = max(math.cos(t) * 1.2 + math.sin(t) * (-1.6) for t in torch.linspace(-math.pi, math.pi, 20001).tolist())
+    grid = max(
+        math.cos(t) * 1.2 + math.sin(t) * (-1.6) for t in torch.linspace(-math.pi, math.pi, 20001).tolist()
+    )
     assert float(torch.trace(T @ M)) == pytest.approx(grid, abs=1e-6)
 
 
 def _planted(n, planes, noise, seed=4, tokens=400):
     """Heads that are allowed rotations of one head (plus noise): cross products and the rotations."""
     gen = torch.Generator().manual_seed(seed)
-    base = torch.randn(tokens, D, generator=gen, dtype=torch.float64) * torch.linspace(3, 0.5, D, dtype=torch.float64)
+    base = torch.randn(tokens, D, generator=gen, dtype=torch.float64) * torch.linspace(
+        3, 0.5, D, dtype=torch.float64
+    )
     R = A.best_transform(torch.randn(n, D, D, generator=gen, dtype=torch.float64), planes)
-    acts = [base @ R[h].T + noise * torch.randn(tokens, D, generator=gen, dtype=torch.float64) for h in range(n)]
+    acts = [
+        base @ R[h].T + noise * torch.randn(tokens, D, generator=gen, dtype=torch.float64) for h in range(n)
+    ]
     X = torch.cat(acts, dim=1)  # (tokens, n*d)
     return A.cross_blocks(X.T @ X, n, D), R, acts
 
@@ -115,7 +124,9 @@ def _planted(n, planes, noise, seed=4, tokens=400):
 def test_similarity_and_group_alignment_undo_planted_rotations(planes):
     blocks, R, acts = _planted(3, planes, noise=0.0)
     S = A.similarity(blocks, planes)
-    assert torch.allclose(S + torch.eye(3, dtype=torch.float64), torch.ones(3, 3, dtype=torch.float64), atol=1e-10)
+    assert torch.allclose(
+        S + torch.eye(3, dtype=torch.float64), torch.ones(3, 3, dtype=torch.float64), atol=1e-10
+    )
     assert float(A.similarity(blocks, None)[0, 1]) < 0.9  # unaligned they look different
     T = A.align_group(blocks, [0, 1, 2], planes)
     assert torch.allclose(T[0], torch.eye(D, dtype=torch.float64), atol=1e-12)  # first member is the frame
@@ -128,9 +139,9 @@ def test_group_alignment_reduces_the_residual_with_noise():
     blocks, _, acts = _planted(4, planes, noise=0.5)
     T = A.align_group(blocks, [0, 1, 2, 3], planes)
     eye = torch.eye(D, dtype=torch.float64).expand(4, D, D)
-    energy = sum(float((a ** 2).sum()) for a in acts)
+    energy = sum(float((a**2).sum()) for a in acts)
     aligned_kept = 4 * float(A.merged_energy(blocks, [0, 1, 2, 3], T)) / energy
     plain_kept = 4 * float(A.merged_energy(blocks, [0, 1, 2, 3], eye)) / energy
     assert aligned_kept > 0.8 > plain_kept
     mean = sum(a @ t.T for a, t in zip(acts, T)) / 4  # merged_energy agrees with the activations
-    assert 4 * float((mean ** 2).sum()) / energy == pytest.approx(aligned_kept, rel=1e-9)
+    assert 4 * float((mean**2).sum()) / energy == pytest.approx(aligned_kept, rel=1e-9)

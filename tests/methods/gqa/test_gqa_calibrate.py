@@ -1,8 +1,8 @@
 """Streamed calibration statistics equal the cross products of the real K/V activations."""
 
 import torch
-
 from gqa_models import english_text, smollm2_tokenizer, tiny_gptj, tiny_llama
+
 from tensorllm.archs import blocks, get_module, spec_for
 from tensorllm.attention import read_attention
 from tensorllm.methods.gqa.calibrate import chunk, cross_products, input_grams, token_stream
@@ -11,8 +11,10 @@ from tensorllm.methods.gqa.calibrate import chunk, cross_products, input_grams, 
 def _direct(model, arch, ids, path):
     """sum_t y y^T of a projection's outputs, collected with output hooks (the slow way)."""
     outs = {}
-    hooks = [get_module(b, path).register_forward_hook(lambda m, a, y, i=i: outs.setdefault(i, []).append(y))
-             for i, b in enumerate(blocks(model, arch))]
+    hooks = [
+        get_module(b, path).register_forward_hook(lambda m, a, y, i=i: outs.setdefault(i, []).append(y))
+        for i, b in enumerate(blocks(model, arch))
+    ]
     with torch.no_grad():
         model(input_ids=ids)
     for h in hooks:

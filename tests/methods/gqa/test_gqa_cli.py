@@ -6,11 +6,11 @@ import pytest
 import torch
 import typer
 import yaml
+from gqa_models import english_text, smollm2_tokenizer, tiny_gpt2, tiny_llama
 from typer.testing import CliRunner
 
-from gqa_models import english_text, smollm2_tokenizer, tiny_gpt2, tiny_llama
-from tensorllm.cli import gqa as cli_gqa
 from tensorllm.base.errors import UserError
+from tensorllm.cli import gqa as cli_gqa
 
 
 @pytest.fixture(scope="module")
@@ -41,9 +41,26 @@ def checkpoint(tmp_path_factory):
 
 def test_gqa_command_writes_a_checkpoint_recipe_and_report(app, checkpoint):
     out = checkpoint / "gqa2"
-    args = ["gqa", str(checkpoint / "mha"), "--kv-heads", "2", "--out", str(out), "--calib-file",
-            str(checkpoint / "text.txt"), "--calib-tokens", "512", "--seq-len", "128", "--eval-tokens", "256",
-            "--decode-tokens", "4", "--device", "cpu"]
+    args = [
+        "gqa",
+        str(checkpoint / "mha"),
+        "--kv-heads",
+        "2",
+        "--out",
+        str(out),
+        "--calib-file",
+        str(checkpoint / "text.txt"),
+        "--calib-tokens",
+        "512",
+        "--seq-len",
+        "128",
+        "--eval-tokens",
+        "256",
+        "--decode-tokens",
+        "4",
+        "--device",
+        "cpu",
+    ]
     result = CliRunner().invoke(app, args)
     assert result.exit_code == 0, result.output
     assert "held-out perplexity" in result.output
@@ -63,45 +80,79 @@ def test_gqa_command_writes_a_checkpoint_recipe_and_report(app, checkpoint):
     assert isinstance(again.exception, UserError) and "already exists" in str(again.exception)
 
 
-@pytest.mark.parametrize("extra,message", [
-    (["--kv-heads", "3"], "does not divide"),
-    (["--kv-heads", "2", "--grouping", "best"], "not one of"),
-    (["--kv-heads", "2", "--calib-tokens", "100000"], "too short"),
-])
+@pytest.mark.parametrize(
+    "extra,message",
+    [
+        (["--kv-heads", "3"], "does not divide"),
+        (["--kv-heads", "2", "--grouping", "best"], "not one of"),
+        (["--kv-heads", "2", "--calib-tokens", "100000"], "too short"),
+    ],
+)
 def test_gqa_command_bad_input(app, checkpoint, extra, message):
-    args = ["gqa", str(checkpoint / "mha"), "--out", str(checkpoint / "bad"), "--calib-file",
-            str(checkpoint / "text.txt"), "--device", "cpu", *extra]
+    args = [
+        "gqa",
+        str(checkpoint / "mha"),
+        "--out",
+        str(checkpoint / "bad"),
+        "--calib-file",
+        str(checkpoint / "text.txt"),
+        "--device",
+        "cpu",
+        *extra,
+    ]
     result = CliRunner().invoke(app, args)
     assert isinstance(result.exception, UserError), result.output
     assert message in str(result.exception)
     assert not (checkpoint / "bad").exists()
 
 
-FAST = ["--calib-tokens", "512", "--seq-len", "128", "--eval-tokens", "256", "--decode-tokens", "0", "--device", "cpu"]
+FAST = [
+    "--calib-tokens",
+    "512",
+    "--seq-len",
+    "128",
+    "--eval-tokens",
+    "256",
+    "--decode-tokens",
+    "0",
+    "--device",
+    "cpu",
+]
 
 
-@pytest.mark.parametrize("model,extra,message", [
-    ("mha", ["--kv-heads", "3"], "kv_heads=3 does not divide the 4 query heads"),
-    ("mha", ["--kv-heads", "4"], "kv_heads=4 must be fewer than the model's 4 K/V heads"),
-    ("mha", ["--kv-heads", "8"], "kv_heads=8 does not divide the 4 query heads"),
-    ("gpt2", ["--kv-heads", "2"], "gpt2 checkpoints have no separate K/V projections"),
-    ("mha", ["--kv-heads", "2", "--calib-file", "{root}/empty.txt"], "the calibration text is empty"),
-    ("mha", ["--kv-heads", "2", "--calib-file", "{root}/short.txt"], "the calibration text is too short"),
-    ("mha", ["--kv-heads", "2", "--calib-file", "{root}"], "is not a file"),
-    ("mha", ["--kv-heads", "2", "--eval-tokens", "0"], "eval_tokens must be at least 2"),
-    ("mha", ["--kv-heads", "2", "--eval-tokens", "1"], "eval_tokens must be at least 2"),
-    ("mha", ["--kv-heads", "2", "--decode-tokens", "-1"], "decode_tokens must be 0 (skip) or more"),
-    ("mha", ["--kv-heads", "2", "--train-steps", "2", "--calib-file", "{root}/short.txt"], "too short"),
-    ("mha", ["--kv-heads", "2", "--train-steps", "2", "--train-tokens", "-5"], "gqa.train_tokens must be 0"),
-    ("mha", ["--kv-heads", "2", "--train-steps", "2", "--train-tokens", "10000000"],
-     "fine-tune text needs 10000512"),
-])
+@pytest.mark.parametrize(
+    "model,extra,message",
+    [
+        ("mha", ["--kv-heads", "3"], "kv_heads=3 does not divide the 4 query heads"),
+        ("mha", ["--kv-heads", "4"], "kv_heads=4 must be fewer than the model's 4 K/V heads"),
+        ("mha", ["--kv-heads", "8"], "kv_heads=8 does not divide the 4 query heads"),
+        ("gpt2", ["--kv-heads", "2"], "gpt2 checkpoints have no separate K/V projections"),
+        ("mha", ["--kv-heads", "2", "--calib-file", "{root}/empty.txt"], "the calibration text is empty"),
+        ("mha", ["--kv-heads", "2", "--calib-file", "{root}/short.txt"], "the calibration text is too short"),
+        ("mha", ["--kv-heads", "2", "--calib-file", "{root}"], "is not a file"),
+        ("mha", ["--kv-heads", "2", "--eval-tokens", "0"], "eval_tokens must be at least 2"),
+        ("mha", ["--kv-heads", "2", "--eval-tokens", "1"], "eval_tokens must be at least 2"),
+        ("mha", ["--kv-heads", "2", "--decode-tokens", "-1"], "decode_tokens must be 0 (skip) or more"),
+        ("mha", ["--kv-heads", "2", "--train-steps", "2", "--calib-file", "{root}/short.txt"], "too short"),
+        (
+            "mha",
+            ["--kv-heads", "2", "--train-steps", "2", "--train-tokens", "-5"],
+            "gqa.train_tokens must be 0",
+        ),
+        (
+            "mha",
+            ["--kv-heads", "2", "--train-steps", "2", "--train-tokens", "10000000"],
+            "fine-tune text needs 10000512",
+        ),
+    ],
+)
 def test_bad_input_is_one_error_line_exit_2_and_nothing_written(run_cli, checkpoint, model, extra, message):
     """Through the real entry point (tensorllm.cli.main): exactly one `error: ...` line, exit code 2."""
     out = checkpoint / "bad-out"
     extra = [a.format(root=checkpoint) for a in extra]
-    rc, stdout, stderr = run_cli("gqa", checkpoint / model, "--out", out, "--calib-file", checkpoint / "text.txt",
-                                 *FAST, *extra)
+    rc, stdout, stderr = run_cli(
+        "gqa", checkpoint / model, "--out", out, "--calib-file", checkpoint / "text.txt", *FAST, *extra
+    )
     assert rc == 2, stderr
     lines = stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], stderr
@@ -129,12 +180,25 @@ def test_fine_tune_text_follows_calibration_and_precedes_held_out(run_cli, check
     monkeypatch.setattr(finetune_mod, "finetune", spy_finetune)
     monkeypatch.setattr(pipeline, "perplexity", spy_perplexity)
     out = checkpoint / "ft-text"
-    rc, stdout, stderr = run_cli("gqa", checkpoint / "mha", "--out", out, "--calib-file", checkpoint / "text.txt",
-                                 *FAST, "--kv-heads", "2", "--train-steps", "2", "--train-tokens", "384")
+    rc, stdout, stderr = run_cli(
+        "gqa",
+        checkpoint / "mha",
+        "--out",
+        out,
+        "--calib-file",
+        checkpoint / "text.txt",
+        *FAST,
+        "--kv-heads",
+        "2",
+        "--train-steps",
+        "2",
+        "--train-tokens",
+        "384",
+    )
     assert rc == 0, stderr
     ids = token_stream(smollm2_tokenizer(), calibration_documents(str(checkpoint / "text.txt")))
-    assert torch.equal(seen["train"].flatten(), ids[512:512 + 384])  # (3, 128) after 512 calibration tokens
-    assert torch.equal(seen["held_out"].flatten(), ids[896:896 + 256])
+    assert torch.equal(seen["train"].flatten(), ids[512 : 512 + 384])  # (3, 128) after 512 calibration tokens
+    assert torch.equal(seen["held_out"].flatten(), ids[896 : 896 + 256])
     report = json.loads((out / "report.json").read_text())
     assert report["eval"]["train_tokens"] == 384 and report["summary"]["finetune"]["train_tokens"] == 384
     curve = report["summary"]["finetune"]["curve"]  # the held-out perplexity the export would have, per step

@@ -3,15 +3,24 @@ and the host-sync-free decode loop produces the greedy tokens of a cache-free re
 
 import pytest
 import torch
-
 from gqa_models import tiny_llama
-from tensorllm.runtime.decode_attention import NAMES, register
+
 from tensorllm.eval.measure import decode_loop_ms
+from tensorllm.runtime.decode_attention import NAMES, register
 
 
 def _decode(model, prompt, mask, **kw):
-    out = model.generate(prompt, attention_mask=mask, max_new_tokens=6, min_new_tokens=6, do_sample=False,
-                         pad_token_id=0, output_logits=True, return_dict_in_generate=True, **kw)
+    out = model.generate(
+        prompt,
+        attention_mask=mask,
+        max_new_tokens=6,
+        min_new_tokens=6,
+        do_sample=False,
+        pad_token_id=0,
+        output_logits=True,
+        return_dict_in_generate=True,
+        **kw,
+    )
     return out.sequences, torch.stack(out.logits)  # (B, T+6), (6, B, V)
 
 
@@ -79,7 +88,11 @@ def test_per_head_mask_is_regrouped(kernel):
     from tensorllm.runtime.decode_attention import decode_attention
 
     gen = torch.Generator().manual_seed(5)
-    q, k, v = torch.randn(2, 6, 1, 8, generator=gen), torch.randn(2, 2, 7, 8, generator=gen), torch.randn(2, 2, 7, 8, generator=gen)
+    q, k, v = (
+        torch.randn(2, 6, 1, 8, generator=gen),
+        torch.randn(2, 2, 7, 8, generator=gen),
+        torch.randn(2, 2, 7, 8, generator=gen),
+    )
     mask = torch.rand(2, 6, 1, 7, generator=gen) > 0.4
     mask[..., 0] = True  # every head attends somewhere
     module = SimpleNamespace(num_key_value_groups=3, is_causal=True, training=False)
@@ -99,8 +112,10 @@ def _greedy_without_cache(model, prompt, steps):
     position (no cache, no EOS rule)."""
     seq = prompt
     for _ in range(steps):
-        seq = torch.cat([seq, model(input_ids=seq, use_cache=False).logits[:, -1].argmax(-1, keepdim=True)], dim=1)
-    return seq[:, prompt.shape[1]:]
+        seq = torch.cat(
+            [seq, model(input_ids=seq, use_cache=False).logits[:, -1].argmax(-1, keepdim=True)], dim=1
+        )
+    return seq[:, prompt.shape[1] :]
 
 
 @pytest.mark.parametrize("attention", ["sdpa", "gqa", "packed"])
@@ -109,7 +124,9 @@ def test_decode_loop_gives_the_greedy_tokens(attention):
     model.set_attn_implementation(attention if attention == "sdpa" else register(attention))
     prompt = torch.randint(1, 256, (3, 11), generator=torch.Generator().manual_seed(3))
     got = decode_loop_ms(model, prompt, 4, repeats=3, warmup=2, compile=False)
-    assert got["tokens"].shape == (3, 14) and torch.equal(got["tokens"], _greedy_without_cache(model, prompt, 14))
+    assert got["tokens"].shape == (3, 14) and torch.equal(
+        got["tokens"], _greedy_without_cache(model, prompt, 14)
+    )
     assert got["steps_timed"] == 12 and got["ms_per_step"] > 0
 
 

@@ -2,8 +2,8 @@
 
 import pytest
 import torch
-
 from gqa_models import logits, rel_diff, tiny_gptj, tiny_llama
+
 from tensorllm.archs import spec_for
 from tensorllm.attention import read_attention, write_attention
 from tensorllm.methods.gqa import align as A

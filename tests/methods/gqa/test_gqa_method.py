@@ -4,9 +4,17 @@ import json
 
 import pytest
 import torch
+from gqa_models import (
+    english_text,
+    hide_structure,
+    logits,
+    rel_diff,
+    smollm2_tokenizer,
+    tiny_gpt2,
+    tiny_gptj,
+    tiny_llama,
+)
 
-from gqa_models import (english_text, hide_structure, logits, rel_diff, smollm2_tokenizer, tiny_gpt2, tiny_gptj,
-                        tiny_llama)
 from tensorllm.archs import spec_for
 from tensorllm.base.errors import UserError
 from tensorllm.methods import registry
@@ -107,19 +115,37 @@ def test_similarity_grouping_keeps_more_energy_than_contiguous(tokenizer, text_f
     kept = {}
     for grouping in ("similarity", "contiguous"):
         model = tiny_llama(8, 8, vocab=VOCAB)
-        r = apply(model, tokenizer, kv_heads=2, grouping=grouping, calib_tokens=256, seq_len=128,
-                  calib_file=str(text_file))
+        r = apply(
+            model,
+            tokenizer,
+            kv_heads=2,
+            grouping=grouping,
+            calib_tokens=256,
+            seq_len=128,
+            calib_file=str(text_file),
+        )
         kept[grouping] = r["summary"]["mean_key_energy_kept"] + r["summary"]["mean_value_energy_kept"]
     assert kept["similarity"] >= kept["contiguous"]
 
 
-@pytest.mark.parametrize("model_fn,opts,message", [
-    (lambda: tiny_llama(6, 6, vocab=VOCAB), {"kv_heads": 4}, "does not divide the 6 query heads"),
-    (lambda: tiny_llama(4, 4, vocab=VOCAB), {"kv_heads": 4}, "must be fewer than the model's 4 K/V heads"),
-    (lambda: tiny_llama(8, 2, vocab=VOCAB), {"kv_heads": 4}, "must be fewer than the model's 2 K/V heads"),
-    (lambda: tiny_gpt2(vocab=VOCAB), {"kv_heads": 2}, "no separate K/V projections"),
-    (lambda: tiny_gptj(vocab=VOCAB), {"kv_heads": 2}, "no separate K/V projections"),
-])
+@pytest.mark.parametrize(
+    "model_fn,opts,message",
+    [
+        (lambda: tiny_llama(6, 6, vocab=VOCAB), {"kv_heads": 4}, "does not divide the 6 query heads"),
+        (
+            lambda: tiny_llama(4, 4, vocab=VOCAB),
+            {"kv_heads": 4},
+            "must be fewer than the model's 4 K/V heads",
+        ),
+        (
+            lambda: tiny_llama(8, 2, vocab=VOCAB),
+            {"kv_heads": 4},
+            "must be fewer than the model's 2 K/V heads",
+        ),
+        (lambda: tiny_gpt2(vocab=VOCAB), {"kv_heads": 2}, "no separate K/V projections"),
+        (lambda: tiny_gptj(vocab=VOCAB), {"kv_heads": 2}, "no separate K/V projections"),
+    ],
+)
 def test_bad_model_or_head_count(tokenizer, text_file, model_fn, opts, message):
     with pytest.raises(UserError, match=message):
         apply(model_fn(), tokenizer, calib_file=str(text_file), **opts)
@@ -153,7 +179,9 @@ def test_json_and_jsonl_calibration_files(tokenizer, tmp_path):
     (tmp_path / "a.txt").write_text("\n\n".join(paragraphs), encoding="utf-8")
     assert read_text_file(tmp_path / "a.txt") == ["\n\n".join(paragraphs)]
     (tmp_path / "a.json").write_text(json.dumps([{"text": p} for p in paragraphs]), encoding="utf-8")
-    (tmp_path / "a.jsonl").write_text("\n".join(json.dumps({"text": p}) for p in paragraphs), encoding="utf-8")
+    (tmp_path / "a.jsonl").write_text(
+        "\n".join(json.dumps({"text": p}) for p in paragraphs), encoding="utf-8"
+    )
     assert read_text_file(tmp_path / "a.json") == paragraphs
     assert read_text_file(tmp_path / "a.jsonl") == paragraphs
     model = tiny_llama(4, 4, vocab=VOCAB)
@@ -161,14 +189,17 @@ def test_json_and_jsonl_calibration_files(tokenizer, tmp_path):
     assert model.config.num_key_value_heads == 2
 
 
-@pytest.mark.parametrize("opts,message", [
-    ({"kv_heads": 0}, "kv_heads must be at least 1"),
-    ({"kv_heads": 2, "grouping": "random"}, "not one of"),
-    ({"kv_heads": 2, "colour": "red"}, "unknown option"),
-    ({"kv_heads": 2, "sparsity_warmup": 0.0}, "sparsity_warmup"),
-    ({"kv_heads": 2, "train_precision": "fp8"}, "train_precision"),
-    ({"kv_heads": 2, "train_steps": -1}, "train_steps"),
-])
+@pytest.mark.parametrize(
+    "opts,message",
+    [
+        ({"kv_heads": 0}, "kv_heads must be at least 1"),
+        ({"kv_heads": 2, "grouping": "random"}, "not one of"),
+        ({"kv_heads": 2, "colour": "red"}, "unknown option"),
+        ({"kv_heads": 2, "sparsity_warmup": 0.0}, "sparsity_warmup"),
+        ({"kv_heads": 2, "train_precision": "fp8"}, "train_precision"),
+        ({"kv_heads": 2, "train_steps": -1}, "train_steps"),
+    ],
+)
 def test_config_validation(opts, message):
     with pytest.raises(UserError, match=message):
         registry.config_from_dict("gqa", opts)

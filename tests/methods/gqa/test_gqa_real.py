@@ -2,8 +2,8 @@
 
 import pytest
 import torch
-
 from gqa_models import english_text, hide_structure, logits, rel_diff
+
 from tensorllm.base.errors import UserError
 from tensorllm.methods import registry
 from tensorllm.models.expand_kv import expand_kv
@@ -33,7 +33,9 @@ def _shuffle_heads(model, arch, seed):
     gen = torch.Generator().manual_seed(seed)
     for i in range(model.config.num_hidden_layers):
         w = read_attention(model, arch, i)
-        write_attention(model, arch, i, permute_kv_heads(w, torch.randperm(w.kv_heads, generator=gen).tolist()))
+        write_attention(
+            model, arch, i, permute_kv_heads(w, torch.randperm(w.kv_heads, generator=gen).tolist())
+        )
 
 
 def test_expanded_and_shuffled_smollm2_converts_back_exactly(text_file):
@@ -44,8 +46,15 @@ def test_expanded_and_shuffled_smollm2_converts_back_exactly(text_file):
     expand_kv(model, arch)  # 3 -> 9 K/V heads
     _shuffle_heads(model, arch, seed=0)
     assert rel_diff(logits(model, ids), ref) < 1e-5
-    result = _apply(loaded, kv_heads=3, grouping="similarity", align=True, calib_tokens=256, seq_len=256,
-                    calib_file=str(text_file))
+    result = _apply(
+        loaded,
+        kv_heads=3,
+        grouping="similarity",
+        align=True,
+        calib_tokens=256,
+        seq_len=256,
+        calib_file=str(text_file),
+    )
     assert model.config.num_key_value_heads == 3
     assert model.model.layers[0].self_attn.k_proj.weight.shape == (192, 576)
     assert rel_diff(logits(model, ids), ref) < 1e-3
@@ -66,9 +75,9 @@ def test_finetune_lowers_held_out_perplexity_versus_the_merge(text_file):
     """SmolLM2's 3 K/V heads merged into 1: eight distillation steps already help a lot."""
     import copy
 
+    from tensorllm.eval.measure import perplexity
     from tensorllm.methods.gqa import convert
     from tensorllm.methods.gqa.calibrate import chunk, read_text_file, token_stream
-    from tensorllm.eval.measure import perplexity
 
     loaded = load_model("smollm2-135m", dtype="float32", device="cpu")
     ids = token_stream(loaded.tokenizer, read_text_file(text_file))
@@ -77,8 +86,13 @@ def test_finetune_lowers_held_out_perplexity_versus_the_merge(text_file):
     merged, tuned = loaded.model, copy.deepcopy(loaded.model)
     opts = {"kv_heads": 1, "seq_len": 32, "train_batch_size": 2, "lr": 3e-4}
     convert(merged, loaded.arch, registry.config_from_dict("gqa", opts), calib, progress=False)
-    result = convert(tuned, loaded.arch, registry.config_from_dict("gqa", {**opts, "train_steps": 8}), calib,
-                     progress=False)
+    result = convert(
+        tuned,
+        loaded.arch,
+        registry.config_from_dict("gqa", {**opts, "train_steps": 8}),
+        calib,
+        progress=False,
+    )
     assert tuned.config.num_key_value_heads == 1
     assert result["summary"]["finetune"]["final_open_probability"] < 0.01
     assert perplexity(tuned, held_out) < 0.8 * perplexity(merged, held_out)  # measured: 527 vs 1043
@@ -103,9 +117,29 @@ def test_cli_recovers_rotated_and_shuffled_smollm2_as_a_plain_checkpoint(text_fi
     src = save_checkpoint(loaded, tmp_path / "shuffled")
     del loaded
     out = tmp_path / "gqa3"
-    rc, _, stderr = run_cli("gqa", src, "--kv-heads", "3", "--grouping", "similarity", "--align", "--out", out,
-                            "--calib-file", text_file, "--calib-tokens", "512", "--seq-len", "256",
-                            "--eval-tokens", "256", "--decode-tokens", "0", "--device", "cpu")
+    rc, _, stderr = run_cli(
+        "gqa",
+        src,
+        "--kv-heads",
+        "3",
+        "--grouping",
+        "similarity",
+        "--align",
+        "--out",
+        out,
+        "--calib-file",
+        text_file,
+        "--calib-tokens",
+        "512",
+        "--seq-len",
+        "256",
+        "--eval-tokens",
+        "256",
+        "--decode-tokens",
+        "0",
+        "--device",
+        "cpu",
+    )
     assert rc == 0, stderr
     again = AutoModelForCausalLM.from_pretrained(out).eval()
     assert again.config.num_key_value_heads == 3
@@ -124,9 +158,9 @@ def test_multi_query_aligned_merge_beats_mean_pooling(text_file):
     mean-pooling's (`--no-align`). Measured here: original 15.4, aligned 993, mean-pooled 25,465."""
     import copy
 
+    from tensorllm.eval.measure import perplexity
     from tensorllm.methods.gqa import convert
     from tensorllm.methods.gqa.calibrate import chunk, read_text_file, token_stream
-    from tensorllm.eval.measure import perplexity
 
     loaded = load_model("smollm2-135m", dtype="float32", device="cpu")
     ids = token_stream(loaded.tokenizer, read_text_file(text_file))

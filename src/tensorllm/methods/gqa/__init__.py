@@ -17,4 +17,13 @@ from tensorllm.methods.gqa.config import GQAConfig
 from tensorllm.methods.gqa.convert import LayerPlan, check_convertible, convert, plan_layer
 from tensorllm.methods.gqa.method import Text, apply_gqa, text_tokens
 
-__all__ = ["GQAConfig", "LayerPlan", "Text", "apply_gqa", "check_convertible", "convert", "plan_layer", "text_tokens"]
+__all__ = [
+    "GQAConfig",
+    "LayerPlan",
+    "Text",
+    "apply_gqa",
+    "check_convertible",
+    "convert",
+    "plan_layer",
+    "text_tokens",
+]

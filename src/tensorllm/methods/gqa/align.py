@@ -32,8 +32,8 @@ class Planes:
     head_dim: int
 
     @classmethod
-    def for_rope(cls, head_dim: int, rotary_dims: int, pairing: str | None) -> "Planes":
-        """RoPE pairing of Hugging Face ("half": i with i + r/2) or GPT-J/Meta ("interleaved": 2i with 2i+1)."""
+    def for_rope(cls, head_dim: int, rotary_dims: int, pairing: str | None) -> Planes:
+        """RoPE pairing of Hugging Face ("half": i with i + r/2) or GPT-J/Meta ("interleaved": 2i, 2i+1)."""
         r = 0 if pairing is None else int(rotary_dims)
         if r % 2 or not 0 <= r <= head_dim:
             raise ValueError(f"rotary dims {r} must be even and at most head_dim {head_dim}")
@@ -49,7 +49,7 @@ class Planes:
         return cls(pairs, torch.arange(r, head_dim), head_dim)
 
     @classmethod
-    def orthogonal(cls, head_dim: int) -> "Planes":
+    def orthogonal(cls, head_dim: int) -> Planes:
         """Any orthogonal transform (values, or keys without RoPE)."""
         return cls(torch.zeros(0, 2, dtype=torch.long), torch.arange(head_dim), head_dim)
 
@@ -80,8 +80,12 @@ def best_transform(M: torch.Tensor, planes: Planes) -> torch.Tensor:
         cos_part, sin_part = _plane_terms(M, planes.pairs)
         norm = torch.hypot(cos_part, sin_part)
         degenerate = norm <= torch.finfo(M.dtype).tiny
-        c = torch.where(degenerate, torch.ones_like(norm), cos_part / norm.clamp_min(torch.finfo(M.dtype).tiny))
-        s = torch.where(degenerate, torch.zeros_like(norm), sin_part / norm.clamp_min(torch.finfo(M.dtype).tiny))
+        c = torch.where(
+            degenerate, torch.ones_like(norm), cos_part / norm.clamp_min(torch.finfo(M.dtype).tiny)
+        )
+        s = torch.where(
+            degenerate, torch.zeros_like(norm), sin_part / norm.clamp_min(torch.finfo(M.dtype).tiny)
+        )
         T[..., a, a], T[..., a, b], T[..., b, a], T[..., b, b] = c, -s, s, c
     if planes.free.numel():
         f = planes.free.to(M.device)
@@ -106,7 +110,9 @@ def similarity(blocks: torch.Tensor, planes: Planes | None) -> torch.Tensor:
     pair = blocks[iu[0], iu[1]]  # (n(n-1)/2, d, d); the scores are symmetric in (i, j)
     score = best_score(pair, planes) if planes is not None else torch.diagonal(pair, dim1=-2, dim2=-1).sum(-1)
     denom = (energy[iu[0]] * energy[iu[1]]).sqrt()
-    cos = torch.where(denom > 0, score / denom.clamp_min(torch.finfo(blocks.dtype).tiny), torch.zeros_like(score))
+    cos = torch.where(
+        denom > 0, score / denom.clamp_min(torch.finfo(blocks.dtype).tiny), torch.zeros_like(score)
+    )
     S = torch.zeros(n, n, dtype=blocks.dtype, device=blocks.device)
     S[iu[0], iu[1]] = cos
     return S + S.T
@@ -122,8 +128,9 @@ def merged_energy(blocks: torch.Tensor, members: list[int], T: torch.Tensor) -> 
     return (TC * T.unsqueeze(0)).sum() / (m * m)
 
 
-def align_group(blocks: torch.Tensor, members: list[int], planes: Planes, iters: int = 20,
-                tol: float = 1e-5) -> torch.Tensor:
+def align_group(
+    blocks: torch.Tensor, members: list[int], planes: Planes, iters: int = 20, tol: float = 1e-5
+) -> torch.Tensor:
     """Generalised Procrustes of one group of heads; returns T (m, d, d), first member's T = I.
 
     Start by aligning every member onto the first; then repeatedly align each member onto the

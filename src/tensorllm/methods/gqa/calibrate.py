@@ -67,8 +67,10 @@ def calibration_documents(calib_file: str | None) -> list[str]:
     try:
         from tensorllm.data import default_calibration_text
     except ImportError:
-        raise UserError("no calibration text: pass --calib-file FILE "
-                        "(tensorllm.data.default_calibration_text is not available)") from None
+        raise UserError(
+            "no calibration text: pass --calib-file FILE "
+            "(tensorllm.data.default_calibration_text is not available)"
+        ) from None
     text = default_calibration_text()
     return [text] if isinstance(text, str) else list(text)  # one string, or a list of documents
 
@@ -98,15 +100,18 @@ def token_stream(tokenizer, docs: list[str]) -> torch.Tensor:
     return torch.tensor(ids, dtype=torch.long)
 
 
-def chunk(ids: torch.Tensor, n_tokens: int, seq_len: int, *, offset: int = 0,
-          what: str = "calibration") -> torch.Tensor:
-    """Tokens [offset, offset + n_tokens) as (n_tokens // seq_len, seq_len) rows (seq_len capped at n_tokens)."""
+def chunk(
+    ids: torch.Tensor, n_tokens: int, seq_len: int, *, offset: int = 0, what: str = "calibration"
+) -> torch.Tensor:
+    """Tokens [offset, offset + n_tokens) as (n_tokens // seq_len, seq_len) rows (seq_len <= n_tokens)."""
     seq_len = min(seq_len, n_tokens)
     n_seq = n_tokens // seq_len
     need = offset + n_seq * seq_len
     if len(ids) < need:
-        raise UserError(f"the calibration text is too short: {len(ids)} tokens, {what} needs {need} "
-                        f"(give a longer --calib-file or fewer tokens)")
+        raise UserError(
+            f"the calibration text is too short: {len(ids)} tokens, {what} needs {need} "
+            f"(give a longer --calib-file or fewer tokens)"
+        )
     return ids[offset:need].reshape(n_seq, seq_len)
 
 
@@ -115,8 +120,15 @@ def _kv_input_module(block: nn.Module, arch: ArchSpec) -> nn.Module:
 
 
 @torch.no_grad()
-def input_grams(model: nn.Module, arch: ArchSpec, tokens: torch.Tensor, *, batch_size: int = 4,
-                device: torch.device | None = None, progress: bool = True) -> list[torch.Tensor]:
+def input_grams(
+    model: nn.Module,
+    arch: ArchSpec,
+    tokens: torch.Tensor,
+    *,
+    batch_size: int = 4,
+    device: torch.device | None = None,
+    progress: bool = True,
+) -> list[torch.Tensor]:
     """Per layer sum_t [x_t; 1][x_t; 1]^T (float64, on `device`) over calibration tokens (n_seq, seq_len)."""
     device = device or next(model.parameters()).device
     layers = blocks(model, arch)
@@ -125,13 +137,16 @@ def input_grams(model: nn.Module, arch: ArchSpec, tokens: torch.Tensor, *, batch
 
     def hook_for(i):
         def hook(_mod, args):
-            x = args[0].detach().reshape(-1, args[0].shape[-1]).to(device=device, dtype=torch.float64)  # (N, D)
+            x = (
+                args[0].detach().reshape(-1, args[0].shape[-1]).to(device=device, dtype=torch.float64)
+            )  # (N, D)
             g = grams[i]
             g[:D, :D].addmm_(x.T, x)
             s = x.sum(0)
             g[:D, D] += s
             g[D, :D] += s
             g[D, D] += x.shape[0]
+
         return hook
 
     handles = [_kv_input_module(b, arch).register_forward_pre_hook(hook_for(i)) for i, b in enumerate(layers)]
@@ -151,8 +166,11 @@ def input_grams(model: nn.Module, arch: ArchSpec, tokens: torch.Tensor, *, batch
 def cross_products(weight: torch.Tensor, bias: torch.Tensor | None, gram: torch.Tensor) -> torch.Tensor:
     """sum_t y y^T for y = weight x + bias, from the input second moment: (out, out) float64."""
     W = weight.to(gram.device, torch.float64)
-    b = torch.zeros(W.shape[0], 1, dtype=torch.float64, device=gram.device) if bias is None \
+    b = (
+        torch.zeros(W.shape[0], 1, dtype=torch.float64, device=gram.device)
+        if bias is None
         else bias.to(gram.device, torch.float64)[:, None]
+    )
     Wb = torch.cat([W, b], dim=1)  # (out, D+1)
     C = Wb @ gram @ Wb.T
     return (C + C.T) / 2

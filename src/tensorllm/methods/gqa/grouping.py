@@ -58,8 +58,9 @@ def _greedy(S: np.ndarray, groups: int) -> np.ndarray:
     return labels
 
 
-def partition(S: torch.Tensor, groups: int, *, seed: int = 0, restarts: int = 16,
-              max_swaps: int = 10_000) -> list[list[int]]:
+def partition(
+    S: torch.Tensor, groups: int, *, seed: int = 0, restarts: int = 16, max_swaps: int = 10_000
+) -> list[list[int]]:
     """Equal-size groups (lists of head indices) maximising `objective`; canonical order.
 
     S: (n, n) symmetric similarity (diagonal ignored). n must be divisible by `groups`.

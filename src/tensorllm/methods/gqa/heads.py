@@ -36,10 +36,14 @@ def permute_kv_heads(w: AttnWeights, kv_order: list[int]) -> AttnWeights:
     H, n = w.heads, w.kv_heads
     o = w.o.reshape(w.o.shape[0], H, -1)[:, qo].reshape(w.o.shape)  # columns (D, H, d) by query head
     return w.with_(
-        q=_flat(_rows(w.q, H)[qo]), bq=_flat(_rows(w.bq, H)[qo]) if w.bq is not None else None,
-        k=_flat(_rows(w.k, n)[kv]), bk=_flat(_rows(w.bk, n)[kv]) if w.bk is not None else None,
-        v=_flat(_rows(w.v, n)[kv]), bv=_flat(_rows(w.bv, n)[kv]) if w.bv is not None else None,
-        o=o)
+        q=_flat(_rows(w.q, H)[qo]),
+        bq=_flat(_rows(w.bq, H)[qo]) if w.bq is not None else None,
+        k=_flat(_rows(w.k, n)[kv]),
+        bk=_flat(_rows(w.bk, n)[kv]) if w.bk is not None else None,
+        v=_flat(_rows(w.v, n)[kv]),
+        bv=_flat(_rows(w.bv, n)[kv]) if w.bv is not None else None,
+        o=o,
+    )
 
 
 def _apply_rows(T: torch.Tensor, t: torch.Tensor | None) -> torch.Tensor | None:
@@ -57,8 +61,12 @@ def transform_heads(w: AttnWeights, tk: torch.Tensor | None, tv: torch.Tensor | 
     if tk is not None:
         tk = tk.to(w.k.dtype)
         tq = tk.repeat_interleave(r, dim=0)  # (H, d, d): query head q uses T of K/V head q // r
-        out.update(k=_flat(_apply_rows(tk, _rows(w.k, n))), bk=_flat(_apply_rows(tk, _rows(w.bk, n))),
-                   q=_flat(_apply_rows(tq, _rows(w.q, H))), bq=_flat(_apply_rows(tq, _rows(w.bq, H))))
+        out.update(
+            k=_flat(_apply_rows(tk, _rows(w.k, n))),
+            bk=_flat(_apply_rows(tk, _rows(w.bk, n))),
+            q=_flat(_apply_rows(tq, _rows(w.q, H))),
+            bq=_flat(_apply_rows(tq, _rows(w.bq, H))),
+        )
     if tv is not None:
         tv = tv.to(w.v.dtype)
         to = tv.repeat_interleave(r, dim=0)  # (H, d, d)

@@ -8,10 +8,10 @@ import torch
 from torch import nn
 
 from tensorllm.archs import ArchSpec
+from tensorllm.methods import registry
 from tensorllm.methods.gqa.calibrate import calibration_documents, chunk, token_stream
 from tensorllm.methods.gqa.config import GQAConfig
 from tensorllm.methods.gqa.convert import check_convertible, convert
-from tensorllm.methods import registry
 from tensorllm.methods.registry import Method, RunContext
 
 NAME = "gqa"
@@ -62,13 +62,23 @@ def apply_gqa(model: nn.Module, arch: ArchSpec, cfg: GQAConfig, ctx: RunContext)
     return convert_on_text(model, arch, cfg, ctx, text_tokens(ctx.tokenizer, cfg))
 
 
-def convert_on_text(model: nn.Module, arch: ArchSpec, cfg: GQAConfig, ctx: RunContext, text: Text,
-                    monitor=None) -> dict:
+def convert_on_text(
+    model: nn.Module, arch: ArchSpec, cfg: GQAConfig, ctx: RunContext, text: Text, monitor=None
+) -> dict:
     """`apply_gqa` on text already tokenised (`tensorllm gqa` also cuts its held-out tokens from it and
     watches the fine-tune's held-out perplexity with `monitor`)."""
     seed = ctx.seed if cfg.seed is None else cfg.seed
-    return convert(model, arch, cfg, text.calib, train=text.train, device=ctx.device, seed=seed,
-                   progress=ctx.progress, monitor=monitor)
+    return convert(
+        model,
+        arch,
+        cfg,
+        text.calib,
+        train=text.train,
+        device=ctx.device,
+        seed=seed,
+        progress=ctx.progress,
+        monitor=monitor,
+    )
 
 
 class GQA(Method):
