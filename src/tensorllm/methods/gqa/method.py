@@ -90,10 +90,6 @@ class GQA(Method):
     def apply(self, model, arch, cfg: GQAConfig, ctx: RunContext) -> dict:
         return apply_gqa(model, arch, cfg, ctx)
 
-    @property
-    def doc(self) -> str:
-        return (apply_gqa.__doc__ or "").strip()
-
     def describe(self, step: dict) -> str:
         return f"gqa {step.get('kv_heads')} K/V heads"
 
