@@ -23,6 +23,7 @@ import sys  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 import pytest  # noqa: E402
+import tiny_archs  # noqa: E402
 import torch  # noqa: E402
 import transformers  # noqa: E402
 
@@ -30,10 +31,22 @@ HIDDEN, HEADS, KV_HEADS, LAYERS, VOCAB = 64, 4, 2, 2, 128
 REAL_PROMPT = "The capital of France is Paris, and the capital of Italy is"
 
 # model_type -> (config factory, Auto class that holds the LM head). GQA where the family has it.
-_SIZES = dict(vocab_size=VOCAB, num_hidden_layers=LAYERS, hidden_size=HIDDEN, num_attention_heads=HEADS,
-              intermediate_size=2 * HIDDEN)
-_GPT_SIZES = dict(vocab_size=VOCAB, n_layer=LAYERS, n_embd=HIDDEN, n_head=HEADS, n_positions=64,
-                  bos_token_id=2, eos_token_id=2)
+_SIZES = dict(
+    vocab_size=VOCAB,
+    num_hidden_layers=LAYERS,
+    hidden_size=HIDDEN,
+    num_attention_heads=HEADS,
+    intermediate_size=2 * HIDDEN,
+)
+_GPT_SIZES = dict(
+    vocab_size=VOCAB,
+    n_layer=LAYERS,
+    n_embd=HIDDEN,
+    n_head=HEADS,
+    n_positions=64,
+    bos_token_id=2,
+    eos_token_id=2,
+)
 _TOKENS = dict(bos_token_id=2, eos_token_id=2, pad_token_id=1)
 _GQA = dict(num_key_value_heads=KV_HEADS)
 
@@ -57,14 +70,25 @@ _TINY = {
     # GPT-J: RoPE on the first 8 of 16 dims of each head, pairs (2i, 2i+1).
     "gptj": (_config("GPTJConfig", _GPT_SIZES, dict(rotary_dim=8)), "AutoModelForCausalLM"),
     # GPT-NeoX: fused per-head interleaved qkv, RoPE on a quarter of each head.
-    "gpt_neox": (_config("GPTNeoXConfig", _SIZES, _TOKENS, dict(rotary_pct=0.25, max_position_embeddings=64)),
-                 "AutoModelForCausalLM"),
-    "bert": (_config("BertConfig", _SIZES, dict(max_position_embeddings=64, pad_token_id=1)), "AutoModelForMaskedLM"),
-    "roberta": (_config("RobertaConfig", _SIZES, _TOKENS, dict(max_position_embeddings=66)), "AutoModelForMaskedLM"),
-    "xlm-roberta": (_config("XLMRobertaConfig", _SIZES, _TOKENS, dict(max_position_embeddings=66)),
-                    "AutoModelForMaskedLM"),
+    "gpt_neox": (
+        _config("GPTNeoXConfig", _SIZES, _TOKENS, dict(rotary_pct=0.25, max_position_embeddings=64)),
+        "AutoModelForCausalLM",
+    ),
+    "bert": (
+        _config("BertConfig", _SIZES, dict(max_position_embeddings=64, pad_token_id=1)),
+        "AutoModelForMaskedLM",
+    ),
+    "roberta": (
+        _config("RobertaConfig", _SIZES, _TOKENS, dict(max_position_embeddings=66)),
+        "AutoModelForMaskedLM",
+    ),
+    "xlm-roberta": (
+        _config("XLMRobertaConfig", _SIZES, _TOKENS, dict(max_position_embeddings=66)),
+        "AutoModelForMaskedLM",
+    ),
 }
 
+_TINY.update(tiny_archs.TINY)  # the 2025-2026 families (tests/tiny_archs.py)
 
 def randomize(model: torch.nn.Module, seed: int) -> None:
     """Overwrite every parameter with seeded noise: biases and norms become non-trivial too."""
@@ -91,7 +115,9 @@ class Tiny:
 
     def model(self, model_type: str, *, seed: int = 0, **overrides) -> torch.nn.Module:
         torch.manual_seed(seed)
-        model = self.auto_class(model_type).from_config(self.config(model_type, **overrides), dtype=torch.float32)
+        model = self.auto_class(model_type).from_config(
+            self.config(model_type, **overrides), dtype=torch.float32
+        )
         randomize(model, seed)
         return model.eval()
 
@@ -110,8 +136,9 @@ class Tiny:
         vocab = {"[UNK]": 0, "[PAD]": 1, "[EOS]": 2, **{f"w{i}": i for i in range(3, VOCAB)}}
         tok = Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
         tok.pre_tokenizer = pre_tokenizers.Whitespace()
-        return transformers.PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="[UNK]", pad_token="[PAD]",
-                                                    eos_token="[EOS]")
+        return transformers.PreTrainedTokenizerFast(
+            tokenizer_object=tok, unk_token="[UNK]", pad_token="[PAD]", eos_token="[EOS]"
+        )
 
     def save(self, path: Path, model_type: str = "llama", *, seed: int = 0, **overrides) -> Path:
         """A tiny checkpoint directory (safetensors + config + tokenizer) at `path`."""
@@ -187,8 +214,13 @@ def run_cli_process():
     """Run `python -m tensorllm.cli ARGS...` in a fresh interpreter: (rc, stdout, stderr)."""
 
     def run(*args: str, timeout: float = 600) -> tuple[int, str, str]:
-        proc = subprocess.run([sys.executable, "-m", "tensorllm.cli", *map(str, args)], capture_output=True,
-                              text=True, env=_cli_env(), timeout=timeout)
+        proc = subprocess.run(
+            [sys.executable, "-m", "tensorllm.cli", *map(str, args)],
+            capture_output=True,
+            text=True,
+            env=_cli_env(),
+            timeout=timeout,
+        )
         return proc.returncode, proc.stdout, proc.stderr
 
     return run
@@ -199,8 +231,13 @@ def run_python():
     """Run a Python snippet in a fresh interpreter (used to prove plain transformers suffices)."""
 
     def run(code: str, *args: str, timeout: float = 600) -> subprocess.CompletedProcess:
-        return subprocess.run([sys.executable, "-c", code, *map(str, args)], capture_output=True, text=True,
-                              env=_cli_env(), timeout=timeout)
+        return subprocess.run(
+            [sys.executable, "-c", code, *map(str, args)],
+            capture_output=True,
+            text=True,
+            env=_cli_env(),
+            timeout=timeout,
+        )
 
     return run
 
@@ -225,7 +262,9 @@ def _real_unavailable(reason: str) -> None:
     tests), or a skip where the machine is known to be offline (TENSORLLM_TESTS_OFFLINE=1)."""
     if os.environ.get("TENSORLLM_TESTS_OFFLINE") == "1":
         pytest.skip(reason)
-    pytest.fail(f"{reason} (set TENSORLLM_TESTS_OFFLINE=1 to skip the real-model tests instead)", pytrace=False)
+    pytest.fail(
+        f"{reason} (set TENSORLLM_TESTS_OFFLINE=1 to skip the real-model tests instead)", pytrace=False
+    )
 
 
 @pytest.fixture(scope="session")

@@ -1,10 +1,11 @@
 """Every ArchSpec in tensorllm.archs.SPECS, on a tiny random model of its family.
 
-For each model_type: the canonical attention read agrees with an independent reading of the raw
-parameters, read -> write is bit-exact, writes land where an independent reader finds them,
-full-rank Tucker is the identity, low-rank Tucker touches only the chosen layer's attention
-weights, and the result reloads with plain transformers. Also: expand_kv on GQA families, and
-unknown architectures are refused with the list of supported ones.
+For each case (a model_type, or an ArchSpec name where a family has several entries): the canonical
+attention read (q/k norm weights included) agrees with an independent reading of the raw parameters,
+read -> write is bit-exact, writes land where an independent reader finds them, full-rank Tucker is
+the identity, low-rank Tucker touches only the chosen layer's attention weights, and the result
+reloads with plain transformers. Also: expand_kv on GQA families, and unknown architectures (or a
+known family with a feature no entry describes) are refused in one line.
 """
 
 from __future__ import annotations
@@ -13,18 +14,28 @@ import pytest
 import torch
 
 import tensorllm
-from tensorllm.archs import SPECS, spec_for, supported
+from tensorllm.archs import SPECS, spec_for, supported, text_config
 from tensorllm.attention import read_attention, write_attention
 from tensorllm.models.expand_kv import expand_kv
 
-MODEL_TYPES = [t for s in SPECS for t in s.model_types]
-GQA_TYPES = [t for s in SPECS if s.supports_gqa for t in s.model_types]
-NON_GQA_TYPES = [t for s in SPECS if not s.supports_gqa for t in s.model_types]
+# One case per model_type, plus the other entries of a family with several (Falcon's layouts).
+MODEL_TYPES = list(dict.fromkeys([t for s in SPECS for t in s.model_types]
+                                 + [s.name for s in SPECS if s.name not in s.model_types]))
 
-# (query heads, K/V heads, head_dim) of each tiny model (see conftest): the expected layout.
+
+def _case_spec(case: str):
+    return next(s for s in SPECS if s.name == case) if any(s.name == case for s in SPECS) else \
+        next(s for s in SPECS if case in s.model_types)
+
+
+GQA_TYPES = [t for t in MODEL_TYPES if _case_spec(t).supports_gqa]
+NON_GQA_TYPES = [t for t in MODEL_TYPES if t not in GQA_TYPES]
+
+# (query heads, K/V heads, head_dim) of each tiny model (see conftest, tiny_archs): the expected layout.
 LAYOUT = {t: (4, 4, 16) for t in MODEL_TYPES}
-LAYOUT.update({t: (4, 2, 16) for t in ("llama", "mistral", "qwen2", "phi3")})
-LAYOUT["gemma"] = (4, 2, 32)
+LAYOUT.update({t: (4, 2, 16) for t in ("llama", "mistral", "qwen2", "phi3", "qwen3", "qwen3_moe", "mixtral",
+                                       "gemma2", "olmo2", "granite", "starcoder2", "phi", "falcon")})
+LAYOUT.update({"gemma": (4, 2, 32), "gemma3_text": (4, 1, 32), "gemma3": (4, 1, 32), "falcon-mq": (4, 1, 16)})
 D = 64
 
 
@@ -70,6 +81,28 @@ def _gpt_neox(sd, layer, H, Hkv, d):
             "bv": b[:, 2].reshape(-1), "bo": sd[p + "dense.bias"]}
 
 
+def _falcon(layout: str):
+    def read(sd, layer, H, Hkv, d):
+        p = f"transformer.h.{layer}.self_attention."
+        w, b = sd[p + "query_key_value.weight"], sd.get(p + "query_key_value.bias")
+
+        def cut(t):
+            rest = t.shape[1:]
+            if layout == "grouped":  # per K/V group: its H/Hkv query heads, then K, then V
+                g = t.view(Hkv, H // Hkv + 2, d, *rest)
+                return g[:, :-2].reshape(H * d, *rest), g[:, -2].reshape(-1, *rest), g[:, -1].reshape(-1, *rest)
+            if layout == "mq":  # [Q (H*d); K (d); V (d)]
+                return t[: H * d], t[H * d: (H + 1) * d], t[(H + 1) * d:]
+            g = t.view(H, 3, d, *rest)  # per head: q, k, v
+            return g[:, 0].reshape(H * d, *rest), g[:, 1].reshape(H * d, *rest), g[:, 2].reshape(H * d, *rest)
+
+        (q, k, v), (bq, bk, bv) = cut(w), (cut(b) if b is not None else (None, None, None))
+        return {"q": q, "k": k, "v": v, "o": sd[p + "dense.weight"], "bq": bq, "bk": bk, "bv": bv,
+                "bo": sd.get(p + "dense.bias")}
+
+    return read
+
+
 _LLAMA = _separate("model.layers.{layer}.self_attn.", "q_proj", "k_proj", "v_proj", "o_proj")
 _BERT = ("attention.self.query", "attention.self.key", "attention.self.value", "attention.output.dense")
 RAW = {
@@ -79,7 +112,19 @@ RAW = {
     "bert": _separate("bert.encoder.layer.{layer}.", *_BERT),
     "roberta": _separate("roberta.encoder.layer.{layer}.", *_BERT),
     "xlm-roberta": _separate("roberta.encoder.layer.{layer}.", *_BERT),
+    **{t: _LLAMA for t in ("qwen3", "qwen3_moe", "mixtral", "gemma2", "gemma3_text", "olmo2", "granite",
+                           "starcoder2")},
+    "gemma3": _separate("model.language_model.layers.{layer}.self_attn.", "q_proj", "k_proj", "v_proj", "o_proj"),
+    "phi": _separate("model.layers.{layer}.self_attn.", "q_proj", "k_proj", "v_proj", "dense"),
+    "falcon": _falcon("grouped"), "falcon-mq": _falcon("mq"), "falcon-mha": _falcon("per_head"),
 }
+# q/k norm weights after the projection: state-dict key prefix of a layer's attention, and how the checkpoint
+# stores them ("head": one (d,) weight for every head; "projection": (H*d,) / (Hkv*d,)).
+NORMS = {"qwen3": ("model.layers.{layer}.self_attn.", "head"),
+         "qwen3_moe": ("model.layers.{layer}.self_attn.", "head"),
+         "gemma3_text": ("model.layers.{layer}.self_attn.", "head"),
+         "gemma3": ("model.language_model.layers.{layer}.self_attn.", "head"),
+         "olmo2": ("model.layers.{layer}.self_attn.", "projection")}
 
 
 class _Recorder(dict):
@@ -113,10 +158,23 @@ def snapshot(model) -> dict[str, torch.Tensor]:
 
 
 def test_every_spec_has_a_tiny_model_and_a_raw_reader(tiny):
-    assert set(MODEL_TYPES) == set(tiny.model_types) == set(RAW) == set(supported())
+    assert set(MODEL_TYPES) == set(tiny.model_types) == set(RAW)
+    assert set(supported()) <= set(MODEL_TYPES)
     assert {s.name for s in SPECS} >= {"llama", "mistral", "qwen2", "gemma", "phi3", "gpt2", "gptj", "gpt_neox",
-                                       "bert", "roberta"}
-    assert set(GQA_TYPES) == {"llama", "mistral", "qwen2", "gemma"}
+                                       "bert", "roberta", "qwen3", "qwen3_moe", "gemma2", "gemma3_text", "gemma3",
+                                       "olmo2", "mixtral", "starcoder2", "falcon", "granite", "phi"}
+    assert set(GQA_TYPES) == {"llama", "mistral", "qwen2", "gemma", "gemma2", "gemma3_text", "gemma3", "qwen3",
+                              "qwen3_moe", "mixtral", "olmo2", "granite", "starcoder2", "phi"}
+
+
+def test_every_entry_is_reached_by_its_tiny_model(tiny):
+    """Each case's config selects the entry of that name (Falcon's variants by their config flags)."""
+    reached = {}
+    for case in MODEL_TYPES:
+        spec = spec_for(tiny.config(case))
+        reached[spec.name] = case
+        assert case in (spec.name, *spec.model_types)
+    assert set(reached) == {s.name for s in SPECS}
 
 
 # ------------------------------------------------------------- (a) reading
@@ -126,7 +184,7 @@ def test_every_spec_has_a_tiny_model_and_a_raw_reader(tiny):
 def test_read_attention_matches_raw_parameters(tiny, model_type):
     model = tiny.model(model_type)
     spec = spec_for(model.config)
-    assert model_type in spec.model_types
+    assert model_type in (spec.name, *spec.model_types)
     H, Hkv, d = LAYOUT[model_type]
     for layer in range(2):
         w = read_attention(model, spec, layer)
@@ -149,7 +207,43 @@ def test_read_attention_matches_raw_parameters(tiny, model_type):
 def test_biases_present_where_the_family_has_them(tiny):
     has_qkv_bias = {t for t in MODEL_TYPES if read_attention(tiny.model(t), spec_for(tiny.config(t)), 0).bq
                     is not None}
-    assert has_qkv_bias == {"qwen2", "gpt2", "gpt_neox", "bert", "roberta", "xlm-roberta"}
+    assert has_qkv_bias == {"qwen2", "gpt2", "gpt_neox", "bert", "roberta", "xlm-roberta", "starcoder2", "phi",
+                            "falcon", "falcon-mha"}
+
+
+@pytest.mark.parametrize("model_type", MODEL_TYPES)
+def test_qk_norm_weights_are_read_per_head_from_where_the_checkpoint_keeps_them(tiny, model_type):
+    model = tiny.model(model_type)
+    spec = spec_for(model.config)
+    H, Hkv, d = LAYOUT[model_type]
+    w = read_attention(model, spec, 1)
+    if model_type not in NORMS:
+        assert w.qn is None and w.kn is None and spec.qk_norm_span in (None, "head")
+        return
+    prefix, span = NORMS[model_type]
+    assert spec.qk_norm_span == span
+    sd = model.state_dict()
+    for name, heads, got in (("q_norm", H, w.qn), ("k_norm", Hkv, w.kn)):
+        raw = sd[prefix.format(layer=1) + name + ".weight"]
+        assert raw.shape == ((d,) if span == "head" else (heads * d,))
+        want = raw.repeat(heads) if span == "head" else raw  # one copy per head, like a bias
+        assert got.shape == (heads * d,) and torch.equal(got, want)
+
+
+@pytest.mark.parametrize("model_type", [t for t in NORMS if NORMS[t][1] == "head"])
+def test_a_shared_per_head_norm_refuses_heads_with_different_weights(tiny, model_type):
+    """A standard checkpoint holds one (d,) weight for all heads: writing per-head copies that differ is an error."""
+    model = tiny.model(model_type)
+    spec = spec_for(model.config)
+    w = read_attention(model, spec, 0)
+    kn = w.kn.clone()
+    kn[-1] += 1.0
+    if w.kv_heads == 1:  # one K/V head: differing copies can only come from the queries
+        w = w.with_(qn=torch.cat([w.qn[:-1], w.qn[-1:] + 1.0]))
+    else:
+        w = w.with_(kn=kn)
+    with pytest.raises(ValueError, match="one .* weight for every head"):
+        write_attention(model, spec, 0, w)
 
 
 # ------------------------------------------------------------- (b) writing
@@ -252,6 +346,7 @@ def test_low_rank_tucker_edits_only_that_layers_attention_weights(tiny, model_ty
     reloaded = tiny.auto_class(model_type).from_pretrained(tmp_path).eval()
     assert type(reloaded) is type(model)
     assert torch.equal(tiny.logits(reloaded, ids), logits)
+    assert snapshot(reloaded).keys() == after.keys()
 
 
 # ------------------------------------------------------------- (e) unknown architectures
@@ -276,6 +371,15 @@ def test_unknown_architecture_is_refused_with_the_supported_list(family):
         assert name in message
 
 
+def test_a_known_family_with_a_feature_no_entry_describes_is_refused_naming_it(tiny):
+    """Falcon with ALiBi positions: one line naming the feature, before anything is computed."""
+    model = tiny.model("falcon-mha", alibi=True)
+    with pytest.raises(tensorllm.UserError) as exc:
+        tensorllm.compress(model, _recipe(layers=[0], ranks=[8, 4, 2]), progress=False)
+    message = str(exc.value)
+    assert "\n" not in message and "ALiBi" in message and "alibi=True" in message and "falcon" in message
+
+
 # ------------------------------------------------------------- expand_kv
 
 
@@ -290,7 +394,7 @@ def test_expand_kv_repeats_heads_and_keeps_the_function(tiny, model_type, tmp_pa
     old = [raw_read(model, model_type, layer)[0] for layer in range(2)]
 
     assert expand_kv(model, spec) == Hkv
-    assert model.config.num_key_value_heads == H
+    assert getattr(text_config(model.config), spec.kv_heads_key) == H
     delta = (tiny.logits(model, ids) - ref).abs().max().item()
     assert delta < 1e-5, f"{model_type}: expand_kv moved the logits by {delta:.2e}"
     for layer in range(2):
@@ -305,8 +409,11 @@ def test_expand_kv_repeats_heads_and_keeps_the_function(tiny, model_type, tmp_pa
 
     model.save_pretrained(tmp_path)
     reloaded = tiny.auto_class(model_type).from_pretrained(tmp_path).eval()
-    assert reloaded.config.num_key_value_heads == H
+    assert text_config(reloaded.config).num_key_value_heads == H
     assert torch.equal(tiny.logits(reloaded, ids), tiny.logits(model, ids))
+    # the state dict is exactly what a fresh multi-head model of the family holds (norm weights included)
+    fresh = tiny.model(model_type, num_key_value_heads=H)
+    assert {k: v.shape for k, v in snapshot(reloaded).items()} == {k: v.shape for k, v in snapshot(fresh).items()}
 
 
 @pytest.mark.parametrize("model_type", NON_GQA_TYPES)

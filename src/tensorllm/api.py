@@ -17,9 +17,10 @@ from typing import Any
 import torch
 from torch import nn
 
-from tensorllm.archs import head_layout, spec_for
-from tensorllm.methods import registry
+from tensorllm.archs import blocks, head_layout, spec_for
+from tensorllm.attention import qk_norm_note
 from tensorllm.base.devices import resolve_device
+from tensorllm.methods import registry
 from tensorllm.models.io import Loaded, load_model
 from tensorllm.recipe import Recipe
 from tensorllm.report import Report
@@ -35,14 +36,24 @@ def as_recipe(recipe: Recipe | dict | str | Path) -> Recipe:
 
 def model_info(model: nn.Module, source: str | None = None) -> dict:
     D, H, Hkv, d = head_layout(model.config)
-    return {"source": source, "architecture": spec_for(model.config).name, "class": type(model).__name__,
-            "hidden": D, "heads": H, "kv_heads": Hkv, "head_dim": d,
-            "layers": model.config.num_hidden_layers,
-            "parameters": sum(p.numel() for p in model.parameters())}
+    spec = spec_for(model.config)
+    return {
+        "source": source,
+        "architecture": spec.name,
+        "class": type(model).__name__,
+        "hidden": D,
+        "heads": H,
+        "kv_heads": Hkv,
+        "head_dim": d,
+        "layers": len(blocks(model, spec)),
+        "qk_norms": qk_norm_note(model, spec),  # after the q/k projections; Tucker and LASER leave them be
+        "parameters": sum(p.numel() for p in model.parameters()),
+    }
 
 
-def compress(model: Any, recipe: Recipe | dict | str | Path, *, tokenizer: Any = None,
-             progress: bool = True) -> tuple[nn.Module, Report]:
+def compress(
+    model: Any, recipe: Recipe | dict | str | Path, *, tokenizer: Any = None, progress: bool = True
+) -> tuple[nn.Module, Report]:
     recipe = as_recipe(recipe)
     loaded = model if isinstance(model, Loaded) else None
     if isinstance(model, (str, Path)):
@@ -51,7 +62,9 @@ def compress(model: Any, recipe: Recipe | dict | str | Path, *, tokenizer: Any =
         model, tokenizer = loaded.model, tokenizer or loaded.tokenizer
     arch = spec_for(model.config)
     device = resolve_device(recipe.device)
-    ctx = registry.RunContext(device=device, seed=recipe.seed, tokenizer=tokenizer, source=loaded, progress=progress)
+    ctx = registry.RunContext(
+        device=device, seed=recipe.seed, tokenizer=tokenizer, source=loaded, progress=progress
+    )
     report = Report(recipe=recipe.to_dict(), model=model_info(model, loaded.spec if loaded else None))
     t0 = time.perf_counter()
     torch.manual_seed(recipe.seed)

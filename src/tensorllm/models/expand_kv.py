@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from tensorllm.archs import ArchSpec, blocks
+from tensorllm.archs import ArchSpec, blocks, text_config
 from tensorllm.attention import read_attention, set_kv_heads, write_attention
 from tensorllm.base.errors import UserError
 
@@ -27,15 +27,26 @@ def expand_kv(model: nn.Module, arch: ArchSpec) -> int:
     """Turn every layer into multi-head attention in place; return the old K/V head count."""
     if not arch.supports_gqa:
         raise UserError(f"{arch.name} checkpoints have no separate K/V head count to expand")
-    heads = model.config.num_attention_heads
-    kv = getattr(model.config, arch.kv_heads_key, None) or heads
+    config = text_config(model.config)
+    heads = config.num_attention_heads
+    kv = getattr(config, arch.kv_heads_key, None) or heads
     if kv == heads:
         raise UserError(f"the model is already multi-head ({heads} K/V heads for {heads} query heads)")
     g = heads // kv
     for i in range(len(blocks(model, arch))):
         w = read_attention(model, arch, i)
-        write_attention(model, arch, i, w.with_(
-            k=repeat_heads(w.k, kv, g), v=repeat_heads(w.v, kv, g),
-            bk=repeat_heads(w.bk, kv, g), bv=repeat_heads(w.bv, kv, g), kv_heads=heads))
+        write_attention(
+            model,
+            arch,
+            i,
+            w.with_(
+                k=repeat_heads(w.k, kv, g),
+                v=repeat_heads(w.v, kv, g),
+                bk=repeat_heads(w.bk, kv, g),
+                bv=repeat_heads(w.bv, kv, g),
+                kn=repeat_heads(w.kn, kv, g),  # a key norm over the whole projection grows with it
+                kv_heads=heads,
+            ),
+        )
     set_kv_heads(model, arch, heads)
     return kv
