@@ -38,6 +38,13 @@ def compress(
     overwrite: bool = typer.Option(False, help="Replace --out if it exists."),
     trust_remote_code: bool = typer.Option(False, help="Allow the checkpoint's own Python code to run."),
     allow_pickle: bool = typer.Option(False, help="Allow pickle (.bin) weights, which can run arbitrary code."),
+    stream: Optional[bool] = typer.Option(
+        None,
+        "--stream/--no-stream",
+        help="Stream layer by layer from the safetensors shards (bounded memory, resumable); "
+        "default: when every step can and the weights would not fit in memory.",
+    ),
+    max_shard_size: str = typer.Option("5GB", help="--stream: the largest output shard."),
     method_flags: dict = None,
 ) -> None:
     """Apply a method (or a recipe of several) and save a plain checkpoint with its recipe and report."""
@@ -56,6 +63,15 @@ def compress(
         if layers is not None:
             opts["layers"] = parse_layers_arg(layers)
         rec = Recipe.single(method, dtype=dtype, device=device, seed=seed, **opts)
+    if stream is None:
+        from tensorllm.streamed import stream_reason
+
+        reason = stream_reason(model, rec)
+        if reason:
+            console.print(f"streaming layer by layer: {reason} (--no-stream loads it whole)")
+        stream = reason is not None
+    if stream:
+        return compress_streamed_cmd(model, rec, out, overwrite, max_shard_size)
     loaded = load_model(model, dtype=rec.dtype, device=rec.device, trust_remote_code=trust_remote_code,
                         allow_pickle=allow_pickle)
     check_output_dir(out, [loaded.path], overwrite)
@@ -63,6 +79,19 @@ def compress(
     out = save_checkpoint(loaded, out, overwrite=overwrite,
                           extra_files={"recipe.yaml": rec.to_yaml(), "report.json": report.to_json()})
     print_step_tables(report.steps)
+    console.print(f"saved checkpoint, recipe.yaml and report.json to [bold]{out}[/]")
+
+
+def compress_streamed_cmd(model: str, rec, out: Path, overwrite: bool, max_shard_size: str) -> None:
+    from tensorllm.streamed import compress_streamed
+
+    out, report = compress_streamed(model, rec, out, overwrite=overwrite, max_shard_size=max_shard_size)
+    print_step_tables(report.steps)
+    t = report.extra["stream"]
+    console.print(
+        f"streamed: read {t['read_s']:.1f} s, compute {t['compute_s']:.1f} s, write {t['write_s']:.1f} s, "
+        f"copy {t['copy_s']:.1f} s; peak RSS {t['peak_rss_bytes'] / 2**30:.2f} GiB"
+    )
     console.print(f"saved checkpoint, recipe.yaml and report.json to [bold]{out}[/]")
 
 

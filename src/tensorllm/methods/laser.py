@@ -76,7 +76,7 @@ def matrix_module(model, arch, layer: int, matrix: str | None):
 
 class Laser(Method):
     name, config_cls = NAME, LaserConfig
-    searchable = True
+    searchable = streamable = True
     compress_flags = (
         Flag("matrix", "laser: up / fc_in (default), down / fc_out, gate, q, k, v, o, LASER's names "
              "(fc_in = the gate of a gated FFN) or a module path."),

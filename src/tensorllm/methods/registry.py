@@ -77,10 +77,10 @@ class Method:
     search_flags: tuple[Flag, ...] = ()  # options of `tensorllm search` (grid axes)
     searchable: bool = False  # weights change in place (same shapes): the search can apply and restore it
     data_free_column: str | None = None  # a grid column chosen from the weights alone (reported apart)
-
-    @property
-    def doc(self) -> str:
-        return (type(self).apply.__doc__ or "").strip()
+    # weight-only, layer by layer: `apply` on a model whose one selected block is loaded gives that
+    # block's result, from its weights alone (no data, no other layer, no global RNG), so a checkpoint
+    # larger than memory can stream through it (tensorllm.streamed)
+    streamable: bool = False
 
     def apply(self, model, arch, cfg, ctx: RunContext) -> dict:
         raise NotImplementedError
@@ -100,6 +100,22 @@ class Method:
     def concrete_step(self, model, arch, layer: int, options: dict) -> dict:
         """The canonical step of one grid cell: every data-free choice resolved on this model."""
         return canonical_step(self.name, {"layers": [layer], **options})
+
+    # -- streaming ----------------------------------------------------------------------------------
+    def merge_results(self, results: list[dict]) -> dict:
+        """One step's result from `apply`'s results on one layer each (in layer order): what `apply` on
+        all of them at once returns. The default joins the layer records and recomputes the summary's
+        `layers`, `mean_rel_error` (mean of the records' `rel_error`) and `compression_rate` (total
+        `params_before` / total `params_after`); a method with other aggregates overrides it."""
+        records = [r for res in results for r in res["layers"]]
+        summary = dict(results[0]["summary"])
+        summary["layers"] = [r["layer"] for r in records]
+        if "mean_rel_error" in summary:
+            summary["mean_rel_error"] = sum(r["rel_error"] for r in records) / len(records)
+        if "compression_rate" in summary:
+            before = sum(r["params_before"] for r in records)
+            summary["compression_rate"] = before / sum(r["params_after"] for r in records)
+        return {"layers": records, "summary": summary}
 
     # -- the report -------------------------------------------------------------------------------
     def describe(self, step: dict) -> str:

@@ -183,7 +183,7 @@ def rank_label(setting) -> str:
 
 class Tucker(Method):
     name, config_cls = NAME, TuckerConfig
-    searchable = True
+    searchable = streamable = True
     data_free_column = "auto"
     compress_flags = (
         Flag("ranks", "tucker: R1,R2,R3 integers, fractions of each mode, or auto.", parse=parse_ranks),
