@@ -14,22 +14,76 @@ Allowed transforms (`Planes`):
   (partial rotary). Without RoPE all dimensions are free.
 In a plane (a, b) with R = [[c, -s], [s, c]]: tr(R M_ab) = c (M_aa + M_bb) + s (M_ab - M_ba),
 maximised at angle atan2(M_ab - M_ba, M_aa + M_bb) with value hypot(M_aa + M_bb, M_ab - M_ba).
+
+Norms of queries and keys after the projection (`Planes.restrict`). T is folded into the projection
+weights, so it acts *before* the norm n(x) = s * x / rms(x) (s: the scale, `w`, or Gemma's `1 + w`),
+and the model stays the same iff n(T x) = T n(x) for every x, on the keys and on the queries of the
+head. T is orthogonal on the norm's span, so rms(T x) = rms(x) in both cases the families use: a
+norm over each head (Qwen3, Gemma-3: T acts inside the head) and a norm over the whole projection
+(OLMo-2: T acts on one head's block, the rest is unchanged, ||.|| of the whole vector is kept). What
+remains is diag(s) T = T diag(s) on the head's d coordinates, for the key scale and for the scale
+of every query head reading that key head:
+- a RoPE plane (a, b) with s_a = s_b (for every scale): any rotation commutes; keep it;
+- a RoPE plane with s_a != s_b: [[c, -s], [s, c]] diag(s_a, s_b) = diag(s_a, s_b) [[c, -s], [s, c]]
+  forces s = 0, so only the identity and the half turn -I (c = -1): a `flip`, best sign(M_aa + M_bb);
+- dimensions without RoPE: any orthogonal map that is block-diagonal over the sets of dimensions
+  whose scales are all equal (`free_blocks`);
+- LayerNorm (Phi's qk_layernorm) also subtracts the mean: T must fix the all-ones vector, which no
+  plane rotation but the identity does, so keys are not rotated at all (`fixed`).
+The scales are compared exactly: equal to the last bit, or not allowed. With a per-head norm the
+scale is shared by all heads; with a norm over the whole projection each head has its own, and the
+intersection over the heads of a layer is used, so one `Planes` serves every head.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
 
+def _no_pairs() -> torch.Tensor:
+    return torch.zeros(0, 2, dtype=torch.long)
+
+
+def _no_dims() -> torch.Tensor:
+    return torch.zeros(0, dtype=torch.long)
+
+
 @dataclass(frozen=True)
 class Planes:
-    """Which transforms of a head's d dimensions are allowed: rotations in `pairs`, anything on `free`."""
+    """Which transforms of a head's d dimensions are allowed: rotations in `pairs`, I or -I in `flips`,
+    anything orthogonal inside each of `free_blocks` (default: `free` is one block), identity on `fixed`."""
 
     pairs: torch.Tensor  # (P, 2) long: dimension pairs RoPE rotates together
     free: torch.Tensor  # (F,) long: dimensions with no RoPE (any orthogonal map)
     head_dim: int
+    flips: torch.Tensor = field(default_factory=_no_pairs)  # (Q, 2): RoPE planes allowed only I or -I
+    fixed: torch.Tensor = field(default_factory=_no_dims)  # dimensions never moved
+    free_blocks: tuple[torch.Tensor, ...] | None = None  # a partition of `free`; None: one block
+
+    def blocks(self) -> tuple[torch.Tensor, ...]:
+        if self.free_blocks is not None:
+            return self.free_blocks
+        return (self.free,) if self.free.numel() else ()
+
+    def restrict(self, scales: torch.Tensor | None, *, centred: bool = False) -> Planes:
+        """The allowed transforms that also commute with the norms whose scales are the rows of
+        `scales` (m, d): see the module docstring. centred=True (LayerNorm): nothing moves."""
+        d = self.head_dim
+        if centred:
+            return Planes(_no_pairs(), _no_dims(), d, fixed=torch.arange(d))
+        if scales is None:
+            return self
+        scales = scales.reshape(-1, d)  # (m, d)
+        a, b = self.pairs[:, 0], self.pairs[:, 1]
+        same = (scales[:, a] == scales[:, b]).all(0)  # (P,): the plane's two scales are equal in every row
+        blocks = []
+        for block in self.blocks():
+            _, which = torch.unique(scales[:, block].T, dim=0, return_inverse=True)  # equal columns, one set
+            blocks += [block[which == u] for u in range(int(which.max()) + 1)]
+        flips = torch.cat([self.flips, self.pairs[~same]])
+        return Planes(self.pairs[same], self.free, d, flips, self.fixed, tuple(blocks))
 
     @classmethod
     def for_rope(cls, head_dim: int, rotary_dims: int, pairing: str | None) -> Planes:
@@ -65,8 +119,12 @@ def best_score(M: torch.Tensor, planes: Planes) -> torch.Tensor:
     """max over allowed T of tr(T M), for a batch M (..., d, d) -> (...)."""
     cos_part, sin_part = _plane_terms(M, planes.pairs)
     score = torch.hypot(cos_part, sin_part).sum(-1)
-    if planes.free.numel():
-        f = planes.free.to(M.device)
+    score = score + _plane_terms(M, planes.flips)[0].abs().sum(-1)  # I or -I: |M_aa + M_bb|
+    if planes.fixed.numel():
+        i = planes.fixed.to(M.device)
+        score = score + M[..., i, i].sum(-1)
+    for block in planes.blocks():
+        f = block.to(M.device)
         score = score + torch.linalg.svdvals(M[..., f[:, None], f]).sum(-1)  # nuclear norm
     return score
 
@@ -87,8 +145,16 @@ def best_transform(M: torch.Tensor, planes: Planes) -> torch.Tensor:
             degenerate, torch.zeros_like(norm), sin_part / norm.clamp_min(torch.finfo(M.dtype).tiny)
         )
         T[..., a, a], T[..., a, b], T[..., b, a], T[..., b, b] = c, -s, s, c
-    if planes.free.numel():
-        f = planes.free.to(M.device)
+    if planes.flips.numel():
+        a, b = planes.flips[:, 0].to(M.device), planes.flips[:, 1].to(M.device)
+        cos_part = _plane_terms(M, planes.flips)[0]
+        sign = torch.where(cos_part < 0, -torch.ones_like(cos_part), torch.ones_like(cos_part))
+        T[..., a, a], T[..., b, b] = sign, sign
+    if planes.fixed.numel():
+        i = planes.fixed.to(M.device)
+        T[..., i, i] = 1.0
+    for block in planes.blocks():
+        f = block.to(M.device)
         U, _, Vh = torch.linalg.svd(M[..., f[:, None], f])
         T[..., f[:, None], f] = Vh.transpose(-1, -2) @ U.transpose(-1, -2)  # V U^T
     return T

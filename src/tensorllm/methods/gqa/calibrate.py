@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from tensorllm.archs import ArchSpec, blocks, get_module
+from tensorllm.archs import ArchSpec, blocks, get_module, head_layout
 from tensorllm.base.errors import UserError
 from tensorllm.base.progress import track
 
@@ -132,7 +132,7 @@ def input_grams(
     """Per layer sum_t [x_t; 1][x_t; 1]^T (float64, on `device`) over calibration tokens (n_seq, seq_len)."""
     device = device or next(model.parameters()).device
     layers = blocks(model, arch)
-    D = model.config.hidden_size
+    D = head_layout(model.config)[0]  # the language model's width (multimodal configs nest it)
     grams = [torch.zeros(D + 1, D + 1, dtype=torch.float64, device=device) for _ in layers]
 
     def hook_for(i):

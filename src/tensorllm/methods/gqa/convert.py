@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from tensorllm.archs import ArchSpec, blocks, get_module, head_layout, rotary_dims
+from tensorllm.archs import ArchSpec, blocks, find_module, head_layout, rotary_dims
 from tensorllm.attention import AttnWeights, read_attention, set_kv_heads, write_attention
 from tensorllm.base.errors import UserError
 import tensorllm.methods.gqa.align as A
@@ -32,7 +32,7 @@ class LayerPlan:
     unit: str  # what the groups index: "kv_head" (of the input model) or "query_head" (after expansion)
     groups: list[list[int]]  # per new K/V head, the old heads it merges (in the new order)
     aligned: AttnWeights  # permuted + aligned, same function as the input, float64
-    merged: AttnWeights  # kv_heads = G, float64
+    merged: AttnWeights | None  # kv_heads = G, float64 (None: plan_layer(merge=False))
     record: dict  # JSON-able numbers for the report
 
 
@@ -47,22 +47,38 @@ def check_convertible(model: nn.Module, arch: ArchSpec, cfg: GQAConfig) -> tuple
         raise UserError(f"kv_heads={G} does not divide the {H} query heads")
     if G >= Hkv:
         raise UserError(f"kv_heads={G} must be fewer than the model's {Hkv} K/V heads")
-    if cfg.align:
-        attn = get_module(blocks(model, arch)[0], arch.o.rsplit(".", 1)[0])
-        if any(getattr(attn, name, None) is not None for name in ("q_norm", "k_norm")):
-            raise UserError("this model normalises queries/keys per dimension, so rotating keys would change "
-                            "it; use --no-align")
+    if arch.qk_norm_span == "projection" and find_module(blocks(model, arch)[0], arch.k_norm) is not None:
+        raise UserError(f"{arch.name} normalises keys over the whole K projection (one RMS over all {Hkv} "
+                        "K/V heads), which merging K/V heads cannot keep: no grouped-query conversion")
     return H, Hkv
 
 
 def key_planes(model: nn.Module, arch: ArchSpec, head_dim: int) -> A.Planes:
+    """The key transforms RoPE allows (before any q/k norm is taken into account: `layer_key_planes`)."""
     rdims = rotary_dims(model.config, head_dim) if arch.rope else 0
     return A.Planes.for_rope(head_dim, rdims, arch.rope)
 
 
+def qk_norm_scales(w: AttnWeights) -> torch.Tensor | None:
+    """Every q/k norm weight of a layer, one row per head ((H + Hkv), d), or None without q/k norms. A
+    (1 + w) norm (Gemma) has scales equal where its weights are, so the raw weights decide alike."""
+    rows = [t.reshape(-1, w.head_dim) for t in (w.qn, w.kn) if t is not None]
+    return torch.cat([r.to(rows[0].dtype) for r in rows]) if rows else None
+
+
+def layer_key_planes(planes: A.Planes, w: AttnWeights, arch: ArchSpec) -> A.Planes:
+    """The key transforms of one layer that keep the model exactly: RoPE's, restricted to those that
+    commute with the layer's q/k norms (align.Planes.restrict: the derivation)."""
+    scales = qk_norm_scales(w)
+    if scales is None:
+        return planes
+    return planes.restrict(scales, centred=arch.qk_norm_kind == "layer")
+
+
 def _to64(w: AttnWeights, device: torch.device) -> AttnWeights:
     f = lambda t: None if t is None else t.to(device=device, dtype=torch.float64)  # noqa: E731
-    return w.with_(q=f(w.q), k=f(w.k), v=f(w.v), o=f(w.o), bq=f(w.bq), bk=f(w.bk), bv=f(w.bv), bo=f(w.bo))
+    return w.with_(q=f(w.q), k=f(w.k), v=f(w.v), o=f(w.o), bq=f(w.bq), bk=f(w.bk), bv=f(w.bv), bo=f(w.bo),
+                   qn=f(w.qn), kn=f(w.kn))  # float64 holds every float32 / bf16 norm weight exactly
 
 
 def _energy(blocks_: torch.Tensor) -> float:
@@ -100,8 +116,9 @@ def _one_cpu_thread(device: torch.device):
 
 def plan_layer(w: AttnWeights, gram: torch.Tensor, kv_heads: int, planes_k: A.Planes, *,
                grouping: str = "similarity", align: bool = True, seed: int = 0, restarts: int = 16,
-               iters: int = 20) -> LayerPlan:
-    """Group, align, permute and merge one layer's heads from its input second moment `gram`."""
+               iters: int = 20, merge: bool = True) -> LayerPlan:
+    """Group, align, permute and (unless merge=False) merge one layer's heads from its input second
+    moment `gram`."""
     dev = gram.device
     t0 = time.perf_counter()
     params_before = w.num_params()
@@ -110,7 +127,8 @@ def plan_layer(w: AttnWeights, gram: torch.Tensor, kv_heads: int, planes_k: A.Pl
     if w.kv_heads % kv_heads:  # groups must hold whole K/V heads: work on the multi-head view
         g = w.heads // w.kv_heads
         w = w.with_(k=repeat_heads(w.k, w.kv_heads, g), v=repeat_heads(w.v, w.kv_heads, g),
-                    bk=repeat_heads(w.bk, w.kv_heads, g), bv=repeat_heads(w.bv, w.kv_heads, g), kv_heads=w.heads)
+                    bk=repeat_heads(w.bk, w.kv_heads, g), bv=repeat_heads(w.bv, w.kv_heads, g),
+                    kn=repeat_heads(w.kn, w.kv_heads, g), kv_heads=w.heads)
         unit = "query_head"
     n, d = w.kv_heads, w.head_dim
     CK = A.cross_blocks(cross_products(w.k, w.bk, gram), n, d)  # (n, n, d, d)
@@ -135,12 +153,13 @@ def plan_layer(w: AttnWeights, gram: torch.Tensor, kv_heads: int, planes_k: A.Pl
                           value_energy_kept_unaligned=_kept(CV, groups, eye))
     order = [h for g in groups for h in g]
     aligned = permute_kv_heads(transform_heads(w, tk if align else None, tv if align else None), order)
-    merged = merge_kv_heads(aligned, kv_heads)
+    merged = merge_kv_heads(aligned, kv_heads) if merge else None
     ek, ev = _energy(CK), _energy(CV)
     lost = ((1 - kk) * ek + (1 - kv) * ev) / max(ek + ev, 1e-300)
+    params_after = w.q.numel() + w.o.numel() + 2 * kv_heads * d * w.hidden  # q, o and G K/V heads
     # the generic fields every method reports (see cli.print_step_tables)
-    record.update(params_before=params_before, params_after=merged.num_params(),
-                  compression_rate=params_before / merged.num_params(), rel_error=max(lost, 0.0) ** 0.5,
+    record.update(params_before=params_before, params_after=params_after,
+                  compression_rate=params_before / params_after, rel_error=max(lost, 0.0) ** 0.5,
                   seconds=time.perf_counter() - t0)
     return LayerPlan(unit, groups, aligned, merged, record)
 
@@ -170,8 +189,10 @@ def convert(model: nn.Module, arch: ArchSpec, cfg: GQAConfig, tokens: torch.Tens
     records, shared, n_aligned = [], [], Hkv
     layers = range(len(grams))
     for i in track(layers, "gqa: grouping, aligning, merging", enabled=progress):
-        plan = plan_layer(read_attention(model, arch, i), grams[i], cfg.kv_heads, planes_k, grouping=cfg.grouping,
-                          align=cfg.align, seed=seed, restarts=cfg.restarts, iters=cfg.procrustes_iters)
+        w = read_attention(model, arch, i)
+        planes = layer_key_planes(planes_k, w, arch)
+        plan = plan_layer(w, grams[i], cfg.kv_heads, planes, grouping=cfg.grouping, align=cfg.align,
+                          seed=seed, restarts=cfg.restarts, iters=cfg.procrustes_iters)
         grams[i] = None  # free the (D+1)^2 float64 sum as soon as it is used
         if teacher is None:
             write_attention(model, arch, i, plan.merged)

@@ -5,7 +5,10 @@
 - `transform_heads`: fold an orthogonal T per K/V head into the weights. Keys: K_j <- T K_j and
   the same T on every query head reading it (q^T k is unchanged, and RoPE is unchanged when T
   commutes with it). Values: V_j <- T V_j and O's columns of those query heads <- O T^T.
-- `merge_kv_heads`: each group of consecutive K/V heads becomes one head, the mean of the group.
+  q/k norm weights stay: T must commute with them (align.Planes.restrict), or the model changes.
+- `merge_kv_heads`: each group of consecutive K/V heads becomes one head, the mean of the group;
+  its key norm weight is the one its members share (a group whose members' differ is refused).
+q/k norm weights (qn, kn) move with their heads like biases.
 """
 
 from __future__ import annotations
@@ -42,6 +45,8 @@ def permute_kv_heads(w: AttnWeights, kv_order: list[int]) -> AttnWeights:
         bk=_flat(_rows(w.bk, n)[kv]) if w.bk is not None else None,
         v=_flat(_rows(w.v, n)[kv]),
         bv=_flat(_rows(w.bv, n)[kv]) if w.bv is not None else None,
+        qn=_flat(_rows(w.qn, H)[qo]) if w.qn is not None else None,
+        kn=_flat(_rows(w.kn, n)[kv]) if w.kn is not None else None,
         o=o,
     )
 
@@ -84,4 +89,10 @@ def merge_kv_heads(w: AttnWeights, groups: int) -> AttnWeights:
     def mean(t):
         return None if t is None else t.reshape(groups, m, -1, *t.shape[1:]).mean(1).reshape(-1, *t.shape[1:])
 
-    return w.with_(k=mean(w.k), v=mean(w.v), bk=mean(w.bk), bv=mean(w.bv), kv_heads=groups)
+    kn = None
+    if w.kn is not None:
+        members = w.kn.reshape(groups, m, -1)  # (G, m, d)
+        if not bool((members == members[:, :1]).all()):
+            raise ValueError("a group's K/V heads have different key norm weights: no one norm for the merge")
+        kn = members[:, 0].reshape(-1)  # (G*d,)
+    return w.with_(k=mean(w.k), v=mean(w.v), bk=mean(w.bk), bv=mean(w.bv), kn=kn, kv_heads=groups)
