@@ -17,17 +17,23 @@ from __future__ import annotations
 
 import math
 import time
-import weakref
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 
 from tensorllm.base.errors import UserError
-from tensorllm.eval import decoder, encoder
-from tensorllm.eval.sources import load_task, select
+from tensorllm.eval import decoder, encoder, metrics
+from tensorllm.eval.items import (  # noqa: F401  (re-exported: eval/__init__, cli, search)
+    ANSWER_MODES,
+    _short_answers,
+    check_answer_mode,
+    check_model,
+    model_kind,
+    preflight,
+    task_items,
+)
 from tensorllm.eval.tasks import Example, TaskSpec, get_task
 from tensorllm.eval.tokens import answer_in_text, answer_spans, encode, label_tokens
 
-ANSWER_MODES = ("faithful", "continuation")
 PERPLEXITY_MAX_TOKENS = 512
 
 
@@ -50,9 +56,13 @@ class EvalResult:
     skipped: int = 0  # records of the source that the task's rules dropped
     examples: list[dict] | None = None  # per-example details when keep_examples=True
     seconds_by_phase: dict[str, float] | None = None  # decoder tasks: tokenise, generate, judge, score, loss
+    metrics: dict[str, float] | None = None  # every metric of metrics.py (percent; loss in nats/token)
+    items: dict | None = field(default=None, repr=False)  # per-item scores (metrics.py); not in to_dict
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        out = asdict(self)
+        out.pop("items")
+        return out
 
 
 @dataclass
@@ -74,25 +84,6 @@ class _Run:
             self.phases[phase] = round(self.phases.get(phase, 0.0) + time.perf_counter() - t0, 4)
 
 
-def model_kind(model) -> str:
-    """ "decoder" (causal LM head) or "encoder" (masked-LM head); anything else is a UserError."""
-    name = type(model).__name__
-    if getattr(model.config, "is_encoder_decoder", False):
-        raise UserError(f"{name} is an encoder-decoder model; evaluation supports decoders and MLM encoders")
-    head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
-    if head is None:
-        raise UserError(
-            f"the model ({name}) has no language-model head (the checkpoint holds only the "
-            "encoder / backbone, e.g. a sentence-embedding model): evaluation needs a causal LM or a "
-            "*ForMaskedLM checkpoint"
-        )
-    if name.endswith("ForMaskedLM"):
-        return "encoder"
-    if name.endswith(("ForCausalLM", "LMHeadModel")) or getattr(model.config, "is_decoder", False):
-        return "decoder"
-    raise UserError(f"cannot tell whether {name} is a causal or a masked LM")
-
-
 def evaluate(
     model,
     tokenizer,
@@ -107,8 +98,12 @@ def evaluate(
     max_batch_tokens: int = 65536,
     keep_examples: bool = False,
     progress: bool = True,
+    span: tuple[int, int] | None = None,
 ) -> EvalResult:
-    """Evaluate an in-memory model on one task split (see the module docstring for the metrics)."""
+    """Evaluate an in-memory model on one task split (see the module docstring for the metrics).
+
+    `span=(start, end)` scores only those items of the split (after `limit`): a racing search
+    grows a configuration's slice of validation items without scoring any item twice."""
     spec = task if isinstance(task, TaskSpec) else get_task(task)
     check_answer_mode(answer_mode)
     if batch_size <= 0 or max_batch_tokens <= 0:
@@ -116,6 +111,10 @@ def evaluate(
     kind = check_model(model, spec, kind)
     start = time.perf_counter()
     items, skipped, source = task_items(tokenizer, spec, split, limit, data)
+    if span is not None:
+        if not 0 <= span[0] < span[1] <= len(items):
+            raise UserError(f"items {span[0]}..{span[1]} are outside the {split} split ({len(items)} items)")
+        items = items[span[0] : span[1]]
     run = _Run(batch_size, max_batch_tokens, progress, answer_mode)
     was_training = model.training
     model.eval()
@@ -133,13 +132,14 @@ def evaluate(
             )
     finally:
         model.train(was_training)
-    metric, mode, correct, nll, predictions = scored
+    metric, mode, correct, nll, predictions, extra = scored
     if spec.kind == "perplexity":
         loss = sum(s for s, _ in nll) / max(1, sum(c for _, c in nll))
         accuracy, ppl = None, math.exp(loss)
     else:
         loss = sum(s / c for s, c in nll) / len(nll)
         accuracy, ppl = 100.0 * sum(correct) / len(correct), None
+    per_item = metrics.per_item(spec.kind, correct, nll, extra)
     details = None
     if keep_examples:
         details = [
@@ -169,67 +169,9 @@ def evaluate(
         skipped,
         details,
         run.phases or None,
+        {**metrics.aggregate(per_item), "loss": loss},
+        per_item,
     )
-
-
-def check_answer_mode(answer_mode: str) -> None:
-    if answer_mode not in ANSWER_MODES:
-        raise UserError(f"unknown answer mode '{answer_mode}' (choose from {', '.join(ANSWER_MODES)})")
-
-
-def check_model(model, spec: TaskSpec, kind: str | None = None) -> str:
-    """The model's kind ("decoder" / "encoder") when it can be evaluated on `spec`; UserError otherwise."""
-    kind = kind or model_kind(model)
-    if kind not in ("decoder", "encoder"):
-        raise UserError(f"unknown model kind '{kind}' (decoder or encoder)")
-    if spec.kind == "perplexity" and kind == "encoder":
-        raise UserError(
-            "the perplexity task needs a decoder (causal) model; encoders have no next-token loss"
-        )
-    return kind
-
-
-def preflight(model, tokenizer, spec: TaskSpec, split: str, limit: int | None, data=None) -> None:
-    """The checks of `evaluate` that need no forward pass: a UserError here is one `evaluate` would raise."""
-    check_model(model, spec)
-    items, _, _ = task_items(tokenizer, spec, split, limit, data)
-    if spec.kind == "classify":
-        label_tokens(tokenizer, items[0].prompt, spec.labels)
-
-
-# tokenizer -> {(id(dataset), max answer tokens): (dataset, kept examples)}: a search evaluates one
-# task split once per configuration, and the answer-length filter need not re-tokenise every time
-_FILTERED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
-
-
-def _short_answers(tokenizer, dataset, max_tokens: int) -> list[Example]:
-    """The dataset's examples whose gold answer is at most `max_tokens` tokens (LASER's HotpotQA rule)."""
-    try:
-        memo = _FILTERED.setdefault(tokenizer, {})
-    except TypeError:  # a tokenizer that cannot be weakly referenced: no memo
-        memo = {}
-    hit = memo.get((id(dataset), max_tokens))
-    if hit is not None and hit[0] is dataset:
-        return hit[1]
-    examples = dataset.examples
-    lengths = [len(ids) for ids in tokenizer([e.answer for e in examples])["input_ids"]]
-    kept = [e for e, n in zip(examples, lengths) if n <= max_tokens]
-    memo[(id(dataset), max_tokens)] = (dataset, kept)
-    return kept
-
-
-def task_items(
-    tokenizer, spec: TaskSpec, split: str, limit: int | None, data=None
-) -> tuple[list[Example], int, str]:
-    """(the examples `evaluate` scores, records dropped, source): the task's records, LASER's answer
-    length filter (HotpotQA), then the split and its first `limit` items. Bad data is a UserError."""
-    dataset = load_task(spec, data)
-    examples, skipped = list(dataset.examples), dataset.skipped
-    if spec.max_answer_tokens is not None:
-        kept = _short_answers(tokenizer, dataset, spec.max_answer_tokens)
-        skipped += len(examples) - len(kept)
-        examples = kept
-    return select(examples, split, limit, spec.name), skipped, dataset.source
 
 
 # -- decoder models ------------------------------------------------------------------------------
@@ -282,14 +224,15 @@ def _decoder_generate(model, tokenizer, spec, items, run):
     with run.timed("judge"):
         decode = dict(skip_special_tokens=True, clean_up_tokenization_spaces=False)
         new_text = tokenizer.batch_decode(conts, **decode)
-        judged = (
-            tokenizer.batch_decode([p + c for p, c in zip(prompts, conts)], **decode)
-            if run.answer_mode == "faithful"
-            else new_text
-        )
-        correct = [answer_in_text(e.answer, t) for e, t in zip(items, judged)]
+        whole = tokenizer.batch_decode([p + c for p, c in zip(prompts, conts)], **decode)
+        extra = {
+            "faithful": [answer_in_text(e.answer, t) for e, t in zip(items, whole)],
+            "continuation": [answer_in_text(e.answer, t) for e, t in zip(items, new_text)],
+            "exact": [metrics.exact_first_span(e.answer, t) for e, t in zip(items, new_text)],
+        }
+        correct = extra[run.answer_mode]
     nll = _teacher_forced(model, tokenizer, items, pad, run)
-    return "generate-substring", run.answer_mode, correct, nll, new_text
+    return "generate-substring", run.answer_mode, correct, nll, new_text, extra
 
 
 def _decoder_classify(model, tokenizer, spec, items, run):
@@ -326,7 +269,7 @@ def _classified(model, tokenizer, spec, items, lp, single, multi_token_loss, met
         nll = [(-float(lp[i, e.label]), 1) for i, e in enumerate(items)]
     else:
         nll = multi_token_loss()
-    return metric, None, correct, nll, [spec.labels[p] for p in pred]
+    return metric, None, correct, nll, [spec.labels[p] for p in pred], {}
 
 
 def _decoder_perplexity(model, tokenizer, spec, items, run):
@@ -347,7 +290,7 @@ def _decoder_perplexity(model, tokenizer, spec, items, run):
         )
     for i, r in zip(scorable, got):
         nll[i] = r
-    return "token-nll", None, None, nll, None
+    return "token-nll", None, None, nll, None, {}
 
 
 # -- encoder (masked-LM) models ------------------------------------------------------------------
@@ -397,7 +340,11 @@ def _encoder_generate(model, tokenizer, spec, items, run):
     )
     text = tokenizer.batch_decode(filled, skip_special_tokens=True, clean_up_tokenization_spaces=False)
     correct = [answer_in_text(e.answer, t) for e, t in zip(items, text)]
-    return "mlm-fill", "masks", correct, _masked_gold_loss(model, tokenizer, items, run), text
+    extra = {
+        "continuation": correct,
+        "exact": [metrics.exact_first_span(e.answer, t) for e, t in zip(items, text)],
+    }
+    return "mlm-fill", "masks", correct, _masked_gold_loss(model, tokenizer, items, run), text, extra
 
 
 def _encoder_classify(model, tokenizer, spec, items, run):

@@ -1,24 +1,19 @@
-"""The search report: `report.json` (machine-readable), `report.md` (tables), `heatmap.png`.
+"""The search report: `report.json` (machine-readable), `report.md` (tables), `heatmap.png` (heatmap.py).
 
-The heatmap shows validation accuracy minus the baseline's, in percentage points, one cell per
-(row, column) of the grid: a diverging colormap centred at 0 (blue = better than the unmodified
-model, red = worse), every cell annotated, the winner outlined, cells not evaluated yet grey.
-A method's data-free column (Tucker's `auto`) also shows in each cell the ranks it chose.
-The perplexity task has no accuracy: its cells show the validation loss reduction instead
-(baseline loss minus the configuration's, nats/token; positive = better, blue again).
+Both files hold the roles (baseline, winner, the data-free comparisons) on validation and test,
+the best configurations on validation and the grid of validation deltas; report_stats.py adds the
+paired statistics of every delta, the four metrics and, for a racing search, the race's decisions.
 """
 
 from __future__ import annotations
 
 import math
-import os
-import tempfile
 from pathlib import Path
 
 from tensorllm.base.files import atomic_write_text
 from tensorllm.eval import get_task
 from tensorllm.methods import registry
-from tensorllm.search import select
+from tensorllm.search import heatmap, report_stats, select
 from tensorllm.search.grid import BASELINE, Grid
 
 ROLE_TITLES = {
@@ -36,7 +31,10 @@ def _finite(x) -> bool:
 def _metrics(line: dict | None) -> dict | None:
     if line is None:
         return None
-    return {"accuracy": line["accuracy"], "loss": line["loss"], "n": line["n"], "seconds": line["seconds"]}
+    out = {"accuracy": line["accuracy"], "loss": line["loss"], "n": line["n"], "seconds": line["seconds"]}
+    if line.get("metrics"):  # stores written before the per-item metrics have none
+        out["metrics"] = line["metrics"]
+    return out
 
 
 def _delta(a, b):
@@ -49,11 +47,7 @@ def _ranks_of(line: dict) -> str:
     return registry.get(steps[0]["method"]).settings_label(steps[0]) if len(steps) == 1 else ""
 
 
-# What the grid cells (table and heatmap) show: accuracy gains, or loss reductions for tasks without accuracy.
-DELTAS = {
-    "accuracy": ("val accuracy minus baseline", "points", "+.1f"),
-    "loss": ("val loss reduction vs baseline", "nats/token", "+.3f"),
-}  # baseline minus config: + = better
+DELTAS = heatmap.DELTAS  # what the grid cells show: accuracy gains, or loss reductions
 
 
 def build(
@@ -69,33 +63,26 @@ def build(
     evaluated: int,
     cache=None,
     setup: dict | None = None,
+    by: str = "accuracy",
+    race: dict | None = None,
 ) -> dict:
+    """`race` (racing searches): {"partial": {key: line on a prefix of the items}, "summary": {...}}."""
     base = val.get(BASELINE.key)
     base_acc = base["accuracy"] if base else None
-    by_loss = get_task(identity["task"]).kind == "perplexity"
+    task_kind = get_task(identity["task"]).kind
+    by_loss = task_kind == "perplexity"
+    partial = (race or {}).get("partial") or {}
     cells = []
     for r in grid.rows:
         row = []
         for c in grid.cols:
             cfg = grid.cells.get((r, c))
-            line = val.get(cfg.key) if cfg is not None else None
-            row.append(
-                None
-                if line is None
-                else {
-                    "key": line["key"],
-                    "accuracy": line["accuracy"],
-                    "loss": line["loss"],
-                    "delta": _delta(base and base["loss"], line["loss"])
-                    if by_loss
-                    else _delta(line["accuracy"], base_acc),
-                    "ranks": _ranks_of(line),
-                }
-            )
+            line = (val.get(cfg.key) or partial.get(cfg.key)) if cfg is not None else None
+            row.append(None if line is None else _cell(line, base, by_loss, cfg.key in partial))
         cells.append(row)
     configs = grid.configs()
     done = [val[c.key] for c in configs if c.key in val]
-    ranked = select.rank(done)
+    ranked = select.rank(done, by)
     if "winner" not in roles and ranked:  # partial run: the best so far, clearly marked
         roles = {**roles, "winner": next(c for c in configs if c.key == ranked[0]["key"])}
     role_rows = {}
@@ -112,6 +99,9 @@ def build(
             "delta_val": _delta(v and v["accuracy"], base_acc),
             "delta_test": _delta(t and t["accuracy"], base_t and base_t["accuracy"]),
         }
+        if v is None and cfg.key in partial:  # racing: dropped before the whole split
+            role_rows[role]["val"] = _metrics(partial[cfg.key])
+            role_rows[role]["delta_val"] = _prefix_delta(partial[cfg.key], base, by_loss)
     every = list(val.values()) + list(test.values())
     how = next((x["eval"] for x in every if x.get("eval")), {})
     return {
@@ -121,7 +111,7 @@ def build(
         "identity": identity,
         "info": info,
         "accuracy_metric": {"metric": how.get("metric"), "answer_mode": how.get("answer_mode")},
-        "selection": "highest validation accuracy; ties: lower validation loss; then grid order",
+        "selection": select.rule(by),
         "roles": role_rows,
         "grid": {
             "row_title": grid.row_title,
@@ -138,6 +128,7 @@ def build(
                 "accuracy": x["accuracy"],
                 "loss": x["loss"],
                 "delta": _delta(x["accuracy"], base_acc),
+                **({"metrics": x["metrics"]} if x.get("metrics") else {}),
             }
             for x in ranked[:10]
         ],
@@ -154,7 +145,42 @@ def build(
             "eval_seconds_in_store": round(sum(x.get("seconds", 0.0) for x in every), 2),
             "step_cache": {"hits": cache.hits, "misses": cache.misses} if cache is not None else None,
         },
+        # added with per-item results (2026-12): the comparisons behind every delta, in numbers and words
+        "select_by": by,
+        "statistics": report_stats.build(val, test, roles, ranked, by, task_kind),
+        **({"race": race["summary"]} if race else {}),
     }
+
+
+def _prefix_delta(line: dict, base: dict | None, by_loss: bool):
+    """A partial line's delta against the baseline on the same first items (racing)."""
+    from tensorllm.search.stats import item_vector
+
+    m = line["n"]
+    if by_loss:
+        b = item_vector(base, "loss")
+        return None if b is None else float(b[:m].mean()) - line["loss"]
+    b = item_vector(base, "accuracy")
+    return None if b is None or line["accuracy"] is None else line["accuracy"] - 100.0 * int(b[:m].sum()) / m
+
+
+def _cell(line: dict, base: dict | None, by_loss: bool, partial: bool) -> dict:
+    if partial:
+        delta = _prefix_delta(line, base, by_loss)
+    elif by_loss:
+        delta = _delta(base and base["loss"], line["loss"])
+    else:
+        delta = _delta(line["accuracy"], base and base["accuracy"])
+    cell = {
+        "key": line["key"],
+        "accuracy": line["accuracy"],
+        "loss": line["loss"],
+        "delta": delta,
+        "ranks": _ranks_of(line),
+    }
+    if partial:
+        cell["n"] = line["n"]  # racing: dropped after this many items (delta on the same items)
+    return cell
 
 
 # -- writing ---------------------------------------------------------------------------------------
@@ -177,7 +203,7 @@ def write(root: Path, report: dict) -> None:
     root = Path(root)
     atomic_write_text(root / "report.json", json.dumps(_clean(report), indent=2) + "\n")
     atomic_write_text(root / "report.md", markdown(report))
-    heatmap(report, root / "heatmap.png")
+    heatmap.draw(report, root / "heatmap.png")
 
 
 def how_measured(rep: dict) -> str:
@@ -216,8 +242,13 @@ def markdown(rep: dict) -> str:
         + ")",
         f"- data: {ident['data']}; validation n = {n_val}, test n = {n_test}; {how_measured(rep)}; "
         f"batch size {ident.get('batch_size')}",
-        f"- configurations: {prog['val_done']} of {prog['configurations']} evaluated on validation; "
-        f"selection: {rep['selection']}",
+        (
+            f"- configurations: {prog['val_done']} of {prog['configurations']} evaluated on validation; "
+            if "race" not in rep
+            else f"- configurations: {prog['configurations']} raced on validation (see Race), "
+            f"{prog['val_done']} of them scored on all {n_val} items; "
+        )
+        + f"selection: {rep['selection']}",
         f"- code: tensorllm {info.get('code_version')}; this run {rep['run']['seconds']:.1f} s, "
         f"{rep['run']['evaluated_this_run']} evaluations (all evaluations in the store: "
         f"{rep['run']['eval_seconds_in_store']:.1f} s)",
@@ -256,6 +287,8 @@ def markdown(rep: dict) -> str:
     elif getattr(registry.find(rep["method"]), "data_free_column", None):
         col = registry.find(rep["method"]).data_free_column
         lines += [f"No data-free comparison: the grid has no `{col}` column (add `;{col}` to --ranks).", ""]
+    lines += report_stats.markdown(rep, ROLE_TITLES)
+    lines += report_stats.race_markdown(rep)
     lines += [
         "## Best on validation",
         "",
@@ -278,82 +311,11 @@ def markdown(rep: dict) -> str:
         "|---|" + "---:|" * len(g["cols"]),
     ]
     for r, row in zip(g["rows"], g["cells"]):
-        lines.append(
-            f"| {r} | " + " | ".join("-" if c is None else _signed(c["delta"], unit) for c in row) + " |"
-        )
+        lines.append(f"| {r} | " + " | ".join(_cell_text(c, unit) for c in row) + " |")
     return "\n".join(lines) + "\n"
 
 
-def heatmap(rep: dict, path: Path) -> None:
-    import numpy as np
-    from matplotlib import colormaps
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-    from matplotlib.patches import Rectangle
-
-    g = rep["grid"]
-    rows, cols = g["rows"], g["cols"]
-    label, unit, spec = DELTAS[g.get("delta", "accuracy")]
-    data = np.full((len(rows), len(cols)), np.nan)
-    for i, row in enumerate(g["cells"]):
-        for j, c in enumerate(row):
-            if c is not None and _finite(c["delta"]):
-                data[i, j] = c["delta"]
-    finite = np.abs(data[np.isfinite(data)])
-    vmax = float(finite.max()) if finite.size and finite.max() > 0 else 1.0
-    cmap = colormaps["RdBu"].with_extremes(bad="#d9d9d9")
-    width = max(5.0, 2.2 + 1.3 * len(cols) + 0.06 * max(len(r) for r in rows))
-    fig = Figure(figsize=(width, max(3.0, 1.6 + 0.34 * len(rows))))
-    FigureCanvasAgg(fig)
-    ax = fig.add_subplot()
-    im = ax.imshow(np.ma.masked_invalid(data), cmap=cmap, vmin=-vmax, vmax=vmax, aspect="auto")
-    size = 8 if len(rows) <= 40 else 6
-    free = getattr(registry.find(rep["method"]), "data_free_column", None)  # its cells show what it chose
-    for i, row in enumerate(g["cells"]):
-        for j, c in enumerate(row):
-            if c is None or not _finite(c["delta"]):
-                ax.text(
-                    j,
-                    i,
-                    "-" if c is None else "n/a",
-                    ha="center",
-                    va="center",
-                    fontsize=size,
-                    color="#555555",
-                )
-                continue
-            text = format(c["delta"], spec)
-            if cols[j] == free and c.get("ranks"):
-                text += f"  ({c['ranks']})"
-            dark = abs(c["delta"]) > 0.6 * vmax
-            ax.text(j, i, text, ha="center", va="center", fontsize=size, color="white" if dark else "black")
-    winner = rep["roles"].get("winner")
-    for r, c in (winner or {}).get("cells", []):
-        if r in rows and c in cols:
-            ax.add_patch(
-                Rectangle((cols.index(c) - 0.5, rows.index(r) - 0.5), 1, 1, fill=False, lw=2.5, ec="black")
-            )
-    ax.set_xticks(
-        range(len(cols)),
-        cols,
-        rotation=25 if max(map(len, cols)) > 8 else 0,
-        ha="right" if max(map(len, cols)) > 8 else "center",
-    )
-    ax.set_yticks(range(len(rows)), rows, fontsize=8 if len(rows) <= 40 else 6)
-    ax.set_xlabel(g["col_title"])
-    ax.set_ylabel(g["row_title"])
-    base = (rep["roles"].get("baseline") or {}).get("val") or {}
-    title = f"{rep['task']}: {rep['method']} search, {label}"
-    if _finite(base.get("accuracy")):
-        title += f" ({base['accuracy']:.1f}%, n={base['n']})"
-    ax.set_title(title + ("" if rep["status"] == "complete" else " [partial]"), fontsize=10)
-    cbar = fig.colorbar(im, ax=ax, fraction=0.05, pad=0.02)
-    cbar.set_label(f"{unit} (winner outlined)")
-    fd, tmp = tempfile.mkstemp(prefix=".heatmap.", suffix=".png", dir=path.parent)
-    os.close(fd)
-    try:
-        fig.savefig(tmp, format="png", dpi=130, bbox_inches="tight")
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+def _cell_text(c: dict | None, unit: str) -> str:
+    if c is None:
+        return "-"
+    return _signed(c["delta"], unit) + (f" (n={c['n']})" if "n" in c else "")
