@@ -13,7 +13,9 @@ Variants (all the same unit, `variant=`):
   heads, its one K head, its one V head and its g output heads, mode-3 order
   (Q_1..Q_g, K, V, O^T_1..O^T_g). Every K/V head still exists exactly once, so the rebuilt model
   stays GQA (no duplicated K/V heads), and all blocks still share U1 (d_model), U2 (d_head) and
-  U3 (block type). Compression rate of the layer:
+  U3 (block type). U3 mixes a group's query slots, so each group's query heads are first put in an
+  order read off their weights (tucker_tensor.canonical_query_order; back in place afterwards): the
+  result does not depend on how a checkpoint orders the query heads inside a group. Compression rate:
       (2 D d (H + Hkv)) / (D R1 + d R2 + (2g+2) R3 + Hkv R1 R2 R3)
   which equals the paper's 4 D^2 / (D R1 + d R2 + 4 R3 + h R1 R2 R3) when g = 1 and D = h d.
 - `single`: the ablation on one matrix type (`matrix` = q, k, v or o): tensor (D, d, heads),
@@ -43,7 +45,8 @@ from tensorllm.base.layers import one_layer_as_list, parse_layers
 from tensorllm.base.progress import track
 from tensorllm.methods import registry
 from tensorllm.methods.registry import Column, Flag, Method, layers_label, parse_floats, split_names
-from tensorllm.methods.tucker_tensor import (auto_ranks, compressed_modes, from_tensor, ranks_for_rate, to_tensor,
+from tensorllm.methods.tucker_tensor import (auto_ranks, canonical_query_order, compressed_modes, from_tensor,
+                                             inverse_order, permute_query_heads, ranks_for_rate, to_tensor,
                                              tucker_params)
 from tensorllm.tensor.tucker import hooi, reconstruct
 
@@ -121,16 +124,20 @@ def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
 
 
 def layer_tensor(w: AttnWeights, cfg: TuckerConfig, device: torch.device | None = None):
-    """(the weights in the compute dtype on `device`, their tensor of `cfg.variant`)."""
+    """(the weights in the compute dtype on `device` with each group's query heads in canonical order,
+    that order (None: as stored), their tensor of `cfg.variant`)."""
     dtype = torch.float64 if cfg.compute_dtype == "float64" else torch.float32
     wd = w.with_(q=w.q.to(device, dtype), k=w.k.to(device, dtype), v=w.v.to(device, dtype), o=w.o.to(device, dtype))
-    return wd, to_tensor(wd, cfg.variant, cfg.matrix)
+    order = canonical_query_order(wd, cfg.variant)
+    if order is not None:  # the tensor must not depend on where a group's query heads are stored
+        wd = permute_query_heads(wd, order)
+    return wd, order, to_tensor(wd, cfg.variant, cfg.matrix)
 
 
 def compress_layer(w: AttnWeights, cfg: TuckerConfig, device: torch.device) -> tuple[AttnWeights, dict]:
     """Decompose and rebuild one layer's attention; return new weights and the layer's record."""
     t0 = time.perf_counter()
-    wd, t = layer_tensor(w, cfg, device)
+    wd, order, t = layer_tensor(w, cfg, device)
     modes = compressed_modes(cfg.variant)
     before = t.numel()
     ranks = resolve_ranks(cfg, t, before)
@@ -149,6 +156,9 @@ def compress_layer(w: AttnWeights, cfg: TuckerConfig, device: torch.device) -> t
         "converged": res.converged,
         "seconds": time.perf_counter() - t0,
     }
+    if order is not None:
+        record["query_order"] = order  # canonical slot n of each group held query head order[n]
+        new = permute_query_heads(new, inverse_order(order))  # back where the model stores them
     return new, record
 
 
@@ -236,7 +246,7 @@ class Tucker(Method):
     def concrete_step(self, model, arch, layer: int, options: dict) -> dict:
         """One layer's Tucker step with its ranks resolved to integers on this model's weights."""
         cfg = registry.config_from_dict(NAME, {"layers": [layer], **options})
-        _, t = layer_tensor(read_attention(model, arch, layer), cfg)
+        _, _, t = layer_tensor(read_attention(model, arch, layer), cfg)
         try:
             ranks = resolve_ranks(cfg, t, t.numel())
         except UserError as exc:

@@ -3,11 +3,13 @@
 `to_tensor` / `from_tensor` stack the per-head blocks of Q, K, V and O^T into the tensor of a
 variant and back (layouts: methods/tucker.py's docstring); `tucker_params` and `ranks_for_rate`
 are the paper's parameter count and compression rate; `auto_ranks` picks data-free ranks with
-the Gavish-Donoho threshold. Nothing here reads or writes a model.
+the Gavish-Donoho threshold; `canonical_query_order` / `permute_query_heads` take where a group's
+query heads are stored out of the decomposition. Nothing here reads or writes a model.
 """
 
 from __future__ import annotations
 
+import functools
 import math
 
 import torch
@@ -49,6 +51,50 @@ def from_tensor(t: torch.Tensor, w: AttnWeights, variant: str, matrix: str | Non
         k, v = k[:, 0], v[:, 0]  # (Hkv, D, d)
     wq, wk, wv, wo = from_head_blocks(q, k, v, o)
     return w.with_(q=wq, k=wk, v=wv, o=wo)
+
+
+def canonical_query_order(w: AttnWeights, variant: str) -> list[int] | None:
+    """An order of the query heads, inside each K/V group, that depends on the heads' weights only, not
+    on where they are stored; None where the stored order cannot matter (g = 1, or variant `single`,
+    whose head mode is not compressed).
+
+    The block mode of the GQA-aware tensor (and TRAWL's) holds a group's g query and g output heads as
+    separate slots that U3 mixes, while every group shares U3: reordering one group's heads (with their
+    output heads: the same function) is then no mode permutation and changed the result. Putting each
+    group's heads in this order before the tensor is built makes compress(permute(w)) equal
+    permute(compress(w)). Order: descending energy ||Q_h||^2 + ||O_h||^2; heads of exactly equal
+    energy by their first differing weight (identical heads are interchangeable)."""
+    if variant == "single" or w.group == 1:
+        return None
+    q, _, _, o = per_head_blocks(w)  # (H, D, d) each
+    energy = [float(q[h].square().sum() + o[h].square().sum()) for h in range(w.heads)]
+
+    def first(a: int, b: int) -> int:  # negative: head a comes first
+        if energy[a] != energy[b]:
+            return -1 if energy[a] > energy[b] else 1
+        diff = torch.cat([(q[a] - q[b]).flatten(), (o[a] - o[b]).flatten()])  # (2*D*d,)
+        nz = torch.nonzero(diff)
+        return 0 if nz.numel() == 0 else (-1 if diff[nz[0, 0]] > 0 else 1)
+
+    g, key = w.group, functools.cmp_to_key(first)
+    return [h for j in range(w.kv_heads) for h in sorted(range(j * g, (j + 1) * g), key=key)]
+
+
+def permute_query_heads(w: AttnWeights, order: list[int]) -> AttnWeights:
+    """Query head n of the result is head order[n] of `w` (rows of q, bq and qn, columns of o). Within
+    each K/V group this is the same function: RoPE and the group's K/V act on all its query heads alike."""
+    H, d = w.heads, w.head_dim
+    idx = torch.as_tensor(order, device=w.q.device)
+
+    def rows(t: torch.Tensor | None) -> torch.Tensor | None:  # (H*d[, D]) -> the same, heads reordered
+        return None if t is None else t.reshape(H, d, *t.shape[1:])[idx.to(t.device)].reshape(t.shape)
+
+    o = w.o.reshape(w.o.shape[0], H, d)[:, idx].reshape(w.o.shape)  # (D, H*d)
+    return w.with_(q=rows(w.q), bq=rows(w.bq), qn=rows(w.qn), o=o)
+
+
+def inverse_order(order: list[int]) -> list[int]:
+    return sorted(range(len(order)), key=order.__getitem__)
 
 
 def compressed_modes(variant: str) -> tuple[int, ...]:
