@@ -26,8 +26,10 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("eval", ("tensorllm.eval",)),
     ("search", ("tensorllm.search",)),
     ("runtime", ("tensorllm.runtime",)),
+    ("package", ()),  # tensorllm/__init__.py itself: the public API re-exports (tensorllm.load is runtime's)
     ("cli", ("tensorllm.cli",)),
 ]
+EXACT = {"tensorllm": "package"}  # modules placed by their exact name, before any prefix
 
 
 def modules() -> dict[str, Path]:
@@ -41,6 +43,8 @@ def modules() -> dict[str, Path]:
 
 
 def layer_of(module: str) -> int:
+    if module in EXACT:
+        return [name for name, _ in LAYERS].index(EXACT[module])
     best, index = -1, None
     for i, (_, prefixes) in enumerate(LAYERS):
         for p in prefixes:

@@ -9,5 +9,6 @@ from tensorllm.base.errors import UserError
 from tensorllm.base.versions import __version__
 from tensorllm.models.io import load_model, save_checkpoint
 from tensorllm.recipe import Recipe
+from tensorllm.runtime.factorised_load import load
 
-__all__ = ["compress", "load_model", "save_checkpoint", "Recipe", "UserError", "__version__"]
+__all__ = ["compress", "load", "load_model", "save_checkpoint", "Recipe", "UserError", "__version__"]

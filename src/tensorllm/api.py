@@ -20,7 +20,7 @@ from torch import nn
 from tensorllm.archs import blocks, head_layout, spec_for
 from tensorllm.attention import qk_norm_note
 from tensorllm.base.devices import resolve_device
-from tensorllm.methods import registry
+from tensorllm.methods import factorised, registry
 from tensorllm.models.io import Loaded, load_model
 from tensorllm.recipe import Recipe
 from tensorllm.report import Report
@@ -52,8 +52,15 @@ def model_info(model: nn.Module, source: str | None = None) -> dict:
 
 
 def compress(
-    model: Any, recipe: Recipe | dict | str | Path, *, tokenizer: Any = None, progress: bool = True
+    model: Any,
+    recipe: Recipe | dict | str | Path,
+    *,
+    tokenizer: Any = None,
+    progress: bool = True,
+    factors: list | None = None,
 ) -> tuple[nn.Module, Report]:
+    """Apply the recipe's steps in order. `factors`, a list, receives the factors each step keeps
+    (methods/factorised.py) for a factorised checkpoint (runtime/factorised.py)."""
     recipe = as_recipe(recipe)
     loaded = model if isinstance(model, Loaded) else None
     if isinstance(model, (str, Path)):
@@ -65,6 +72,8 @@ def compress(
     ctx = registry.RunContext(
         device=device, seed=recipe.seed, tokenizer=tokenizer, source=loaded, progress=progress
     )
+    if factors is not None:
+        ctx.scratch[factorised.KEY] = factors
     report = Report(recipe=recipe.to_dict(), model=model_info(model, loaded.spec if loaded else None))
     t0 = time.perf_counter()
     torch.manual_seed(recipe.seed)

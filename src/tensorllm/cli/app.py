@@ -9,7 +9,7 @@ import sys
 import typer
 
 from tensorllm.base.errors import UserError
-from tensorllm.cli import compress, demo, gqa, info, search
+from tensorllm.cli import compress, demo, export, gqa, info, search
 from tensorllm.cli import eval as eval_cmds
 
 app = typer.Typer(
@@ -18,7 +18,7 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     help="Structural denoising and compression of transformer attention (TensorLLM, LASER, MHA->GQA).",
 )
-for _module in (compress, info, demo, eval_cmds, gqa, search):
+for _module in (compress, export, info, demo, eval_cmds, gqa, search):
     _module.register(app)
 
 

@@ -16,6 +16,7 @@ from rich.table import Table
 
 from tensorllm.base.errors import UserError
 from tensorllm.cli.common import ModelArg, console, method_options, with_method_flags
+from tensorllm.cli.export import check_format, compress_factorised, storage_line
 from tensorllm.methods import DEFAULT as DEFAULT_METHOD, registry
 
 
@@ -45,6 +46,12 @@ def compress(
         "default: when every step can and the weights would not fit in memory.",
     ),
     max_shard_size: str = typer.Option("5GB", help="--stream: the largest output shard."),
+    fmt: str = typer.Option(
+        "dense",
+        "--format",
+        help="dense: a plain checkpoint | factorised: the compressed modules keep their factors "
+        "(load with tensorllm.load, or transformers with trust_remote_code=True; export --dense).",
+    ),
     method_flags: dict = None,
 ) -> None:
     """Apply a method (or a recipe of several) and save a plain checkpoint with its recipe and report."""
@@ -63,6 +70,11 @@ def compress(
         if layers is not None:
             opts["layers"] = parse_layers_arg(layers)
         rec = Recipe.single(method, dtype=dtype, device=device, seed=seed, **opts)
+    check_format(fmt, rec)  # a step with no factorised form is refused before any work
+    if fmt == "factorised":
+        if stream:
+            raise UserError("--format factorised does not stream: pass --no-stream (loads it whole)")
+        stream = False
     if stream is None:
         from tensorllm.streamed import stream_reason
 
@@ -75,6 +87,12 @@ def compress(
     loaded = load_model(model, dtype=rec.dtype, device=rec.device, trust_remote_code=trust_remote_code,
                         allow_pickle=allow_pickle)
     check_output_dir(out, [loaded.path], overwrite)
+    if fmt == "factorised":
+        report, out = compress_factorised(loaded, rec, out, overwrite=overwrite)
+        print_step_tables(report.steps)
+        console.print(storage_line(report.extra["factorised"]))
+        console.print(f"saved the factorised checkpoint, recipe.yaml and report.json to [bold]{out}[/]")
+        return
     _, report = run(loaded, rec)
     out = save_checkpoint(loaded, out, overwrite=overwrite,
                           extra_files={"recipe.yaml": rec.to_yaml(), "report.json": report.to_json()})

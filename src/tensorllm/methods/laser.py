@@ -23,7 +23,7 @@ import torch
 from tensorllm.archs import blocks, get_module
 from tensorllm.base.errors import UserError
 from tensorllm.base.layers import one_layer_as_list, parse_layers
-from tensorllm.methods import registry
+from tensorllm.methods import factorised, registry
 from tensorllm.methods.registry import Column, Flag, Method, layers_label, parse_floats, split_names
 from tensorllm.base.progress import track
 from tensorllm.tensor.svd import laser_rank, truncated_svd
@@ -104,6 +104,7 @@ class Laser(Method):
                 raise UserError(f"laser rank {k} exceeds min({m}, {n}) of {path}")
             w = weight.detach().to(ctx.device)
             approx = truncated_svd(w, k, method=cfg.svd, seed=cfg.seed)
+            factorised.keep_lowrank(ctx, i, path, w, k, cfg, arch.conv1d)
             rel = (torch.linalg.vector_norm((w - approx).double()) / torch.linalg.vector_norm(w.double())).item()
             with torch.no_grad():
                 weight.copy_(approx.to(weight.device, weight.dtype))
@@ -115,6 +116,9 @@ class Laser(Method):
 
     def touched_modules(self, arch, step: dict) -> list[str]:
         return [arch.resolve_matrix(step.get("matrix") or arch.ffn_input or "")[1]]
+
+    def check_factorised(self, cfg: LaserConfig, arch=None) -> None:
+        factorised.check_laser(cfg, arch)
 
     def check_search(self, options: dict) -> None:
         for rho in options.get("rhos") or ():

@@ -117,6 +117,13 @@ class Method:
             summary["compression_rate"] = before / sum(r["params_after"] for r in records)
         return {"layers": records, "summary": summary}
 
+    # -- factorised checkpoints -----------------------------------------------------------------------
+    def check_factorised(self, cfg, arch=None) -> None:
+        """Refuse (UserError) a step that cannot keep its factors (`compress --format factorised`); a method
+        that can keeps them through methods/factorised.py when its context asks. `arch` is None before
+        the model is loaded (the checks that need no model run first)."""
+        raise UserError(f"method '{self.name}' has no factorised form (use --format dense)")
+
     # -- the report -------------------------------------------------------------------------------
     def describe(self, step: dict) -> str:
         return f"{self.name} L{layers_label(step)}"

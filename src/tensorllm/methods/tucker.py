@@ -43,7 +43,7 @@ from tensorllm.attention import AttnWeights, read_attention, write_attention
 from tensorllm.base.errors import UserError
 from tensorllm.base.layers import one_layer_as_list, parse_layers
 from tensorllm.base.progress import track
-from tensorllm.methods import registry
+from tensorllm.methods import factorised, registry
 from tensorllm.methods.registry import Column, Flag, Method, layers_label, parse_floats, split_names
 from tensorllm.methods.tucker_tensor import (auto_ranks, canonical_query_order, compressed_modes, from_tensor,
                                              inverse_order, permute_query_heads, ranks_for_rate, to_tensor,
@@ -134,14 +134,19 @@ def layer_tensor(w: AttnWeights, cfg: TuckerConfig, device: torch.device | None 
     return wd, order, to_tensor(wd, cfg.variant, cfg.matrix)
 
 
-def compress_layer(w: AttnWeights, cfg: TuckerConfig, device: torch.device) -> tuple[AttnWeights, dict]:
-    """Decompose and rebuild one layer's attention; return new weights and the layer's record."""
+def compress_layer(
+    w: AttnWeights, cfg: TuckerConfig, device: torch.device, keep=None
+) -> tuple[AttnWeights, dict]:
+    """Decompose and rebuild one layer's attention; return new weights and the layer's record.
+    `keep(result, weights)`, when given, receives the Tucker result (methods/factorised.py)."""
     t0 = time.perf_counter()
     wd, order, t = layer_tensor(w, cfg, device)
     modes = compressed_modes(cfg.variant)
     before = t.numel()
     ranks = resolve_ranks(cfg, t, before)
     res = hooi(t, ranks, modes, n_iter_max=cfg.n_iter_max, tol=cfg.tol, compute_dtype=t.dtype)
+    if keep is not None:
+        keep(res, wd)
     new = from_tensor(reconstruct(res), wd, cfg.variant, cfg.matrix)
     after = tucker_params(tuple(t.shape), modes, ranks)
     record = {
@@ -215,7 +220,8 @@ class Tucker(Method):
         layers = parse_layers(cfg.layers, len(blocks(model, arch)))
         records = []
         for i in track(layers, "tucker", enabled=ctx.progress):
-            new, rec = compress_layer(read_attention(model, arch, i), cfg, ctx.device)
+            keep = factorised.tucker_keeper(ctx, i)
+            new, rec = compress_layer(read_attention(model, arch, i), cfg, ctx.device, keep)
             write_attention(model, arch, i, new)
             records.append({"layer": i, **rec})
         total_before = sum(r["params_before"] for r in records)
@@ -226,6 +232,9 @@ class Tucker(Method):
 
     def touched_modules(self, arch, step: dict) -> list[str]:
         return [arch.o] + ([arch.q, arch.k, arch.v] if arch.qkv == "separate" else [arch.fused])
+
+    def check_factorised(self, cfg: TuckerConfig, arch=None) -> None:
+        factorised.check_tucker(cfg, arch)
 
     def check_search(self, options: dict) -> None:
         if not (options.get("ranks") or options.get("rates")):

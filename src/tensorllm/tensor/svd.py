@@ -40,6 +40,30 @@ def truncated_svd(
     n_iter:        power iterations of the randomised range finder (LASER's reference uses 2).
     compute_dtype: float32 (default) or float64; the SVD runs in this dtype.
     """
+    left, right = svd_factors(
+        w,
+        rank,
+        method=method,
+        seed=seed,
+        n_oversamples=n_oversamples,
+        n_iter=n_iter,
+        compute_dtype=compute_dtype,
+    )
+    return (left @ right).to(w.dtype)  # (m, n)
+
+
+def svd_factors(
+    w: torch.Tensor,
+    rank: int,
+    *,
+    method: str = "exact",
+    seed: int | None = None,
+    n_oversamples: int = 10,
+    n_iter: int = 2,
+    compute_dtype: torch.dtype = torch.float32,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The factors of `truncated_svd`: left = U_k S_k `(m, k)` and right = V_k^T `(k, n)` in
+    `compute_dtype`, with `left @ right` exactly the approximation `truncated_svd` returns (same options)."""
     if not isinstance(w, torch.Tensor) or w.ndim != 2:
         raise ValueError("truncated_svd expects a 2-D torch.Tensor")
     if w.is_complex():
@@ -68,8 +92,7 @@ def truncated_svd(
         if not is_int(n_iter) or n_iter < 0:
             raise ValueError(f"n_iter must be an integer >= 0, got {n_iter!r}")
         u, s, vh = _randomized_svd(a, rank, int(seed), n_oversamples, n_iter)
-    approx = (u[:, :rank] * s[:rank]) @ vh[:rank]  # (m, n)
-    return approx.to(w.dtype)
+    return u[:, :rank] * s[:rank], vh[:rank]  # (m, k), (k, n)
 
 
 def laser_rank(shape: Sequence[int], rho: float) -> int:
