@@ -23,9 +23,9 @@ import torch
 from tensorllm.archs import blocks, get_module
 from tensorllm.base.errors import UserError
 from tensorllm.base.layers import one_layer_as_list, parse_layers
-from tensorllm.methods import factorised, registry
-from tensorllm.methods.registry import Column, Flag, Method, layers_label, parse_floats, split_names
 from tensorllm.base.progress import track
+from tensorllm.methods import factorised, laser_experts, registry
+from tensorllm.methods.registry import Column, Flag, Method, layers_label, parse_floats, split_names
 from tensorllm.tensor.svd import laser_rank, truncated_svd
 
 
@@ -35,7 +35,8 @@ class LaserConfig:
     matrix: up / fc_in (default: the FFN input that is not a gate), down / fc_out, gate, q, k, v, o,
         LASER's names (fc_in, fc_up, fc_out, out_proj, ...), or a module path.
     rho: keep floor(min(m, n) * rho) singular values (LASER's rho); or rank: an explicit rank.
-    svd: exact (default) | randomized (needs seed)."""
+    svd: exact (default) | randomized (needs seed).
+    expert: with a MoE matrix (experts.gate / experts.up / experts.down), only this expert (default: all)."""
 
     layers: int | str | tuple[int, ...] | None = None
     matrix: str | None = None
@@ -43,6 +44,7 @@ class LaserConfig:
     rank: int | None = None
     svd: Literal["exact", "randomized"] = "exact"
     seed: int | None = None
+    expert: int | None = None
 
     def __post_init__(self) -> None:
         self.layers = one_layer_as_list(self.layers)
@@ -58,6 +60,8 @@ class LaserConfig:
             raise UserError(f"laser rank must be >= 1, got {self.rank}")
         if self.svd == "randomized" and self.seed is None:
             raise UserError("laser svd 'randomized' needs a seed (results would not be reproducible)")
+        if self.expert is not None and self.expert < 0:
+            raise UserError(f"laser expert must be >= 0, got {self.expert}")
 
 
 NAME = "laser"
@@ -67,6 +71,7 @@ RHOS = (0.9, 0.8, 0.6, 0.2, 0.1, 0.05, 0.01)  # LASER's published grid: the sear
 def matrix_module(model, arch, layer: int, matrix: str | None):
     """(the matrix's own name, its module path, the module) in block `layer`; None = the FFN input."""
     name, path = arch.resolve_matrix(matrix or arch.ffn_input or "")
+    laser_experts.check_matrix(arch, name, path, None)
     try:
         return name, path, get_module(blocks(model, arch)[layer], path)
     except AttributeError:
@@ -78,24 +83,40 @@ class Laser(Method):
     name, config_cls = NAME, LaserConfig
     searchable = streamable = True
     compress_flags = (
-        Flag("matrix", "laser: up / fc_in (default), down / fc_out, gate, q, k, v, o, LASER's names "
-             "(fc_in = the gate of a gated FFN) or a module path."),
+        Flag(
+            "matrix",
+            "laser: up / fc_in (default), down / fc_out, gate, q, k, v, o, LASER's names "
+            "(fc_in = the gate of a gated FFN) or a module path.",
+        ),
         Flag("rho", "laser: keep floor(min(m,n)*rho) singular values.", type=float),
         Flag("rank", "laser: explicit rank.", type=int),
+        Flag("expert", "laser: with experts.gate/up/down (MoE), only this expert (default: all).", type=int),
     )
     search_flags = (
-        Flag("rhos", "laser: fractions of singular values kept (default LASER's 0.9,0.8,0.6,0.2,0.1,0.05,0.01).",
-             parse=lambda s: parse_floats(s, "--rhos")),
-        Flag("matrix", "laser: up / fc_in (default), down / fc_out, gate, ... comma-separated for several",
-             key="matrices", parse=split_names),
+        Flag(
+            "rhos",
+            "laser: fractions of singular values kept (default LASER's 0.9,0.8,0.6,0.2,0.1,0.05,0.01).",
+            parse=lambda s: parse_floats(s, "--rhos"),
+        ),
+        Flag(
+            "matrix",
+            "laser: up / fc_in (default), down / fc_out, gate, ... comma-separated for several",
+            key="matrices",
+            parse=split_names,
+        ),
     )
 
     def apply(self, model, arch, cfg: LaserConfig, ctx) -> dict:
         """LASER rank reduction of one named matrix in each selected layer."""
         layers = parse_layers(cfg.layers, len(blocks(model, arch)))
         records = []
+        name, path = arch.resolve_matrix(cfg.matrix or arch.ffn_input or "")
+        laser_experts.check_matrix(arch, name, path, cfg.expert)
         for i in track(layers, "laser", enabled=ctx.progress):
             t0 = time.perf_counter()
+            if arch.expert_matrix(name):  # MoE: that matrix of every expert (or of one), router untouched
+                records.append(laser_experts.reduce_experts(model, arch, i, name, cfg, ctx.device))
+                continue
             name, path, mod = matrix_module(model, arch, i, cfg.matrix)
             weight = mod.weight
             m, n = weight.shape
@@ -105,17 +126,37 @@ class Laser(Method):
             w = weight.detach().to(ctx.device)
             approx = truncated_svd(w, k, method=cfg.svd, seed=cfg.seed)
             factorised.keep_lowrank(ctx, i, path, w, k, cfg, arch.conv1d)
-            rel = (torch.linalg.vector_norm((w - approx).double()) / torch.linalg.vector_norm(w.double())).item()
+            rel = (
+                torch.linalg.vector_norm((w - approx).double()) / torch.linalg.vector_norm(w.double())
+            ).item()
             with torch.no_grad():
                 weight.copy_(approx.to(weight.device, weight.dtype))
-            records.append({"layer": i, "matrix": path, "shape": [m, n], "rank": k, "params_before": m * n,
-                            "params_after": k * (m + n), "compression_rate": m * n / (k * (m + n)),
-                            "rel_error": rel, "seconds": time.perf_counter() - t0})
-        return {"layers": records, "summary": {"matrix": records[0]["matrix"], "matrix_name": name, "layers": layers,
-                                               "mean_rel_error": sum(r["rel_error"] for r in records) / len(records)}}
+            records.append(
+                {
+                    "layer": i,
+                    "matrix": path,
+                    "shape": [m, n],
+                    "rank": k,
+                    "params_before": m * n,
+                    "params_after": k * (m + n),
+                    "compression_rate": m * n / (k * (m + n)),
+                    "rel_error": rel,
+                    "seconds": time.perf_counter() - t0,
+                }
+            )
+        return {
+            "layers": records,
+            "summary": {
+                "matrix": records[0]["matrix"],
+                "matrix_name": name,
+                "layers": layers,
+                "mean_rel_error": sum(r["rel_error"] for r in records) / len(records),
+            },
+        }
 
     def touched_modules(self, arch, step: dict) -> list[str]:
-        return [arch.resolve_matrix(step.get("matrix") or arch.ffn_input or "")[1]]
+        name, path = arch.resolve_matrix(step.get("matrix") or arch.ffn_input or "")
+        return [arch.experts] if arch.expert_matrix(name) else [path]
 
     def check_factorised(self, cfg: LaserConfig, arch=None) -> None:
         factorised.check_laser(cfg, arch)
@@ -130,14 +171,22 @@ class Laser(Method):
         matrices = options.get("matrices") or (arch.ffn_input,)
         rhos = options.get("rhos") or RHOS
         several = len(matrices) > 1
-        cols = [Column(f"{m} {rho:g}" if several else f"{rho:g}", {"matrix": m, "rho": rho})
-                for m in matrices for rho in rhos]
+        cols = [
+            Column(f"{m} {rho:g}" if several else f"{rho:g}", {"matrix": m, "rho": rho})
+            for m in matrices
+            for rho in rhos
+        ]
         return ("matrix, rho" if several else f"{matrices[0]} rho"), cols
 
     def concrete_step(self, model, arch, layer: int, options: dict) -> dict:
         """LASER's rho becomes the integer rank it keeps; the matrix its own name."""
-        name, _, mod = matrix_module(model, arch, layer, options["matrix"])
-        rank = laser_rank(tuple(mod.weight.shape), options["rho"])
+        name = arch.resolve_matrix(options["matrix"] or "")[0]
+        if arch.expert_matrix(name):
+            shape = laser_experts.expert_shape(model, arch, layer, name)
+        else:
+            name, _, mod = matrix_module(model, arch, layer, options["matrix"])
+            shape = tuple(mod.weight.shape)
+        rank = laser_rank(shape, options["rho"])
         return registry.canonical_step(NAME, {"layers": [layer], "matrix": name, "rank": rank})
 
     def describe(self, step: dict) -> str:
