@@ -138,7 +138,7 @@ def _bad_files(tmp_path) -> dict[str, Path]:
         (["--task", "hotpotqa", "--data", "{tmp}"], "is a directory"),
         (
             ["--task", "hotpotqa", "--data", "{tiny}", "--split", "all", "--json", "{tmp}/a-file/out.json"],
-            "cannot write into",
+            "is not a directory",
         ),
     ],
 )

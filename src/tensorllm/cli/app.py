@@ -1,14 +1,17 @@
 """The `tensorllm` typer app: one module per command group, registered here by explicit import.
-Every command turns a UserError into `error: ...` on stderr and exit code 2.
+Every command turns a UserError into `error: ...` on stderr and exit code 2, and SIGTERM / SIGINT
+into one `error: interrupted ...` line and exit code 143 / 130 once temporary outputs are removed.
 """
 
 from __future__ import annotations
 
+import signal
 import sys
 
 import typer
 
-from tensorllm.base.errors import UserError
+from tensorllm.base.errors import Interrupted, UserError
+from tensorllm.base.files import signals_raise
 from tensorllm.cli import compress, demo, export, gqa, info, search
 from tensorllm.cli import eval as eval_cmds
 
@@ -30,17 +33,25 @@ def _quiet_transformers() -> None:
 
 
 def main() -> None:
-    _quiet_transformers()
-    try:
-        app(standalone_mode=False)
-    except UserError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        sys.exit(2)
-    except typer.Abort:
-        sys.exit(130)
-    except Exception as exc:  # click's usage errors (typer vendors click) arrive here in non-standalone mode
-        if hasattr(exc, "format_message") and hasattr(exc, "exit_code"):
-            if exc.format_message():
-                print(f"error: {exc.format_message()}", file=sys.stderr)
+    # SIGTERM (timeout, docker, SLURM) and SIGINT unwind like an exception, so every temporary output
+    # on the way out is removed; then one line and the shell's exit code for the signal (143, 130)
+    with signals_raise(signal.SIGTERM, signal.SIGINT, replace=True):
+        try:
+            _quiet_transformers()
+            app(standalone_mode=False)
+        except Interrupted as exc:
+            name = signal.Signals(exc.signum).name
+            print(f"error: interrupted by {name}; nothing half-written is left behind", file=sys.stderr)
+            sys.exit(128 + exc.signum)
+        except UserError as exc:
+            print(f"error: {exc}", file=sys.stderr)
             sys.exit(2)
-        raise
+        except typer.Abort:  # click's own KeyboardInterrupt / EOF handling
+            print("error: interrupted", file=sys.stderr)
+            sys.exit(130)
+        except Exception as exc:  # click's usage errors (typer vendors click) arrive here, non-standalone
+            if hasattr(exc, "format_message") and hasattr(exc, "exit_code"):
+                if exc.format_message():
+                    print(f"error: {exc.format_message()}", file=sys.stderr)
+                sys.exit(2)
+            raise

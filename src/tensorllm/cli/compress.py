@@ -56,7 +56,7 @@ def compress(
 ) -> None:
     """Apply a method (or a recipe of several) and save a plain checkpoint with its recipe and report."""
     from tensorllm.api import compress as run
-    from tensorllm.models.io import check_output_dir, load_model, save_checkpoint
+    from tensorllm.models.io import load_model, preflight_output, save_checkpoint
     from tensorllm.recipe import Recipe
 
     if recipe is not None:
@@ -75,6 +75,8 @@ def compress(
         if stream:
             raise UserError("--format factorised does not stream: pass --no-stream (loads it whole)")
         stream = False
+    # the output is checked before anything is loaded (or streamed)
+    preflight_output(out, model, overwrite=overwrite, dtype=rec.dtype)
     if stream is None:
         from tensorllm.streamed import stream_reason
 
@@ -86,7 +88,6 @@ def compress(
         return compress_streamed_cmd(model, rec, out, overwrite, max_shard_size)
     loaded = load_model(model, dtype=rec.dtype, device=rec.device, trust_remote_code=trust_remote_code,
                         allow_pickle=allow_pickle)
-    check_output_dir(out, [loaded.path], overwrite)
     if fmt == "factorised":
         report, out = compress_factorised(loaded, rec, out, overwrite=overwrite)
         print_step_tables(report.steps)
@@ -131,11 +132,11 @@ def expand_kv_cmd(model: str = ModelArg, out: Path = typer.Option(..., "--out"),
                   trust_remote_code: bool = typer.Option(False), allow_pickle: bool = typer.Option(False)) -> None:
     """Grouped-query -> equivalent multi-head checkpoint (each K/V head repeated for its query heads)."""
     from tensorllm.models.expand_kv import expand_kv
-    from tensorllm.models.io import check_output_dir, load_model, save_checkpoint
+    from tensorllm.models.io import load_model, preflight_output, save_checkpoint
     from tensorllm.base.versions import versions
 
+    preflight_output(out, model, overwrite=overwrite, dtype=dtype)
     loaded = load_model(model, dtype=dtype, device="cpu", trust_remote_code=trust_remote_code, allow_pickle=allow_pickle)
-    check_output_dir(out, [loaded.path], overwrite)
     old = expand_kv(loaded.model, loaded.arch)
     heads = loaded.model.config.num_attention_heads
     report = {"source": model, "kv_heads_before": old, "kv_heads_after": heads, "versions": versions()}

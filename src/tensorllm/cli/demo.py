@@ -59,17 +59,16 @@ def run_demo(*, out: Path, layer: int, ranks, eval_items: int, overwrite: bool, 
     import tensorllm
     from tensorllm.cli.compress import print_step_tables
     from tensorllm.models.aliases import ALIASES
+    from tensorllm.models.io import preflight_output
     from tensorllm.recipe import Recipe
 
     t0 = time.perf_counter()
+    preflight_output(out, "smollm2-135m", overwrite=overwrite)  # before anything is loaded or fetched
     console.rule("[bold]tensorllm demo: TensorLLM multi-head Tucker on SmolLM2-135M-Instruct")
     console.print(f"model: smollm2-135m = {ALIASES['smollm2-135m'].description}")
     loaded = tensorllm.load_model("smollm2-135m", device="cpu")
     console.print(f"cached at {loaded.path}")
     model, tok = loaded.model, loaded.tokenizer
-    from tensorllm.models.io import check_output_dir
-
-    check_output_dir(out, [loaded.path], overwrite)
     probe = " ".join(PROMPTS)
     before_logits = _logits(model, tok, probe)
     before_gen = _generate(model, tok, PROMPTS)

@@ -11,7 +11,6 @@ tensorllm eval smollm2-135m --lm-eval arc_easy,hellaswag --limit 200
 from __future__ import annotations
 
 import json
-import os
 import sys
 import time
 from pathlib import Path
@@ -107,7 +106,8 @@ def eval_cmd(
     if data is not None and len(tasks) != 1:
         raise UserError("--data belongs to one task; pass exactly one --task with it")
     if json_out is not None:
-        _check_writable(json_out)
+        inputs = [p for p in (data, lm_eval_include) if p is not None and p.exists()]
+        _check_json_out(json_out, model, [p for p in inputs if p.is_file() or p == lm_eval_include])
     if lm_eval:
         from tensorllm.eval.lm_eval_bridge import check_args, require_lm_eval
 
@@ -161,22 +161,18 @@ def eval_cmd(
             "lm_eval": harness,
             "versions": versions(),
         }
-        try:
-            atomic_write_text(json_out, json.dumps(doc, indent=2) + "\n")
-        except OSError as exc:
-            raise UserError(f"cannot write --json {json_out} ({exc.strerror or exc})") from None
+        atomic_write_text(json_out, json.dumps(doc, indent=2) + "\n")  # one line if the write fails
         console.print(f"wrote [bold]{json_out}[/]")
 
 
-def _check_writable(path: Path) -> None:
-    """--json FILE can be created: not a directory, its nearest existing ancestor a writable directory."""
-    if path.is_dir():
-        raise UserError(f"--json {path} is a directory")
-    parent = path.absolute().parent
-    while not parent.exists() and parent != parent.parent:
-        parent = parent.parent
-    if not parent.is_dir() or not os.access(parent, os.W_OK | os.X_OK):
-        raise UserError(f"--json {path}: cannot write into {parent}")
+def _check_json_out(path: Path, model: str, inputs: list) -> None:
+    """Before anything loads: --json FILE can be created there (not a directory, in a folder that can be
+    written), and is neither the model, inside its directory, nor an input file (or in an input folder)."""
+    from tensorllm.base.files import check_location
+    from tensorllm.models.io import check_inputs_untouched, input_path
+
+    check_location(path, what="--json", is_dir=False)
+    check_inputs_untouched(path, [input_path(model), *inputs], what="--json")
 
 
 def _load(

@@ -13,6 +13,7 @@ from pathlib import Path
 
 from tensorllm.base.devices import resolve_device
 from tensorllm.base.errors import UserError
+from tensorllm.base.files import check_location
 from tensorllm.base.versions import versions
 from tensorllm.cli.gqa_plot import finetune_png
 from tensorllm.eval.measure import decode_tokens_per_s, kv_cache_bytes_per_token, perplexity
@@ -20,7 +21,7 @@ from tensorllm.methods import registry
 from tensorllm.methods.gqa.calibrate import chunk
 from tensorllm.methods.gqa.convert import check_convertible
 from tensorllm.methods.gqa.method import convert_on_text, text_tokens
-from tensorllm.models.io import check_output_dir, load_model, save_checkpoint
+from tensorllm.models.io import load_model, preflight_output, save_checkpoint
 from tensorllm.recipe import Recipe
 
 
@@ -58,8 +59,10 @@ def run_gqa(
     check_measure_options(eval_tokens, decode_tokens)
     (step,) = recipe.steps
     cfg = step.config
+    preflight_output(out, model_spec, overwrite=overwrite, dtype=recipe.dtype)  # before anything is loaded
+    if cfg.train_dir:  # the fine-tune's checkpoints (resumed from when they exist)
+        check_location(cfg.train_dir, what="--train-dir")
     loaded = load_model(model_spec, dtype=recipe.dtype, device=recipe.device)
-    check_output_dir(out, [loaded.path], overwrite)
     model, arch = loaded.model, loaded.arch
     check_convertible(model, arch, cfg)  # fail before measuring
     text = text_tokens(loaded.tokenizer, cfg)  # calibration, then fine-tune tokens, then held-out ones

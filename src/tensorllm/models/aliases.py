@@ -53,10 +53,15 @@ ALIASES: dict[str, Alias] = {
 }
 
 
+def alias_dir(name: str) -> Path:
+    """Where the checkpoint of a built-in alias is cached (it may not be there yet)."""
+    return cache_dir("models") / name
+
+
 def alias_path(name: str) -> Path:
     """Return the cached checkpoint directory of a built-in alias, fetching it on first use."""
     alias = ALIASES[name]
-    final = cache_dir("models") / name
+    final = alias_dir(name)
     if (final / "config.json").exists():
         return final
     downloads = cache_dir("downloads")

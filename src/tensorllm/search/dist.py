@@ -18,7 +18,9 @@ Anything this module launches gets `NCCL_NVLS_ENABLE=0`: NVLink multicast (NVLS)
 from __future__ import annotations
 
 import os
+import re
 import socket
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -182,10 +184,24 @@ def _spawned(index: int, fn: Callable, nprocs: int, args: tuple) -> None:
     fn(*args)
 
 
+def _stop(processes, grace: float = 10.0) -> None:
+    """SIGTERM every process still running, then SIGKILL what is left after `grace` seconds."""
+    for p in processes:
+        if p.is_alive():
+            p.terminate()
+    deadline = time.monotonic() + grace
+    for p in processes:
+        p.join(max(0.0, deadline - time.monotonic()))
+        if p.is_alive():
+            p.kill()
+            p.join()
+
+
 def spawn(fn: Callable, nprocs: int, args: tuple) -> None:
     """Run `fn(*args)` in `nprocs` fresh processes (ranks 0..nprocs-1 on this host); wait for all.
 
-    A UserError in any process comes back as a UserError; a process that dies takes the others down.
+    A UserError in any process comes back as a UserError; a process that dies takes the others down,
+    and so does this one when it is interrupted (SIGTERM, SIGINT): no rank outlives the command.
     """
     import torch.multiprocessing as mp
 
@@ -193,12 +209,17 @@ def spawn(fn: Callable, nprocs: int, args: tuple) -> None:
     saved = {k: os.environ.get(k) for k in keys}
     os.environ.update(SAFE_ENV, MASTER_ADDR="127.0.0.1", MASTER_PORT=str(free_port()))
     try:
-        mp.spawn(_spawned, args=(fn, nprocs, args), nprocs=nprocs, join=True)
+        context = mp.start_processes(_spawned, args=(fn, nprocs, args), nprocs=nprocs, join=False)
+        try:
+            while not context.join():
+                pass
+        except BaseException:
+            _stop(context.processes)
+            raise
     except mp.ProcessRaisedException as exc:
-        text = str(exc)
-        marker = "tensorllm.base.errors.UserError: "
-        if marker in text:
-            raise UserError(text.rsplit(marker, 1)[1].strip().splitlines()[0]) from None
+        found = re.findall(r"tensorllm\.base\.errors\.(?:UserError|OutputError): (.*)", str(exc))
+        if found:
+            raise UserError(found[-1].strip()) from None
         raise
     except mp.ProcessExitedException as exc:
         raise UserError(

@@ -4,6 +4,7 @@
     report = run_search(SearchSpec("smollm2-135m", "wikidata_qa", "runs/s-tucker", method="tucker",
                                    layers="all", options={"ranks": [(144, 48, 4), (0.5, 0.5, 1.0), "auto"]}))
 
+0. Take the store's lock (rank 0; a second search on the store refuses here, before any load).
 1. Load the model once; check the task data and the model against it (a bad file, an empty split,
    ... fails before the store is created); build the grid (grid.py) and the search identity; open
    the store.
@@ -131,11 +132,22 @@ def run_search(spec: SearchSpec, *, loaded=None, log: Callable[[str], None] | No
         if loaded is not None:
             raise ValueError("an in-memory model cannot be shared with spawned processes; pass loaded=None")
         dist.check_gpus(spec.gpus, spec.device)
+        _preflight_store(spec)
+        Store(spec.store).check_free()  # rank 0 takes the lock; a second search stops here, before spawning
         dist.spawn(_spawned_main, spec.gpus, (spec,))
         path = os.path.join(os.path.expanduser(spec.store), "report.json")
         with open(path, encoding="utf-8") as f:
             return json.load(f)
     return Search(spec, world or dist.World(), loaded, log).run()
+
+
+def _preflight_store(spec: SearchSpec) -> None:
+    """Before anything is loaded: --store is no input and not inside one (the model's folder, a data
+    file, a --from store, a recipe); whether it can be created is Store.lock's check."""
+    from tensorllm.models.io import check_inputs_untouched, input_path
+
+    inputs = [input_path(spec.model), spec.data, *spec.sources, *spec.recipes]
+    check_inputs_untouched(spec.store, inputs, what="--store")
 
 
 def _spawned_main(spec: SearchSpec) -> None:
@@ -264,16 +276,21 @@ class Search:
 
         self.setup = {"start": round(clock - self.started, 2)}  # process group, threads
         self.run_index = dist.run_index(world)
-        self._load(device)
-        lap("load")
-        self._check_task()
-        lap("task_check")
-        identity, info = self._identity()
-        self.grid = self._grid(identity)
-        lap("grid")
         self.store = Store(self.spec.store)
         self.writer = None
         try:
+            if world.is_main:  # one search per store, found out before the model is loaded
+                _preflight_store(self.spec)
+                took_over = self.store.lock()
+                if took_over:
+                    self.log(took_over)
+            self._load(device)
+            lap("load")
+            self._check_task()
+            lap("task_check")
+            identity, info = self._identity()
+            self.grid = self._grid(identity)
+            lap("grid")
             if world.is_main:
                 self.store.open(identity, info)
             dist.barrier(world)

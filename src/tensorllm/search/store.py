@@ -5,6 +5,7 @@
       results-rank0.jsonl   append-only results, one JSON line per (configuration, split)
       results-rank1.jsonl   ... one file per process rank of a distributed search
       report.md, report.json, heatmap.png   written by rank 0 at the end of each run
+      .lock                 the running search's pid, host and start time (empty when none runs)
 
 Why append-only JSON Lines, one file per rank (rather than one file per configuration): a result
 is one `write` of one line followed by `fsync`, so a finished configuration is durable before the
@@ -22,6 +23,13 @@ The identity (model fingerprint, task, data, split limits, answer mode, method, 
 type, tensorllm version) is fixed when the store is created; a store written by a different search
 is refused, because mixing results measured on different data or models would make the
 selection meaningless.
+
+One search per store: the main process (rank 0 of a distributed one, whose other ranks only write
+their own result files) holds `.lock` for the whole run, before the model is loaded. The lock is an
+exclusive `flock` on the file, which the kernel releases however the holder ends, and the file
+names the holder, so a second search refuses in one line naming it. A lock whose recorded holder
+is gone (kill -9) is taken over with a log line. On a file system without `flock` (some network
+mounts) the recorded pid alone decides: taken over only when that process is gone.
 """
 
 from __future__ import annotations
@@ -37,8 +45,8 @@ from pathlib import Path
 
 import torch
 
-from tensorllm.base.errors import UserError
-from tensorllm.base.files import atomic_write_text
+from tensorllm.base.errors import OutputError, UserError
+from tensorllm.base.files import atomic_write_text, check_location, owner_alive, owner_record
 
 FORMAT = 2  # 2: the evaluation batch size is part of the identity (bf16 numbers depend on it)
 MANIFEST = "store.json"
@@ -57,7 +65,8 @@ IDENTITY_KEYS = (
     "device_type",
     "tensorllm",
 )
-_OWN_FILES = {MANIFEST, ".lock", "report.md", "report.json", "heatmap.png"}
+LOCK = ".lock"
+_OWN_FILES = {MANIFEST, LOCK, "report.md", "report.json", "heatmap.png"}
 
 
 # -- identity --------------------------------------------------------------------------------------
@@ -167,10 +176,21 @@ class Writer:
     def append(self, record: dict) -> None:
         data = (json.dumps(record, sort_keys=True) + "\n").encode()
         view = memoryview(data)
-        while view:
-            n = os.write(self.fd, view)
-            view = view[n:]
-        os.fsync(self.fd)
+        size = os.fstat(self.fd).st_size
+        try:
+            while view:
+                n = os.write(self.fd, view)
+                view = view[n:]
+            os.fsync(self.fd)
+        except OSError as exc:  # a full disk, an I/O error: the results so far stay, this one goes
+            try:
+                os.ftruncate(self.fd, size)
+            except OSError:
+                pass  # a torn line is cut off by the next writer anyway
+            raise OutputError(
+                f"cannot append to {self.path} ({exc.strerror or exc}); the results before it are kept, "
+                "rerun the same command to resume"
+            ) from None
 
     def close(self) -> None:
         if self.fd >= 0:
@@ -182,10 +202,26 @@ class Writer:
 # -- the store -------------------------------------------------------------------------------------
 
 
+def _read_lock(fd: int) -> dict | None:
+    try:
+        owner = json.loads(os.pread(fd, 4096, 0) or b"null")
+    except (OSError, ValueError):
+        return None
+    return owner if isinstance(owner, dict) else None
+
+
+def _busy(root: Path, owner: dict | None) -> UserError:
+    who = ""
+    if owner:
+        who = f" (pid {owner.get('pid')} on {owner.get('host')}, since {owner.get('started', '?')})"
+    return UserError(f"another search is running on store {root}{who}; wait for it to finish or stop it")
+
+
 class Store:
     def __init__(self, root: str | os.PathLike):
         self.root = Path(root).expanduser()
         self._lock_fd = -1
+        self._made: list[Path] = []  # what lock() created, removed by close() if no search started here
 
     @property
     def manifest_path(self) -> Path:
@@ -199,24 +235,61 @@ class Store:
         except ValueError:
             raise UserError(f"{self.manifest_path} is not valid JSON (not a search store?)") from None
 
-    def open(self, identity: dict, info: dict) -> None:
-        """Create the store for `identity`, or check that the existing one belongs to it (main process).
-
-        Also takes the store's lock for the life of this process, so a second search on the same
-        store stops here instead of evaluating the same configurations again.
-        """
+    def lock(self) -> str | None:
+        """Take the store's lock for this process (creating the store folder if need be); a UserError
+        naming the holder if another search has it. Returns a line to log when it took over the lock
+        of a search that is gone."""
+        if self._lock_fd >= 0:
+            return None
         if self.root.exists() and not self.root.is_dir():
             raise UserError(f"--store {self.root} exists and is not a directory")
+        check_location(self.root, what="the store")
+        path = self.root / LOCK
+        missing = [p for p in (self.root, *self.root.parents) if not p.exists()]
+        new_file = not path.exists()
         try:
             self.root.mkdir(parents=True, exist_ok=True)
-            self._lock_fd = os.open(self.root / ".lock", os.O_RDWR | os.O_CREAT, 0o644)
+            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
         except OSError as exc:
             raise UserError(f"cannot create the store {self.root} ({exc.strerror or exc})") from None
         try:
-            fcntl.flock(self._lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            kernel = True
         except BlockingIOError:
-            self.close()
-            raise UserError(f"another search is running on store {self.root}") from None
+            owner = _read_lock(fd)
+            os.close(fd)
+            raise _busy(self.root, owner) from None
+        except OSError:  # no flock on this file system: the pid in the file decides
+            kernel = False
+        owner = _read_lock(fd)
+        if owner and not kernel and owner_alive(owner):
+            os.close(fd)
+            raise _busy(self.root, owner)
+        record = json.dumps({**owner_record(), "started": now()}).encode()
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, record, 0)
+        os.fsync(fd)
+        self._lock_fd = fd
+        self._made = missing if missing else ([path] if new_file else [])
+        if owner and owner.get("pid") is not None:
+            return (
+                f"store {self.root}: took over the lock of pid {owner.get('pid')} on {owner.get('host')}, "
+                "which is no longer running"
+            )
+        return None
+
+    def check_free(self) -> None:
+        """Refuse now, in one line, if another search holds the lock (before spawning processes)."""
+        self.lock()
+        self.close()
+
+    def open(self, identity: dict, info: dict) -> None:
+        """Create the store for `identity`, or check that the existing one belongs to it (main process).
+
+        Also takes the store's lock (`lock`) for the life of this process if it does not hold it yet,
+        so a second search on the same store stops instead of evaluating the same configurations again.
+        """
+        self.lock()
         found = self.manifest()
         if found is None:
             stray = sorted(p.name for p in self.root.iterdir() if p.name not in _OWN_FILES)
@@ -240,9 +313,23 @@ class Store:
             )
 
     def close(self) -> None:
-        if self._lock_fd >= 0:
-            os.close(self._lock_fd)  # releases the flock
-            self._lock_fd = -1
+        """Release the lock (the file stays, empty); if no search ever started in a store this process
+        created, remove what it made, so a search that could not start leaves nothing behind."""
+        if self._lock_fd < 0:
+            return
+        try:
+            os.ftruncate(self._lock_fd, 0)
+        except OSError:
+            pass
+        os.close(self._lock_fd)  # releases the flock
+        self._lock_fd = -1
+        if self._made and not self.manifest_path.exists():
+            for p in [self.root / LOCK, *self._made]:  # the lock file, then the folders, deepest first
+                try:
+                    p.rmdir() if p.is_dir() else p.unlink()
+                except OSError:
+                    break  # not empty (something else was written there): keep the rest
+        self._made = []
 
     def writer(self, rank: int) -> Writer:
         return Writer(self.root / f"results-rank{rank}.jsonl")

@@ -1,0 +1,617 @@
+"""The fault suite (issue 12): what a hostile-but-realistic user, a full disk, a signal or a second
+process does to every command that writes.
+
+The contract of every bad input: exit code 2, exactly one line on stderr and it starts with
+`error:`, no traceback, nothing new on disk, every input byte-for-byte as it was. Output problems
+(a parent that is a file, a read-only or full file system, an output inside an input) are found
+before any model is loaded; write errors during the save (ENOSPC, EROFS, EIO) are one line too,
+with the temporary directory removed. SIGTERM and SIGINT remove the temporary directory and exit
+143 / 130 with one line; stale temporary directories of ours are swept. A string that looks like a
+path never reaches the hub, and a hub id without a network fails at once. Two searches never write
+one store.
+
+Tiny random models only (tests/conftest.py); real processes only where a signal or a second process
+is the point.
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import transformers
+
+from tensorllm.base.errors import UserError
+
+IS_ROOT = hasattr(os, "geteuid") and os.geteuid() == 0
+WORDS = [f"w{i}" for i in range(3, 40)]  # the conftest tokenizer's words
+
+
+# ------------------------------------------------------------------------------- helpers
+
+
+def snapshot(root: Path) -> dict:
+    """{relative path: content hash, or 'dir'} of everything under root, hidden files included."""
+    import hashlib
+
+    out = {}
+    for p in sorted(Path(root).rglob("*")):
+        rel = str(p.relative_to(root))
+        out[rel] = "dir" if p.is_dir() else hashlib.sha256(p.read_bytes()).hexdigest()
+    return out
+
+
+def assert_refused(rc: int, stdout: str, stderr: str, match: str) -> None:
+    """Exit 2, one stderr line `error: ...` holding `match`, no traceback, nothing on stdout."""
+    assert "Traceback" not in stderr, stderr[-3000:]
+    lines = stderr.splitlines()
+    assert rc == 2, f"exit code {rc}; stderr: {stderr[-2000:]!r}"
+    assert len(lines) == 1 and lines[0].startswith("error: "), f"expected one error line, got {lines!r}"
+    assert match in lines[0], lines[0]
+    assert stdout == ""
+
+
+def _line_words(rng, n: int) -> str:
+    return " ".join(rng.choice(WORDS) for _ in range(n))
+
+
+@pytest.fixture
+def work(tmp_path, tiny_ckpt) -> dict:
+    """A working folder: a copy of the tiny Llama, calibration text, task files, an ordinary file."""
+    import random
+
+    rng = random.Random(0)
+    model = Path(shutil.copytree(tiny_ckpt, tmp_path / "model"))
+    (tmp_path / "text.txt").write_text("\n\n".join(_line_words(rng, 200) for _ in range(20)))
+    (tmp_path / "task.jsonl").write_text(
+        "".join(
+            json.dumps({"input": _line_words(rng, 3), "target": rng.choice(WORDS)}) + "\n" for _ in range(20)
+        )
+    )
+    (tmp_path / "qa.jsonl").write_text(
+        "".join(
+            json.dumps({"question": _line_words(rng, 3), "answer": rng.choice(WORDS)}) + "\n"
+            for _ in range(20)
+        )
+    )
+    (tmp_path / "a-file").write_text("an ordinary file")
+    return {
+        "root": tmp_path,
+        "model": model,
+        "text": tmp_path / "text.txt",
+        "task": tmp_path / "task.jsonl",
+        "qa": tmp_path / "qa.jsonl",
+        "file": tmp_path / "a-file",
+    }
+
+
+# What each writing command is given; OUT is the output it writes (--out, --json or --store).
+COMMANDS = {
+    "compress": "compress {model} --out {out} --layers 0 --ranks 8,4,2 --device cpu",
+    "expand-kv": "expand-kv {model} --out {out}",
+    "gqa": "gqa {model} --kv-heads 1 --out {out} --calib-file {text} --calib-tokens 256 --seq-len 32 "
+    "--eval-tokens 64 --decode-tokens 0 --device cpu",
+    "eval": "eval {model} --task hotpotqa --data {qa} --split all --limit 4 --batch-size 4 --device cpu "
+    "--json {out}",
+    "search": "search {model} --task wikidata_qa --data {task} --store {out} --layers 0 --ranks 8,4,2 "
+    "--limit-val 2 --limit-test 2 --batch-size 4 --device cpu --threads 1",
+    "demo": "demo --out {out} --eval-items 0",
+}
+
+
+def command(name: str, work: dict, out: Path) -> list[str]:
+    """The arguments of COMMANDS[name] (split before the paths go in, so a path may hold spaces)."""
+    return [arg.format(out=out, **work) for arg in COMMANDS[name].split()]
+
+
+DENSE = ("compress", "expand-kv", "gqa", "demo")  # commands that write a checkpoint
+
+
+@pytest.fixture
+def no_model_loads(monkeypatch):
+    """Any model load (or built-in alias fetch) fails the test: what must happen before it, does."""
+    from tensorllm.models import aliases, io
+
+    def boom(*args, **kwargs):
+        raise AssertionError("a model was loaded before the output was checked")
+
+    monkeypatch.setattr(transformers.PreTrainedModel, "from_pretrained", classmethod(boom))
+    monkeypatch.setattr(aliases, "alias_path", boom)
+    monkeypatch.setattr(io, "alias_path", boom)
+
+
+def _read_only_by_the_kernel(monkeypatch, folder: Path, code: int = errno.EROFS) -> None:
+    """Creating anything under `folder` fails as on a read-only mount (works as root too)."""
+    prefix = str(folder) + os.sep
+    real_open, real_mkdir = os.open, os.mkdir
+
+    def guarded(real):
+        def call(path, *args, **kwargs):
+            if os.fspath(path).startswith(prefix):
+                raise OSError(code, os.strerror(code), os.fspath(path))
+            return real(path, *args, **kwargs)
+
+        return call
+
+    monkeypatch.setattr(os, "open", guarded(real_open))
+    monkeypatch.setattr(os, "mkdir", guarded(real_mkdir))
+
+
+# ------------------------------------------------------------------ failure 1: output problems, found first
+
+
+@pytest.mark.parametrize("cmd", sorted(COMMANDS))
+def test_out_whose_parent_is_a_file_is_refused_before_loading(cmd, work, run_cli, no_model_loads):
+    out = work["file"] / ("out.json" if cmd == "eval" else "out")
+    before = snapshot(work["root"])
+    rc, stdout, stderr = run_cli(*command(cmd, work, out))
+    assert_refused(rc, stdout, stderr, f"{work['file']} is not a directory")
+    assert snapshot(work["root"]) == before
+
+
+@pytest.mark.parametrize("cmd", sorted(COMMANDS))
+def test_out_on_a_read_only_file_system_is_refused_before_loading(
+    cmd, work, run_cli, no_model_loads, monkeypatch
+):
+    ro = work["root"] / "ro"
+    ro.mkdir()
+    _read_only_by_the_kernel(monkeypatch, ro)
+    out = ro / ("sub/out.json" if cmd == "eval" else "sub/out")
+    before = snapshot(work["root"])
+    rc, stdout, stderr = run_cli(*command(cmd, work, out))
+    assert_refused(rc, stdout, stderr, f"cannot write into {ro} (Read-only file system)")
+    assert snapshot(work["root"]) == before
+
+
+@pytest.mark.skipif(IS_ROOT, reason="root writes into a 0o555 directory (the EROFS test above runs as root)")
+@pytest.mark.parametrize("cmd", sorted(COMMANDS))
+def test_out_in_a_directory_without_write_permission_is_refused(cmd, work, run_cli, no_model_loads):
+    ro = work["root"] / "ro"
+    ro.mkdir()
+    ro.chmod(0o555)
+    try:
+        out = ro / ("out.json" if cmd == "eval" else "out")
+        rc, stdout, stderr = run_cli(*command(cmd, work, out))
+        assert_refused(rc, stdout, stderr, f"cannot write into {ro}")
+        assert list(ro.iterdir()) == []
+    finally:
+        ro.chmod(0o755)
+
+
+@pytest.mark.parametrize("cmd", DENSE)
+def test_not_enough_free_space_is_refused_before_loading(cmd, work, run_cli, monkeypatch, no_model_loads):
+    from tensorllm.models.io import input_path
+
+    if cmd == "demo" and not (input_path("smollm2-135m") / "config.json").is_file():
+        pytest.skip("the demo's estimate needs the cached smollm2-135m checkpoint")
+    usage = shutil.disk_usage(work["root"])
+    monkeypatch.setattr(shutil, "disk_usage", lambda path: usage._replace(free=4096))
+    before = snapshot(work["root"])
+    rc, stdout, stderr = run_cli(*command(cmd, work, work["root"] / "out"))
+    assert_refused(rc, stdout, stderr, "not enough free space for --out")
+    assert "4.0 KiB free" in stderr
+    assert snapshot(work["root"]) == before
+
+
+@pytest.mark.parametrize("cmd", ["compress", "expand-kv", "gqa", "eval", "search"])
+def test_output_inside_the_input_is_refused_before_loading(cmd, work, run_cli, no_model_loads):
+    out = work["model"] / ("eval.json" if cmd == "eval" else "out")
+    before = snapshot(work["root"])
+    rc, stdout, stderr = run_cli(*command(cmd, work, out))
+    assert_refused(rc, stdout, stderr, "lies inside the input")
+    assert snapshot(work["root"]) == before
+
+
+@pytest.mark.parametrize("cmd", ["gqa", "demo"])
+def test_existing_out_is_refused_before_loading(cmd, work, run_cli, no_model_loads):
+    out = work["root"] / "out"
+    out.mkdir()
+    (out / "keep.txt").write_text("mine")
+    args = command(cmd, work, out) + (["--no-overwrite"] if cmd == "demo" else [])
+    before = snapshot(work["root"])
+    rc, stdout, stderr = run_cli(*args)
+    assert_refused(rc, stdout, stderr, "already exists (pass --overwrite to replace it)")
+    assert snapshot(work["root"]) == before
+
+
+# ------------------------------------------------------------------ failure 1: errors while writing
+
+
+@pytest.mark.parametrize("code", [errno.ENOSPC, errno.EROFS, errno.EIO])
+@pytest.mark.parametrize("cmd", ["compress", "expand-kv", "gqa"])
+def test_a_write_error_during_the_save_is_one_line_and_leaves_nothing(cmd, code, work, run_cli, monkeypatch):
+    seen: list[Path] = []
+
+    def save_pretrained(self, save_directory, *args, **kwargs):
+        seen.append(Path(save_directory))
+        (Path(save_directory) / "model.safetensors").write_bytes(b"partial")
+        raise OSError(code, os.strerror(code), str(Path(save_directory) / "model.safetensors"))
+
+    monkeypatch.setattr(transformers.PreTrainedModel, "save_pretrained", save_pretrained)
+    out = work["root"] / "out"
+    before = snapshot(work["root"])
+    rc, stdout, stderr = run_cli(*command(cmd, work, out))
+    assert_refused(rc, "", stderr, f"cannot write {out.resolve()} ({os.strerror(code)})")
+    assert seen and seen[0].parent == work["root"] and not seen[0].exists()  # the temporary sibling is gone
+    assert snapshot(work["root"]) == before
+
+
+def test_a_full_disk_during_a_search_append_is_one_line(work, run_cli, monkeypatch):
+    import types
+
+    from tensorllm.search import store as store_mod
+
+    def write(fd, data):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(store_mod, "os", types.SimpleNamespace(**{**vars(os), "write": write}))
+    store = work["root"] / "store"
+    rc, stdout, stderr = run_cli(*command("search", work, store))
+    lines = stderr.splitlines()
+    assert rc == 2 and "Traceback" not in stderr, stderr[-2000:]
+    assert lines[-1].startswith("error: ") and "No space left on device" in lines[-1], lines
+    assert (store / "results-rank0.jsonl").read_bytes() == b""  # nothing half-appended
+
+
+def test_the_api_raises_a_user_error_for_a_failed_write(work, monkeypatch):
+    import tensorllm
+
+    loaded = tensorllm.load_model(str(work["model"]), device="cpu")
+
+    def save_pretrained(self, save_directory, *args, **kwargs):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(transformers.PreTrainedModel, "save_pretrained", save_pretrained)
+    with pytest.raises(UserError, match="No space left on device") as exc:
+        tensorllm.save_checkpoint(loaded, work["root"] / "out")
+    assert "\n" not in str(exc.value) and not (work["root"] / "out").exists()
+
+
+# ------------------------------------------------------------------ failure 2: signals and stale temporaries
+
+# The real CLI, with the checkpoint save held up once it has written a partial output, so the
+# test can signal it in the middle of the write. argv: READY_FILE, then the tensorllm arguments.
+SLOW_SAVE = """
+import sys, time
+from pathlib import Path
+import transformers
+real = transformers.PreTrainedModel.save_pretrained
+def slow(self, save_directory, *args, **kwargs):
+    real(self, save_directory, *args, **kwargs)
+    Path(ready).write_text(str(save_directory))
+    time.sleep(300)
+transformers.PreTrainedModel.save_pretrained = slow
+ready, sys.argv = sys.argv[1], ["tensorllm"] + sys.argv[2:]
+from tensorllm.cli import main
+main()
+"""
+
+
+def _cli_env() -> dict:
+    env = dict(os.environ, TRANSFORMERS_VERBOSITY="error", HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false")
+    src = str(Path(__file__).resolve().parents[1] / "src")
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (src, env.get("PYTHONPATH")) if p)
+    return env
+
+
+def _wait_for(path: Path, proc: subprocess.Popen, seconds: float = 120) -> None:
+    deadline = time.time() + seconds
+    while not path.exists():
+        if proc.poll() is not None:
+            raise AssertionError("the command ended before it was signalled: " + proc.stderr.read()[-3000:])
+        assert time.time() < deadline, "the command never reached the save"
+        time.sleep(0.05)
+
+
+def test_sigterm_and_sigint_during_the_save_remove_the_temporary_directory(work):
+    harness = work["root"] / "slow_save.py"
+    harness.write_text(SLOW_SAVE)
+    runs = {}
+    for sig in (signal.SIGTERM, signal.SIGINT):  # both at once: the two interpreters start in parallel
+        out, ready = work["root"] / f"out-{sig.name}", work["root"] / f"ready-{sig.name}"
+        args = [sys.executable, str(harness), str(ready), *command("compress", work, out)]
+        runs[sig] = (
+            out,
+            ready,
+            subprocess.Popen(
+                args,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+                env=_cli_env(),
+                cwd=work["root"],
+            ),
+        )
+    for sig, (out, ready, proc) in runs.items():
+        _wait_for(ready, proc)
+        tmp = Path(ready.read_text())
+        assert tmp.name.startswith(f".{out.name}.tmp-") and (tmp / "model.safetensors").is_file()
+        proc.send_signal(sig)
+        stdout, stderr = proc.communicate(timeout=60)
+        assert proc.returncode == 128 + sig, (proc.returncode, stderr[-2000:])
+        assert stderr.splitlines() == [
+            f"error: interrupted by {sig.name}; nothing half-written is left behind"
+        ]
+        assert not tmp.exists() and not out.exists()
+        assert [p.name for p in work["root"].iterdir() if p.name.startswith(f".{out.name}")] == []
+
+
+def _dead_pid() -> int:
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    proc.wait()
+    return proc.pid
+
+
+def _stale_temp(parent: Path, name: str, *, pid: int | None, age: float = 3600) -> Path:
+    """A temporary output directory as a killed writer leaves it (with our marker when pid is given)."""
+    from tensorllm.base.files import TEMP_MARKER
+
+    tmp = parent / name
+    tmp.mkdir()
+    (tmp / "model.safetensors").write_bytes(b"half a model")
+    if pid is not None:
+        import socket
+
+        (tmp / TEMP_MARKER).write_text(json.dumps({"pid": pid, "host": socket.gethostname()}))
+    past = time.time() - age
+    os.utime(tmp, (past, past))
+    return tmp
+
+
+def test_stale_temporary_directories_of_ours_are_swept_on_the_next_write(work, run_cli):
+    root = work["root"]
+    stale = _stale_temp(root, ".out.tmp-killed1", pid=_dead_pid())
+    alive = _stale_temp(root, ".out.tmp-running", pid=os.getppid())  # a writer that is still running
+    foreign = _stale_temp(root, ".out.tmp-notours", pid=None)  # no marker: not provably ours
+    other = _stale_temp(root, ".other.tmp-killed", pid=_dead_pid())  # another output's: swept by its writer
+    rc, stdout, stderr = run_cli(*command("compress", work, root / "out"))
+    assert rc == 0, stderr
+    assert not stale.exists() and alive.exists() and foreign.exists() and other.exists()
+    assert f"removed {stale}, a temporary output left by pid" in stderr
+    assert (root / "out" / "model.safetensors").is_file()
+    from tensorllm.base.files import TEMP_MARKER
+
+    assert not (root / "out" / TEMP_MARKER).exists()  # the marker never reaches the result
+
+
+# ------------------------------------------------------------------ failure 3: model strings
+
+
+@pytest.fixture
+def hub_untouched(monkeypatch):
+    """Handing a model string to transformers (which would ask the hub) fails the test."""
+
+    def boom(*args, **kwargs):
+        raise AssertionError("the model string was sent to transformers / the hub")
+
+    monkeypatch.setattr(transformers.AutoConfig, "from_pretrained", boom)
+
+
+@pytest.mark.parametrize(
+    "spec, match",
+    [
+        (
+            "runs/l9-typo",
+            "model 'runs/l9-typo' not found: runs/l9-typo does not exist (did you mean runs/l9?)",
+        ),
+        ("runs/l9/", "no config.json"),
+        ("./l9", "model './l9' not found: l9 does not exist"),
+        ("runs/sub/deeper", "model 'runs/sub/deeper' not found"),
+        ("no-dir/model", None),  # one slash, first part missing: a hub id (offline here: one line, at once)
+        ("a/b/c", "model 'a/b/c' not found: a/b/c does not exist"),
+        ("~/tensorllm-no-such-dir", "does not exist"),
+        ("smollm2-135", "hub id or alias (smollm2-135m, minilm-l6) (did you mean smollm2-135m?)"),
+    ],
+)
+@pytest.mark.parametrize("cmd", ["eval", "info", "compress"])
+def test_a_mistyped_local_path_is_never_sent_to_the_hub(
+    cmd, spec, match, work, run_cli, hub_untouched, monkeypatch
+):
+    monkeypatch.chdir(work["root"])
+    (work["root"] / "runs" / "l9").mkdir(parents=True)
+    args = {
+        "eval": f"eval {spec} --task hotpotqa --data {work['qa']}",
+        "info": f"info {spec}",
+        "compress": f"compress {spec} --out runs/out --layers 0 --ranks 8,4,2",
+    }[cmd].split()
+    before = snapshot(work["root"])
+    t0 = time.perf_counter()
+    rc, stdout, stderr = run_cli(*args)
+    assert_refused(rc, stdout, stderr, match or "HF_HUB_OFFLINE")
+    assert time.perf_counter() - t0 < 5
+    assert snapshot(work["root"]) == before
+
+
+def test_a_hub_id_without_a_network_fails_in_one_line_at_once(tmp_path, run_cli_process):
+    """HF_HUB_OFFLINE unset and the hub unreachable: one line within seconds, no retry chatter."""
+    import socket
+
+    with socket.socket() as s:  # a local port nobody listens on: the hub "is down"
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {k: v for k, v in _cli_env().items() if k != "HF_HUB_OFFLINE"}
+    env.update(HF_ENDPOINT=f"http://127.0.0.1:{port}", HF_HUB_CACHE=str(tmp_path / "hub"))
+    for k in ("HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy", "ALL_PROXY", "all_proxy"):
+        env.pop(k, None)
+    t0 = time.perf_counter()
+    subprocess.run(
+        [sys.executable, "-c", "import tensorllm.cli"], env=env, timeout=300, cwd=tmp_path, check=True
+    )
+    startup = time.perf_counter() - t0  # what this machine needs to start the command
+    t0 = time.perf_counter()
+    proc = subprocess.run(
+        [sys.executable, "-m", "tensorllm.cli", "info", "tllm-test/not-there"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+        cwd=tmp_path,
+    )
+    elapsed = time.perf_counter() - t0
+    assert_refused(proc.returncode, proc.stdout, proc.stderr, "cannot be reached")
+    assert "tllm-test/not-there" in proc.stderr and "not in the hub cache" in proc.stderr
+    assert elapsed < 1.5 * startup + 10, (elapsed, startup)  # huggingface_hub's retries alone take ~23 s
+
+
+# ------------------------------------------------------------------ one writer per store
+
+# The real CLI with every evaluation held up, so a second search can be started beside it.
+SLOW_SEARCH = """
+import sys, time
+import tensorllm.search.runner as runner
+real = runner.Search._evaluate
+def slow(self, cfg, split):
+    line = real(self, cfg, split)
+    time.sleep(300)
+    return line
+runner.Search._evaluate = slow
+sys.argv = ["tensorllm"] + sys.argv[1:]
+from tensorllm.cli import main
+main()
+"""
+
+
+def _result_pairs(store: Path) -> list[tuple[str, str]]:
+    """(key, split) of every result line of a store, asserting each occurs once."""
+    pairs = [
+        (line["key"], line["split"])
+        for path in sorted(store.glob("results-rank*.jsonl"))
+        for line in map(json.loads, path.read_text().splitlines())
+    ]
+    assert len(pairs) == len(set(pairs)), pairs
+    return pairs
+
+
+def test_a_second_search_on_a_store_refuses_in_one_line(work, run_cli):
+    harness = work["root"] / "slow_search.py"
+    harness.write_text(SLOW_SEARCH)
+    store = work["root"] / "store"
+    args = [*command("search", work, store)]
+    first = subprocess.Popen(
+        [sys.executable, str(harness), *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=_cli_env(),
+        cwd=work["root"],
+    )
+    try:
+        results = store / "results-rank0.jsonl"
+        deadline = time.time() + 120
+        while not (results.exists() and results.read_bytes().count(b"\n") >= 1):
+            assert first.poll() is None, first.stderr.read()[-3000:]
+            assert time.time() < deadline, "the first search made no progress"
+            time.sleep(0.05)
+        owner = json.loads((store / ".lock").read_text())
+        assert owner["pid"] == first.pid
+        before = snapshot(work["root"])
+        second = subprocess.run(
+            [sys.executable, "-m", "tensorllm.cli", *args],
+            capture_output=True,
+            text=True,
+            env=_cli_env(),
+            timeout=300,
+            cwd=work["root"],
+        )
+        assert_refused(
+            second.returncode,
+            second.stdout,
+            second.stderr,
+            f"another search is running on store {store} (pid {first.pid}",
+        )
+        assert snapshot(work["root"]) == before  # the second one wrote nothing
+        first.send_signal(signal.SIGTERM)
+        _, stderr = first.communicate(timeout=60)
+        assert first.returncode == 143 and stderr.splitlines()[-1].startswith("error: interrupted by SIGTERM")
+    finally:
+        if first.poll() is None:
+            first.kill()
+            first.communicate()
+    rc, _, stderr = run_cli(*args)  # the lock is free again: the rerun resumes and finishes
+    assert rc == 0, stderr
+    assert "1 of 2 configurations already in the store" in stderr
+    assert len(_result_pairs(store)) == 4  # baseline and winner, val and test, each once
+
+
+def test_a_lock_left_by_a_killed_search_is_taken_over(work, run_cli):
+    import socket
+
+    store = work["root"] / "store"
+    store.mkdir()
+    dead = _dead_pid()
+    (store / ".lock").write_text(
+        json.dumps({"pid": dead, "host": socket.gethostname(), "started": "earlier"})
+    )
+    rc, _, stderr = run_cli(*command("search", work, store))
+    assert rc == 0, stderr
+    assert f"took over the lock of pid {dead}" in stderr
+    assert (store / ".lock").read_text() == ""  # released at the end
+
+
+def test_without_flock_the_pid_in_the_lock_decides(tmp_path, monkeypatch):
+    """On a file system without flock (some network mounts) a live owner still keeps a second out."""
+    import socket
+
+    from tensorllm.search import store as store_mod
+    from tensorllm.search.store import IDENTITY_KEYS, Store
+
+    def no_flock(fd, op):
+        raise OSError(errno.ENOLCK, os.strerror(errno.ENOLCK))
+
+    monkeypatch.setattr(store_mod.fcntl, "flock", no_flock)
+    ident = {k: f"v-{k}" for k in IDENTITY_KEYS}
+    sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        root = tmp_path / "s"
+        root.mkdir()
+        (root / ".lock").write_text(json.dumps({"pid": sleeper.pid, "host": socket.gethostname()}))
+        with pytest.raises(
+            UserError, match=f"another search is running on store {root} \\(pid {sleeper.pid}"
+        ):
+            Store(root).open(ident, {})
+    finally:
+        sleeper.kill()
+        sleeper.wait()
+    store = Store(root)  # the owner is gone now: taken over
+    assert "took over the lock" in (store.lock() or "")
+    store.open(ident, {})
+    assert json.loads((root / ".lock").read_text())["pid"] == os.getpid()
+    with pytest.raises(UserError, match="another search is running"):
+        Store(root).open(ident, {})  # this process holds it
+    store.close()
+    assert (root / ".lock").read_text() == ""
+
+
+def test_a_multi_process_search_checks_the_lock_before_spawning(work, monkeypatch):
+    from tensorllm.search import dist, run_search
+    from tensorllm.search.runner import SearchSpec
+    from tensorllm.search.store import Store
+
+    monkeypatch.setattr(dist, "spawn", lambda *a, **k: pytest.fail("spawned while the store was locked"))
+    store = Store(work["root"] / "store")
+    store.lock()
+    try:
+        spec = SearchSpec(
+            model=str(work["model"]),
+            task="wikidata_qa",
+            store=str(work["root"] / "store"),
+            data=str(work["task"]),
+            options={"ranks": [(8, 4, 2)]},
+            layers="0",
+            device="cpu",
+            gpus=2,
+            limit_val=2,
+            limit_test=2,
+        )
+        with pytest.raises(UserError, match="another search is running on store"):
+            run_search(spec)
+    finally:
+        store.close()
