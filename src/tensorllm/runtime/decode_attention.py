@@ -26,7 +26,28 @@ import functools
 import torch
 import torch.nn.functional as F
 
-NAMES = {"gqa": "tensorllm_gqa_sdpa", "packed": "tensorllm_packed_sdpa"}  # kernel -> registered name
+# kernel -> registered name. No "sdpa" in it: transformers would then refuse it for a model whose own SDPA
+# path it refuses (Gemma-2: soft-capping), whose soft-capped layers `softcapped_attention` computes here.
+NAMES = {"gqa": "tensorllm_gqa_decode", "packed": "tensorllm_packed_decode"}
+
+
+def softcapped_attention(query, key, value, mask, scaling, softcap):
+    """Attention with logit soft-capping (Gemma-2: scores <- softcap * tanh(scores / softcap)), which SDPA
+    has not: query (B, H, q, d), key/value (B, Hkv, L, d) -> (B, q, H, dv). `mask`: sdpa_mask's boolean
+    (True = attend), an additive float mask, or None (plain causal, left to is_causal by sdpa_mask)."""
+    n_rep = query.shape[1] // key.shape[1]
+    key, value = key.repeat_interleave(n_rep, dim=1), value.repeat_interleave(n_rep, dim=1)  # (B, H, L, d)
+    scale = scaling if scaling is not None else query.shape[-1] ** -0.5
+    scores = torch.tanh(query @ key.transpose(-1, -2) * scale / softcap) * softcap  # (B, H, q, L)
+    q_len, length = scores.shape[-2:]
+    if mask is None:
+        mask = torch.ones(q_len, length, dtype=torch.bool, device=scores.device).tril(length - q_len)
+    if mask.dtype == torch.bool:  # a finite fill: a fully masked (padding) row stays finite, as in eager
+        scores = scores.masked_fill(~mask, torch.finfo(scores.dtype).min)
+    else:
+        scores = scores + mask[..., :length]
+    probs = torch.softmax(scores.float(), dim=-1).to(value.dtype)
+    return (probs @ value).transpose(1, 2).contiguous(), None
 
 
 def decode_attention(
@@ -46,6 +67,8 @@ def decode_attention(
 
     n_rep = getattr(module, "num_key_value_groups", 1)
     B, H, q_len, d = query.shape
+    if kwargs.get("softcap") is not None and not dropout:
+        return softcapped_attention(query, key, value, attention_mask, scaling, kwargs["softcap"])
     if q_len != 1 or n_rep == 1 or kwargs.get("position_bias") is not None or dropout:
         return sdpa_attention_forward(
             module,
