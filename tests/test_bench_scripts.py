@@ -163,3 +163,65 @@ def test_result_folders_say_what_they_back_and_links_resolve():
         links = [(root / doc).parent / t for t in re.findall(r"\]\(([^)#\s:]+)\)", text)]
         paths = [root / t.rstrip(".,") for t in re.findall(r"(?<![\w/.$])bench/[\w./-]+", text)]
         assert not [str(p) for p in links + paths if not p.exists()], doc
+
+
+def test_search_replay_races_a_complete_grid(tmp_path):
+    """A synthetic exhaustive store with per-item results (one configuration clearly best)."""
+    import random
+
+    rng = random.Random(0)
+    store, n = tmp_path / "store", 400
+    store.mkdir()
+    (store / "store.json").write_text(json.dumps({"task": "wikidata_qa", "method": "tucker", "info": {}}))
+    rows = []
+    for i, rate in enumerate([0.2] + [0.1 + 0.01 * j for j in range(11)] + [0.45]):
+        bits = "".join("1" if rng.random() < rate else "0" for _ in range(n))
+        nll = [round(rng.random() + 2, 4) for _ in range(n)]
+        rows.append(
+            {
+                "key": f"k{i:02d}",
+                "split": "val",
+                "steps": [] if i == 0 else [{"method": "tucker", "layers": [i]}],
+                "describe": f"config {i}",
+                "n": n,
+                "accuracy": 100.0 * bits.count("1") / n,
+                "loss": sum(nll) / n,
+                "eval": {"metric": "generate-substring", "answer_mode": "faithful"},
+                "items": {"faithful": bits, "continuation": bits, "exact": bits, "nll": nll},
+            }
+        )
+    (store / "results-rank0.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    result = _run("search_replay.py", str(store), "--race-alpha", "0.01,0.05", tmp_path=tmp_path)
+    (s,) = result["stores"]
+    assert s["configurations"] == 12 and s["n"] == n and len(s["replays"]) == 2
+    assert all(r["same_winner"] and r["winner"] == "k12" and r["fraction"] < 0.6 for r in s["replays"])
+    assert result["default_params_same_winner_everywhere"]
+
+
+def test_stream_bench_measures_and_matches_the_in_memory_path_at_toy_size(tmp_path):
+    args = ("--shapes", "tiny", "--methods", "tucker,laser", "--device", "cpu", "--compare")
+    result = _run("stream_bench.py", *args, "--dir", str(tmp_path / "work"), tmp_path=tmp_path)
+    row = result["shapes"]["tiny"]
+    for method in ("tucker", "laser"):
+        run = row[method]
+        assert "error" not in run and run["peak_rss_bytes"] > 0 and run["psutil_peak_rss_bytes"] > 0
+        assert (
+            all(run[k] >= 0 for k in ("read_s", "compute_s", "write_s", "copy_s"))
+            and 0 < run["mean_rel_error"] < 1
+        )
+        assert row[f"{method}_compare"] == {"tensors_identical": True, "logits_identical": True}
+    assert not list((tmp_path / "work").iterdir())  # checkpoints and outputs removed
+    png = tmp_path / "growth.png"
+    subprocess.run(
+        [
+            sys.executable,
+            str(BENCH / "plot_stream_growth.py"),
+            str(tmp_path / "stream_bench.py.json"),
+            "--out",
+            str(png),
+        ],
+        check=True,
+        cwd=BENCH,
+        capture_output=True,
+    )
+    assert png.stat().st_size > 0

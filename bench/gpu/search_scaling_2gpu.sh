@@ -7,6 +7,6 @@
 source bench/gpu/stage.sh
 timeout 575 python3 bench/search_scaling.py --root $S/scaling --gpus 1,2 --out $S/logs/scaling.json -- \
   smollm2-135m --task wikidata_qa --method tucker --layers all --ranks "288,48,4;64,32,1;auto" \
-  --batch-size 1024 --device cuda > $S/logs/scaling.log 2>&1
+  --batch-size 1024 --device cuda --exhaustive > $S/logs/scaling.log 2>&1
 grep -v "^\[rank\|^val \|^test " $S/logs/scaling.log | tail -n 50
 tar czf $OUT/search_scaling_2gpu.tgz -C $S logs scaling

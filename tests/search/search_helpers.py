@@ -92,6 +92,7 @@ def spec_for(tiny: dict, store: Path, **kw):
         device="cpu",
         threads=1,
         progress=False,
+        exhaustive=True,  # these tests pin the exhaustive search; test_racing.py races
     )
     base.update(kw)
     options = {k: base.pop(k) for k in ("ranks", "rates", "variant", "rhos", "matrices") if k in base}

@@ -114,7 +114,14 @@ def small_store(search_tiny, tmp_path_factory):
     return store
 
 
-def _inputs(tmp_path, store) -> dict:
+@pytest.fixture(scope="module")
+def race_store(search_tiny, tmp_path_factory):
+    store = tmp_path_factory.mktemp("cli") / "race"
+    run_search(spec_for(search_tiny, store, layers="0", ranks=((8, 4, 2),), exhaustive=False))
+    return store
+
+
+def _inputs(tmp_path, store, race) -> dict:
     """The files the bad-input cases name, written into tmp_path: {name: path}."""
     files = {
         "broken.jsonl": '{"input": "a is", "target": "b"}\n{"input": "c is", \n',
@@ -127,6 +134,7 @@ def _inputs(tmp_path, store) -> dict:
         (tmp_path / name).write_text(text)
     return {
         "store": store,
+        "race_store": race,
         "file": tmp_path / "a-file",
         **{name.split(".")[0]: tmp_path / name for name in files if "." in name},
     }
@@ -155,12 +163,21 @@ def _inputs(tmp_path, store) -> dict:
             {"--method": "hybrid", "--recipe": "{gqa}"},
             "step 1: the search applies laser and tucker steps, not 'gqa'",
         ),
+        # racing (the default) and its store: an exhaustive store is not resumed by a race, or the reverse
+        ({"--store": "{store}"}, "made by an exhaustive search; resume it with --exhaustive"),
+        ({"--store": "{race_store}", "--exhaustive": ""}, "made by a racing search (first 8, eta 2.0"),
+        ({"--store": "{race_store}", "--race-first": "4"}, "made by a race with first 8"),
+        ({"--race-first": "9"}, "--race-first 9 is larger than the validation split (8 items)"),
+        ({"--race-first": "0"}, "--race-first must be >= 1"),
+        ({"--race-alpha": "2"}, "--race-alpha must be between 0 and 1"),
+        ({"--exhaustive": "", "--race-eta": "3"}, "--race-eta set the race; an --exhaustive search does not"),
+        ({"--select-by": "bleu"}, "unknown --select-by 'bleu'"),
     ],
 )
 def test_bad_input_is_one_line_exit_2_and_writes_nothing(
-    run_cli, search_tiny, small_store, tmp_path, change, message
+    run_cli, search_tiny, small_store, race_store, tmp_path, change, message
 ):
-    names = _inputs(tmp_path, small_store)
+    names = _inputs(tmp_path, small_store, race_store)
     flags = {
         "--task": "wikidata_qa",
         "--data": search_tiny["data"],
@@ -174,11 +191,12 @@ def test_bad_input_is_one_line_exit_2_and_writes_nothing(
         "--threads": "1",
     }
     flags.update({k: v.format(**names) for k, v in change.items()})
-    before = _tree(small_store)
-    rc, stdout, stderr = run_cli("search", search_tiny["model"], *[x for kv in flags.items() for x in kv])
+    before = _tree(small_store), _tree(race_store)
+    args = [x for kv in flags.items() for x in kv if x != ""]  # "": a flag without a value
+    rc, stdout, stderr = run_cli("search", search_tiny["model"], *args)
     assert (rc, stdout) == (2, ""), stderr
     assert len(stderr.splitlines()) == 1 and stderr.startswith("error: ") and message in stderr, stderr
-    assert not (tmp_path / "new").exists() and _tree(small_store) == before
+    assert not (tmp_path / "new").exists() and (_tree(small_store), _tree(race_store)) == before
 
 
 def test_summary_says_how_accuracy_was_measured(small_store, capsys):

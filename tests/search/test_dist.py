@@ -106,6 +106,7 @@ def test_torchrun_resumes_a_partial_store_and_equals_one_process(search_tiny, tm
         "cpu",
         "--threads",
         "1",
+        "--exhaustive",
         "--json",
     ]
     out = subprocess.run(cmd, capture_output=True, text=True, timeout=180, env=env)
@@ -153,6 +154,7 @@ def test_the_scaling_bench_runs_fresh_stores_and_compares_them(search_tiny, tmp_
         "cpu",
         "--threads",
         "1",
+        "--exhaustive",  # the scaling bench times the exhaustive search (its recorded GPU runs did)
     ]
     out = subprocess.run(
         [

@@ -18,8 +18,8 @@ import sys, time
 import tensorllm.search.runner as runner
 delay = float(sys.argv[1])
 real = runner.Search._evaluate
-def slow(self, cfg, split):
-    line = real(self, cfg, split)
+def slow(self, *args, **kwargs):
+    line = real(self, *args, **kwargs)
     time.sleep(delay)
     return line
 runner.Search._evaluate = slow
@@ -55,6 +55,7 @@ def cli_args(tiny, store):
         "cpu",
         "--threads",
         "1",
+        "--exhaustive",  # the exhaustive search's resume; tests/search/test_racing.py resumes a race
     ]
 
 

@@ -9,7 +9,12 @@
     tensorllm search ... --gpus 4                                  # 4 processes, one GPU each
     torchrun --nproc-per-node 4 -m tensorllm.cli search ...       # the same, launched by torchrun
 
-Rerunning a command resumes it from its --store.
+    tensorllm search ... --exhaustive                              # every configuration on every item
+    tensorllm search ... --select-by exact --race-first 400        # exact match; a larger first slice
+
+A search races by default (race.py): configurations behind the leader on the first items are
+dropped, the rest scored on more. Rerunning a command resumes it from its --store (a racing store
+with the same racing options, an exhaustive one with --exhaustive).
 """
 
 from __future__ import annotations
@@ -40,9 +45,7 @@ def search(
         None, help="hybrid: a recipe file, one configuration each (repeat)."
     ),
     top_k: int = typer.Option(3, help="hybrid: configurations taken from each --from store."),
-    data: Path | None = typer.Option(
-        None, help="Local JSON/JSONL task file instead of the built-in source."
-    ),
+    data: Path | None = typer.Option(None, help="Local JSON/JSONL task file instead of the built-in source."),
     limit_val: int | None = typer.Option(None, help="Use the first N validation examples."),
     limit_test: int | None = typer.Option(None, help="Use the first N test examples."),
     batch_size: int = typer.Option(256, help="Evaluation batch size."),
@@ -70,10 +73,29 @@ def search(
     allow_pickle: bool = typer.Option(
         False, help="Allow pickle (.bin) weights, which can run arbitrary code."
     ),
+    select_by: str = typer.Option(
+        "accuracy",
+        help="Selection metric: accuracy (the answer mode's containment, or label accuracy) | faithful | "
+        "continuation | exact (first answer span) | loss. Ties: lower loss.",
+    ),
+    exhaustive: bool = typer.Option(
+        False, help="Score every configuration on the whole validation split (no racing)."
+    ),
+    race_first: int | None = typer.Option(
+        None, help="Racing: items of the first slice (default: n/16, at least 100)."
+    ),
+    race_eta: float | None = typer.Option(None, help="Racing: each slice this many times the last (2)."),
+    race_alpha: float | None = typer.Option(
+        None, help="Racing: drop a configuration behind the leader at this one-sided paired p (0.01)."
+    ),
+    race_finalists: int | None = typer.Option(
+        None, help="Racing: the best this many are never dropped, and are scored on the whole split (3)."
+    ),
     as_json: bool = typer.Option(False, "--json", help="Print report.json to stdout at the end."),
     method_flags: dict = None,
 ) -> None:
-    """Evaluate a grid of layer x rank configurations on validation, pick the best, test it, report."""
+    """Race a grid of layer x rank configurations on validation (or score all: --exhaustive), pick the
+    best, test it, report with paired statistics."""
     import json
 
     from tensorllm.search.runner import HYBRID, SearchSpec, run_search
@@ -103,6 +125,12 @@ def search(
         seed=seed,
         trust_remote_code=trust_remote_code,
         allow_pickle=allow_pickle,
+        select_by=select_by,
+        exhaustive=exhaustive,
+        race_first=race_first,
+        race_eta=race_eta,
+        race_alpha=race_alpha,
+        race_finalists=race_finalists,
     )
     report = run_search(spec)
     if report is None:  # a rank other than 0: rank 0 prints
@@ -148,6 +176,8 @@ def print_summary(report: dict, store: Path) -> None:
             _loss(t.get("loss")),
         )
     console.print(table)
+    for line in (report.get("statistics") or {}).get("verdicts", [])[:3]:
+        console.print(line.replace("**", ""), markup=False, highlight=False)
     prog = report["progress"]
     console.print(
         f"{prog['val_done']} of {prog['configurations']} configurations on validation; "

@@ -50,8 +50,8 @@ def build(val: dict, test: dict, roles: dict, ranked: list[dict], by: str, task_
     runner_up = ranked[1] if len(ranked) > 1 else None
     for metric in out["metrics"]:
         for role, cfg in roles.items():
-            if role == "baseline":
-                continue
+            if role == "baseline" or (role != "winner" and winner is not None and cfg.key == winner.key):
+                continue  # a role that is the winner (Tucker's `auto` cells often are) is compared once
             for split, pool, base in (("val", val, base_v), ("test", test, base_t)):
                 cmp = stats.compare(pool.get(cfg.key), base, metric)
                 if cmp is not None:

@@ -64,6 +64,7 @@ IDENTITY_KEYS = (
     "dtype",
     "device_type",
     "tensorllm",
+    "racing",  # a racing search's parameters (race.py); absent (None) for an exhaustive one
 )
 LOCK = ".lock"
 _OWN_FILES = {MANIFEST, LOCK, "report.md", "report.json", "heatmap.png"}
@@ -136,10 +137,21 @@ def code_version() -> str:
 def mismatch(expected: dict, found: dict) -> list[str]:
     """'key: store has X, this search Y' for every identity field that differs."""
     return [
-        f"{k}: store has {found.get(k)!r}, this search {expected.get(k)!r}"
+        _racing_mismatch(found.get(k), expected.get(k))
+        if k == "racing"
+        else f"{k}: store has {found.get(k)!r}, this search {expected.get(k)!r}"
         for k in IDENTITY_KEYS
         if found.get(k) != expected.get(k)
     ]
+
+
+def _racing_mismatch(found: dict | None, expected: dict | None) -> str:
+    if found is None:
+        return "racing: the store was made by an exhaustive search; resume it with --exhaustive"
+    options = ", ".join(f"{k} {v}" for k, v in found.items())
+    if expected is None:
+        return f"racing: the store was made by a racing search ({options}); resume it without --exhaustive"
+    return f"racing: the store was made by a race with {options}; resume with the same --race-* / --select-by"
 
 
 # -- writing ---------------------------------------------------------------------------------------
@@ -356,6 +368,8 @@ class Store:
         out: dict[str, dict] = {}
         for line in self.lines():
             if split is not None and line.get("split") != split:
+                continue
+            if "part" in line:  # a racing search's result on some items only: race.split_view merges them
                 continue
             k = line["key"] if split is not None else f"{line['key']}/{line['split']}"
             out.setdefault(k, line)
