@@ -84,7 +84,7 @@ def local_checkpoint(model: str):
 
 def streamable(recipe: Recipe) -> list[str]:
     """The recipe's methods that cannot stream (empty when every step can)."""
-    return [s.method for s in recipe.steps if not registry.get(s.method).streamable]
+    return [s.method for s in recipe.steps if not registry.get(s.method).streams(s.config)]
 
 
 def prepare(

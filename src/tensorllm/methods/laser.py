@@ -24,7 +24,7 @@ from tensorllm.archs import blocks, get_module
 from tensorllm.base.errors import UserError
 from tensorllm.base.layers import one_layer_as_list, parse_layers
 from tensorllm.base.progress import track
-from tensorllm.methods import factorised, laser_experts, registry
+from tensorllm.methods import budget, factorised, laser_experts, registry
 from tensorllm.methods.registry import Column, Flag, Method, layers_label, parse_floats, split_names
 from tensorllm.tensor.svd import laser_rank, truncated_svd
 
@@ -42,6 +42,7 @@ class LaserConfig:
     matrix: str | None = None
     rho: float | None = None
     rank: int | None = None
+    budget: float | None = None  # keep this fraction of the layers' matrix parameters, ranks per layer
     svd: Literal["exact", "randomized"] = "exact"
     seed: int | None = None
     expert: int | None = None
@@ -52,7 +53,12 @@ class LaserConfig:
     def validate(self) -> None:
         if self.layers is None:
             raise UserError("laser needs 'layers' (e.g. 27 or 20-29)")
-        if (self.rho is None) == (self.rank is None):
+        if self.budget is not None:  # whole-model budget (methods/budget.py): no rho, no rank
+            if not 0 < self.budget <= 1:
+                raise UserError(f"laser budget must lie in (0, 1], got {self.budget}")
+            if self.rho is not None or self.rank is not None:
+                raise UserError("laser takes one of 'rho', 'rank' and 'budget', not several")
+        elif (self.rho is None) == (self.rank is None):
             raise UserError("laser needs exactly one of 'rho' and 'rank'")
         if self.rho is not None and not 0 < self.rho <= 1:
             raise UserError(f"laser rho must lie in (0, 1], got {self.rho}")
@@ -90,6 +96,11 @@ class Laser(Method):
         ),
         Flag("rho", "laser: keep floor(min(m,n)*rho) singular values.", type=float),
         Flag("rank", "laser: explicit rank.", type=int),
+        Flag(
+            "budget",
+            "laser: keep this fraction of the layers' matrix parameters, ranks per layer.",
+            type=float,
+        ),
         Flag("expert", "laser: with experts.gate/up/down (MoE), only this expert (default: all).", type=int),
     )
     search_flags = (
@@ -112,6 +123,12 @@ class Laser(Method):
         records = []
         name, path = arch.resolve_matrix(cfg.matrix or arch.ffn_input or "")
         laser_experts.check_matrix(arch, name, path, cfg.expert)
+        per_layer = {}
+        if cfg.budget is not None and arch.expert_matrix(name):
+            raise UserError("laser budget covers dense matrices, not a MoE's experts: give rho or rank")
+        if cfg.budget is not None:  # ranks of every layer at once, from all their singular values
+            mats = (matrix_module(model, arch, i, cfg.matrix)[2].weight.detach() for i in layers)
+            per_layer = dict(zip(layers, budget.laser_budget_ranks(mats, cfg.budget)))
         for i in track(layers, "laser", enabled=ctx.progress):
             t0 = time.perf_counter()
             if arch.expert_matrix(name):  # MoE: that matrix of every expert (or of one), router untouched
@@ -120,7 +137,7 @@ class Laser(Method):
             name, path, mod = matrix_module(model, arch, i, cfg.matrix)
             weight = mod.weight
             m, n = weight.shape
-            k = cfg.rank if cfg.rank is not None else laser_rank((m, n), cfg.rho)
+            k = per_layer.get(i) or (cfg.rank if cfg.rank is not None else laser_rank((m, n), cfg.rho))
             if k > min(m, n):
                 raise UserError(f"laser rank {k} exceeds min({m}, {n}) of {path}")
             w = weight.detach().to(ctx.device)
@@ -157,6 +174,9 @@ class Laser(Method):
     def touched_modules(self, arch, step: dict) -> list[str]:
         name, path = arch.resolve_matrix(step.get("matrix") or arch.ffn_input or "")
         return [arch.experts] if arch.expert_matrix(name) else [path]
+
+    def streams(self, cfg: LaserConfig) -> bool:
+        return cfg.budget is None  # a budget allocates over all layers: not one layer at a time
 
     def check_factorised(self, cfg: LaserConfig, arch=None) -> None:
         factorised.check_laser(cfg, arch)

@@ -117,6 +117,10 @@ class Method:
             summary["compression_rate"] = before / sum(r["params_after"] for r in records)
         return {"layers": records, "summary": summary}
 
+    def streams(self, cfg) -> bool:
+        """Whether this step can stream layer by layer (`streamable`, unless its config needs every layer)."""
+        return self.streamable
+
     # -- factorised checkpoints -----------------------------------------------------------------------
     def check_factorised(self, cfg, arch=None) -> None:
         """Refuse (UserError) a step that cannot keep its factors (`compress --format factorised`); a method

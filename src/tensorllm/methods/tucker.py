@@ -43,7 +43,7 @@ from tensorllm.attention import AttnWeights, read_attention, write_attention
 from tensorllm.base.errors import UserError
 from tensorllm.base.layers import one_layer_as_list, parse_layers
 from tensorllm.base.progress import track
-from tensorllm.methods import factorised, registry
+from tensorllm.methods import budget, factorised, registry
 from tensorllm.methods.registry import Column, Flag, Method, layers_label, parse_floats, split_names
 from tensorllm.methods.tucker_tensor import (auto_ranks, canonical_query_order, compressed_modes, from_tensor,
                                              inverse_order, permute_query_heads, ranks_for_rate, to_tensor,
@@ -63,11 +63,14 @@ class TuckerConfig:
     rate: target compression rate of each layer's attention (the paper's formula); the largest
         ranks (proportional to the mode sizes) reaching it are used.
     variant: multihead (paper) | single (one matrix type, see `matrix`) | trawl (one core, no head mode).
+    budget: instead of ranks or rate, keep this fraction (0, 1] of the selected layers' parameters in
+        total, each layer's ranks allocated from its error curve (methods/budget.py).
     """
 
     layers: int | str | tuple[int, ...] | None = None
     ranks: Ranks | None = None
     rate: float | None = None
+    budget: float | None = None
     variant: Literal["multihead", "single", "trawl"] = "multihead"
     matrix: Literal["q", "k", "v", "o"] | None = None
     n_iter_max: int = 100
@@ -80,7 +83,12 @@ class TuckerConfig:
     def validate(self) -> None:
         if self.layers is None:
             raise UserError("tucker needs 'layers' (e.g. 9, 0,3,7-9 or all)")
-        if (self.ranks is None) == (self.rate is None):
+        if self.budget is not None:  # whole-model budget: no ranks, no rate
+            if not 0 < self.budget <= 1:  # `not <` also catches NaN
+                raise UserError(f"tucker budget must lie in (0, 1], got {self.budget}")
+            if self.ranks is not None or self.rate is not None:
+                raise UserError("tucker takes one of 'ranks', 'rate' and 'budget', not several")
+        elif (self.ranks is None) == (self.rate is None):
             raise UserError("tucker needs exactly one of 'ranks' and 'rate'")
         if isinstance(self.ranks, str) and self.ranks != "auto":
             raise UserError(f"tucker ranks must be integers, fractions or 'auto', got '{self.ranks}'")
@@ -203,6 +211,11 @@ class Tucker(Method):
     compress_flags = (
         Flag("ranks", "tucker: R1,R2,R3 integers, fractions of each mode, or auto.", parse=parse_ranks),
         Flag("rate", "tucker: target compression rate of each layer's attention.", type=float),
+        Flag(
+            "budget",
+            "tucker: keep this fraction of the layers' attention parameters, ranks per layer.",
+            type=float,
+        ),
         Flag("variant", "tucker: multihead (default) | single | trawl."),
         Flag("matrix", "tucker variant single: q, k, v or o."),
     )
@@ -219,16 +232,25 @@ class Tucker(Method):
         """TensorLLM multi-head Tucker denoising of the attention of the selected layers."""
         layers = parse_layers(cfg.layers, len(blocks(model, arch)))
         records = []
+        per_layer = {}
+        if cfg.budget is not None:  # ranks of every layer at once, from all their error curves
+            tensors = (layer_tensor(read_attention(model, arch, i), cfg, ctx.device)[-1] for i in layers)
+            ranks = budget.tucker_budget_ranks(tensors, compressed_modes(cfg.variant), cfg.budget)
+            per_layer = {i: dataclasses.replace(cfg, ranks=r, budget=None) for i, r in zip(layers, ranks)}
         for i in track(layers, "tucker", enabled=ctx.progress):
             keep = factorised.tucker_keeper(ctx, i)
-            new, rec = compress_layer(read_attention(model, arch, i), cfg, ctx.device, keep)
+            new, rec = compress_layer(read_attention(model, arch, i), per_layer.get(i, cfg), ctx.device, keep)
             write_attention(model, arch, i, new)
             records.append({"layer": i, **rec})
         total_before = sum(r["params_before"] for r in records)
         total_after = sum(r["params_after"] for r in records)
         return {"layers": records, "summary": {
             "variant": cfg.variant, "layers": layers, "compression_rate": total_before / total_after,
-            "mean_rel_error": sum(r["rel_error"] for r in records) / len(records)}}
+            "mean_rel_error": sum(r["rel_error"] for r in records) / len(records),
+            **({"budget": cfg.budget, "kept_fraction": total_after / total_before} if per_layer else {})}}
+
+    def streams(self, cfg: TuckerConfig) -> bool:
+        return cfg.budget is None  # a budget allocates over all layers: not one layer at a time
 
     def touched_modules(self, arch, step: dict) -> list[str]:
         return [arch.o] + ([arch.q, arch.k, arch.v] if arch.qkv == "separate" else [arch.fused])
