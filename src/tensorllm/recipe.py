@@ -94,7 +94,7 @@ class Recipe:
     def load(cls, path: str | Path) -> Recipe:
         p = Path(path)
         if not p.is_file():
-            raise UserError(f"recipe file {p} does not exist")
+            raise UserError(f"recipe file {p} {'is a directory' if p.is_dir() else 'does not exist'}")
         try:
             data = yaml.safe_load(p.read_text(encoding="utf-8"))
         except yaml.YAMLError as exc:

@@ -234,6 +234,7 @@ class Store:
         self.root = Path(root).expanduser()
         self._lock_fd = -1
         self._made: list[Path] = []  # what lock() created, removed by close() if no search started here
+        self._opened = False  # open() succeeded: this is a search store now
 
     @property
     def manifest_path(self) -> Path:
@@ -311,8 +312,9 @@ class Store:
                     f"(holds {stray[0]}); pick a new or empty directory"
                 )
             atomic_write_text(self.manifest_path, json.dumps({**identity, "info": info}, indent=2) + "\n")
-            return
-        self.check(identity, found)
+        else:
+            self.check(identity, found)
+        self._opened = True
 
     def check(self, identity: dict, found: dict | None = None) -> None:
         found = self.manifest() if found is None else found
@@ -325,8 +327,8 @@ class Store:
             )
 
     def close(self) -> None:
-        """Release the lock (the file stays, empty); if no search ever started in a store this process
-        created, remove what it made, so a search that could not start leaves nothing behind."""
+        """Release the lock (the file stays, empty); if no search started (open() never succeeded),
+        remove what lock() made, so a search that could not start leaves nothing behind."""
         if self._lock_fd < 0:
             return
         try:
@@ -335,7 +337,7 @@ class Store:
             pass
         os.close(self._lock_fd)  # releases the flock
         self._lock_fd = -1
-        if self._made and not self.manifest_path.exists():
+        if self._made and not self._opened:
             for p in [self.root / LOCK, *self._made]:  # the lock file, then the folders, deepest first
                 try:
                     p.rmdir() if p.is_dir() else p.unlink()
