@@ -104,6 +104,7 @@ COMMANDS = {
     "search": "search {model} --task wikidata_qa --data {task} --store {out} --layers 0 --ranks 8,4,2 "
     "--limit-val 2 --limit-test 2 --batch-size 4 --device cpu --threads 1",
     "demo": "demo --out {out} --eval-items 0",
+    "export": "export {model} --dense --out {out}",  # the input's kind is checked after the output's
 }
 
 
@@ -112,7 +113,7 @@ def command(name: str, work: dict, out: Path) -> list[str]:
     return [arg.format(out=out, **work) for arg in COMMANDS[name].split()]
 
 
-DENSE = ("compress", "expand-kv", "gqa", "demo")  # commands that write a checkpoint
+DENSE = ("compress", "expand-kv", "gqa", "demo", "export")  # commands that write a checkpoint
 
 
 @pytest.fixture
@@ -201,7 +202,7 @@ def test_not_enough_free_space_is_refused_before_loading(cmd, work, run_cli, mon
     assert snapshot(work["root"]) == before
 
 
-@pytest.mark.parametrize("cmd", ["compress", "expand-kv", "gqa", "eval", "search"])
+@pytest.mark.parametrize("cmd", ["compress", "expand-kv", "gqa", "eval", "search", "export"])
 def test_output_inside_the_input_is_refused_before_loading(cmd, work, run_cli, no_model_loads):
     out = work["model"] / ("eval.json" if cmd == "eval" else "out")
     before = snapshot(work["root"])

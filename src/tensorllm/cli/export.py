@@ -62,10 +62,12 @@ def export_cmd(
     overwrite: bool = typer.Option(False, help="Replace --out if it exists."),
 ) -> None:
     """Export a factorised checkpoint (today: --dense, the standard checkpoint of the same weights)."""
+    from tensorllm.models.io import preflight_output
     from tensorllm.runtime.factorised_load import export_dense
 
     if not dense:
         raise UserError("tensorllm export needs --dense (the one export so far: a standard dense checkpoint)")
+    preflight_output(out, str(path), overwrite=overwrite)  # before anything loads (the estimate: its size)
     out = export_dense(path, out, overwrite=overwrite)
     console.print(f"saved the dense checkpoint (with recipe.yaml and report.json) to [bold]{out}[/]")
 
