@@ -90,7 +90,8 @@ def _falcon(layout: str):
             rest = t.shape[1:]
             if layout == "grouped":  # per K/V group: its H/Hkv query heads, then K, then V
                 g = t.view(Hkv, H // Hkv + 2, d, *rest)
-                return g[:, :-2].reshape(H * d, *rest), g[:, -2].reshape(-1, *rest), g[:, -1].reshape(-1, *rest)
+                q, k, v = g[:, :-2], g[:, -2], g[:, -1]
+                return q.reshape(H * d, *rest), k.reshape(-1, *rest), v.reshape(-1, *rest)
             if layout == "mq":  # [Q (H*d); K (d); V (d)]
                 return t[: H * d], t[H * d: (H + 1) * d], t[(H + 1) * d:]
             g = t.view(H, 3, d, *rest)  # per head: q, k, v
@@ -114,7 +115,8 @@ RAW = {
     "xlm-roberta": _separate("roberta.encoder.layer.{layer}.", *_BERT),
     **{t: _LLAMA for t in ("qwen3", "qwen3_moe", "mixtral", "gemma2", "gemma3_text", "olmo2", "granite",
                            "starcoder2")},
-    "gemma3": _separate("model.language_model.layers.{layer}.self_attn.", "q_proj", "k_proj", "v_proj", "o_proj"),
+    "gemma3": _separate("model.language_model.layers.{layer}.self_attn.", "q_proj", "k_proj", "v_proj",
+                        "o_proj"),
     "phi": _separate("model.layers.{layer}.self_attn.", "q_proj", "k_proj", "v_proj", "dense"),
     "falcon": _falcon("grouped"), "falcon-mq": _falcon("mq"), "falcon-mha": _falcon("per_head"),
 }
@@ -160,11 +162,12 @@ def snapshot(model) -> dict[str, torch.Tensor]:
 def test_every_spec_has_a_tiny_model_and_a_raw_reader(tiny):
     assert set(MODEL_TYPES) == set(tiny.model_types) == set(RAW)
     assert set(supported()) <= set(MODEL_TYPES)
-    assert {s.name for s in SPECS} >= {"llama", "mistral", "qwen2", "gemma", "phi3", "gpt2", "gptj", "gpt_neox",
-                                       "bert", "roberta", "qwen3", "qwen3_moe", "gemma2", "gemma3_text", "gemma3",
-                                       "olmo2", "mixtral", "starcoder2", "falcon", "granite", "phi"}
-    assert set(GQA_TYPES) == {"llama", "mistral", "qwen2", "gemma", "gemma2", "gemma3_text", "gemma3", "qwen3",
-                              "qwen3_moe", "mixtral", "olmo2", "granite", "starcoder2", "phi"}
+    assert {s.name for s in SPECS} >= {
+        "llama", "mistral", "qwen2", "gemma", "phi3", "gpt2", "gptj", "gpt_neox", "bert", "roberta",
+        "qwen3", "qwen3_moe", "gemma2", "gemma3_text", "gemma3", "olmo2", "mixtral", "starcoder2", "falcon",
+        "granite", "phi"}
+    assert set(GQA_TYPES) == {"llama", "mistral", "qwen2", "gemma", "gemma2", "gemma3_text", "gemma3",
+                              "qwen3", "qwen3_moe", "mixtral", "olmo2", "granite", "starcoder2", "phi"}
 
 
 def test_every_entry_is_reached_by_its_tiny_model(tiny):
@@ -198,7 +201,7 @@ def test_read_attention_matches_raw_parameters(tiny, model_type):
                 assert got is None, f"{model_type}: {name} should be absent"
             else:
                 assert got is not None and got.shape == want.shape, f"{model_type}: {name}"
-                assert torch.equal(got, want), f"{model_type} layer {layer}: {name} differs from the raw reading"
+                assert torch.equal(got, want), f"{model_type} layer {layer}: {name} differs from the raw one"
         for name, size in (("bq", H * d), ("bk", Hkv * d), ("bv", Hkv * d), ("bo", D)):
             if getattr(w, name) is not None:
                 assert getattr(w, name).shape == (size,)
@@ -207,8 +210,8 @@ def test_read_attention_matches_raw_parameters(tiny, model_type):
 def test_biases_present_where_the_family_has_them(tiny):
     has_qkv_bias = {t for t in MODEL_TYPES if read_attention(tiny.model(t), spec_for(tiny.config(t)), 0).bq
                     is not None}
-    assert has_qkv_bias == {"qwen2", "gpt2", "gpt_neox", "bert", "roberta", "xlm-roberta", "starcoder2", "phi",
-                            "falcon", "falcon-mha"}
+    assert has_qkv_bias == {"qwen2", "gpt2", "gpt_neox", "bert", "roberta", "xlm-roberta", "starcoder2",
+                            "phi", "falcon", "falcon-mha"}
 
 
 @pytest.mark.parametrize("model_type", MODEL_TYPES)
@@ -232,7 +235,7 @@ def test_qk_norm_weights_are_read_per_head_from_where_the_checkpoint_keeps_them(
 
 @pytest.mark.parametrize("model_type", [t for t in NORMS if NORMS[t][1] == "head"])
 def test_a_shared_per_head_norm_refuses_heads_with_different_weights(tiny, model_type):
-    """A standard checkpoint holds one (d,) weight for all heads: writing per-head copies that differ is an error."""
+    """A standard checkpoint holds one (d,) weight for all heads: per-head copies that differ are an error."""
     model = tiny.model(model_type)
     spec = spec_for(model.config)
     w = read_attention(model, spec, 0)
@@ -357,11 +360,13 @@ def test_unknown_architecture_is_refused_with_the_supported_list(family):
     import transformers
 
     if family == "opt":
-        config = transformers.OPTConfig(hidden_size=64, num_attention_heads=4, num_hidden_layers=2, ffn_dim=128,
-                                        vocab_size=128, max_position_embeddings=64, word_embed_proj_dim=64)
+        config = transformers.OPTConfig(hidden_size=64, num_attention_heads=4, num_hidden_layers=2,
+                                        ffn_dim=128, vocab_size=128, max_position_embeddings=64,
+                                        word_embed_proj_dim=64)
         model = transformers.OPTForCausalLM(config)
     else:
-        config = transformers.T5Config(d_model=64, d_kv=16, num_heads=4, num_layers=2, d_ff=128, vocab_size=128)
+        config = transformers.T5Config(d_model=64, d_kv=16, num_heads=4, num_layers=2, d_ff=128,
+                                       vocab_size=128)
         model = transformers.T5ForConditionalGeneration(config)
     with pytest.raises(tensorllm.UserError) as exc:
         tensorllm.compress(model, _recipe(layers=[0], ranks=[8, 4, 2]), progress=False)
@@ -413,7 +418,8 @@ def test_expand_kv_repeats_heads_and_keeps_the_function(tiny, model_type, tmp_pa
     assert torch.equal(tiny.logits(reloaded, ids), tiny.logits(model, ids))
     # the state dict is exactly what a fresh multi-head model of the family holds (norm weights included)
     fresh = tiny.model(model_type, num_key_value_heads=H)
-    assert {k: v.shape for k, v in snapshot(reloaded).items()} == {k: v.shape for k, v in snapshot(fresh).items()}
+    shapes = {k: v.shape for k, v in snapshot(reloaded).items()}
+    assert shapes == {k: v.shape for k, v in snapshot(fresh).items()}
 
 
 @pytest.mark.parametrize("model_type", NON_GQA_TYPES)

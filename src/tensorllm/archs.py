@@ -163,7 +163,8 @@ SPECS: tuple[ArchSpec, ...] = (
              q_norm="self_attn.q_layernorm", k_norm="self_attn.k_layernorm", qk_norm_span="head",
              qk_norm_kind="layer"),  # phi-2: partial RoPE, biases; LayerNorms on q/k only with qk_layernorm
     ArchSpec("phi3", ("phi3",), layers="layers", qkv="fused_concat", fused="self_attn.qkv_proj",
-             o="self_attn.o_proj", ffn=(("gate_up", "mlp.gate_up_proj"), ("down", "mlp.down_proj")), rope="half"),
+             o="self_attn.o_proj", ffn=(("gate_up", "mlp.gate_up_proj"), ("down", "mlp.down_proj")),
+             rope="half"),
     # Falcon: per K/V group [its query heads; K; V] (new decoder architecture, Falcon-40B/180B),
     # [Q; K; V] with one K/V head (multi-query, Falcon-7B), or per head [q; k; v] (Falcon-RW).
     ArchSpec("falcon", ("falcon",), qkv="fused_grouped", kv_heads_key="num_kv_heads", **_FALCON,
