@@ -134,16 +134,22 @@ def tucker_keeper(ctx, layer: int):
     return lambda res, w: kept.append(tucker_factors(layer, res, w))
 
 
-def keep_lowrank(ctx, layer: int, path: str, w: torch.Tensor, rank: int, cfg, conv1d: bool) -> None:
+def keep_lowrank(
+    ctx, layer: int, path: str, w: torch.Tensor, rank: int, cfg, conv1d: bool, factors=None
+) -> None:
     """Keep the factors of LASER's rank-`rank` approximation of `w` (as stored; a Conv1D stores (in, out),
     kept as the linear map (out, in)). `svd_factors` with LASER's options: `left @ right` is exactly the
-    approximation LASER wrote (it runs the SVD a second time, only when factors are asked for)."""
+    approximation LASER wrote (it runs the SVD a second time, only when factors are asked for).
+    `factors` (left (out, k), right (k, in)) of the linear map, when the step computed them itself."""
     kept = requested(ctx)
     if kept is None:
         return
-    left, right = svd_factors(w, rank, method=cfg.svd, seed=cfg.seed)  # (m, k), (k, n)
-    if conv1d:  # stored W = left @ right is (in, out); the linear map is W^T = right^T @ left^T
-        left, right = right.T, left.T
+    if factors is not None:
+        left, right = factors
+    else:
+        left, right = svd_factors(w, rank, method=cfg.svd, seed=cfg.seed)  # (m, k), (k, n)
+        if conv1d:  # stored W = left @ right is (in, out); the linear map is W^T = right^T @ left^T
+            left, right = right.T, left.T
     kept.append(KeptLowRank(layer, path, left.contiguous(), right.contiguous()))
 
 

@@ -24,7 +24,7 @@ from tensorllm.archs import blocks, get_module
 from tensorllm.base.errors import UserError
 from tensorllm.base.layers import one_layer_as_list, parse_layers
 from tensorllm.base.progress import track
-from tensorllm.methods import budget, factorised, laser_experts, registry
+from tensorllm.methods import budget, factorised, laser_experts, registry, whiten
 from tensorllm.methods.registry import Column, Flag, Method, layers_label, parse_floats, split_names
 from tensorllm.tensor.svd import laser_rank, truncated_svd
 
@@ -43,6 +43,8 @@ class LaserConfig:
     rho: float | None = None
     rank: int | None = None
     budget: float | None = None  # keep this fraction of the layers' matrix parameters, ranks per layer
+    calibrate: int | None = None  # data-aware: fit the outputs on this many calibration tokens (whiten.py)
+    calib_file: str | None = None  # their text (text / JSON / JSONL); None: the built-in English text
     svd: Literal["exact", "randomized"] = "exact"
     seed: int | None = None
     expert: int | None = None
@@ -60,6 +62,10 @@ class LaserConfig:
                 raise UserError("laser takes one of 'rho', 'rank' and 'budget', not several")
         elif (self.rho is None) == (self.rank is None):
             raise UserError("laser needs exactly one of 'rho' and 'rank'")
+        if self.calibrate is not None and self.calibrate < 1:
+            raise UserError(f"laser calibrate is a number of calibration tokens >= 1, got {self.calibrate}")
+        if self.calib_file is not None and self.calibrate is None:
+            raise UserError("laser calib_file needs calibrate (the number of calibration tokens)")
         if self.rho is not None and not 0 < self.rho <= 1:
             raise UserError(f"laser rho must lie in (0, 1], got {self.rho}")
         if self.rank is not None and self.rank < 1:
@@ -101,6 +107,11 @@ class Laser(Method):
             "laser: keep this fraction of the layers' matrix parameters, ranks per layer.",
             type=float,
         ),
+        Flag(
+            "calibrate",
+            "laser: data-aware: fit the outputs on this many calibration tokens (default: data-free).",
+            type=int,
+        ),
         Flag("expert", "laser: with experts.gate/up/down (MoE), only this expert (default: all).", type=int),
     )
     search_flags = (
@@ -123,11 +134,19 @@ class Laser(Method):
         records = []
         name, path = arch.resolve_matrix(cfg.matrix or arch.ffn_input or "")
         laser_experts.check_matrix(arch, name, path, cfg.expert)
-        per_layer = {}
-        if cfg.budget is not None and arch.expert_matrix(name):
-            raise UserError("laser budget covers dense matrices, not a MoE's experts: give rho or rank")
+        per_layer, pairs = {}, {}
+        if (cfg.budget is not None or cfg.calibrate) and arch.expert_matrix(name):
+            raise UserError("laser budget / calibrate cover dense matrices, not a MoE's experts")
+        if cfg.calibrate:  # data-aware: the input statistics of every selected matrix, one pass
+            mods = {i: matrix_module(model, arch, i, cfg.matrix)[2] for i in layers}
+            pairs = whiten.matrix_whiteners(model, mods, cfg, ctx)
         if cfg.budget is not None:  # ranks of every layer at once, from all their singular values
-            mats = (matrix_module(model, arch, i, cfg.matrix)[2].weight.detach() for i in layers)
+            mats = (
+                whiten.weighted_matrix(
+                    matrix_module(model, arch, i, cfg.matrix)[2].weight.detach(), pairs.get(i), arch.conv1d
+                )
+                for i in layers
+            )
             per_layer = dict(zip(layers, budget.laser_budget_ranks(mats, cfg.budget)))
         for i in track(layers, "laser", enabled=ctx.progress):
             t0 = time.perf_counter()
@@ -141,8 +160,12 @@ class Laser(Method):
             if k > min(m, n):
                 raise UserError(f"laser rank {k} exceeds min({m}, {n}) of {path}")
             w = weight.detach().to(ctx.device)
-            approx = truncated_svd(w, k, method=cfg.svd, seed=cfg.seed)
-            factorised.keep_lowrank(ctx, i, path, w, k, cfg, arch.conv1d)
+            if i in pairs:  # data-aware (methods/whiten.py)
+                approx, left, right = whiten.lowrank(w, k, pairs[i], arch.conv1d)
+                factorised.keep_lowrank(ctx, i, path, w, k, cfg, arch.conv1d, factors=(left, right))
+            else:
+                approx = truncated_svd(w, k, method=cfg.svd, seed=cfg.seed)
+                factorised.keep_lowrank(ctx, i, path, w, k, cfg, arch.conv1d)
             rel = (
                 torch.linalg.vector_norm((w - approx).double()) / torch.linalg.vector_norm(w.double())
             ).item()

@@ -43,7 +43,7 @@ from tensorllm.attention import AttnWeights, read_attention, write_attention
 from tensorllm.base.errors import UserError
 from tensorllm.base.layers import one_layer_as_list, parse_layers
 from tensorllm.base.progress import track
-from tensorllm.methods import budget, factorised, registry
+from tensorllm.methods import budget, factorised, registry, whiten
 from tensorllm.methods.registry import Column, Flag, Method, layers_label, parse_floats, split_names
 from tensorllm.methods.tucker_tensor import (auto_ranks, canonical_query_order, compressed_modes, from_tensor,
                                              inverse_order, permute_query_heads, ranks_for_rate, to_tensor,
@@ -65,12 +65,17 @@ class TuckerConfig:
     variant: multihead (paper) | single (one matrix type, see `matrix`) | trawl (one core, no head mode).
     budget: instead of ranks or rate, keep this fraction (0, 1] of the selected layers' parameters in
         total, each layer's ranks allocated from its error curve (methods/budget.py).
+    calibrate: data-aware Tucker: fit the layer's outputs on this many calibration tokens (mode 1
+        whitened with the input second moment, methods/whiten.py) of `calib_file` (text / JSON / JSONL;
+        None: the built-in English text) instead of the weights; None (default): data-free, the paper's.
     """
 
     layers: int | str | tuple[int, ...] | None = None
     ranks: Ranks | None = None
     rate: float | None = None
     budget: float | None = None
+    calibrate: int | None = None
+    calib_file: str | None = None
     variant: Literal["multihead", "single", "trawl"] = "multihead"
     matrix: Literal["q", "k", "v", "o"] | None = None
     n_iter_max: int = 100
@@ -90,6 +95,10 @@ class TuckerConfig:
                 raise UserError("tucker takes one of 'ranks', 'rate' and 'budget', not several")
         elif (self.ranks is None) == (self.rate is None):
             raise UserError("tucker needs exactly one of 'ranks' and 'rate'")
+        if self.calibrate is not None and self.calibrate < 1:
+            raise UserError(f"tucker calibrate is a number of calibration tokens >= 1, got {self.calibrate}")
+        if self.calib_file is not None and self.calibrate is None:
+            raise UserError("tucker calib_file needs calibrate (the number of calibration tokens)")
         if isinstance(self.ranks, str) and self.ranks != "auto":
             raise UserError(f"tucker ranks must be integers, fractions or 'auto', got '{self.ranks}'")
         if isinstance(self.ranks, tuple):
@@ -143,16 +152,20 @@ def layer_tensor(w: AttnWeights, cfg: TuckerConfig, device: torch.device | None 
 
 
 def compress_layer(
-    w: AttnWeights, cfg: TuckerConfig, device: torch.device, keep=None
+    w: AttnWeights, cfg: TuckerConfig, device: torch.device, keep=None, whitening=None
 ) -> tuple[AttnWeights, dict]:
     """Decompose and rebuild one layer's attention; return new weights and the layer's record.
+    `whitening` (S, S^-1) fits the tensor with mode 1 weighted by the input statistics (methods/whiten.py).
     `keep(result, weights)`, when given, receives the Tucker result (methods/factorised.py)."""
     t0 = time.perf_counter()
     wd, order, t = layer_tensor(w, cfg, device)
     modes = compressed_modes(cfg.variant)
     before = t.numel()
     ranks = resolve_ranks(cfg, t, before)
-    res = hooi(t, ranks, modes, n_iter_max=cfg.n_iter_max, tol=cfg.tol, compute_dtype=t.dtype)
+    fit = whiten.fit_tensor(t, whitening)
+    res = hooi(fit, ranks, modes, n_iter_max=cfg.n_iter_max, tol=cfg.tol, compute_dtype=t.dtype)
+    if whitening is not None:
+        res = whiten.unwhiten(res, whitening[1])  # U1 <- S^-1 U1: the decomposition of t itself
     if keep is not None:
         keep(res, wd)
     new = from_tensor(reconstruct(res), wd, cfg.variant, cfg.matrix)
@@ -216,6 +229,11 @@ class Tucker(Method):
             "tucker: keep this fraction of the layers' attention parameters, ranks per layer.",
             type=float,
         ),
+        Flag(
+            "calibrate",
+            "tucker: data-aware: fit the outputs on this many calibration tokens (default: data-free).",
+            type=int,
+        ),
         Flag("variant", "tucker: multihead (default) | single | trawl."),
         Flag("matrix", "tucker variant single: q, k, v or o."),
     )
@@ -233,13 +251,16 @@ class Tucker(Method):
         layers = parse_layers(cfg.layers, len(blocks(model, arch)))
         records = []
         per_layer = {}
+        pairs = whiten.attention_whiteners(model, arch, layers, cfg, ctx) if cfg.calibrate else {}
         if cfg.budget is not None:  # ranks of every layer at once, from all their error curves
-            tensors = (layer_tensor(read_attention(model, arch, i), cfg, ctx.device)[-1] for i in layers)
+            fits = (layer_tensor(read_attention(model, arch, i), cfg, ctx.device)[-1] for i in layers)
+            tensors = (whiten.fit_tensor(t, pairs.get(i)) for i, t in zip(layers, fits))
             ranks = budget.tucker_budget_ranks(tensors, compressed_modes(cfg.variant), cfg.budget)
             per_layer = {i: dataclasses.replace(cfg, ranks=r, budget=None) for i, r in zip(layers, ranks)}
         for i in track(layers, "tucker", enabled=ctx.progress):
             keep = factorised.tucker_keeper(ctx, i)
-            new, rec = compress_layer(read_attention(model, arch, i), per_layer.get(i, cfg), ctx.device, keep)
+            w, cfg_i = read_attention(model, arch, i), per_layer.get(i, cfg)
+            new, rec = compress_layer(w, cfg_i, ctx.device, keep, pairs.get(i))
             write_attention(model, arch, i, new)
             records.append({"layer": i, **rec})
         total_before = sum(r["params_before"] for r in records)
