@@ -124,6 +124,18 @@ def test_closed_gates_ab_runs_both_ways_with_the_same_kl(smollm2, tmp_path):
     assert [r["shortcut"] for r in result["runs"]] == [True, False] and result["same_kl"]
 
 
+@pytest.mark.slow
+def test_factorised_speed_times_both_paths_at_toy_size(tmp_path):
+    result = _run("factorised_speed.py", "--small", "--new-tokens", "2", "--prefill", "16", tmp_path=tmp_path)
+    rates = {r["rate"] for r in result["projections"]}
+    assert rates == {2, 3, 5, 10, 20, 50} and all(r["factorised_ms"] > 0 for r in result["projections"])
+    assert all(r["factor_bytes"] < r["dense_weight_bytes"] for r in result["projections"])
+    models = result["models"]
+    assert [m["rate"] for m in models] == [1, 2, 3, 5, 10, 20, 50]
+    assert all(m["weights_bytes"] < models[0]["weights_bytes"] for m in models[1:])  # measured, not computed
+    assert set(result["crossover"]) == {"tiny decode_b1", "tiny decode_b16", "tiny prefill_16"}
+
+
 def test_attn_decode_micro_kernels_agree_with_float32_attention(tmp_path):
     result = _run("attn_decode_micro.py", "--small", tmp_path=tmp_path)
     rows = result["rows"]
