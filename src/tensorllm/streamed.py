@@ -4,15 +4,16 @@
     out, report = compress_streamed("llama-13b/", {"steps": [{"method": "tucker", "layers": "all",
                                                                 "ranks": [1280, 64, 3]}]}, "runs/13b")
 
-Every step must be `streamable` (tucker, laser and their hybrids). Checks before any work (models/
+Every step must stream (`Method.streams`: tucker, laser and their hybrids), or be the recipe's one
+calibrated step (a `gqa` conversion without fine-tune: streamed_gqa.py). Checks before any work (models/
 shards.py, models/stream.py): the shards the index names are present, their headers are sound and
 describe the bytes on disk, shapes and dtype agree with the config, the layers exist, the disk has
-room for the output. Then each selected layer is loaded from the shards onto the recipe's device,
-every step that selects it runs on it (the method's own `apply`, on a model whose other layers are
-on the meta device), and its tensors are written into the output shard being filled; tensors of
-unselected layers and outside the layers are copied byte for byte. Peak memory is one layer plus
-the transform's own work. The output equals, tensor for tensor, what `compress` + `save_checkpoint`
-write for the same recipe (tests/test_streamed.py).
+room for the output. Then each selected layer is loaded from the shards into CPU memory, every step
+that selects it runs on it (the method's own `apply`, on a model whose other layers are on the meta
+device; it computes on the recipe's device), and its tensors are written into the output shard being
+filled; tensors of unselected layers and outside the layers are copied byte for byte. Peak memory is
+one layer plus the transform's own work. The output equals, tensor for tensor, what `compress` +
+`save_checkpoint` write for the same recipe (tests/test_streamed.py).
 
 The output is built in `.OUT.stream-partial` beside OUT and renamed into place when complete. After
 each layer the shard in progress is synced and `stream-state.json` records where the run stands, so
@@ -34,6 +35,7 @@ from pathlib import Path
 
 import torch
 
+from tensorllm import streamed_gqa
 from tensorllm.api import as_recipe, model_info
 from tensorllm.base.devices import parse_dtype, resolve_device
 from tensorllm.base.errors import UserError
@@ -42,6 +44,7 @@ from tensorllm.base.layers import parse_layers
 from tensorllm.base.progress import track
 from tensorllm.base.versions import versions
 from tensorllm.methods import registry
+from tensorllm.methods.gqa.config import GQAConfig
 from tensorllm.models.aliases import ALIASES
 from tensorllm.models.io import check_output_dir, load_config
 from tensorllm.models.shards import INDEX, Checkpoint, ShardWriter, header_bytes, parse_size, plan_shards
@@ -71,6 +74,7 @@ class Plan:
     out: Path
     fingerprint: str
     aux: list[Path]  # config, tokenizer and other small files copied beside the weights
+    out_config: object = None  # the output's config where a calibrated step changes it (else copied)
 
 
 def local_checkpoint(model: str):
@@ -82,9 +86,20 @@ def local_checkpoint(model: str):
     return config, arch, path
 
 
+# steps that stream with calibration text, by config type: the module that runs them (torchao-style lookup)
+CALIBRATED = {GQAConfig: streamed_gqa}
+
+
+def _calibrated(step) -> bool:
+    return type(step.config) in CALIBRATED and not registry.get(step.method).streams(step.config)
+
+
 def streamable(recipe: Recipe) -> list[str]:
     """The recipe's methods that cannot stream (empty when every step can)."""
-    return [s.method for s in recipe.steps if not registry.get(s.method).streams(s.config)]
+    bad = [s.method for s in recipe.steps if not (registry.get(s.method).streams(s.config) or _calibrated(s))]
+    if not bad and len(recipe.steps) > 1:
+        bad = [s.method for s in recipe.steps if _calibrated(s)]  # a calibrated step streams alone
+    return bad
 
 
 def prepare(
@@ -95,15 +110,23 @@ def prepare(
     bad = streamable(recipe)
     if bad:
         raise UserError(
-            f"method '{bad[0]}' cannot stream layer by layer (it needs more than one layer's weights)"
+            f"method '{bad[0]}' cannot stream layer by layer (it needs more than one layer's weights"
+            + (", or streams only as a recipe's one step)" if len(recipe.steps) > 1 else ")")
         )
     config, arch, path = local_checkpoint(model)
     out = check_output_dir(out, [path], overwrite)
     sm = StreamedModel(Checkpoint(path), config, arch)
     sm.check(parse_dtype(recipe.dtype))
     resolve_device(recipe.device)
-    selected = [parse_layers(s.config.layers, sm.n_layers) for s in recipe.steps]
-    shards = plan_shards(sm.plan(), parse_size(max_shard_size))
+    calibrated = _calibrated(recipe.steps[0])
+    out_config = (
+        CALIBRATED[type(recipe.steps[0].config)].out_config(sm, recipe.steps[0].config)
+        if calibrated
+        else None
+    )
+    every = list(range(sm.n_layers))
+    selected = [every if calibrated else parse_layers(s.config.layers, sm.n_layers) for s in recipe.steps]
+    shards = plan_shards(sm.plan(out_config), parse_size(max_shard_size))
     aux = sorted(
         p
         for p in path.iterdir()
@@ -117,7 +140,7 @@ def prepare(
     }
     ident["versions"] = versions()
     fp = hashlib.sha256(json.dumps(ident, sort_keys=True, default=str).encode()).hexdigest()[:16]
-    plan = Plan(recipe, model, sm, selected, shards, out, fp, aux)
+    plan = Plan(recipe, model, sm, selected, shards, out, fp, aux, out_config)
     _check_disk(plan)
     return plan
 
@@ -213,37 +236,28 @@ def _run(plan: Plan, partial: Path, state: dict, progress: bool) -> Report:
                 writer.copy(sm.ckpt.tensors[key])
             clock("copy_s", t0)
             mark(0)
-        layers = range(state["next"], sm.n_layers)
-        for i in track(layers, "streaming layers", enabled=progress, total=len(layers)):
-            steps = [s for s, chosen in enumerate(plan.selected) if i in chosen]
-            t0 = time.perf_counter()
-            if not steps:
-                for key in sm.keys(i):
-                    writer.copy(sm.ckpt.tensors[key])
-                clock("copy_s", t0)
-                mark(i + 1)
-                continue
-            loaded = sm.load_layer(i, device)
-            for key, t in loaded.items():
-                if t.is_floating_point() and not torch.isfinite(t).all():
-                    raise UserError(f"weights of '{plan.spec}' contain NaN or Inf (first in {key})")
-            t0 = clock("read_s", t0)
-            for s in steps:
-                cfg = dataclasses.replace(recipe.steps[s].config, layers=(i,))
-                results.setdefault(str(s), {})[str(i)] = methods[s].apply(sm.model, sm.arch, cfg, ctx)
-            t0 = clock("compute_s", t0)
-            for key, t in sm.layer_state(i).items():
-                writer.write(key, t)
-            sm.unload_layer(i)
-            clock("write_s", t0)
-            mark(i + 1)
+        if plan.out_config is not None:
+            from transformers import AutoTokenizer
+
+            ctx.tokenizer = AutoTokenizer.from_pretrained(sm.ckpt.path)
+            step = recipe.steps[0]
+            calibrated = CALIBRATED[type(step.config)].run(
+                sm, step.config, ctx, writer, state, mark, timing, progress
+            )
+        else:
+            _weight_layers(plan, writer, ctx, methods, results, clock, mark, progress, state["next"])
         writer.finish()
     finally:
         writer.close()
     for p in plan.aux:
         shutil.copy2(p, partial / p.name)
+    if plan.out_config is not None:
+        plan.out_config.save_pretrained(partial)
     report = Report(recipe=recipe.to_dict(), model=model_info(sm.model, plan.spec))
-    for s, step in enumerate(recipe.steps):
+    if plan.out_config is not None:
+        seconds = calibrated["summary"]["seconds"]
+        report.steps.append({"method": recipe.steps[0].method, **calibrated, "seconds": seconds})
+    for s, step in enumerate([] if plan.out_config is not None else recipe.steps):
         per_layer = [results[str(s)][str(i)] for i in plan.selected[s]]
         merged = methods[s].merge_results(per_layer)
         seconds = sum(r.get("seconds", 0.0) for r in merged["layers"])
@@ -256,11 +270,41 @@ def _run(plan: Plan, partial: Path, state: dict, progress: bool) -> Report:
         "shards": len(plan.shards),
         "peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,  # Linux: KiB
         "peak_gpu_bytes": torch.cuda.max_memory_allocated(device) if device.type == "cuda" else None,
+        "peak_gpu_reserved_bytes": torch.cuda.max_memory_reserved(device) if device.type == "cuda" else None,
     }
     (partial / "recipe.yaml").write_text(recipe.to_yaml(), encoding="utf-8")
     (partial / "report.json").write_text(report.to_json(), encoding="utf-8")
     (partial / STATE).unlink()
     return report
+
+
+def _weight_layers(plan: Plan, writer, ctx, methods, results, clock, mark, progress, start: int) -> None:
+    """Weight-only steps, layer by layer from `start`: each step that selects a layer runs `apply` on it."""
+    recipe, sm = plan.recipe, plan.sm
+    layers = range(start, sm.n_layers)
+    for i in track(layers, "streaming layers", enabled=progress, total=len(layers)):
+        steps = [s for s, chosen in enumerate(plan.selected) if i in chosen]
+        t0 = time.perf_counter()
+        if not steps:
+            for key in sm.keys(i):
+                writer.copy(sm.ckpt.tensors[key])
+            clock("copy_s", t0)
+            mark(i + 1)
+            continue
+        loaded = sm.load_layer(i)
+        for key, t in loaded.items():
+            if t.is_floating_point() and not torch.isfinite(t).all():
+                raise UserError(f"weights of '{plan.spec}' contain NaN or Inf (first in {key})")
+        t0 = clock("read_s", t0)
+        for s in steps:
+            cfg = dataclasses.replace(recipe.steps[s].config, layers=(i,))
+            results.setdefault(str(s), {})[str(i)] = methods[s].apply(sm.model, sm.arch, cfg, ctx)
+        t0 = clock("compute_s", t0)
+        for key, t in sm.layer_state(i).items():
+            writer.write(key, t)
+        sm.unload_layer(i)
+        clock("write_s", t0)
+        mark(i + 1)
 
 
 def _publish(tmp: Path, final: Path, overwrite: bool) -> None:

@@ -266,7 +266,7 @@ class ShardWriter:
         self.entry += 1
         if self.entry == len(self.plan[self.shard]):
             self.fh.flush()
-            os.fsync(self.fh.fileno())
+            _sync(self.fh)
             self.fh.close()
             self.fh, self.shard, self.entry = None, self.shard + 1, 0
 
@@ -294,7 +294,7 @@ class ShardWriter:
         if self.fh is None:
             return [self.shard, self.entry, 0]
         self.fh.flush()
-        os.fsync(self.fh.fileno())
+        _sync(self.fh)
         return [self.shard, self.entry, self.fh.tell()]
 
     def finish(self) -> list[str]:
@@ -312,6 +312,11 @@ class ShardWriter:
         if self.fh is not None:
             self.fh.close()
             self.fh = None
+
+
+def _sync(fh) -> None:
+    """Data on disk before the state that points past it is written (fdatasync where there is one)."""
+    getattr(os, "fdatasync", os.fsync)(fh.fileno())
 
 
 def _copy_range(src, dst, offset: int, count: int) -> None:

@@ -13,6 +13,7 @@ converts when loading) is refused too: streaming only handles layouts it can cop
 
 from __future__ import annotations
 
+import math
 import re
 
 import torch
@@ -20,7 +21,7 @@ import torch
 from tensorllm.archs import ArchSpec, blocks
 from tensorllm.base.errors import UserError
 from tensorllm.models.io import auto_class
-from tensorllm.models.shards import Checkpoint, Planned, TensorInfo, dtype_code
+from tensorllm.models.shards import Checkpoint, Planned, TensorInfo
 
 _FLOAT = {"F64", "F32", "F16", "BF16", "F8_E4M3", "F8_E5M2"}
 
@@ -38,9 +39,7 @@ class StreamedModel:
     def __init__(self, ckpt: Checkpoint, config, arch: ArchSpec):
         self.ckpt, self.config, self.arch = ckpt, config, arch
         self.dtype = self._stored_dtype()
-        with torch.device("meta"):
-            self.model = auto_class(config, arch)._from_config(config, dtype=self.dtype)
-        self.model.eval()
+        self.model = self._build(config, "meta")
         layers = blocks(self.model, arch)
         self.n_layers = len(layers)
         full = {id(m): n for n, m in self.model.named_modules()}[id(layers)]  # e.g. "model.layers"
@@ -57,6 +56,12 @@ class StreamedModel:
                 self.layer_keys[int(m[1])][key] = m[2]
             else:
                 self.rest.append(key)
+
+    def _build(self, config, device) -> torch.nn.Module:
+        cls = auto_class(config, self.arch)
+        build = getattr(cls, "_from_config", None) or cls.from_config  # a model class, or an Auto class
+        with torch.device(device):
+            return build(config, dtype=self.dtype).eval()
 
     def _stored_dtype(self) -> torch.dtype:
         """The dtype the in-memory path would load: the config's, else the first floating tensor's."""
@@ -114,21 +119,61 @@ class StreamedModel:
         by_param = {p: k for k, p in self.layer_keys[i].items()}
         return [by_param[p] for p in want]
 
-    def plan(self) -> list[Planned]:
-        """Output tensors in writing order: everything outside the blocks, then block 0, 1, ..."""
+    def plan(self, out_config=None) -> list[Planned]:
+        """Output tensors in writing order: everything outside the blocks, then block 0, 1, ... With
+        `out_config` (a method that changes shapes, e.g. fewer K/V heads), the blocks' shapes are that
+        config's."""
         names = self.rest + [k for i in range(self.n_layers) for k in self.keys(i)]
         info = self.ckpt.tensors
-        return [Planned(n, info[n].dtype, info[n].shape, info[n].nbytes) for n in names]
+        out = [Planned(n, info[n].dtype, info[n].shape, info[n].nbytes) for n in names]
+        if out_config is None:
+            return out
+        shapes = blocks(self._build(out_config, "meta"), self.arch)
+        width = {n: torch.empty((), dtype=info[n].torch_dtype).element_size() for n in names}
+        for j, e in enumerate(out):
+            for i, params in enumerate(self.layer_keys):
+                if e.name in params:
+                    shape = tuple(shapes[i].state_dict()[params[e.name]].shape)
+                    out[j] = Planned(e.name, e.dtype, shape, math.prod(shape) * width[e.name])
+        return out
 
-    def load_layer(self, i: int, device: torch.device) -> dict[str, torch.Tensor]:
-        """Fill block i from the shards onto `device`; return {checkpoint key: the tensor in the block}."""
+    def load_layer(self, i: int, device: torch.device | str = "cpu") -> dict[str, torch.Tensor]:
+        """Fill block i from the shards (on the CPU by default: weight-only methods compute on their
+        context's device and write back in the parameter's place, so the accelerator holds only their
+        work, not the layer); return {checkpoint key: the tensor in the block}."""
         keys = self.keys(i)
         stored = self.ckpt.load(keys)
         block = blocks(self.model, self.arch)[i]
-        block.load_state_dict(
-            {self.layer_keys[i][k]: stored.pop(k).to(device) for k in keys}, strict=True, assign=True
-        )
+        state = {self.layer_keys[i][k]: stored.pop(k).to(device) for k in keys}
+        block.load_state_dict(state, strict=True, assign=True)
         return self.layer_state(i)
+
+    def materialize_outside_blocks(self, device: torch.device) -> None:
+        """Make everything outside the blocks real on `device` and fill it from the checkpoint
+        (embeddings, final norm, rotary tables: what a forward to the first block needs); the blocks
+        stay on meta. Built anew with the block class constructed under the meta device, so buffers
+        that are computed rather than stored (RoPE frequencies) are computed as the model does."""
+        layer_cls = type(blocks(self.model, self.arch)[0])
+        init = layer_cls.__init__
+
+        def on_meta(obj, *args, **kwargs):
+            with torch.device("meta"):
+                init(obj, *args, **kwargs)
+
+        layer_cls.__init__ = on_meta
+        try:
+            model = self._build(self.config, device)
+        finally:
+            layer_cls.__init__ = init
+        state = model.state_dict()
+        base = getattr(model, "base_model_prefix", "")
+        stored = self.ckpt.load(self.rest)
+        for key, t in stored.items():
+            name = key if key in state or not base else f"{base}.{key}"
+            if name in state:
+                with torch.no_grad():
+                    state[name].copy_(t)
+        self.model = model
 
     def layer_state(self, i: int) -> dict[str, torch.Tensor]:
         """{checkpoint key: current tensor} of a loaded block (what a transform left there)."""
@@ -137,9 +182,3 @@ class StreamedModel:
 
     def unload_layer(self, i: int) -> None:
         blocks(self.model, self.arch)[i].to("meta")
-
-
-def planned_from(tensor: torch.Tensor, name: str) -> Planned:
-    return Planned(
-        name, dtype_code(tensor.dtype), tuple(tensor.shape), tensor.numel() * tensor.element_size()
-    )
