@@ -262,6 +262,20 @@ def test_a_full_disk_during_a_search_append_is_one_line(work, run_cli, monkeypat
     assert (store / "results-rank0.jsonl").read_bytes() == b""  # nothing half-appended
 
 
+def test_a_full_disk_while_writing_the_search_report_is_one_line(work, run_cli, monkeypatch):
+    from matplotlib.figure import Figure
+
+    def savefig(self, *args, **kwargs):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(Figure, "savefig", savefig)
+    store = work["root"] / "store"
+    rc, stdout, stderr = run_cli(*command("search", work, store))
+    assert rc == 2 and "Traceback" not in stderr, stderr[-2000:]
+    assert stderr.splitlines()[-1] == f"error: cannot write {store / 'heatmap.png'} (No space left on device)"
+    assert sorted(p.name for p in store.iterdir() if p.name.startswith(".heatmap")) == []
+
+
 def test_the_api_raises_a_user_error_for_a_failed_write(work, monkeypatch):
     import tensorllm
 

@@ -14,6 +14,7 @@ import os
 import tempfile
 from pathlib import Path
 
+from tensorllm.base.errors import OutputError
 from tensorllm.methods import registry
 
 # What the grid cells (table and heatmap) show: accuracy gains, or loss reductions for tasks without accuracy.
@@ -92,11 +93,14 @@ def draw(rep: dict, path: Path) -> None:
     ax.set_title(title + ("" if rep["status"] == "complete" else " [partial]"), fontsize=10)
     cbar = fig.colorbar(im, ax=ax, fraction=0.05, pad=0.02)
     cbar.set_label(f"{unit} (winner outlined)")
-    fd, tmp = tempfile.mkstemp(prefix=".heatmap.", suffix=".png", dir=path.parent)
-    os.close(fd)
+    tmp = None
     try:
+        fd, tmp = tempfile.mkstemp(prefix=".heatmap.", suffix=".png", dir=path.parent)
+        os.close(fd)
         fig.savefig(tmp, format="png", dpi=130, bbox_inches="tight")
         os.replace(tmp, path)
+    except OSError as exc:  # a full disk, a read-only store: one line, like every other write
+        raise OutputError(f"cannot write {path} ({exc.strerror or exc})") from None
     finally:
-        if os.path.exists(tmp):
+        if tmp is not None and os.path.exists(tmp):
             os.unlink(tmp)
