@@ -62,9 +62,7 @@ def eval_cmd(
         help="Generative accuracy: faithful (decode prompt + continuation, "
         "as LASER's code) | continuation (new tokens only).",
     ),
-    data: Path | None = typer.Option(
-        None, help="Local JSON/JSONL task file instead of the built-in source."
-    ),
+    data: Path | None = typer.Option(None, help="Local JSON/JSONL task file instead of the built-in source."),
     json_out: Path | None = typer.Option(None, "--json", help="Write the results as JSON to this file."),
     device: str = typer.Option("auto", help="auto, cpu, cuda, cuda:1, ..."),
     dtype: str = typer.Option(
