@@ -353,7 +353,7 @@ def test_sigterm_and_sigint_during_the_save_remove_the_temporary_directory(work)
         stdout, stderr = proc.communicate(timeout=60)
         assert proc.returncode == 128 + sig, (proc.returncode, stderr[-2000:])
         assert stderr.splitlines() == [
-            f"error: interrupted by {sig.name}; nothing half-written is left behind"
+            f"error: interrupted by {sig.name}; partial outputs removed (resumable runs keep their progress)"
         ]
         assert not tmp.exists() and not out.exists()
         assert [p.name for p in work["root"].iterdir() if p.name.startswith(f".{out.name}")] == []

@@ -41,7 +41,8 @@ def main() -> None:
             app(standalone_mode=False)
         except Interrupted as exc:
             name = signal.Signals(exc.signum).name
-            print(f"error: interrupted by {name}; nothing half-written is left behind", file=sys.stderr)
+            msg = "partial outputs removed (resumable runs keep their progress)"
+            print(f"error: interrupted by {name}; {msg}", file=sys.stderr)
             sys.exit(128 + exc.signum)
         except UserError as exc:
             print(f"error: {exc}", file=sys.stderr)
