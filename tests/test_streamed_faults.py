@@ -141,7 +141,7 @@ def test_not_enough_disk_is_refused_before_work(shards, tmp_path, run_cli, monke
     monkeypatch.setattr(streamed.shutil, "disk_usage", lambda p: usage._replace(free=50_000))
     rc, _, err = run_cli("compress", shards, *FLAGS, "--out", tmp_path / "out")
     assert rc == 2 and err.startswith("error: not enough free") and len(err.strip().splitlines()) == 1
-    with pytest.raises(UserError, match="not enough free disk for the output"):  # the streamed path's own
+    with pytest.raises(UserError, match="not enough free space for the streamed output"):  # exact size
         compress_streamed(str(shards), RECIPE, tmp_path / "out", progress=False)
     assert not list(tmp_path.iterdir())
 
@@ -193,6 +193,31 @@ def test_an_interrupted_run_continues_to_the_same_bytes(shards, tmp_path, monkey
     assert "from layer 2" in logs[0] and report.extra["stream"]["resumed_at_layer"] == 2
     assert len(list(out.glob("*.safetensors"))) > 3 and _files(out) == _files(full)
     assert [r["layer"] for r in report.steps[0]["layers"]] == [0, 1, 2]
+
+
+def test_a_full_disk_mid_run_is_one_line_and_the_run_continues_after(shards, tmp_path, run_cli, monkeypatch):
+    import errno
+
+    from tensorllm.models.shards import ShardWriter
+
+    real, seen = ShardWriter.write, []
+
+    def full_at_layer_2(self, name, tensor):
+        if "layers.2." in name:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        seen.append(name)
+        return real(self, name, tensor)
+
+    monkeypatch.setattr(ShardWriter, "write", full_at_layer_2)
+    out = tmp_path / "out"
+    rc, _, err = run_cli("compress", shards, *FLAGS, "--layers", "all", "--out", out)
+    assert rc == 2 and len(err.strip().splitlines()) == 1, err
+    assert "No space left on device" in err and "continue from layer 2" in err and partial_dir(out).is_dir()
+    monkeypatch.setattr(ShardWriter, "write", real)
+    rc, _, err = run_cli("compress", shards, *FLAGS, "--layers", "all", "--out", out)
+    assert rc == 0 and "continuing the unfinished run" in err and not partial_dir(out).exists()
+    rc, _, err = run_cli("compress", shards, *FLAGS, "--layers", "all", "--out", tmp_path / "fresh")
+    assert _files(out) == _files(tmp_path / "fresh")
 
 
 def test_an_unfinished_run_of_another_command_is_not_continued(shards, tmp_path, monkeypatch):

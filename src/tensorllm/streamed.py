@@ -38,8 +38,8 @@ import torch
 from tensorllm import streamed_gqa
 from tensorllm.api import as_recipe, model_info
 from tensorllm.base.devices import parse_dtype, resolve_device
-from tensorllm.base.errors import UserError
-from tensorllm.base.files import atomic_write_text
+from tensorllm.base.errors import Interrupted, OutputError, UserError
+from tensorllm.base.files import atomic_write_text, check_free_space, check_location
 from tensorllm.base.layers import parse_layers
 from tensorllm.base.progress import track
 from tensorllm.base.versions import versions
@@ -48,7 +48,7 @@ from tensorllm.methods.gqa.config import GQAConfig
 from tensorllm.models.aliases import ALIASES
 from tensorllm.models.io import check_output_dir, load_config
 from tensorllm.models.shards import INDEX, Checkpoint, ShardWriter, header_bytes, parse_size, plan_shards
-from tensorllm.models.stream import StreamedModel
+from tensorllm.models.stream import StreamedModel, too_big_for_memory
 from tensorllm.recipe import Recipe
 from tensorllm.report import Report
 
@@ -114,7 +114,7 @@ def prepare(
             + (", or streams only as a recipe's one step)" if len(recipe.steps) > 1 else ")")
         )
     config, arch, path = local_checkpoint(model)
-    out = check_output_dir(out, [path], overwrite)
+    out = check_output_dir(check_location(out), [path], overwrite)
     sm = StreamedModel(Checkpoint(path), config, arch)
     sm.check(parse_dtype(recipe.dtype))
     resolve_device(recipe.device)
@@ -146,17 +146,13 @@ def prepare(
 
 
 def _check_disk(plan: Plan) -> None:
+    """Room for the output: its exact size from the plan, less what a run to continue wrote already."""
     partial = partial_dir(plan.out)
     need = sum(len(header_bytes(s)) + sum(e.nbytes for e in s) for s in plan.shards)
-    need += sum(p.stat().st_size for p in plan.aux) + (1 << 20)  # + index, recipe, report
-    if partial.is_dir():  # a run to continue holds some of it already
+    need += sum(p.stat().st_size for p in plan.aux)
+    if partial.is_dir():
         need -= sum(p.stat().st_size for p in partial.iterdir() if p.is_file())
-    free = shutil.disk_usage(plan.out.parent if plan.out.parent.exists() else Path.cwd()).free
-    if need > free:
-        raise UserError(
-            f"not enough free disk for the output in {plan.out.parent}: needs {need / 1e9:.2f} GB, "
-            f"{free / 1e9:.2f} GB free"
-        )
+    check_free_space(plan.out, max(need, 1), what="the streamed output")
 
 
 def _load_state(partial: Path, fingerprint: str, log) -> dict | None:
@@ -197,11 +193,23 @@ def compress_streamed(
         log(f"continuing the unfinished run in {partial} from layer {max(state['next'], 0)}")
     try:
         report = _run(plan, partial, state, progress)
+    except OutputError:
+        raise
     except UserError:
         shutil.rmtree(partial, ignore_errors=True)  # the same command would fail the same way
         raise
+    except OSError as exc:  # a full disk, an I/O error: what is written stays, to continue from
+        why = exc.strerror or exc
+        raise OutputError(f"streaming into {partial} failed ({why}); it is kept: {_again(state)}") from None
+    except (KeyboardInterrupt, Interrupted):
+        log(f"stopped: {partial} is kept; {_again(state)}")
+        raise
     _publish(partial, plan.out, overwrite)
     return plan.out, report
+
+
+def _again(state: dict) -> str:
+    return f"rerun the same command to continue from layer {max(state['next'], 0)}"
 
 
 def _run(plan: Plan, partial: Path, state: dict, progress: bool) -> Report:
@@ -331,14 +339,4 @@ def stream_reason(model: str, recipe) -> str | None:
         _, _, path = local_checkpoint(model)
     except UserError:
         return None  # the in-memory path gives the right message, or loads what streaming cannot
-    size = sum(p.stat().st_size for p in path.glob("*.safetensors"))
-    import psutil
-
-    room = [("available memory", psutil.virtual_memory().available)]
-    dev = resolve_device(recipe.device)
-    if dev.type == "cuda":
-        room.append(("free GPU memory", torch.cuda.mem_get_info(dev)[0]))
-    for what, free in room:
-        if size > 0.7 * free:
-            return f"the weights ({size / 1e9:.1f} GB) would not fit in the {free / 1e9:.1f} GB of {what}"
-    return None
+    return too_big_for_memory(path, resolve_device(recipe.device))

@@ -182,3 +182,18 @@ class StreamedModel:
 
     def unload_layer(self, i: int) -> None:
         blocks(self.model, self.arch)[i].to("meta")
+
+
+def too_big_for_memory(path, device: torch.device) -> str | None:
+    """Why the safetensors weights in `path` would not fit in memory (70% of the RAM available now, or
+    of the GPU's free memory when the work runs there), or None when they would."""
+    import psutil
+
+    size = sum(p.stat().st_size for p in path.glob("*.safetensors"))
+    room = [("available memory", psutil.virtual_memory().available)]
+    if device.type == "cuda":
+        room.append(("free GPU memory", torch.cuda.mem_get_info(device)[0]))
+    for what, free in room:
+        if size > 0.7 * free:
+            return f"the weights ({size / 1e9:.1f} GB) would not fit in the {free / 1e9:.1f} GB of {what}"
+    return None
