@@ -52,6 +52,12 @@ def compress(
         help="dense: a plain checkpoint | factorised: the compressed modules keep their factors "
         "(load with tensorllm.load, or transformers with trust_remote_code=True; export --dense).",
     ),
+    recover: int | None = typer.Option(
+        None,
+        "--recover",
+        help="Then distil the original model into the compressed one for this many steps, training only "
+        "the factors (float32).",
+    ),
     method_flags: dict = None,
 ) -> None:
     """Apply a method (or a recipe of several) and save a plain checkpoint with its recipe and report."""
@@ -70,10 +76,10 @@ def compress(
         if layers is not None:
             opts["layers"] = parse_layers_arg(layers)
         rec = Recipe.single(method, dtype=dtype, device=device, seed=seed, **opts)
-    check_format(fmt, rec)  # a step with no factorised form is refused before any work
-    if fmt == "factorised":
+    check_format(fmt, rec, recover)  # a step with no factorised form is refused before any work
+    if fmt == "factorised" or recover is not None:
         if stream:
-            raise UserError("--format factorised does not stream: pass --no-stream (loads it whole)")
+            raise UserError("--format factorised / --recover do not stream: pass --no-stream")
         stream = False
     # the output is checked before anything is loaded (or streamed)
     preflight_output(out, model, overwrite=overwrite, dtype=rec.dtype)
@@ -88,11 +94,14 @@ def compress(
         return compress_streamed_cmd(model, rec, out, overwrite, max_shard_size)
     loaded = load_model(model, dtype=rec.dtype, device=rec.device, trust_remote_code=trust_remote_code,
                         allow_pickle=allow_pickle)
-    if fmt == "factorised":
-        report, out = compress_factorised(loaded, rec, out, overwrite=overwrite)
+    if fmt == "factorised" or recover is not None:
+        report, out = compress_factorised(loaded, rec, out, overwrite=overwrite, fmt=fmt, recover=recover)
         print_step_tables(report.steps)
         console.print(storage_line(report.extra["factorised"]))
-        console.print(f"saved the factorised checkpoint, recipe.yaml and report.json to [bold]{out}[/]")
+        if recover is not None:
+            r = report.extra["recovery"]
+            console.print(f"recovery: {r['steps']} steps, KL {r['kl_first']:.4f} -> {r['kl_last_tenth']:.4f}")
+        console.print(f"saved the {fmt} checkpoint, recipe.yaml and report.json to [bold]{out}[/]")
         return
     _, report = run(loaded, rec)
     out = save_checkpoint(loaded, out, overwrite=overwrite,

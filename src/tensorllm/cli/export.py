@@ -2,8 +2,8 @@
 
     tensorllm export runs/f --dense --out runs/f-dense
 
-`compress_factorised` is `tensorllm compress ... --format factorised`: the recipe runs as for a dense
-checkpoint while every step keeps its factors, and the factors are what is written.
+`compress_factorised` is `tensorllm compress ... --format factorised` (and `--recover`): the recipe runs
+as for a dense checkpoint while every step keeps its factors, and the factors are what is written.
 """
 
 from __future__ import annotations
@@ -18,33 +18,58 @@ from tensorllm.cli.common import console
 FORMATS = ("dense", "factorised")
 
 
-def check_format(fmt: str, rec) -> None:
-    """Refuse an unknown --format, or a recipe with a step that has no factorised form (before any work)."""
+def check_format(fmt: str, rec, recover: int | None = None) -> None:
+    """Refuse an unknown --format, or (factorised, or --recover, which trains the factors) a recipe with a
+    step that has no factorised form: before any work."""
     from tensorllm.methods import factorised, registry
 
     if fmt not in FORMATS:
         raise UserError(f"--format must be one of {', '.join(FORMATS)}, got '{fmt}'")
-    if fmt == "factorised":
+    if recover is not None and recover < 1:
+        raise UserError(f"--recover takes a number of steps >= 1, got {recover}")
+    if fmt == "factorised" or recover is not None:
         factorised.check_steps(rec.steps, [registry.get(s.method) for s in rec.steps])
 
 
-def compress_factorised(loaded, rec, out: Path, *, overwrite: bool):
-    """Run `rec` on `loaded` keeping the factors, write the factorised checkpoint; (report, out)."""
+RECOVER_BATCH = 4  # sequences of 512 tokens per recovery step
+
+
+def compress_factorised(
+    loaded, rec, out: Path, *, overwrite: bool, fmt: str = "factorised", recover: int | None = None
+):
+    """Run `rec` on `loaded` keeping the factors; with `recover`, distil the original into the factors
+    (runtime/recover.py); write the factorised checkpoint (or, fmt dense, the product of the factors as
+    a plain one). Returns (report, out)."""
+    import copy
+
     from tensorllm.api import compress as run
     from tensorllm.archs import blocks
-    from tensorllm.methods import factorised, registry
+    from tensorllm.methods import factorised, registry, whiten
+    from tensorllm.models.io import save_checkpoint
     from tensorllm.runtime.factorised import factorise, save_factorised
+    from tensorllm.runtime.factorised_load import densify
+    from tensorllm.runtime.recover import recover as distil
 
     n_layers = len(blocks(loaded.model, loaded.arch))
     factorised.check_steps(rec.steps, [registry.get(s.method) for s in rec.steps], loaded.arch, n_layers)
+    teacher = copy.deepcopy(loaded.model) if recover else None
     kept: list = []
     _, report = run(loaded, rec, factors=kept)
     spec, summary = factorise(loaded, kept)
-    report.extra["format"] = "factorised"
+    report.extra["format"] = fmt
     report.extra["factorised"] = summary
+    if recover:
+        n_tokens = min(recover * RECOVER_BATCH * whiten.SEQ_LEN, 1 << 17)  # the text repeats beyond that
+        tokens = whiten.calibration_tokens(loaded.tokenizer, n_tokens, None)
+        report.extra["recovery"] = distil(
+            loaded.model, teacher, spec, tokens, steps=recover, batch_size=RECOVER_BATCH, seed=rec.seed
+        )
+        del teacher
     files = {"recipe.yaml": rec.to_yaml(), "report.json": report.to_json()}
-    out = save_factorised(loaded, spec, out, overwrite=overwrite, extra_files=files)
-    return report, out
+    if fmt == "factorised":
+        return report, save_factorised(loaded, spec, out, overwrite=overwrite, extra_files=files)
+    densify(loaded.model, spec)  # the trained factors' product, in the model's own modules
+    return report, save_checkpoint(loaded, out, overwrite=overwrite, extra_files=files)
 
 
 def storage_line(summary: dict) -> str:

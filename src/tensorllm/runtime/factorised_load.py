@@ -159,10 +159,10 @@ def _dense_module(weight: torch.Tensor, bias: torch.Tensor | None, conv1d: bool)
     return mod
 
 
-def densify(model: nn.Module) -> dict:
-    """Replace every factorised module of `model` by a dense one holding the product of its factors
-    (in place); return the dense model's config.json content."""
-    spec = getattr(model.config, fm.SPEC_KEY)
+def densify(model: nn.Module, spec: dict | None = None) -> dict:
+    """Replace every factorised module of `model` (those of `spec`, default its config's) by a dense one
+    holding the product of its factors (in place); return the dense model's config.json content."""
+    spec = spec or getattr(model.config, fm.SPEC_KEY)
     for entry in spec["modules"]:
         if entry["kind"] == "lowrank":
             mod = model.get_submodule(entry["path"])
@@ -176,7 +176,8 @@ def densify(model: nn.Module) -> dict:
             fm._replace(model, entry[p], _dense_module(weights[p], model.get_submodule(entry[p]).bias, False))
         parent, _, name = entry["path"].rpartition(".")
         delattr(model.get_submodule(parent), name)
-    return base_config_dict(json.loads(model.config.to_json_string(use_diff=False)))
+    config = json.loads(model.config.to_json_string(use_diff=False))
+    return base_config_dict(config) if fm.SPEC_KEY in config else config
 
 
 def export_dense(path: str | Path, out: Path, *, overwrite: bool = False) -> Path:
