@@ -136,6 +136,27 @@ def test_factorised_speed_times_both_paths_at_toy_size(tmp_path):
     assert set(result["crossover"]) == {"tiny decode_b1", "tiny decode_b16", "tiny prefill_16"}
 
 
+@pytest.mark.slow
+def test_size_quality_runs_every_method_with_and_without_recovery(tmp_path, tiny):
+    ckpt = tiny.save(tmp_path / "tiny", "llama")
+    result = _run(
+        "size_quality.py",
+        "--model",
+        str(ckpt),
+        "--small",
+        "--plot",
+        str(tmp_path / "p.png"),
+        tmp_path=tmp_path,
+    )
+    rows = result["rows"]
+    assert {(r["method"], r["recover_steps"]) for r in rows} == {
+        (m, s) for m in ("svd", "svd_whitened", "tucker", "tucker_calibrated") for s in (0, 2)
+    }
+    assert all(r["params"] < result["original"]["params"] and r["perplexity"] > 0 for r in rows)
+    assert all(r["file_bytes"] < result["original"]["file_bytes"] for r in rows)
+    assert (tmp_path / "p.png").stat().st_size > 0
+
+
 def test_attn_decode_micro_kernels_agree_with_float32_attention(tmp_path):
     result = _run("attn_decode_micro.py", "--small", tmp_path=tmp_path)
     rows = result["rows"]
