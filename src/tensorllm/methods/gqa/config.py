@@ -67,9 +67,15 @@ class GQAConfig:
     train_scope: Literal["attention", "all"] = "attention"
 
     def validate(self) -> None:
-        positive = {"kv_heads": self.kv_heads, "calib_tokens": self.calib_tokens, "restarts": self.restarts,
-                    "procrustes_iters": self.procrustes_iters, "batch_size": self.batch_size,
-                    "train_batch_size": self.train_batch_size, "save_every": self.save_every}
+        positive = {
+            "kv_heads": self.kv_heads,
+            "calib_tokens": self.calib_tokens,
+            "restarts": self.restarts,
+            "procrustes_iters": self.procrustes_iters,
+            "batch_size": self.batch_size,
+            "train_batch_size": self.train_batch_size,
+            "save_every": self.save_every,
+        }
         for name, value in positive.items():
             if value < 1:
                 raise UserError(f"gqa.{name} must be at least 1, got {value}")
@@ -78,7 +84,10 @@ class GQAConfig:
         if self.train_steps < 0:
             raise UserError(f"gqa.train_steps must be 0 or more, got {self.train_steps}")
         if self.train_tokens < 0:
-            raise UserError(f"gqa.train_tokens must be 0 (train on the calibration tokens) or more, got {self.train_tokens}")
+            raise UserError(
+                "gqa.train_tokens must be 0 (train on the calibration tokens) or more, "
+                f"got {self.train_tokens}"
+            )
         if self.lr <= 0 or (self.gate_lr is not None and self.gate_lr <= 0):
             raise UserError("gqa.lr and gqa.gate_lr must be positive")
         if not 0 < self.sparsity_warmup <= 1:

@@ -15,16 +15,16 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+import tensorllm.methods.gqa.align as A
 from tensorllm.archs import ArchSpec, blocks, find_module, head_layout, rotary_dims
 from tensorllm.attention import AttnWeights, read_attention, set_kv_heads, write_attention
 from tensorllm.base.errors import UserError
-import tensorllm.methods.gqa.align as A
+from tensorllm.base.progress import track
 from tensorllm.methods.gqa.calibrate import cross_products, input_grams
 from tensorllm.methods.gqa.config import GQAConfig
 from tensorllm.methods.gqa.grouping import contiguous, partition
 from tensorllm.methods.gqa.heads import merge_kv_heads, permute_kv_heads, transform_heads
 from tensorllm.models.expand_kv import repeat_heads
-from tensorllm.base.progress import track
 
 
 @dataclass
@@ -39,8 +39,10 @@ class LayerPlan:
 def check_convertible(model: nn.Module, arch: ArchSpec, cfg: GQAConfig) -> tuple[int, int]:
     """Raise UserError unless `model` can become `cfg.kv_heads`-head GQA; return (H, Hkv)."""
     if not arch.supports_gqa:
-        raise UserError(f"{arch.name} checkpoints have no separate K/V projections with a K/V head count, "
-                        "so they cannot be converted to grouped-query attention")
+        raise UserError(
+            f"{arch.name} checkpoints have no separate K/V projections with a K/V head count, "
+            "so they cannot be converted to grouped-query attention"
+        )
     _, H, Hkv, _ = head_layout(model.config)
     G = cfg.kv_heads
     if H % G:
@@ -48,8 +50,10 @@ def check_convertible(model: nn.Module, arch: ArchSpec, cfg: GQAConfig) -> tuple
     if G >= Hkv:
         raise UserError(f"kv_heads={G} must be fewer than the model's {Hkv} K/V heads")
     if arch.qk_norm_span == "projection" and find_module(blocks(model, arch)[0], arch.k_norm) is not None:
-        raise UserError(f"{arch.name} normalises keys over the whole K projection (one RMS over all {Hkv} "
-                        "K/V heads), which merging K/V heads cannot keep: no grouped-query conversion")
+        raise UserError(
+            f"{arch.name} normalises keys over the whole K projection (one RMS over all {Hkv} "
+            "K/V heads), which merging K/V heads cannot keep: no grouped-query conversion"
+        )
     return H, Hkv
 
 
@@ -77,8 +81,18 @@ def layer_key_planes(planes: A.Planes, w: AttnWeights, arch: ArchSpec) -> A.Plan
 
 def _to64(w: AttnWeights, device: torch.device) -> AttnWeights:
     f = lambda t: None if t is None else t.to(device=device, dtype=torch.float64)  # noqa: E731
-    return w.with_(q=f(w.q), k=f(w.k), v=f(w.v), o=f(w.o), bq=f(w.bq), bk=f(w.bk), bv=f(w.bv), bo=f(w.bo),
-                   qn=f(w.qn), kn=f(w.kn))  # float64 holds every float32 / bf16 norm weight exactly
+    return w.with_(
+        q=f(w.q),
+        k=f(w.k),
+        v=f(w.v),
+        o=f(w.o),
+        bq=f(w.bq),
+        bk=f(w.bk),
+        bv=f(w.bv),
+        bo=f(w.bo),
+        qn=f(w.qn),
+        kn=f(w.kn),
+    )  # float64 holds every float32 / bf16 norm weight exactly
 
 
 def _energy(blocks_: torch.Tensor) -> float:
@@ -96,13 +110,14 @@ def _kept(blocks_: torch.Tensor, groups: list[list[int]], T: torch.Tensor) -> fl
 
 
 def _within(S: torch.Tensor, groups: list[list[int]]) -> float:
-    vals = [float(S[i, j]) for g in groups for a, i in enumerate(g) for j in g[a + 1:]]
+    vals = [float(S[i, j]) for g in groups for a, i in enumerate(g) for j in g[a + 1 :]]
     return sum(vals) / len(vals) if vals else 1.0
 
 
 @contextmanager
 def _one_cpu_thread(device: torch.device):
-    """The grouping/alignment math is many tiny (d x d) ops: on CPU, thread hand-offs cost more than they save."""
+    """The grouping/alignment math is many tiny (d x d) ops: on CPU, thread hand-offs cost more than they
+    save."""
     if device.type != "cpu":
         yield
         return
@@ -114,9 +129,19 @@ def _one_cpu_thread(device: torch.device):
         torch.set_num_threads(old)
 
 
-def plan_layer(w: AttnWeights, gram: torch.Tensor, kv_heads: int, planes_k: A.Planes, *,
-               grouping: str = "similarity", align: bool = True, seed: int = 0, restarts: int = 16,
-               iters: int = 20, merge: bool = True) -> LayerPlan:
+def plan_layer(
+    w: AttnWeights,
+    gram: torch.Tensor,
+    kv_heads: int,
+    planes_k: A.Planes,
+    *,
+    grouping: str = "similarity",
+    align: bool = True,
+    seed: int = 0,
+    restarts: int = 16,
+    iters: int = 20,
+    merge: bool = True,
+) -> LayerPlan:
     """Group, align, permute and (unless merge=False) merge one layer's heads from its input second
     moment `gram`."""
     dev = gram.device
@@ -126,9 +151,14 @@ def plan_layer(w: AttnWeights, gram: torch.Tensor, kv_heads: int, planes_k: A.Pl
     unit = "kv_head"
     if w.kv_heads % kv_heads:  # groups must hold whole K/V heads: work on the multi-head view
         g = w.heads // w.kv_heads
-        w = w.with_(k=repeat_heads(w.k, w.kv_heads, g), v=repeat_heads(w.v, w.kv_heads, g),
-                    bk=repeat_heads(w.bk, w.kv_heads, g), bv=repeat_heads(w.bv, w.kv_heads, g),
-                    kn=repeat_heads(w.kn, w.kv_heads, g), kv_heads=w.heads)
+        w = w.with_(
+            k=repeat_heads(w.k, w.kv_heads, g),
+            v=repeat_heads(w.v, w.kv_heads, g),
+            bk=repeat_heads(w.bk, w.kv_heads, g),
+            bv=repeat_heads(w.bv, w.kv_heads, g),
+            kn=repeat_heads(w.kn, w.kv_heads, g),
+            kv_heads=w.heads,
+        )
         unit = "query_head"
     n, d = w.kv_heads, w.head_dim
     CK = A.cross_blocks(cross_products(w.k, w.bk, gram), n, d)  # (n, n, d, d)
@@ -139,18 +169,29 @@ def plan_layer(w: AttnWeights, gram: torch.Tensor, kv_heads: int, planes_k: A.Pl
     with _one_cpu_thread(dev):
         SK = A.similarity(CK, planes_k if align else None)
         SV = A.similarity(CV, planes_v if align else None)
-        groups = partition(SK + SV, kv_heads, seed=seed, restarts=restarts) if grouping == "similarity" \
+        groups = (
+            partition(SK + SV, kv_heads, seed=seed, restarts=restarts)
+            if grouping == "similarity"
             else contiguous(n, kv_heads)
+        )
         if align:
             for g in groups:
                 tk[g] = A.align_group(CK, g, planes_k, iters)
                 tv[g] = A.align_group(CV, g, planes_v, iters)
         kk, kv = _kept(CK, groups, tk), _kept(CV, groups, tv)
-        record = {"unit": unit, "groups": groups, "key_energy_kept": kk, "value_energy_kept": kv,
-                  "key_similarity": _within(SK, groups), "value_similarity": _within(SV, groups)}
+        record = {
+            "unit": unit,
+            "groups": groups,
+            "key_energy_kept": kk,
+            "value_energy_kept": kv,
+            "key_similarity": _within(SK, groups),
+            "value_similarity": _within(SV, groups),
+        }
         if align:
-            record.update(key_energy_kept_unaligned=_kept(CK, groups, eye),
-                          value_energy_kept_unaligned=_kept(CV, groups, eye))
+            record.update(
+                key_energy_kept_unaligned=_kept(CK, groups, eye),
+                value_energy_kept_unaligned=_kept(CV, groups, eye),
+            )
     order = [h for g in groups for h in g]
     aligned = permute_kv_heads(transform_heads(w, tk if align else None, tv if align else None), order)
     merged = merge_kv_heads(aligned, kv_heads) if merge else None
@@ -158,15 +199,28 @@ def plan_layer(w: AttnWeights, gram: torch.Tensor, kv_heads: int, planes_k: A.Pl
     lost = ((1 - kk) * ek + (1 - kv) * ev) / max(ek + ev, 1e-300)
     params_after = w.q.numel() + w.o.numel() + 2 * kv_heads * d * w.hidden  # q, o and G K/V heads
     # the generic fields every method reports (see cli.print_step_tables)
-    record.update(params_before=params_before, params_after=params_after,
-                  compression_rate=params_before / params_after, rel_error=max(lost, 0.0) ** 0.5,
-                  seconds=time.perf_counter() - t0)
+    record.update(
+        params_before=params_before,
+        params_after=params_after,
+        compression_rate=params_before / params_after,
+        rel_error=max(lost, 0.0) ** 0.5,
+        seconds=time.perf_counter() - t0,
+    )
     return LayerPlan(unit, groups, aligned, merged, record)
 
 
-def convert(model: nn.Module, arch: ArchSpec, cfg: GQAConfig, tokens: torch.Tensor, *,
-            train: torch.Tensor | None = None, device: torch.device | None = None, seed: int = 0,
-            progress: bool = True, monitor=None) -> dict:
+def convert(
+    model: nn.Module,
+    arch: ArchSpec,
+    cfg: GQAConfig,
+    tokens: torch.Tensor,
+    *,
+    train: torch.Tensor | None = None,
+    device: torch.device | None = None,
+    seed: int = 0,
+    progress: bool = True,
+    monitor=None,
+) -> dict:
     """Convert `model` in place to `cfg.kv_heads` K/V heads using calibration `tokens` (n_seq, seq_len).
 
     With `cfg.train_steps`, the recovery fine-tune trains on `train` (m_seq, seq_len), or on the
@@ -191,8 +245,17 @@ def convert(model: nn.Module, arch: ArchSpec, cfg: GQAConfig, tokens: torch.Tens
     for i in track(layers, "gqa: grouping, aligning, merging", enabled=progress):
         w = read_attention(model, arch, i)
         planes = layer_key_planes(planes_k, w, arch)
-        plan = plan_layer(w, grams[i], cfg.kv_heads, planes, grouping=cfg.grouping, align=cfg.align,
-                          seed=seed, restarts=cfg.restarts, iters=cfg.procrustes_iters)
+        plan = plan_layer(
+            w,
+            grams[i],
+            cfg.kv_heads,
+            planes,
+            grouping=cfg.grouping,
+            align=cfg.align,
+            seed=seed,
+            restarts=cfg.restarts,
+            iters=cfg.procrustes_iters,
+        )
         grams[i] = None  # free the (D+1)^2 float64 sum as soon as it is used
         if teacher is None:
             write_attention(model, arch, i, plan.merged)
@@ -204,11 +267,17 @@ def convert(model: nn.Module, arch: ArchSpec, cfg: GQAConfig, tokens: torch.Tens
         records.append({"layer": i, **plan.record})
     t_merge = time.perf_counter() - t0 - t_calib
     summary = {
-        "kv_heads_before": Hkv, "kv_heads_after": cfg.kv_heads, "query_heads": H, "head_dim": d,
-        "layers": len(records), "calib_tokens": int(tokens.numel()), "calib_sequences": int(tokens.shape[0]),
+        "kv_heads_before": Hkv,
+        "kv_heads_after": cfg.kv_heads,
+        "query_heads": H,
+        "head_dim": d,
+        "layers": len(records),
+        "calib_tokens": int(tokens.numel()),
+        "calib_sequences": int(tokens.shape[0]),
         "mean_key_energy_kept": sum(r["key_energy_kept"] for r in records) / len(records),
         "mean_value_energy_kept": sum(r["value_energy_kept"] for r in records) / len(records),
-        "seconds_calibration": t_calib, "seconds_group_align_merge": t_merge,
+        "seconds_calibration": t_calib,
+        "seconds_group_align_merge": t_merge,
     }
     if teacher is None:
         set_kv_heads(model, arch, cfg.kv_heads)
@@ -218,10 +287,12 @@ def convert(model: nn.Module, arch: ArchSpec, cfg: GQAConfig, tokens: torch.Tens
         if n_aligned != Hkv:
             set_kv_heads(model, arch, n_aligned)
         data = tokens if train is None else train
-        summary["finetune"] = finetune(model, arch, teacher, shared, data, cfg, seed=seed, progress=progress,
-                                       monitor=monitor)
-        summary["finetune"].update(train_tokens=int(data.numel()),
-                                   model_dtype=str(model_dtype).removeprefix("torch."))
+        summary["finetune"] = finetune(
+            model, arch, teacher, shared, data, cfg, seed=seed, progress=progress, monitor=monitor
+        )
+        summary["finetune"].update(
+            train_tokens=int(data.numel()), model_dtype=str(model_dtype).removeprefix("torch.")
+        )
         del teacher
         model.to(model_dtype)  # the export keeps the checkpoint's dtype
     summary["seconds"] = time.perf_counter() - t0
