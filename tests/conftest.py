@@ -90,6 +90,7 @@ _TINY = {
 
 _TINY.update(tiny_archs.TINY)  # the 2025-2026 families (tests/tiny_archs.py)
 
+
 def randomize(model: torch.nn.Module, seed: int) -> None:
     """Overwrite every parameter with seeded noise: biases and norms become non-trivial too."""
     gen = torch.Generator().manual_seed(seed)

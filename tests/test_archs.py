@@ -19,13 +19,19 @@ from tensorllm.attention import read_attention, write_attention
 from tensorllm.models.expand_kv import expand_kv
 
 # One case per model_type, plus the other entries of a family with several (Falcon's layouts).
-MODEL_TYPES = list(dict.fromkeys([t for s in SPECS for t in s.model_types]
-                                 + [s.name for s in SPECS if s.name not in s.model_types]))
+MODEL_TYPES = list(
+    dict.fromkeys(
+        [t for s in SPECS for t in s.model_types] + [s.name for s in SPECS if s.name not in s.model_types]
+    )
+)
 
 
 def _case_spec(case: str):
-    return next(s for s in SPECS if s.name == case) if any(s.name == case for s in SPECS) else \
-        next(s for s in SPECS if case in s.model_types)
+    return (
+        next(s for s in SPECS if s.name == case)
+        if any(s.name == case for s in SPECS)
+        else next(s for s in SPECS if case in s.model_types)
+    )
 
 
 GQA_TYPES = [t for t in MODEL_TYPES if _case_spec(t).supports_gqa]
@@ -33,8 +39,26 @@ NON_GQA_TYPES = [t for t in MODEL_TYPES if t not in GQA_TYPES]
 
 # (query heads, K/V heads, head_dim) of each tiny model (see conftest, tiny_archs): the expected layout.
 LAYOUT = {t: (4, 4, 16) for t in MODEL_TYPES}
-LAYOUT.update({t: (4, 2, 16) for t in ("llama", "mistral", "qwen2", "phi3", "qwen3", "qwen3_moe", "mixtral",
-                                       "gemma2", "olmo2", "granite", "starcoder2", "phi", "falcon")})
+LAYOUT.update(
+    {
+        t: (4, 2, 16)
+        for t in (
+            "llama",
+            "mistral",
+            "qwen2",
+            "phi3",
+            "qwen3",
+            "qwen3_moe",
+            "mixtral",
+            "gemma2",
+            "olmo2",
+            "granite",
+            "starcoder2",
+            "phi",
+            "falcon",
+        )
+    }
+)
 LAYOUT.update({"gemma": (4, 2, 32), "gemma3_text": (4, 1, 32), "gemma3": (4, 1, 32), "falcon-mq": (4, 1, 16)})
 D = 64
 
@@ -51,9 +75,16 @@ def _recipe(**step) -> dict:
 def _separate(prefix: str, q: str, k: str, v: str, o: str):
     def read(sd, layer, H, Hkv, d):
         p = prefix.format(layer=layer)
-        return {"q": sd[f"{p}{q}.weight"], "k": sd[f"{p}{k}.weight"], "v": sd[f"{p}{v}.weight"],
-                "o": sd[f"{p}{o}.weight"], "bq": sd.get(f"{p}{q}.bias"), "bk": sd.get(f"{p}{k}.bias"),
-                "bv": sd.get(f"{p}{v}.bias"), "bo": sd.get(f"{p}{o}.bias")}
+        return {
+            "q": sd[f"{p}{q}.weight"],
+            "k": sd[f"{p}{k}.weight"],
+            "v": sd[f"{p}{v}.weight"],
+            "o": sd[f"{p}{o}.weight"],
+            "bq": sd.get(f"{p}{q}.bias"),
+            "bk": sd.get(f"{p}{k}.bias"),
+            "bv": sd.get(f"{p}{v}.bias"),
+            "bo": sd.get(f"{p}{o}.bias"),
+        }
 
     return read
 
@@ -61,24 +92,47 @@ def _separate(prefix: str, q: str, k: str, v: str, o: str):
 def _phi3(sd, layer, H, Hkv, d):
     p = f"model.layers.{layer}.self_attn."
     w = sd[p + "qkv_proj.weight"]  # rows: [Q (H*d); K (Hkv*d); V (Hkv*d)]
-    return {"q": w[: H * d], "k": w[H * d: (H + Hkv) * d], "v": w[(H + Hkv) * d:],
-            "o": sd[p + "o_proj.weight"], "bq": None, "bk": None, "bv": None, "bo": sd.get(p + "o_proj.bias")}
+    return {
+        "q": w[: H * d],
+        "k": w[H * d : (H + Hkv) * d],
+        "v": w[(H + Hkv) * d :],
+        "o": sd[p + "o_proj.weight"],
+        "bq": None,
+        "bk": None,
+        "bv": None,
+        "bo": sd.get(p + "o_proj.bias"),
+    }
 
 
 def _gpt2(sd, layer, H, Hkv, d):
     p = f"transformer.h.{layer}.attn."
     w, b = sd[p + "c_attn.weight"], sd[p + "c_attn.bias"]  # Conv1D: (in D, out 3D), y = x @ w + b
-    return {"q": w[:, :D].T, "k": w[:, D: 2 * D].T, "v": w[:, 2 * D:].T, "o": sd[p + "c_proj.weight"].T,
-            "bq": b[:D], "bk": b[D: 2 * D], "bv": b[2 * D:], "bo": sd[p + "c_proj.bias"]}
+    return {
+        "q": w[:, :D].T,
+        "k": w[:, D : 2 * D].T,
+        "v": w[:, 2 * D :].T,
+        "o": sd[p + "c_proj.weight"].T,
+        "bq": b[:D],
+        "bk": b[D : 2 * D],
+        "bv": b[2 * D :],
+        "bo": sd[p + "c_proj.bias"],
+    }
 
 
 def _gpt_neox(sd, layer, H, Hkv, d):
     p = f"gpt_neox.layers.{layer}.attention."
     w = sd[p + "query_key_value.weight"].view(H, 3, d, D)  # per head: q, k, v rows
     b = sd[p + "query_key_value.bias"].view(H, 3, d)
-    return {"q": w[:, 0].reshape(H * d, D), "k": w[:, 1].reshape(H * d, D), "v": w[:, 2].reshape(H * d, D),
-            "o": sd[p + "dense.weight"], "bq": b[:, 0].reshape(-1), "bk": b[:, 1].reshape(-1),
-            "bv": b[:, 2].reshape(-1), "bo": sd[p + "dense.bias"]}
+    return {
+        "q": w[:, 0].reshape(H * d, D),
+        "k": w[:, 1].reshape(H * d, D),
+        "v": w[:, 2].reshape(H * d, D),
+        "o": sd[p + "dense.weight"],
+        "bq": b[:, 0].reshape(-1),
+        "bk": b[:, 1].reshape(-1),
+        "bv": b[:, 2].reshape(-1),
+        "bo": sd[p + "dense.bias"],
+    }
 
 
 def _falcon(layout: str):
@@ -93,13 +147,21 @@ def _falcon(layout: str):
                 q, k, v = g[:, :-2], g[:, -2], g[:, -1]
                 return q.reshape(H * d, *rest), k.reshape(-1, *rest), v.reshape(-1, *rest)
             if layout == "mq":  # [Q (H*d); K (d); V (d)]
-                return t[: H * d], t[H * d: (H + 1) * d], t[(H + 1) * d:]
+                return t[: H * d], t[H * d : (H + 1) * d], t[(H + 1) * d :]
             g = t.view(H, 3, d, *rest)  # per head: q, k, v
             return g[:, 0].reshape(H * d, *rest), g[:, 1].reshape(H * d, *rest), g[:, 2].reshape(H * d, *rest)
 
         (q, k, v), (bq, bk, bv) = cut(w), (cut(b) if b is not None else (None, None, None))
-        return {"q": q, "k": k, "v": v, "o": sd[p + "dense.weight"], "bq": bq, "bk": bk, "bv": bv,
-                "bo": sd.get(p + "dense.bias")}
+        return {
+            "q": q,
+            "k": k,
+            "v": v,
+            "o": sd[p + "dense.weight"],
+            "bq": bq,
+            "bk": bk,
+            "bv": bv,
+            "bo": sd.get(p + "dense.bias"),
+        }
 
     return read
 
@@ -107,26 +169,38 @@ def _falcon(layout: str):
 _LLAMA = _separate("model.layers.{layer}.self_attn.", "q_proj", "k_proj", "v_proj", "o_proj")
 _BERT = ("attention.self.query", "attention.self.key", "attention.self.value", "attention.output.dense")
 RAW = {
-    "llama": _LLAMA, "mistral": _LLAMA, "qwen2": _LLAMA, "gemma": _LLAMA, "phi3": _phi3, "gpt2": _gpt2,
+    "llama": _LLAMA,
+    "mistral": _LLAMA,
+    "qwen2": _LLAMA,
+    "gemma": _LLAMA,
+    "phi3": _phi3,
+    "gpt2": _gpt2,
     "gptj": _separate("transformer.h.{layer}.attn.", "q_proj", "k_proj", "v_proj", "out_proj"),
     "gpt_neox": _gpt_neox,
     "bert": _separate("bert.encoder.layer.{layer}.", *_BERT),
     "roberta": _separate("roberta.encoder.layer.{layer}.", *_BERT),
     "xlm-roberta": _separate("roberta.encoder.layer.{layer}.", *_BERT),
-    **{t: _LLAMA for t in ("qwen3", "qwen3_moe", "mixtral", "gemma2", "gemma3_text", "olmo2", "granite",
-                           "starcoder2")},
-    "gemma3": _separate("model.language_model.layers.{layer}.self_attn.", "q_proj", "k_proj", "v_proj",
-                        "o_proj"),
+    **{
+        t: _LLAMA
+        for t in ("qwen3", "qwen3_moe", "mixtral", "gemma2", "gemma3_text", "olmo2", "granite", "starcoder2")
+    },
+    "gemma3": _separate(
+        "model.language_model.layers.{layer}.self_attn.", "q_proj", "k_proj", "v_proj", "o_proj"
+    ),
     "phi": _separate("model.layers.{layer}.self_attn.", "q_proj", "k_proj", "v_proj", "dense"),
-    "falcon": _falcon("grouped"), "falcon-mq": _falcon("mq"), "falcon-mha": _falcon("per_head"),
+    "falcon": _falcon("grouped"),
+    "falcon-mq": _falcon("mq"),
+    "falcon-mha": _falcon("per_head"),
 }
 # q/k norm weights after the projection: state-dict key prefix of a layer's attention, and how the checkpoint
 # stores them ("head": one (d,) weight for every head; "projection": (H*d,) / (Hkv*d,)).
-NORMS = {"qwen3": ("model.layers.{layer}.self_attn.", "head"),
-         "qwen3_moe": ("model.layers.{layer}.self_attn.", "head"),
-         "gemma3_text": ("model.layers.{layer}.self_attn.", "head"),
-         "gemma3": ("model.language_model.layers.{layer}.self_attn.", "head"),
-         "olmo2": ("model.layers.{layer}.self_attn.", "projection")}
+NORMS = {
+    "qwen3": ("model.layers.{layer}.self_attn.", "head"),
+    "qwen3_moe": ("model.layers.{layer}.self_attn.", "head"),
+    "gemma3_text": ("model.layers.{layer}.self_attn.", "head"),
+    "gemma3": ("model.language_model.layers.{layer}.self_attn.", "head"),
+    "olmo2": ("model.layers.{layer}.self_attn.", "projection"),
+}
 
 
 class _Recorder(dict):
@@ -163,11 +237,44 @@ def test_every_spec_has_a_tiny_model_and_a_raw_reader(tiny):
     assert set(MODEL_TYPES) == set(tiny.model_types) == set(RAW)
     assert set(supported()) <= set(MODEL_TYPES)
     assert {s.name for s in SPECS} >= {
-        "llama", "mistral", "qwen2", "gemma", "phi3", "gpt2", "gptj", "gpt_neox", "bert", "roberta",
-        "qwen3", "qwen3_moe", "gemma2", "gemma3_text", "gemma3", "olmo2", "mixtral", "starcoder2", "falcon",
-        "granite", "phi"}
-    assert set(GQA_TYPES) == {"llama", "mistral", "qwen2", "gemma", "gemma2", "gemma3_text", "gemma3",
-                              "qwen3", "qwen3_moe", "mixtral", "olmo2", "granite", "starcoder2", "phi"}
+        "llama",
+        "mistral",
+        "qwen2",
+        "gemma",
+        "phi3",
+        "gpt2",
+        "gptj",
+        "gpt_neox",
+        "bert",
+        "roberta",
+        "qwen3",
+        "qwen3_moe",
+        "gemma2",
+        "gemma3_text",
+        "gemma3",
+        "olmo2",
+        "mixtral",
+        "starcoder2",
+        "falcon",
+        "granite",
+        "phi",
+    }
+    assert set(GQA_TYPES) == {
+        "llama",
+        "mistral",
+        "qwen2",
+        "gemma",
+        "gemma2",
+        "gemma3_text",
+        "gemma3",
+        "qwen3",
+        "qwen3_moe",
+        "mixtral",
+        "olmo2",
+        "granite",
+        "starcoder2",
+        "phi",
+    }
 
 
 def test_every_entry_is_reached_by_its_tiny_model(tiny):
@@ -208,10 +315,21 @@ def test_read_attention_matches_raw_parameters(tiny, model_type):
 
 
 def test_biases_present_where_the_family_has_them(tiny):
-    has_qkv_bias = {t for t in MODEL_TYPES if read_attention(tiny.model(t), spec_for(tiny.config(t)), 0).bq
-                    is not None}
-    assert has_qkv_bias == {"qwen2", "gpt2", "gpt_neox", "bert", "roberta", "xlm-roberta", "starcoder2",
-                            "phi", "falcon", "falcon-mha"}
+    has_qkv_bias = {
+        t for t in MODEL_TYPES if read_attention(tiny.model(t), spec_for(tiny.config(t)), 0).bq is not None
+    }
+    assert has_qkv_bias == {
+        "qwen2",
+        "gpt2",
+        "gpt_neox",
+        "bert",
+        "roberta",
+        "xlm-roberta",
+        "starcoder2",
+        "phi",
+        "falcon",
+        "falcon-mha",
+    }
 
 
 @pytest.mark.parametrize("model_type", MODEL_TYPES)
@@ -273,8 +391,13 @@ def test_write_lands_where_the_raw_layout_puts_it(tiny, model_type):
     before = snapshot(model)
     w = read_attention(model, spec, 1)
     edits = {"q": w.q + 1.0, "k": w.k * 2.0, "v": w.v - 0.5, "o": w.o * 3.0}
-    edits.update({b: getattr(w, b) + 0.25 * (i + 1) for i, b in enumerate(("bq", "bk", "bv", "bo"))
-                  if getattr(w, b) is not None})
+    edits.update(
+        {
+            b: getattr(w, b) + 0.25 * (i + 1)
+            for i, b in enumerate(("bq", "bk", "bv", "bo"))
+            if getattr(w, b) is not None
+        }
+    )
     write_attention(model, spec, 1, w.with_(**edits))
     raw, touched = raw_read(model, model_type, 1)
     for name, want in edits.items():
@@ -308,8 +431,12 @@ def _unfold_ranks(w, tol: float = 1e-4) -> tuple[int, int]:
     """Numerical ranks of the d_model-mode and head-dim-mode unfoldings of a layer's attention."""
     d, D_ = w.head_dim, w.hidden
     model_mode = torch.cat([w.q.T, w.k.T, w.v.T, w.o], dim=1).double()  # (D, all block columns)
-    blocks = [w.q.reshape(-1, d, D_), w.k.reshape(-1, d, D_), w.v.reshape(-1, d, D_),
-              w.o.T.reshape(-1, d, D_)]  # each (n, d, D): block^T of every head
+    blocks = [
+        w.q.reshape(-1, d, D_),
+        w.k.reshape(-1, d, D_),
+        w.v.reshape(-1, d, D_),
+        w.o.T.reshape(-1, d, D_),
+    ]  # each (n, d, D): block^T of every head
     head_mode = torch.cat([b.permute(1, 0, 2).reshape(d, -1) for b in blocks], dim=1).double()  # (d, ...)
     ranks = []
     for m in (model_mode, head_mode):
@@ -360,13 +487,20 @@ def test_unknown_architecture_is_refused_with_the_supported_list(family):
     import transformers
 
     if family == "opt":
-        config = transformers.OPTConfig(hidden_size=64, num_attention_heads=4, num_hidden_layers=2,
-                                        ffn_dim=128, vocab_size=128, max_position_embeddings=64,
-                                        word_embed_proj_dim=64)
+        config = transformers.OPTConfig(
+            hidden_size=64,
+            num_attention_heads=4,
+            num_hidden_layers=2,
+            ffn_dim=128,
+            vocab_size=128,
+            max_position_embeddings=64,
+            word_embed_proj_dim=64,
+        )
         model = transformers.OPTForCausalLM(config)
     else:
-        config = transformers.T5Config(d_model=64, d_kv=16, num_heads=4, num_layers=2, d_ff=128,
-                                       vocab_size=128)
+        config = transformers.T5Config(
+            d_model=64, d_kv=16, num_heads=4, num_layers=2, d_ff=128, vocab_size=128
+        )
         model = transformers.T5ForConditionalGeneration(config)
     with pytest.raises(tensorllm.UserError) as exc:
         tensorllm.compress(model, _recipe(layers=[0], ranks=[8, 4, 2]), progress=False)
@@ -434,4 +568,3 @@ def test_expand_kv_refuses_a_model_that_is_already_multi_head(tiny):
     assert model.config.num_key_value_heads == 4
     with pytest.raises(tensorllm.UserError, match="already multi-head"):
         expand_kv(model, spec_for(model.config))
-

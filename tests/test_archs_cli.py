@@ -43,17 +43,21 @@ def test_gqa_on_olmo2_says_the_key_norm_spans_the_projection(tiny, run_cli, ckpt
     assert not out.exists()
 
 
-@pytest.mark.parametrize("args, message", [
-    (("--matrix", "mlp.gate"), "router"),
-    (("--matrix", "experts.up", "--expert", "7"), "expert 7 does not exist"),
-])
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (("--matrix", "mlp.gate"), "router"),
+        (("--matrix", "experts.up", "--expert", "7"), "expert 7 does not exist"),
+    ],
+)
 def test_laser_on_the_router_or_a_missing_expert_is_refused(tiny, run_cli, ckpts, args, message):
     ckpt = ckpts / "qwen3_moe"
     if not ckpt.exists():
         tiny.save(ckpt, "qwen3_moe")
     out = ckpts / "moe-bad"
-    rc, _, err = run_cli("compress", ckpt, "--method", "laser", "--layers", "0", "--rank", "2", *args,
-                         "--out", out)
+    rc, _, err = run_cli(
+        "compress", ckpt, "--method", "laser", "--layers", "0", "--rank", "2", *args, "--out", out
+    )
     assert rc == 2 and message in _one_error_line(err)
     assert not out.exists()
 
@@ -63,8 +67,22 @@ def test_laser_on_one_expert_through_the_cli(tiny, run_cli, ckpts):
     if not ckpt.exists():
         tiny.save(ckpt, "qwen3_moe")
     out = ckpts / "moe-laser"
-    rc, _, err = run_cli("compress", ckpt, "--method", "laser", "--layers", "1", "--matrix", "experts.up",
-                         "--expert", "1", "--rank", "2", "--out", out)
+    rc, _, err = run_cli(
+        "compress",
+        ckpt,
+        "--method",
+        "laser",
+        "--layers",
+        "1",
+        "--matrix",
+        "experts.up",
+        "--expert",
+        "1",
+        "--rank",
+        "2",
+        "--out",
+        out,
+    )
     assert rc == 0, err
     report = json.loads((out / "report.json").read_text())
     layer = report["steps"][0]["layers"][0]
@@ -77,5 +95,10 @@ def test_info_on_a_multimodal_gemma3_describes_its_language_model(tiny, run_cli,
     rc, out, err = run_cli("info", ckpt, "--json")
     assert rc == 0, err
     model = json.loads(out)["model"]
-    assert (model["architecture"], model["heads"], model["kv_heads"], model["head_dim"], model["layers"]) == \
-        ("gemma3", 4, 1, 32, 2)
+    assert (model["architecture"], model["heads"], model["kv_heads"], model["head_dim"], model["layers"]) == (
+        "gemma3",
+        4,
+        1,
+        32,
+        2,
+    )

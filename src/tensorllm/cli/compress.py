@@ -1,15 +1,14 @@
 """`tensorllm compress` and `tensorllm expand-kv`: apply a recipe (or expand K/V heads) and save.
 
-    tensorllm compress smollm2-135m --method tucker --layers 9 --ranks 144,48,4 --out runs/l9
-    tensorllm compress MODEL --recipe recipe.yaml --out DIR
-    tensorllm expand-kv smollm2-135m --out runs/smollm2-mha
+tensorllm compress smollm2-135m --method tucker --layers 9 --ranks 144,48,4 --out runs/l9
+tensorllm compress MODEL --recipe recipe.yaml --out DIR
+tensorllm expand-kv smollm2-135m --out runs/smollm2-mha
 """
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Optional
 
 import typer
 from rich.table import Table
@@ -17,7 +16,8 @@ from rich.table import Table
 from tensorllm.base.errors import UserError
 from tensorllm.cli.common import ModelArg, console, method_options, with_method_flags
 from tensorllm.cli.export import check_format, compress_factorised, storage_line
-from tensorllm.methods import DEFAULT as DEFAULT_METHOD, registry
+from tensorllm.methods import DEFAULT as DEFAULT_METHOD
+from tensorllm.methods import registry
 
 
 def parse_layers_arg(text: str | None):
@@ -28,18 +28,25 @@ def parse_layers_arg(text: str | None):
 
 def compress(
     model: str = ModelArg,
-    out: Path = typer.Option(..., "--out", help="Output directory (a plain HF checkpoint + recipe.yaml + report.json)."),
-    method: Optional[str] = typer.Option(None, help=f"{' | '.join(registry.names())} (default {DEFAULT_METHOD}); "
-                                         "not with --recipe."),
-    layers: Optional[str] = typer.Option(None, help="Layers: 9, 0,3,7-9, all."),
-    recipe: Optional[Path] = typer.Option(None, help="Recipe YAML (steps + dtype/device/seed) instead of the flags."),
+    out: Path = typer.Option(
+        ..., "--out", help="Output directory (a plain HF checkpoint + recipe.yaml + report.json)."
+    ),
+    method: str | None = typer.Option(
+        None, help=f"{' | '.join(registry.names())} (default {DEFAULT_METHOD}); not with --recipe."
+    ),
+    layers: str | None = typer.Option(None, help="Layers: 9, 0,3,7-9, all."),
+    recipe: Path | None = typer.Option(
+        None, help="Recipe YAML (steps + dtype/device/seed) instead of the flags."
+    ),
     dtype: str = typer.Option("auto", help="Load dtype: auto (as stored), float32, bfloat16, float16."),
     device: str = typer.Option("auto", help="auto, cpu, cuda, cuda:1, ..."),
     seed: int = typer.Option(0),
     overwrite: bool = typer.Option(False, help="Replace --out if it exists."),
     trust_remote_code: bool = typer.Option(False, help="Allow the checkpoint's own Python code to run."),
-    allow_pickle: bool = typer.Option(False, help="Allow pickle (.bin) weights, which can run arbitrary code."),
-    stream: Optional[bool] = typer.Option(
+    allow_pickle: bool = typer.Option(
+        False, help="Allow pickle (.bin) weights, which can run arbitrary code."
+    ),
+    stream: bool | None = typer.Option(
         None,
         "--stream/--no-stream",
         help="Stream layer by layer from the safetensors shards (bounded memory, resumable); "
@@ -66,7 +73,9 @@ def compress(
     from tensorllm.recipe import Recipe
 
     if recipe is not None:
-        given = [f"--{k}" for k, v in dict(method=method, layers=layers, **method_flags).items() if v is not None]
+        given = [
+            f"--{k}" for k, v in dict(method=method, layers=layers, **method_flags).items() if v is not None
+        ]
         if given:  # silently ignoring them would compress something other than what the user asked for
             raise UserError(f"--recipe cannot be combined with {', '.join(given)}; put them in the recipe")
         rec = Recipe.load(recipe)
@@ -92,8 +101,13 @@ def compress(
         stream = reason is not None
     if stream:
         return compress_streamed_cmd(model, rec, out, overwrite, max_shard_size)
-    loaded = load_model(model, dtype=rec.dtype, device=rec.device, trust_remote_code=trust_remote_code,
-                        allow_pickle=allow_pickle)
+    loaded = load_model(
+        model,
+        dtype=rec.dtype,
+        device=rec.device,
+        trust_remote_code=trust_remote_code,
+        allow_pickle=allow_pickle,
+    )
     if fmt == "factorised" or recover is not None:
         report, out = compress_factorised(loaded, rec, out, overwrite=overwrite, fmt=fmt, recover=recover)
         print_step_tables(report.steps)
@@ -104,8 +118,12 @@ def compress(
         console.print(f"saved the {fmt} checkpoint, recipe.yaml and report.json to [bold]{out}[/]")
         return
     _, report = run(loaded, rec)
-    out = save_checkpoint(loaded, out, overwrite=overwrite,
-                          extra_files={"recipe.yaml": rec.to_yaml(), "report.json": report.to_json()})
+    out = save_checkpoint(
+        loaded,
+        out,
+        overwrite=overwrite,
+        extra_files={"recipe.yaml": rec.to_yaml(), "report.json": report.to_json()},
+    )
     print_step_tables(report.steps)
     console.print(f"saved checkpoint, recipe.yaml and report.json to [bold]{out}[/]")
 
@@ -130,28 +148,42 @@ def print_step_tables(steps: list[dict]) -> None:
             table.add_column(col, justify="right")
         for r in step["layers"]:
             ranks = r.get("ranks", r.get("rank", ""))
-            table.add_row(str(r["layer"]), ",".join(map(str, ranks)) if isinstance(ranks, list) else str(ranks),
-                          f"{r['params_before']:,}", f"{r['params_after']:,}", f"{r['compression_rate']:.2f}x",
-                          f"{r['rel_error']:.4f}", f"{r['seconds']:.2f}")
+            table.add_row(
+                str(r["layer"]),
+                ",".join(map(str, ranks)) if isinstance(ranks, list) else str(ranks),
+                f"{r['params_before']:,}",
+                f"{r['params_after']:,}",
+                f"{r['compression_rate']:.2f}x",
+                f"{r['rel_error']:.4f}",
+                f"{r['seconds']:.2f}",
+            )
         console.print(table)
 
 
-def expand_kv_cmd(model: str = ModelArg, out: Path = typer.Option(..., "--out"),
-                  overwrite: bool = typer.Option(False), dtype: str = typer.Option("auto"),
-                  trust_remote_code: bool = typer.Option(False), allow_pickle: bool = typer.Option(False)) -> None:
+def expand_kv_cmd(
+    model: str = ModelArg,
+    out: Path = typer.Option(..., "--out"),
+    overwrite: bool = typer.Option(False),
+    dtype: str = typer.Option("auto"),
+    trust_remote_code: bool = typer.Option(False),
+    allow_pickle: bool = typer.Option(False),
+) -> None:
     """Grouped-query -> equivalent multi-head checkpoint (each K/V head repeated for its query heads)."""
+    from tensorllm.base.versions import versions
     from tensorllm.models.expand_kv import expand_kv
     from tensorllm.models.io import load_model, preflight_output, save_checkpoint
-    from tensorllm.base.versions import versions
 
     preflight_output(out, model, overwrite=overwrite, dtype=dtype)
-    loaded = load_model(model, dtype=dtype, device="cpu", trust_remote_code=trust_remote_code, allow_pickle=allow_pickle)
+    loaded = load_model(
+        model, dtype=dtype, device="cpu", trust_remote_code=trust_remote_code, allow_pickle=allow_pickle
+    )
     old = expand_kv(loaded.model, loaded.arch)
     heads = loaded.model.config.num_attention_heads
     report = {"source": model, "kv_heads_before": old, "kv_heads_after": heads, "versions": versions()}
-    out = save_checkpoint(loaded, out, overwrite=overwrite, extra_files={"report.json": json.dumps(report, indent=2)})
+    out = save_checkpoint(
+        loaded, out, overwrite=overwrite, extra_files={"report.json": json.dumps(report, indent=2)}
+    )
     console.print(f"expanded {old} -> {heads} K/V heads; saved to [bold]{out}[/]")
-
 
 
 def register(app: typer.Typer) -> None:

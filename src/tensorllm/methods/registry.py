@@ -18,8 +18,9 @@ from __future__ import annotations
 import dataclasses
 import types
 import typing
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 import torch
 
@@ -249,8 +250,9 @@ def config_from_dict(method: str, data: dict) -> Any:
     names_ = [f.name for f in dataclasses.fields(cls)]
     unknown = sorted(set(data) - set(names_))
     if unknown:
-        raise UserError(f"unknown option(s) {', '.join(unknown)} for method '{method}' "
-                        f"(allowed: {', '.join(names_)})")
+        raise UserError(
+            f"unknown option(s) {', '.join(unknown)} for method '{method}' (allowed: {', '.join(names_)})"
+        )
     kwargs = {k: _coerce(v, hints[k], f"{method}.{k}") for k, v in data.items()}
     cfg = cls(**kwargs)
     check = getattr(cfg, "validate", None)

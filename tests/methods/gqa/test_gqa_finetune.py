@@ -4,9 +4,9 @@ import copy
 
 import pytest
 import torch
+from gqa_models import logits, rel_diff, tiny_llama
 from torch import nn
 
-from gqa_models import logits, rel_diff, tiny_llama
 from tensorllm.archs import spec_for
 from tensorllm.base.errors import UserError
 from tensorllm.methods import registry
@@ -76,7 +76,9 @@ def test_finetune_beats_the_training_free_merge_and_exports_plain_gqa(tmp_path):
     for steps in (0, 40):
         model = _model()
         teacher = copy.deepcopy(model)
-        result = convert(model, spec_for(model.config), _cfg(train_steps=steps, lr=3e-3), CALIB, progress=False)
+        result = convert(
+            model, spec_for(model.config), _cfg(train_steps=steps, lr=3e-3), CALIB, progress=False
+        )
         kl[steps] = _held_out_kl(model, teacher)
     assert kl[40] < 0.95 * kl[0]
     info = result["summary"]["finetune"]
@@ -121,7 +123,9 @@ def test_an_interrupted_finetune_resumes_to_the_same_result(tmp_path, monkeypatc
         assert torch.allclose(a, b, atol=1e-6)
 
     with pytest.raises(UserError, match="different conversion"):
-        convert(_model(), arch, _cfg(kv_heads=2, train_steps=6, train_dir=str(tmp_path)), CALIB, progress=False)
+        convert(
+            _model(), arch, _cfg(kv_heads=2, train_steps=6, train_dir=str(tmp_path)), CALIB, progress=False
+        )
 
 
 def test_bfloat16_autocast_trains_like_float32_and_keeps_float32_weights():
@@ -130,7 +134,9 @@ def test_bfloat16_autocast_trains_like_float32_and_keeps_float32_weights():
         model = _model()
         teacher = copy.deepcopy(model)
         cfg = _cfg(train_steps=40, lr=3e-3, train_precision=precision)
-        infos[precision] = convert(model, spec_for(model.config), cfg, CALIB, progress=False)["summary"]["finetune"]
+        infos[precision] = convert(model, spec_for(model.config), cfg, CALIB, progress=False)["summary"][
+            "finetune"
+        ]
         kl[precision] = _held_out_kl(model, teacher)
         assert all(p.dtype == torch.float32 for p in model.parameters())
     assert infos["float32"]["precision"] == "float32" and infos["bfloat16"]["precision"] == "bfloat16"
@@ -140,20 +146,41 @@ def test_bfloat16_autocast_trains_like_float32_and_keeps_float32_weights():
 
 def test_auto_precision_is_float32_on_the_cpu():
     model = _model()
-    info = convert(model, spec_for(model.config), _cfg(train_steps=2), CALIB, progress=False)["summary"]["finetune"]
+    info = convert(model, spec_for(model.config), _cfg(train_steps=2), CALIB, progress=False)["summary"][
+        "finetune"
+    ]
     assert info["precision"] == "float32"
 
 
-@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(
-    not torch.cuda.is_available(), reason="needs a CUDA GPU"))])
+@pytest.mark.parametrize(
+    "device",
+    [
+        "cpu",
+        pytest.param(
+            "cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+        ),
+    ],
+)
 def test_a_longer_run_resumes_from_the_checkpoint_on_the_models_device(tmp_path, device):
     """The checkpoint is loaded onto the model's device; the sampler's state must come back to the CPU."""
     arch = spec_for(_model().config)
     dev = torch.device(device)
-    convert(_model().to(dev), arch, _cfg(train_steps=4, train_dir=str(tmp_path), save_every=2), CALIB,
-            device=dev, progress=False)
-    info = convert(_model().to(dev), arch, _cfg(train_steps=6, train_dir=str(tmp_path), save_every=2), CALIB,
-                   device=dev, progress=False)["summary"]["finetune"]
+    convert(
+        _model().to(dev),
+        arch,
+        _cfg(train_steps=4, train_dir=str(tmp_path), save_every=2),
+        CALIB,
+        device=dev,
+        progress=False,
+    )
+    info = convert(
+        _model().to(dev),
+        arch,
+        _cfg(train_steps=6, train_dir=str(tmp_path), save_every=2),
+        CALIB,
+        device=dev,
+        progress=False,
+    )["summary"]["finetune"]
     assert info["resumed_from"] == 4 and info["steps"] == 6
 
 
@@ -162,7 +189,7 @@ def test_learning_rate_schedules():
     cosine = [ft.lr_factor(s, steps, "cosine") for s in range(steps)]
     warm = round(ft.LR_WARMUP * steps)
     assert cosine[:warm] == pytest.approx([(s + 1) / warm for s in range(warm)])  # linear warm-up to lr
-    assert all(a >= b for a, b in zip(cosine[warm - 1:], cosine[warm:]))  # then never rises
+    assert all(a >= b for a, b in zip(cosine[warm - 1 :], cosine[warm:]))  # then never rises
     assert cosine[-1] == pytest.approx(ft.LR_FLOOR) and min(cosine) == pytest.approx(ft.LR_FLOOR)
     assert cosine[warm + (steps - warm) // 2] == pytest.approx((1 + ft.LR_FLOOR) / 2, abs=0.02)
     assert {ft.lr_factor(s, steps, "constant") for s in range(steps)} == {1.0}
@@ -177,8 +204,9 @@ def test_the_monitor_sees_the_model_an_export_would_give():
     convert(merged, arch, _cfg(), CALIB, progress=False)
     trained = _model()
     cfg = _cfg(train_steps=30, lr=3e-3)
-    info = convert(trained, arch, cfg, CALIB, progress=False,
-                   monitor=lambda m: _held_out_kl(m, teacher))["summary"]["finetune"]
+    info = convert(trained, arch, cfg, CALIB, progress=False, monitor=lambda m: _held_out_kl(m, teacher))[
+        "summary"
+    ]["finetune"]
     curve = info["curve"]
     assert [c["step"] for c in curve] == list(range(0, 31, 1))  # 30 steps // 25 -> every step, plus step 0
     assert curve[0]["value"] == pytest.approx(_held_out_kl(merged, teacher), rel=1e-5)
@@ -195,14 +223,24 @@ def test_train_scope_decides_which_weights_move(scope, tmp_path):
     cfg = _cfg(train_steps=4, lr=3e-3, train_scope=scope, train_dir=str(tmp_path))
     convert(model, arch, cfg, CALIB, progress=False)
     mlp = [n for n, _ in before.named_parameters() if ".mlp." in n or "norm" in n or "embed" in n]
-    moved = {n for n, p in before.named_parameters()
-             if n in mlp and not torch.equal(p, dict(model.named_parameters())[n])}
+    moved = {
+        n
+        for n, p in before.named_parameters()
+        if n in mlp and not torch.equal(p, dict(model.named_parameters())[n])
+    }
     assert (moved == set(mlp)) if scope == "all" else not moved
     assert model.config.num_key_value_heads == 1 and all(p.requires_grad for p in model.parameters())
-    with pytest.raises(UserError, match="different conversion"):  # a checkpoint of the other scope is not resumed
+    with pytest.raises(
+        UserError, match="different conversion"
+    ):  # a checkpoint of the other scope is not resumed
         other = "attention" if scope == "all" else "all"
-        convert(_model(), arch, _cfg(train_steps=6, lr=3e-3, train_scope=other, train_dir=str(tmp_path)), CALIB,
-                progress=False)
+        convert(
+            _model(),
+            arch,
+            _cfg(train_steps=6, lr=3e-3, train_scope=other, train_dir=str(tmp_path)),
+            CALIB,
+            progress=False,
+        )
 
 
 def test_after_the_warm_up_the_gates_are_closed_and_the_own_heads_skipped(monkeypatch):

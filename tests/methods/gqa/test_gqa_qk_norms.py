@@ -75,8 +75,9 @@ def _align_every_layer(model, arch, planes_for) -> float:
 
 def test_restrict_keeps_planes_with_equal_scales_and_flips_the_others():
     planes = A.Planes.for_rope(8, 6, "half")  # planes (0,3) (1,4) (2,5); dims 6, 7 free
-    scales = torch.tensor([[1.0, 2.0, 3.0, 1.0, 5.0, 3.0, 7.0, 7.0],
-                           [4.0, 4.0, 2.0, 4.0, 4.0, 2.0, 1.0, 2.0]])
+    scales = torch.tensor(
+        [[1.0, 2.0, 3.0, 1.0, 5.0, 3.0, 7.0, 7.0], [4.0, 4.0, 2.0, 4.0, 4.0, 2.0, 1.0, 2.0]]
+    )
     r = planes.restrict(scales)
     assert r.pairs.tolist() == [[0, 3], [2, 5]]  # equal in both rows
     assert r.flips.tolist() == [[1, 4]]
@@ -165,10 +166,12 @@ def _hide(model, arch, seed: int = 0) -> None:
     for i in range(len(blocks(model, arch))):
         w = read_attention(model, arch, i)
         d = w.head_dim
-        tk = A.best_transform(torch.randn(w.kv_heads, d, d, generator=gen, dtype=torch.float64),
-                              layer_key_planes(base, w, arch))
-        tv = A.best_transform(torch.randn(w.kv_heads, d, d, generator=gen, dtype=torch.float64),
-                              A.Planes.orthogonal(d))
+        tk = A.best_transform(
+            torch.randn(w.kv_heads, d, d, generator=gen, dtype=torch.float64), layer_key_planes(base, w, arch)
+        )
+        tv = A.best_transform(
+            torch.randn(w.kv_heads, d, d, generator=gen, dtype=torch.float64), A.Planes.orthogonal(d)
+        )
         order = torch.randperm(w.kv_heads, generator=gen).tolist()
         write_attention(model, arch, i, permute_kv_heads(transform_heads(w, tk, tv), order))
 

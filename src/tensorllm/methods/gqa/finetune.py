@@ -48,7 +48,9 @@ CKPT = "finetune.pt"
 class HardConcreteGates(nn.Module):
     """n stochastic gates in [0, 1], exactly 0 or 1 with positive probability."""
 
-    def __init__(self, n: int, init: float = 3.0, beta: float = 2 / 3, gamma: float = -0.1, zeta: float = 1.1):
+    def __init__(
+        self, n: int, init: float = 3.0, beta: float = 2 / 3, gamma: float = -0.1, zeta: float = 1.1
+    ):
         super().__init__()
         self.init = float(init)
         self.log_alpha = nn.Parameter(torch.full((n,), self.init))
@@ -87,13 +89,20 @@ class HardConcreteGates(nn.Module):
 class GatedKV(nn.Module):
     """K or V projection whose n heads mix their own output with their group's shared head."""
 
-    def __init__(self, own: nn.Linear, shared_w: torch.Tensor, shared_b: torch.Tensor | None,
-                 gates: HardConcreteGates, head_dim: int):
+    def __init__(
+        self,
+        own: nn.Linear,
+        shared_w: torch.Tensor,
+        shared_b: torch.Tensor | None,
+        gates: HardConcreteGates,
+        head_dim: int,
+    ):
         super().__init__()
         self.own = own.requires_grad_(False)
         D = own.in_features
-        self.shared = nn.Linear(D, shared_w.shape[0], bias=shared_b is not None,
-                                device=own.weight.device, dtype=own.weight.dtype)
+        self.shared = nn.Linear(
+            D, shared_w.shape[0], bias=shared_b is not None, device=own.weight.device, dtype=own.weight.dtype
+        )
         with torch.no_grad():
             self.shared.weight.copy_(shared_w)
             if shared_b is not None:
@@ -106,7 +115,9 @@ class GatedKV(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         lead = x.shape[:-1]
         shared = self.shared(x).unflatten(-1, (self.groups, 1, self.d))  # (..., G, 1, d)
-        shared = shared.expand(*lead, self.groups, self.n // self.groups, self.d).reshape(*lead, self.n, self.d)
+        shared = shared.expand(*lead, self.groups, self.n // self.groups, self.d).reshape(
+            *lead, self.n, self.d
+        )
         if self.gates.closed:  # z = 0: exactly the shared heads (own heads would be multiplied by 0)
             return shared.flatten(-2)  # (..., n*d)
         own = self.own(x).unflatten(-1, (self.n, self.d))  # (..., n, d)
@@ -185,9 +196,18 @@ def lr_factor(step: int, steps: int, schedule: str) -> float:
     return LR_FLOOR + (1 - LR_FLOOR) * 0.5 * (1 + math.cos(math.pi * min(t, 1.0)))
 
 
-def finetune(model: nn.Module, arch: ArchSpec, teacher: nn.Module, shared: list, tokens: torch.Tensor,
-             cfg: GQAConfig, *, seed: int = 0, progress: bool = True,
-             monitor: Callable[[nn.Module], float] | None = None) -> dict:
+def finetune(
+    model: nn.Module,
+    arch: ArchSpec,
+    teacher: nn.Module,
+    shared: list,
+    tokens: torch.Tensor,
+    cfg: GQAConfig,
+    *,
+    seed: int = 0,
+    progress: bool = True,
+    monitor: Callable[[nn.Module], float] | None = None,
+) -> dict:
     """Train gates + weights for `cfg.train_steps` steps, then export `model` as plain GQA in place.
 
     `monitor`, if given, is called on the model with every gate closed about 25 times and at the end;
@@ -195,8 +215,9 @@ def finetune(model: nn.Module, arch: ArchSpec, teacher: nn.Module, shared: list,
     t0 = time.perf_counter()
     low = sorted({str(p.dtype) for p in model.parameters() if p.dtype != torch.float32})
     if low:  # convert() casts the student to float32 first
-        raise UserError(f"the GQA fine-tune trains float32 master weights, but the model holds "
-                        f"{', '.join(low)}")
+        raise UserError(
+            f"the GQA fine-tune trains float32 master weights, but the model holds {', '.join(low)}"
+        )
     device = next(model.parameters()).device
     head_dim = read_attention(model, arch, 0).head_dim
     n_heads = model.config.num_key_value_heads
@@ -216,16 +237,35 @@ def finetune(model: nn.Module, arch: ArchSpec, teacher: nn.Module, shared: list,
     if precision == "auto":
         precision = "bfloat16" if device.type == "cuda" else "float32"
     # what fixes the starting point: a checkpoint only resumes the same conversion of the same model
-    start_point = {k: getattr(cfg, k) for k in ("kv_heads", "grouping", "align", "calib_tokens", "seq_len",
-                                                 "calib_file", "restarts", "procrustes_iters")}
-    meta = {"layers": len(gates), "kv_heads_own": n_heads, "conversion": start_point, "seed": seed,
-            "calib_sum": int(tokens.sum()), "trained": [n for n, _ in named]}
+    start_point = {
+        k: getattr(cfg, k)
+        for k in (
+            "kv_heads",
+            "grouping",
+            "align",
+            "calib_tokens",
+            "seq_len",
+            "calib_file",
+            "restarts",
+            "procrustes_iters",
+        )
+    }
+    meta = {
+        "layers": len(gates),
+        "kv_heads_own": n_heads,
+        "conversion": start_point,
+        "seed": seed,
+        "calib_sum": int(tokens.sum()),
+        "trained": [n for n, _ in named],
+    }
     path = Path(cfg.train_dir) / CKPT if cfg.train_dir else None
     start = 0
     if path is not None and path.is_file():
         state = torch.load(path, map_location=device, weights_only=True)
         if state["meta"] != meta:
-            raise UserError(f"{path} is a checkpoint of a different conversion; remove it or pick another train_dir")
+            raise UserError(
+                f"{path} is a checkpoint of a different conversion; remove it or pick another train_dir"
+            )
         with torch.no_grad():
             for n, p in named:
                 p.copy_(state["params"][n])
@@ -238,9 +278,16 @@ def finetune(model: nn.Module, arch: ArchSpec, teacher: nn.Module, shared: list,
     def save(step: int) -> None:
         if path is None:
             return
-        state = {"meta": meta, "step": step, "params": {n: p.detach() for n, p in named}, "lambdas": lambdas.detach(),
-                 "opt_w": opt_w.state_dict(), "opt_g": opt_g.state_dict(), "opt_l": opt_l.state_dict(),
-                 "rng": gen.get_state()}
+        state = {
+            "meta": meta,
+            "step": step,
+            "params": {n: p.detach() for n, p in named},
+            "lambdas": lambdas.detach(),
+            "opt_w": opt_w.state_dict(),
+            "opt_g": opt_g.state_dict(),
+            "opt_l": opt_l.state_dict(),
+            "rng": gen.get_state(),
+        }
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(path.name + ".tmp")
         torch.save(state, tmp)
@@ -258,8 +305,11 @@ def finetune(model: nn.Module, arch: ArchSpec, teacher: nn.Module, shared: list,
             g.fix(0.0)
         curve.append({"step": step, "seconds": time.perf_counter() - t0, "value": float(monitor(model))})
         if progress:
-            print(f"  step {step}/{steps}  monitor {curve[-1]['value']:.4f}  {curve[-1]['seconds']:.0f} s",
-                  file=sys.stderr, flush=True)
+            print(
+                f"  step {step}/{steps}  monitor {curve[-1]['value']:.4f}  {curve[-1]['seconds']:.0f} s",
+                file=sys.stderr,
+                flush=True,
+            )
 
     model.eval()  # no dropout; gates are sampled explicitly
     if monitor is not None and start == 0:
@@ -290,11 +340,22 @@ def finetune(model: nn.Module, arch: ArchSpec, teacher: nn.Module, shared: list,
             g.clamp_(target)
         losses.append(kl.detach())  # read back only where a line is written: no host sync per step
         if step % every == 0 or step == steps - 1:
-            history.append({"step": step + 1, "kl": float(losses[-1]), "closed": float(closed.detach()),
-                            "target": target, "lambda": [float(x) for x in lambdas.detach()]})
+            history.append(
+                {
+                    "step": step + 1,
+                    "kl": float(losses[-1]),
+                    "closed": float(closed.detach()),
+                    "target": target,
+                    "lambda": [float(x) for x in lambdas.detach()],
+                }
+            )
         if progress and ((tty and step % 10 == 0) or step % every == 0 or step == steps - 1):
-            print(f"  step {step + 1}/{steps}  kl {float(losses[-1]):.4f}  closed {float(closed.detach()):.2f} "
-                  f"(target {target:.2f})  {time.perf_counter() - t0:.0f} s", file=sys.stderr, flush=True)
+            print(
+                f"  step {step + 1}/{steps}  kl {float(losses[-1]):.4f}  closed {float(closed.detach()):.2f} "
+                f"(target {target:.2f})  {time.perf_counter() - t0:.0f} s",
+                file=sys.stderr,
+                flush=True,
+            )
         if (step + 1) % cfg.save_every == 0 or step == steps - 1:
             save(step + 1)
         if monitor is not None and ((step + 1) % watch == 0 or step == steps - 1):
@@ -305,9 +366,19 @@ def finetune(model: nn.Module, arch: ArchSpec, teacher: nn.Module, shared: list,
         p.requires_grad_(flags.get(n, True))
     losses = torch.stack(losses).tolist() if losses else []
     last10 = losses[-10:]
-    return {"steps": steps, "resumed_from": start, "kl_first": losses[0] if losses else None,
-            "kl_last": losses[-1] if losses else None, "kl_last10": sum(last10) / len(last10) if losses else None,
-            "final_open_probability": open_share, "precision": precision, "master_dtype": "float32",
-            "lr": cfg.lr, "lr_schedule": cfg.lr_schedule, "history": history, "curve": curve,
-            "seconds": time.perf_counter() - t0,
-            "checkpoint": str(path) if path else None}
+    return {
+        "steps": steps,
+        "resumed_from": start,
+        "kl_first": losses[0] if losses else None,
+        "kl_last": losses[-1] if losses else None,
+        "kl_last10": sum(last10) / len(last10) if losses else None,
+        "final_open_probability": open_share,
+        "precision": precision,
+        "master_dtype": "float32",
+        "lr": cfg.lr,
+        "lr_schedule": cfg.lr_schedule,
+        "history": history,
+        "curve": curve,
+        "seconds": time.perf_counter() - t0,
+        "checkpoint": str(path) if path else None,
+    }
