@@ -248,28 +248,37 @@ def main() -> None:
     args.repeats = args.repeats or (3 if args.small else (50 if cuda else 10))
     args.warmup, args.gen_repeats = (1, 1) if args.small else (10 if cuda else 2, 3)
     t0 = time.perf_counter()
-    proj = [r for s in shapes for r in projections(s, dev, dt, cuda, args)]
-    models = [] if args.skip_models else [r for s in shapes for r in model_rows(s, dev, dt, cuda, args)]
     import transformers
 
-    emit_json(
-        {
-            "bench": "factorised_speed",
-            "device": torch.cuda.get_device_name() if cuda else "cpu",
-            "dtype": str(dt),
-            "torch": torch.__version__,
-            "transformers": transformers.__version__,
-            "threads": torch.get_num_threads(),
-            "prefill_tokens": args.prefill,
-            "new_tokens": args.new_tokens,
-            "projections": proj,
-            "crossover": crossover(proj),
-            "models": models,
-            "seconds": round(time.perf_counter() - t0, 1),
-        },
-        args.out,
-        quiet=True,
-    )
+    result = {
+        "bench": "factorised_speed",
+        "device": torch.cuda.get_device_name() if cuda else "cpu",
+        "dtype": str(dt),
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "threads": torch.get_num_threads(),
+        "prefill_tokens": args.prefill,
+        "new_tokens": args.new_tokens,
+        "projections": [],
+        "crossover": {},
+        "models": [],
+    }
+
+    def emit() -> None:  # after every stage: a timeout still leaves what was measured
+        result["seconds"] = round(time.perf_counter() - t0, 1)
+        emit_json(result, args.out, quiet=True)
+
+    for s in shapes:
+        result["projections"] += projections(s, dev, dt, cuda, args)
+        result["crossover"] = crossover(result["projections"])
+        emit()
+    for s in [] if args.skip_models else shapes:
+        try:
+            result["models"] += model_rows(s, dev, dt, cuda, args)
+        except Exception as exc:  # keep the other shape's numbers (and say why this one has none)
+            result["models"].append({"shape": s, "error": f"{type(exc).__name__}: {str(exc)[:300]}"})
+            print(result["models"][-1], flush=True)
+        emit()
 
 
 if __name__ == "__main__":
