@@ -9,6 +9,8 @@ tensorllm.search.race run on those stored results, exactly as a racing search wo
 the same items, and the replay says whether the race picks the exhaustive winner and how many item
 evaluations it needed against the full grid (configurations x validation items; the baseline's
 evaluation, which both need, is counted in neither). `--race-first 0` means the default slice.
+A half-precision store is replayed as a race in half precision runs: the finalists scored on the
+whole split afresh (their slices counted too).
 No model is loaded: a replay takes seconds on the CPU.
 """
 
@@ -65,7 +67,7 @@ def replay_store(path: str, combos: list[dict], allow_partial: bool = False) -> 
     out = {"store": str(path), "task": manifest.get("task"), "method": manifest.get("method"), "replays": []}
     out["partial_grid"] = partial
     for combo in combos:
-        r = race.replay(lines, keys, race.RaceParams(**combo))
+        r = race.replay(lines, keys, race.RaceParams(**combo), manifest.get("dtype") or "float32")
         out["replays"].append(r)
         print(
             f"{path}: {r['params']} -> {r['winner_describe']} "
@@ -117,7 +119,8 @@ def main() -> None:
         r["same_winner"]
         for s in result["stores"]
         for r in s["replays"]
-        if r["params"] == race.RaceParams(by=args.select_by).resolved(r["n"]).identity()
+        if {**r["params"], "rescore": None}
+        == {**race.RaceParams(by=args.select_by).resolved(r["n"]).identity(), "rescore": None}
     )
     emit_json(result, args.out, quiet=True)
 

@@ -102,6 +102,17 @@ def test_laser_and_hybrid_flags(monkeypatch):
     assert spec.sources == ("a", "b") and spec.top_k == 2
 
 
+def test_race_selection_and_task_flags(monkeypatch):
+    args = "m --task wikidata_qa --store s --race-first 50 --race-eta 3 --race-alpha 0.05 --race-finalists 2"
+    args += " --select-by exact --side-effects --report-on"
+    spec = _invoke(monkeypatch, [*args.split(), "perplexity, fever_bigbench"])
+    assert (spec.race_first, spec.race_eta, spec.race_alpha, spec.race_finalists) == (50, 3.0, 0.05, 2)
+    assert spec.select_by == "exact" and not spec.exhaustive and spec.side_effects
+    assert spec.report_on == ("perplexity", "fever_bigbench") and spec.select_on == ()
+    exhaustive = _invoke(monkeypatch, ["m", "--task", "wikidata_qa", "--store", "s", "--exhaustive"])
+    assert exhaustive.exhaustive and exhaustive.race_params() is None
+
+
 def _tree(path):
     """{name: bytes} of a directory (None when it does not exist)."""
     return {p.name: p.read_bytes() for p in sorted(path.iterdir())} if path.exists() else None
@@ -172,6 +183,16 @@ def _inputs(tmp_path, store, race) -> dict:
         ({"--race-alpha": "2"}, "--race-alpha must be between 0 and 1"),
         ({"--exhaustive": "", "--race-eta": "3"}, "--race-eta set the race; an --exhaustive search does not"),
         ({"--select-by": "bleu"}, "unknown --select-by 'bleu'"),
+        # other tasks (transfer.py)
+        (
+            {"--select-on": "perplexity"},
+            "--select-on perplexity is not among --task / --report-on (wikidata_qa)",
+        ),
+        (
+            {"--report-on": "perplexity", "--select-on": "wikidata_qa,perplexity"},
+            "a race selects on --task alone",
+        ),
+        ({"--report-on": "nope"}, "unknown task 'nope'"),
     ],
 )
 def test_bad_input_is_one_line_exit_2_and_writes_nothing(

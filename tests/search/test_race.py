@@ -118,3 +118,19 @@ def test_loss_races_by_the_paired_normal_bound():
     out = race.replay(lines, sorted(lines), race.RaceParams(by="loss", first=100, finalists=2))
     assert out["same_winner"] and out["winner"] == "l0"
     assert {"l1", "l2"} <= {k for r in out["rounds"] for k in r["dropped"]}
+
+
+def test_half_precision_rescores_the_finalists_on_the_whole_split():
+    lines = grid(n=800, k=12, seed=3)
+    keys = sorted(lines)
+    single = race.replay(lines, keys, race.RaceParams(first=100))
+    half = race.replay(lines, keys, race.RaceParams(first=100), dtype="bfloat16")
+    assert not single["params"]["rescore"] and half["params"]["rescore"]
+    assert half["finalists"] == single["finalists"] and half["winner"] == single["winner"]
+    last = half["rounds"][-1]["items"] if half["rounds"] else 0
+    assert half["item_evaluations"] == single["item_evaluations"] + last * len(half["finalists"])
+    params = race.RaceParams(first=100).resolved(800, "bfloat16")
+    full = {k: race.prefix_of([lines[k]], "accuracy") for k in keys}
+    data = {k: race.Prefix(full[k].score, full[k].nll) for k in keys}  # every item, but in slices
+    plan = race.plan(keys, 800, params, data)
+    assert not plan.done and all((start, end) == (0, 800) for _, start, end in plan.requests)

@@ -67,10 +67,9 @@ def test_a_race_scores_its_finalists_on_the_whole_split(race_run):
 def test_the_stored_results_replay_the_same_decisions(race_run):
     store, rep = race_run
     params = race.RaceParams(**rep["race"]["params"])
-    complete, partial = view(Store(store), "val", 80)
     keys = [k for k in rep["race"]["items_per_configuration"]]
-    data = {k: race.prefix_of([line], "accuracy") for k, line in {**partial, **complete}.items() if k in keys}
-    plan = race.plan(keys, 80, params, data)
+    lines = [x for x in Store(store).lines() if x["split"] == "val" and x["key"] in keys]
+    plan = race.plan(keys, 80, params, race.prefixes(lines, "accuracy"))
     assert plan.done and plan.finalists == rep["race"]["finalists"]
     assert [r["dropped"] for r in plan.rounds] == [r["dropped"] for r in rep["race"]["rounds"]]
 
@@ -189,3 +188,21 @@ def test_select_by_another_metric_reselects_from_the_same_store(tiny400, two_con
     assert by_exact["selection"].startswith("highest validation exact") and by_exact["select_by"] == "exact"
     assert {c["metric"] for c in by_exact["statistics"]["comparisons"]} == {"exact", "accuracy"}
     assert "exact match, first answer span" in (store / "report.md").read_text()
+
+
+def test_rescored_finalists_get_a_whole_split_line(tiny400, race_run, tmp_path):
+    """As in half precision: the finalists are scored on all 80 items in one evaluation each."""
+    _, rep = race_run
+    store = tmp_path / "rescore"
+    again = run_search(spec_for(tiny400, store, **RACE, race_rescore=True))
+    r = again["race"]
+    assert (
+        r["params"]["rescore"]
+        and r["rounds"] == rep["race"]["rounds"]
+        and r["finalists"] == rep["race"]["finalists"]
+    )
+    whole = Store(store).results("val")  # ordinary lines: the baseline and each finalist's fresh evaluation
+    assert set(whole) == {BASELINE.key, *r["finalists"]} and all(whole[k]["n"] == 80 for k in whole)
+    raced = sum(r["items_per_configuration"].values())
+    assert r["item_evaluations"] == raced + r["rounds"][-1]["items"] * len(r["finalists"])  # + their slices
+    assert again["roles"]["winner"]["key"] in r["finalists"]

@@ -91,6 +91,19 @@ def search(
     race_finalists: int | None = typer.Option(
         None, help="Racing: the best this many are never dropped, and are scored on the whole split (3)."
     ),
+    report_on: str | None = typer.Option(
+        None, help="Other tasks (comma list) whose test splits score the baseline and the chosen edits."
+    ),
+    select_on: str | None = typer.Option(
+        None,
+        help="Select on these tasks' validation splits (comma list of --task and --report-on tasks; several: "
+        "the best mean validation accuracy; needs --exhaustive). Default: --task.",
+    ),
+    side_effects: bool = typer.Option(
+        False,
+        help="Also score the chosen edits on the other offline tasks (perplexity, fever_bigbench, "
+        "wikidata_qa) and show greedy generations beside the baseline's.",
+    ),
     as_json: bool = typer.Option(False, "--json", help="Print report.json to stdout at the end."),
     method_flags: dict = None,
 ) -> None:
@@ -131,6 +144,9 @@ def search(
         race_eta=race_eta,
         race_alpha=race_alpha,
         race_finalists=race_finalists,
+        report_on=_names(report_on),
+        select_on=_names(select_on),
+        side_effects=side_effects,
     )
     report = run_search(spec)
     if report is None:  # a rank other than 0: rank 0 prints
@@ -139,6 +155,10 @@ def search(
         print(json.dumps(report, indent=2))
     else:
         print_summary(report, store)
+
+
+def _names(text: str | None) -> tuple[str, ...]:
+    return tuple(dict.fromkeys(t.strip() for t in (text or "").split(",") if t.strip()))
 
 
 def print_summary(report: dict, store: Path) -> None:

@@ -7,9 +7,12 @@ dropped: a one-sided exact binomial test on the items only one of the two gets r
 test behind McNemar's), p < alpha; for `--select-by loss` a one-sided normal bound on the mean paired
 difference. The survivors' slice then grows by `eta` (successive halving's schedule: first,
 first*eta, ..., the whole split), and only the new items are scored. The best `finalists` of a
-round are never dropped; once at most that many survive they are scored on the whole split, and
-the winner is the best of them by the ordinary rule, on the whole split, exactly as the
-exhaustive search would rank them.
+round are never dropped; once at most that many survive (or the slice reaches the whole split)
+they are scored on the rest of the split, and the winner is the best of them by the ordinary rule,
+on the whole split, as the exhaustive search would rank them. In half precision (`rescore`) the
+finalists are scored on the whole split afresh instead, in one evaluation as the exhaustive search
+scores a configuration: there a slice-by-slice score can differ from it by a few items (batches of
+other lengths), enough to swap two tied finalists.
 
 `plan` is a pure function of what has been measured: it replays every decision from the per-item
 scores (the store's lines) and says which (configuration, items) are still needed, or that the
@@ -32,6 +35,7 @@ from tensorllm.search import select
 from tensorllm.search.stats import binom_upper_tail, item_vector
 
 MIN_FIRST = 100  # the default first slice: n / 16, but at least this many items (or the whole split)
+HALF = ("bfloat16", "float16")
 
 
 @dataclass(frozen=True)
@@ -41,16 +45,18 @@ class RaceParams:
     alpha: float = 0.01  # one-sided level of the paired test that drops a configuration
     finalists: int = 3  # never fewer survivors; these are scored on the whole split
     by: str = "accuracy"  # the selection metric (select.py)
+    rescore: bool | None = None  # finalists scored on the whole split afresh (None: in half precision)
 
-    def resolved(self, n: int) -> RaceParams:
-        """The parameters for a split of n items, checked (a bad one is a UserError)."""
+    def resolved(self, n: int, dtype: str = "float32") -> RaceParams:
+        """The parameters for a split of n items and a model dtype, checked (a bad one is a UserError)."""
         self.check()
         if self.first is not None and self.first > n:
             raise UserError(
                 f"--race-first {self.first} is larger than the validation split ({n} items); give 1..{n}"
             )
         first = self.first if self.first is not None else min(n, max(MIN_FIRST, math.ceil(n / 16)))
-        return RaceParams(first, float(self.eta), float(self.alpha), self.finalists, self.by)
+        rescore = self.rescore if self.rescore is not None else dtype in HALF
+        return RaceParams(first, float(self.eta), float(self.alpha), self.finalists, self.by, rescore)
 
     def check(self) -> None:
         """Everything but the first slice's upper bound, which needs the split's size."""
@@ -84,6 +90,7 @@ class Prefix:
 
     score: np.ndarray  # the selection metric per item (bool, or float NLL for loss)
     nll: np.ndarray  # the gold answer's NLL per item (ties)
+    whole: bool = False  # also scored on the whole split in one evaluation (a finalist)
 
     def __len__(self) -> int:
         return len(self.score)
@@ -126,12 +133,16 @@ def plan(keys: list[str], n: int, params: RaceParams, data: dict[str, Prefix]) -
     for m in schedule(n, params.first, params.eta):
         if len(survivors) <= params.finalists:
             m = n
+        if m == n:  # the finalists: the rest of the split, or (rescore) all of it in one evaluation
+            if params.rescore:
+                need = [(k, 0, n) for k in survivors if not (k in data and data[k].whole)]
+            else:
+                need = [(k, len(data.get(k, ())), n) for k in survivors if len(data.get(k, ())) < n]
+            return Plan(need, rounds, None if need else survivors)
         need = [(k, len(data[k]) if k in data else 0, m) for k in survivors]
         need = [(k, start, end) for k, start, end in need if start < end]
         if need:
             return Plan(need, rounds)
-        if m == n:
-            return Plan([], rounds, survivors)
         ranked = sorted(survivors, key=lambda k: data[k].key(m, params.by))  # stable: grid order
         leader = data[ranked[0]]
         dropped = [
@@ -175,6 +186,23 @@ def prefix_of(lines: list[dict], by: str) -> Prefix | None:
     if not scores:
         return None
     return Prefix(np.concatenate(scores), np.concatenate(nlls))
+
+
+def prefixes(lines: list[dict], by: str) -> dict[str, Prefix]:
+    """What `plan` reads from a split's result lines: per configuration, the items its slices
+    covered (the decisions were taken on those), and whether it was also scored on the whole split."""
+    by_key: dict[str, list[dict]] = {}
+    for line in lines:
+        by_key.setdefault(line["key"], []).append(line)
+    out = {}
+    for key, group in by_key.items():
+        parts = [x for x in group if "part" in x]
+        whole = [x for x in group if "part" not in x]
+        p = prefix_of(parts or whole, by)
+        if p is not None:
+            p.whole = bool(whole)
+            out[key] = p
+    return out
 
 
 def merge_parts(lines: list[dict]) -> dict | None:
@@ -226,11 +254,11 @@ def split_view(lines: list[dict], n: int) -> tuple[dict[str, dict], dict[str, di
     return complete, partial
 
 
-def replay(lines: dict[str, dict], keys: list[str], params: RaceParams) -> dict:
-    """The race's decisions on complete per-item results (the validation lines of an exhaustive store):
-    its winner, the exhaustive winner, and the item evaluations each needed."""
+def replay(lines: dict[str, dict], keys: list[str], params: RaceParams, dtype: str = "float32") -> dict:
+    """The race's decisions on complete per-item results (the validation lines of an exhaustive store
+    of that dtype): its winner, the exhaustive winner, and the item evaluations each needed."""
     n = lines[keys[0]]["n"]
-    params = params.resolved(n)
+    params = params.resolved(n, dtype)
     full = {k: prefix_of([lines[k]], params.by) for k in keys}
     lacking = [k for k in keys if full[k] is None or len(full[k]) != n]
     if lacking:
@@ -241,9 +269,10 @@ def replay(lines: dict[str, dict], keys: list[str], params: RaceParams) -> dict:
     data: dict[str, Prefix] = {}
     evaluations = 0
     while not (p := plan(keys, n, params, data)).done:
-        for k, _, end in p.requests:
-            evaluations += end - (len(data[k]) if k in data else 0)
-            data[k] = Prefix(full[k].score[:end], full[k].nll[:end])
+        for k, start, end in p.requests:
+            evaluations += end - start
+            whole = (start, end) == (0, n) or (k in data and data[k].whole)
+            data[k] = Prefix(full[k].score[:end], full[k].nll[:end], whole)
     winner = select.best([lines[k] for k in p.finalists], params.by)
     exhaustive = select.best([lines[k] for k in keys], params.by)
     return {

@@ -44,13 +44,8 @@ def validation(search) -> tuple[bool, dict, dict, dict]:
     asked: set = set()
     if search.phase("val", [BASELINE]):
         while True:
-            complete, partial = view(search.store, "val", n)
-            data = {
-                k: p
-                for k, line in {**partial, **complete}.items()
-                if k in by_key and (p := _prefix(line, params))
-            }
-            plan = race.plan(keys, n, params, data)
+            lines = [x for x in search.store.lines() if x.get("split") == "val" and x["key"] in by_key]
+            plan = race.plan(keys, n, params, race.prefixes(lines, params.by))
             if plan.done or asked & set(plan.requests):  # over, or out of time on every rank
                 break
             asked = set(plan.requests)
@@ -65,7 +60,8 @@ def validation(search) -> tuple[bool, dict, dict, dict]:
     else:
         plan = None
     complete, partial = view(search.store, "val", n)
-    covered = {k: (complete.get(k) or partial.get(k) or {"n": 0})["n"] for k in keys}
+    lines = [x for x in search.store.lines() if x.get("split") == "val" and x["key"] in by_key]
+    covered = {k: (partial.get(k) or complete.get(k) or {"n": 0})["n"] for k in keys}  # items raced on
     summary = {
         "params": params.identity(),
         "n": n,
@@ -74,12 +70,8 @@ def validation(search) -> tuple[bool, dict, dict, dict]:
             {**r, "leader_describe": by_key[r["leader"]].describe()} for r in (plan.rounds if plan else [])
         ],
         "finalists": plan.finalists if plan else None,
-        "item_evaluations": sum(covered.values()),
+        "item_evaluations": sum(x["n"] for x in lines),  # the finalists' whole-split evaluations too
         "full_grid_item_evaluations": n * len(keys),
         "items_per_configuration": covered,
     }
     return bool(plan and plan.done), complete, partial, summary
-
-
-def _prefix(line: dict, params) -> race.Prefix | None:
-    return race.prefix_of([line], params.by)

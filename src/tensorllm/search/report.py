@@ -13,7 +13,7 @@ from pathlib import Path
 from tensorllm.base.files import atomic_write_text
 from tensorllm.eval import get_task
 from tensorllm.methods import registry
-from tensorllm.search import heatmap, report_stats, select
+from tensorllm.search import heatmap, report_stats, select, transfer
 from tensorllm.search.grid import BASELINE, Grid
 
 ROLE_TITLES = {
@@ -65,8 +65,12 @@ def build(
     setup: dict | None = None,
     by: str = "accuracy",
     race: dict | None = None,
+    extra: dict | None = None,
 ) -> dict:
-    """`race` (racing searches): {"partial": {key: line on a prefix of the items}, "summary": {...}}."""
+    """`race` (racing searches): {"partial": {key: line on a prefix of the items}, "summary": {...}}.
+    `extra` (transfer.py): "select_val" (the selection lines of several tasks), "tasks", "generations"."""
+    extra = extra or {}
+    chosen = extra.get("select_val") or val
     base = val.get(BASELINE.key)
     base_acc = base["accuracy"] if base else None
     task_kind = get_task(identity["task"]).kind
@@ -81,8 +85,9 @@ def build(
             row.append(None if line is None else _cell(line, base, by_loss, cfg.key in partial))
         cells.append(row)
     configs = grid.configs()
-    done = [val[c.key] for c in configs if c.key in val]
+    done = [chosen[c.key] for c in configs if c.key in chosen]
     ranked = select.rank(done, by)
+    chosen_base = chosen.get(BASELINE.key)
     if "winner" not in roles and ranked:  # partial run: the best so far, clearly marked
         roles = {**roles, "winner": next(c for c in configs if c.key == ranked[0]["key"])}
     role_rows = {}
@@ -127,7 +132,7 @@ def build(
                 "describe": x["describe"],
                 "accuracy": x["accuracy"],
                 "loss": x["loss"],
-                "delta": _delta(x["accuracy"], base_acc),
+                "delta": _delta(x["accuracy"], chosen_base and chosen_base["accuracy"]),
                 **({"metrics": x["metrics"]} if x.get("metrics") else {}),
             }
             for x in ranked[:10]
@@ -149,6 +154,7 @@ def build(
         "select_by": by,
         "statistics": report_stats.build(val, test, roles, ranked, by, task_kind),
         **({"race": race["summary"]} if race else {}),
+        **{k: extra[k] for k in ("tasks", "generations") if extra.get(k)},
     }
 
 
@@ -289,6 +295,7 @@ def markdown(rep: dict) -> str:
         lines += [f"No data-free comparison: the grid has no `{col}` column (add `;{col}` to --ranks).", ""]
     lines += report_stats.markdown(rep, ROLE_TITLES)
     lines += report_stats.race_markdown(rep)
+    lines += transfer.markdown(rep, ROLE_TITLES)
     lines += [
         "## Best on validation",
         "",

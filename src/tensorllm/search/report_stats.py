@@ -197,10 +197,10 @@ def race_markdown(rep: dict) -> list[str]:
         f"Racing on validation (selection metric: {p['by']}): every configuration scored on the first "
         f"{p['first']} items, the slice growing {p['eta']:g}x per round for the survivors; dropped when "
         f"behind the round's leader with a one-sided paired exact p < {p['alpha']:g} (on the items only one "
-        f"of the two gets right); the best {p['finalists']} of a round are kept and, once no more survive, "
-        f"scored on all {r['n']} items. Item evaluations: {r['item_evaluations']:,} of the exhaustive grid's "
-        f"{r['full_grid_item_evaluations']:,} ({100 * saved:.1f}%; the baseline's {r['n']} counted in "
-        "neither)." + ("" if r["done"] else " **The race is not over yet.**"),
+        f"of the two gets right); the best {p['finalists']} of a round are kept and, once at most that many "
+        f"survive, scored on all {r['n']} items. Item evaluations: {r['item_evaluations']:,} of the "
+        f"exhaustive grid's {r['full_grid_item_evaluations']:,} ({100 * saved:.1f}%; the baseline's "
+        f"{r['n']} counted in neither)." + ("" if r["done"] else " **The race is not over yet.**"),
         "",
         "| round | items | raced | dropped | leader |",
         "|---:|---:|---:|---:|---|",

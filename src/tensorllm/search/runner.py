@@ -17,6 +17,8 @@
 3. Selection (select.py) on validation accuracy (or `select_by`), ties by lower loss.
 4. Test phase: the winner, the baseline and, for grids with a data-free column (Tucker's `auto`),
    the best data-free configuration and the data-free one at the winner's layer, on the test split.
+   Other tasks (transfer.py): `--select-on` adds their validation splits to the selection,
+   `--report-on` / `--side-effects` their test splits to the test phase.
 5. Rank 0 writes report.md / report.json / heatmap.png into the store (report.py).
 
 A rerun of the same command resumes: everything already in the store is read, not recomputed.
@@ -34,7 +36,7 @@ from collections.abc import Callable
 import torch
 
 from tensorllm.base.progress import fmt_seconds, stderr_log, track
-from tensorllm.search import dist, racing, select, setup
+from tensorllm.search import dist, racing, select, setup, transfer
 from tensorllm.search import report as report_mod
 from tensorllm.search.apply import Applier
 from tensorllm.search.grid import BASELINE, Config, Grid
@@ -174,12 +176,25 @@ class Search:
         else:
             val_done, val, partial, summary = racing.validation(self)
             race = {"partial": partial, "summary": summary}
+        spec, configs = self.spec, [BASELINE] + self.grid.configs()
+        pools = {}  # other tasks' lines: {(split, task): {key: line}}
+        for task in spec.selection_tasks:  # --select-on: other tasks' validation splits (exhaustive)
+            if task != spec.task:
+                val_done = self.phase(f"val@{task}", configs) and val_done
+                pools[("val", task)] = self.store.results(f"val@{task}")
+        chosen = None  # selection lines when several tasks select (transfer.combined)
+        if spec.selection_tasks != [spec.task]:
+            by_task = {t: pools.get(("val", t)) or val for t in spec.selection_tasks}
+            chosen = transfer.combined(by_task, [c.key for c in configs])
         roles: dict[str, Config] = {}
         test_done = False
         if val_done:
-            roles = self._test_roles(val, partial)
+            roles = self._test_roles(chosen or val, partial)
             unique = list({c.key: c for c in roles.values()}.values())
             test_done = self.phase("test", unique)
+            for task in transfer.report_tasks(spec):  # --report-on / --side-effects: the same edits elsewhere
+                test_done = self.phase(f"test@{task}", unique) and test_done
+                pools[("test", task)] = self.store.results(f"test@{task}")
         result = None
         if self.world.is_main:
             result = report_mod.build(
@@ -196,11 +211,21 @@ class Search:
                 setup=self.setup,
                 by=self.spec.select_by,
                 race=race,
+                extra=self._extra(roles, pools, chosen),
             )
             report_mod.write(self.store.root, result)
             self.log(f"report: {self.store.root / 'report.md'} ({result['status']})")
         dist.barrier(self.world)
         return result
+
+    def _extra(self, roles: dict, pools: dict, chosen: dict | None) -> dict:
+        """What the report adds for other tasks (transfer.py): nothing unless they were asked for."""
+        out: dict = {"select_val": chosen}
+        if pools:
+            out["tasks"] = transfer.build(roles, pools, self.spec.selection_tasks)
+        if self.spec.side_effects:
+            out["generations"] = transfer.generations(roles, self.store.results("test"))
+        return out
 
     def _test_roles(self, val: dict[str, dict], partial: dict[str, dict]) -> dict[str, Config]:
         """The configurations scored on test. A race's winner is the best of its finalists (scored on
@@ -267,19 +292,21 @@ class Search:
         from tensorllm.eval import evaluate
 
         spec = self.spec
+        base_split, task = transfer.task_of(split, spec.task)  # "test@fever_bigbench": another task
         t0 = time.perf_counter()
         with self.applier.applied(cfg) as steps:
             res = evaluate(
                 self.model,
                 self.tokenizer,
-                spec.task,
-                split=split,
-                limit=spec.limit_val if split == "val" else spec.limit_test,
+                task,
+                split=base_split,
+                limit=spec.limit_val if base_split == "val" else spec.limit_test,
                 batch_size=spec.batch_size,
                 answer_mode=spec.answer_mode,
-                data=spec.data,
+                data=spec.data if task == spec.task else None,
                 progress=False,
                 span=span,
+                keep_examples=base_split == "test",
             )
         ev = res.to_dict()
         ev.pop("examples", None)
@@ -307,6 +334,9 @@ class Search:
         }
         if span is not None:
             line["part"] = list(span)  # racing: items start..end-1 of the split only
+        if res.examples and res.examples[0]["prediction"] is not None:  # a few generations, for the report
+            keep = ("prompt", "answer", "prediction")
+            line["examples"] = [{k: e[k] for k in keep} for e in res.examples[: transfer.GENERATIONS]]
         self.writer.append(line)
         self.evaluated.append(f"{cfg.key}/{split}")
         return line

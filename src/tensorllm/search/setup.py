@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from tensorllm.base.errors import UserError
-from tensorllm.search import racing
+from tensorllm.search import racing, transfer
 from tensorllm.search.grid import Config, Grid, hybrid_grid, method_grid, recipes_grid
 from tensorllm.search.race import RaceParams
 from tensorllm.search.spec import HYBRID, SearchSpec
@@ -50,9 +50,19 @@ def check_task(spec: SearchSpec, model, tokenizer) -> tuple[int, RaceParams | No
     task = get_task(spec.task)
     for split, limit in (("val", spec.limit_val), ("test", spec.limit_test)):
         preflight(model, tokenizer, task, split, limit, spec.data)
+    for other in transfer.report_tasks(spec):  # other tasks read their built-in sources
+        for split in ("val", "test") if other in spec.selection_tasks else ("test",):
+            preflight(
+                model,
+                tokenizer,
+                get_task(other),
+                split,
+                spec.limit_val if split == "val" else spec.limit_test,
+            )
     n_val = len(task_items(tokenizer, task, "val", spec.limit_val, spec.data)[0])
     params = spec.race_params()
-    return n_val, params.resolved(n_val) if params is not None else None
+    dtype = str(next(model.parameters()).dtype).replace("torch.", "")  # half precision: finalists rescored
+    return n_val, params.resolved(n_val, dtype) if params is not None else None
 
 
 def identity(

@@ -11,7 +11,7 @@ from tensorllm.methods import registry
 from tensorllm.search.race import RaceParams
 
 HYBRID = "hybrid"  # not a method: combinations of the best configurations of earlier searches
-RACE_FIELDS = ("race_first", "race_eta", "race_alpha", "race_finalists")
+RACE_FIELDS = ("race_first", "race_eta", "race_alpha", "race_finalists", "race_rescore")
 
 
 def search_methods() -> list[str]:
@@ -56,6 +56,11 @@ class SearchSpec:
     race_eta: float | None = None
     race_alpha: float | None = None
     race_finalists: int | None = None
+    race_rescore: bool | None = None  # finalists on the whole split afresh (None: in half precision)
+    # other tasks (transfer.py): scored on test for the roles, or on validation for the selection
+    report_on: tuple = ()
+    select_on: tuple = ()  # () = (task,)
+    side_effects: bool = False
 
     def race_params(self) -> RaceParams | None:
         """The racing parameters (not yet resolved for the split's size), None for an exhaustive search."""
@@ -103,4 +108,20 @@ class SearchSpec:
                 raise UserError("--from and --recipe belong to --method hybrid")
             registry.get(self.method).check_search(self.options)
         if not self.exhaustive:
-            self.race_params().resolved(max(self.race_first or 1, 1))  # eta, alpha, finalists
+            self.race_params().check()  # the first slice is checked against the split, once it is read
+        for name in (*self.report_on, *self.select_on):
+            get_task(name)
+        known = (self.task, *self.report_on)
+        stray = [t for t in self.select_on if t not in known]
+        if stray:
+            raise UserError(
+                f"--select-on {stray[0]} is not among --task / --report-on ({', '.join(dict.fromkeys(known))})"  # noqa: E501
+            )
+        if not self.exhaustive and self.select_on and tuple(self.select_on) != (self.task,):
+            raise UserError(
+                "a race selects on --task alone; add --exhaustive to select on other or several tasks"
+            )
+
+    @property
+    def selection_tasks(self) -> list[str]:
+        return list(dict.fromkeys(self.select_on or (self.task,)))

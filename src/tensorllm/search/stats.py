@@ -72,13 +72,15 @@ def bootstrap_binary(only_a: int, only_b: int, n: int, scale: float = 100.0) -> 
     return float(lo), float(hi)
 
 
-def bootstrap_mean(d: np.ndarray, chunk: int = 100) -> tuple[float, float]:
-    """95% interval of the mean of the paired differences `d` (any real scores)."""
+def bootstrap_mean(d: np.ndarray, chunk: int = 100, weights: np.ndarray | None = None) -> tuple[float, float]:
+    """95% interval of the mean of the paired differences `d` (any real scores); with `weights`, of
+    the weighted mean (perplexity: paragraphs weighted by their tokens, as its loss is)."""
     rng = np.random.default_rng(SEED)
     n, means = len(d), []
+    w = np.ones(n) if weights is None else weights
     for start in range(0, RESAMPLES, chunk):
         idx = rng.integers(0, n, size=(min(chunk, RESAMPLES - start), n))  # (chunk, n)
-        means.append(d[idx].mean(axis=1))
+        means.append((d[idx] * w[idx]).sum(axis=1) / np.maximum(w[idx].sum(axis=1), 1e-12))
     lo, hi = np.percentile(np.concatenate(means), [2.5, 97.5])
     return float(lo), float(hi)
 
@@ -118,11 +120,13 @@ def compare(a_line: dict | None, b_line: dict | None, metric: str) -> dict | Non
             "distinguishable": p < ALPHA,
         }
     d = a - b
-    lo, hi = bootstrap_mean(d)
+    tokens = (a_line.get("items") or {}).get("tokens")
+    w = np.asarray(tokens, dtype=np.float64) if tokens is not None and len(tokens) == n else None
+    lo, hi = bootstrap_mean(d, weights=w)
     return {
         "metric": metric,
         "n": n,
-        "delta": float(d.mean()),
+        "delta": float(d.mean()) if w is None else float((d * w).sum() / max(w.sum(), 1e-12)),
         "ci95": [lo, hi],
         "p": None,
         "only_a": None,
