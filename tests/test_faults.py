@@ -119,14 +119,14 @@ DENSE = ("compress", "expand-kv", "gqa", "demo", "export")  # commands that writ
 @pytest.fixture
 def no_model_loads(monkeypatch):
     """Any model load (or built-in alias fetch) fails the test: what must happen before it, does."""
-    from tensorllm.models import aliases, io
+    from tensorllm.models import aliases, resolve
 
     def boom(*args, **kwargs):
         raise AssertionError("a model was loaded before the output was checked")
 
     monkeypatch.setattr(transformers.PreTrainedModel, "from_pretrained", classmethod(boom))
     monkeypatch.setattr(aliases, "alias_path", boom)
-    monkeypatch.setattr(io, "alias_path", boom)
+    monkeypatch.setattr(resolve, "alias_path", boom)
 
 
 def _read_only_by_the_kernel(monkeypatch, folder: Path, code: int = errno.EROFS) -> None:

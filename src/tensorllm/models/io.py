@@ -4,11 +4,7 @@ MODEL may be: a built-in alias (`smollm2-135m`, `minilm-l6`), a local Hugging Fa
 a `.gguf` file, or a hub id (only when a network exists). Safetensors only unless the user
 passes `allow_pickle`; a checkpoint's own code runs only with `trust_remote_code`.
 
-A string that looks like a path is never sent to the hub: one that starts with `.`, `/` or `~`,
-has more than one `/`, or whose first part exists (`runs/l9-typo` with a `runs/` folder here) is
-a local path or a one-line "not found". A hub id is checked before transformers sees it: offline
-(HF_HUB_OFFLINE) it must be in the hub cache, and an unreachable hub fails at once instead of
-after half a minute of retries.
+How a MODEL string is resolved and checked (paths never go to the hub): models/resolve.py.
 
 `preflight_output` is the check every command that writes runs before it loads anything: the
 output can be created there, is not (inside) an input, and the disk has room for the weights.
@@ -16,14 +12,8 @@ output can be created there, is not (inside) an input, and the disk has room for
 
 from __future__ import annotations
 
-import difflib
-import json
-import os
-import re
-import threading
 from dataclasses import dataclass
 from pathlib import Path
-from urllib.parse import urlparse
 
 import torch
 from torch import nn
@@ -33,11 +23,8 @@ from tensorllm.base.devices import device_map_kwargs, parse_dtype, resolve_devic
 from tensorllm.base.errors import UserError, one_line
 from tensorllm.base.files import check_free_space, check_location
 from tensorllm.base.progress import quiet_stderr
-from tensorllm.models.aliases import ALIASES, alias_dir, alias_path
-
-# huggingface_hub's repo ids: owner/name of letters, digits, `-`, `_`, `.`, no `--` or `..`
-HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]{0,95}/[A-Za-z0-9_.][\w.-]{0,95}")
-HUB_PROBE_SECONDS = 3.0
+from tensorllm.models.aliases import ALIASES, alias_dir
+from tensorllm.models.resolve import hub_kwargs, resolve_local, resolve_model, safetensors_header
 
 
 @dataclass
@@ -47,45 +34,6 @@ class Loaded:
     arch: ArchSpec
     path: Path | None  # local directory or .gguf file (None for a hub id): what outputs must not touch
     spec: str  # what the user typed
-
-
-def _check_local_dir(path: Path, allow_pickle: bool) -> None:
-    if not (path / "config.json").is_file():
-        raise UserError(f"{path} is not a Hugging Face checkpoint directory (no config.json)")
-    shards = sorted(path.glob("*.safetensors"))
-    if not shards:
-        if any(path.glob("*.bin")) or any(path.glob("*.pt")):
-            if not allow_pickle:
-                raise UserError(
-                    f"{path} holds only pickle (.bin) weights; pass --allow-pickle to load them "
-                    "(pickle can run arbitrary code)"
-                )
-            return
-        raise UserError(f"{path} holds no weights (*.safetensors)")
-    from safetensors import safe_open
-
-    for shard in shards:
-        try:
-            with safe_open(str(shard), framework="pt") as f:
-                keys = list(f.keys())
-                if keys:
-                    f.get_slice(keys[-1])
-        except Exception as exc:  # safetensors raises several types for a damaged header
-            raise UserError(f"corrupt safetensors file {shard}: {one_line(exc)}") from None
-        size = shard.stat().st_size
-        header_len, header = _safetensors_header(shard)
-        end = max((v["data_offsets"][1] for k, v in header.items() if k != "__metadata__"), default=0)
-        if 8 + header_len + end != size:
-            raise UserError(
-                f"corrupt safetensors file {shard}: {size} bytes on disk, header describes "
-                f"{8 + header_len + end} (truncated or padded)"
-            )
-
-
-def _safetensors_header(shard: Path) -> tuple[int, dict]:
-    with open(shard, "rb") as fh:
-        header_len = int.from_bytes(fh.read(8), "little")
-        return header_len, json.loads(fh.read(header_len))
 
 
 def auto_class(config, arch: ArchSpec):
@@ -98,128 +46,16 @@ def auto_class(config, arch: ArchSpec):
     return transformers.AutoModelForCausalLM if arch.is_decoder else transformers.AutoModel
 
 
-def _is_hub_id(spec: str) -> bool:
-    """owner/name, and not a path: no `.`/`/`/`~` start, one `/`, and no folder here named like its owner."""
-    return (
-        HUB_ID.fullmatch(spec) is not None
-        and "--" not in spec
-        and ".." not in spec
-        and not spec.endswith(".")
-        and not Path(spec.split("/")[0]).exists()
-    )
-
-
-def _did_you_mean(path: Path) -> str:
-    """' (did you mean X?)' for the first missing part of `path`, from the names in the folder above it."""
-    parts = path.parts
-    for i in range(1, len(parts) + 1):
-        head = Path(*parts[:i])
-        if not head.exists():
-            folder = head.parent
-            try:
-                names = [p.name for _, p in zip(range(1000), folder.iterdir())]
-            except OSError:
-                return ""
-            close = difflib.get_close_matches(head.name, names, n=1, cutoff=0.4)
-            return f" (did you mean {folder / close[0]}?)" if close else ""
-    return ""
-
-
-def _resolve(spec: str, allow_pickle: bool) -> tuple[Path | None, str | None]:
-    """MODEL string -> (local directory or None for a hub id, gguf file name or None)."""
-    if spec in ALIASES:
-        return alias_path(spec), None
-    return _resolve_local(spec, allow_pickle)
-
-
-def _resolve_local(spec: str, allow_pickle: bool) -> tuple[Path | None, str | None]:
-    """_resolve without fetching an alias: a typo is a UserError here, nothing goes to the hub."""
-    p = Path(spec).expanduser()
-    if p.suffix == ".gguf":
-        if not p.is_file():
-            raise UserError(f"model file {p} does not exist")
-        return p.parent, p.name
-    if p.exists():
-        if not p.is_dir():
-            raise UserError(f"{p} is neither a checkpoint directory nor a .gguf file")
-        if not os.access(p, os.R_OK | os.X_OK):
-            raise UserError(f"model directory {p} is not readable")
-        _check_local_dir(p, allow_pickle)
-        return p, None
-    if _is_hub_id(spec):
-        return None, None  # a hub id: checked by _hub_kwargs, then resolved by transformers
-    if "/" in spec or os.sep in spec or spec.startswith((".", "~")):
-        raise UserError(f"model '{spec}' not found: {p} does not exist{_did_you_mean(p)}")
-    close = difflib.get_close_matches(spec, list(ALIASES), n=1, cutoff=0.6)
-    hint = f" (did you mean {close[0]}?)" if close else ""
-    raise UserError(
-        f"model '{spec}' not found: not a directory, .gguf file, hub id or alias ({', '.join(ALIASES)}){hint}"
-    )
-
-
-def _unreachable(endpoint: str) -> str | None:
-    """Why `endpoint` cannot be reached within a few seconds (None: a TCP connection opened). A thread,
-    so that a name lookup that hangs cannot hold the command up either."""
-    import socket
-
-    url = urlparse(endpoint)
-    host, port = url.hostname or "", url.port or (443 if url.scheme == "https" else 80)
-    result: list[str | None] = []
-
-    def probe() -> None:
-        try:
-            socket.create_connection((host, port), timeout=HUB_PROBE_SECONDS).close()
-            result.append(None)
-        except OSError as exc:
-            result.append(exc.strerror or str(exc) or type(exc).__name__)
-
-    thread = threading.Thread(target=probe, daemon=True)
-    thread.start()
-    thread.join(HUB_PROBE_SECONDS + 0.5)
-    return result[0] if result else f"no answer within {HUB_PROBE_SECONDS:g} s"
-
-
-def _hub_kwargs(spec: str) -> dict:
-    """Before a hub id goes to transformers (whose hub client retries for ~25 s, a dozen warnings long):
-    offline, it must be in the hub cache; online, the hub must answer, or the cache is used."""
-    from huggingface_hub import constants, try_to_load_from_cache
-
-    try:
-        cached = isinstance(try_to_load_from_cache(spec, "config.json"), str)
-    except ValueError:  # huggingface_hub's HFValidationError: not a repo id it accepts
-        cached = False
-    offline = getattr(constants, "is_offline_mode", lambda: constants.HF_HUB_OFFLINE)()
-    where = f"model '{spec}' is no local path or alias"
-    if offline:
-        if not cached:
-            raise UserError(
-                f"{where}, and as a hub id it is not in the hub cache ({constants.HF_HUB_CACHE}); "
-                "HF_HUB_OFFLINE is set, so it is not downloaded"
-            )
-        return {}
-    if any(os.environ.get(k) for k in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy")):
-        return {}  # through a proxy a direct connection says nothing: transformers finds out itself
-    reason = _unreachable(constants.ENDPOINT)
-    if reason is None:
-        return {}
-    if cached:
-        return {"local_files_only": True}
-    raise UserError(
-        f"{where}; as a hub id it needs {constants.ENDPOINT}, which cannot be reached ({reason}), "
-        "and it is not in the hub cache"
-    )
-
-
 def load_config(spec: str, *, trust_remote_code: bool = False, allow_pickle: bool = False):
     """(config, ArchSpec, local path, from_pretrained kwargs) without loading any weights."""
     from transformers import AutoConfig
 
-    path, gguf_file = _resolve(spec, allow_pickle)
+    path, gguf_file = resolve_model(spec, allow_pickle)
     kwargs: dict = {"trust_remote_code": trust_remote_code}
     if gguf_file:
         kwargs["gguf_file"] = gguf_file
     if path is None:
-        kwargs.update(_hub_kwargs(spec))
+        kwargs.update(hub_kwargs(spec))
     source = str(path) if path is not None else spec
     try:
         config = AutoConfig.from_pretrained(source, **kwargs)
@@ -283,7 +119,7 @@ def input_path(spec: str) -> Path | None:
     or fetching anything: a mistyped path fails here, before any work."""
     if spec in ALIASES:
         return alias_dir(spec)
-    path, gguf_file = _resolve_local(spec, allow_pickle=True)  # pickle-only inputs are refused by the load
+    path, gguf_file = resolve_local(spec, allow_pickle=True)  # pickle-only inputs are refused by the load
     return path / gguf_file if path is not None and gguf_file else path
 
 
@@ -307,7 +143,7 @@ def estimate_bytes(path: Path | None, dtype: str | None = None) -> int:
     total = 0
     for shard in sorted(path.glob("*.safetensors")):
         try:
-            _, header = _safetensors_header(shard)
+            _, header = safetensors_header(shard)
         except (OSError, ValueError):
             return 0
         for name, t in header.items():
