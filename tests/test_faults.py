@@ -570,7 +570,8 @@ def test_without_flock_the_pid_in_the_lock_decides(tmp_path, monkeypatch):
     import socket
 
     from tensorllm.search import store as store_mod
-    from tensorllm.search.store import IDENTITY_KEYS, Store
+    from tensorllm.search.identity import IDENTITY_KEYS
+    from tensorllm.search.store import Store
 
     def no_flock(fd, op):
         raise OSError(errno.ENOLCK, os.strerror(errno.ENOLCK))

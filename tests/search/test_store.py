@@ -5,7 +5,8 @@ import json
 import pytest
 
 from tensorllm.base.errors import UserError
-from tensorllm.search.store import IDENTITY_KEYS, Store
+from tensorllm.search.identity import IDENTITY_KEYS
+from tensorllm.search.store import Store
 
 IDENT = {k: f"v-{k}" for k in IDENTITY_KEYS}
 

@@ -7,17 +7,10 @@ import torch
 from tensorllm.base.errors import UserError
 from tensorllm.search import racing, transfer
 from tensorllm.search.grid import Config, Grid, hybrid_grid, method_grid, recipes_grid
+from tensorllm.search.identity import FORMAT, code_version, data_identity, mismatch, model_fingerprint
 from tensorllm.search.race import RaceParams
 from tensorllm.search.spec import HYBRID, SearchSpec
-from tensorllm.search.store import (
-    FORMAT,
-    Store,
-    code_version,
-    data_identity,
-    mismatch,
-    model_fingerprint,
-    now,
-)
+from tensorllm.search.store import Store, now
 
 
 def load(spec: SearchSpec, loaded, device: torch.device):
