@@ -45,9 +45,17 @@ from tensorllm.base.layers import one_layer_as_list, parse_layers
 from tensorllm.base.progress import track
 from tensorllm.methods import budget, factorised, registry, whiten
 from tensorllm.methods.registry import Column, Flag, Method, layers_label, parse_floats, split_names
-from tensorllm.methods.tucker_tensor import (auto_ranks, canonical_query_order, compressed_modes, from_tensor,
-                                             inverse_order, permute_query_heads, ranks_for_rate, to_tensor,
-                                             tucker_params)
+from tensorllm.methods.tucker_tensor import (
+    auto_ranks,
+    canonical_query_order,
+    compressed_modes,
+    from_tensor,
+    inverse_order,
+    permute_query_heads,
+    ranks_for_rate,
+    to_tensor,
+    tucker_params,
+)
 from tensorllm.tensor.tucker import hooi, reconstruct
 
 NAME = "tucker"
@@ -128,11 +136,14 @@ def resolve_ranks(cfg: TuckerConfig, t: torch.Tensor, before: int) -> tuple[int,
         return tuple(max(1, math.ceil(f * s - 1e-9)) for f, s in zip(cfg.ranks, sizes))
     for r, s, m in zip(cfg.ranks, sizes, modes):
         if r > s:
-            raise UserError(f"rank {r} is larger than mode {m + 1} of the tensor (size {s}; shape {tuple(t.shape)})")
+            raise UserError(
+                f"rank {r} is larger than mode {m + 1} of the tensor (size {s}; shape {tuple(t.shape)})"
+            )
     return tuple(int(r) for r in cfg.ranks)
 
 
 # ---------------------------------------------------------------- the transform
+
 
 def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
     a, b = a.double(), b.double()
@@ -144,7 +155,9 @@ def layer_tensor(w: AttnWeights, cfg: TuckerConfig, device: torch.device | None 
     """(the weights in the compute dtype on `device` with each group's query heads in canonical order,
     that order (None: as stored), their tensor of `cfg.variant`)."""
     dtype = torch.float64 if cfg.compute_dtype == "float64" else torch.float32
-    wd = w.with_(q=w.q.to(device, dtype), k=w.k.to(device, dtype), v=w.v.to(device, dtype), o=w.o.to(device, dtype))
+    wd = w.with_(
+        q=w.q.to(device, dtype), k=w.k.to(device, dtype), v=w.v.to(device, dtype), o=w.o.to(device, dtype)
+    )
     order = canonical_query_order(wd, cfg.variant)
     if order is not None:  # the tensor must not depend on where a group's query heads are stored
         wd = permute_query_heads(wd, order)
@@ -190,6 +203,7 @@ def compress_layer(
 
 # ---------------------------------------------------------------- what the CLI and the search ask
 
+
 def parse_ranks(text: str | None):
     """'144,48,4' -> (144, 48, 4); '0.5,0.25,1' -> fractions; 'auto' -> 'auto'."""
     if text is None or text == "auto":
@@ -200,7 +214,9 @@ def parse_ranks(text: str | None):
             return tuple(int(p) for p in parts)
         return tuple(float(p) for p in parts)
     except ValueError:
-        raise UserError(f"--ranks '{text}' must be integers (144,48,4), fractions (0.5,0.25,1) or auto") from None
+        raise UserError(
+            f"--ranks '{text}' must be integers (144,48,4), fractions (0.5,0.25,1) or auto"
+        ) from None
 
 
 def parse_rank_settings(text: str) -> list[tuple[int, ...] | tuple[float, ...] | str]:
@@ -238,10 +254,17 @@ class Tucker(Method):
         Flag("matrix", "tucker variant single: q, k, v or o."),
     )
     search_flags = (
-        Flag("ranks", "tucker: rank settings separated by ';', each R1,R2,R3 integers, fractions of each mode, "
-             "or auto: '144,48,4;0.5,0.5,1;auto'.", parse=parse_rank_settings),
-        Flag("rates", "tucker: target compression rates, one column each: 5,20,50.",
-             parse=lambda s: parse_floats(s, "--rates")),
+        Flag(
+            "ranks",
+            "tucker: rank settings separated by ';', each R1,R2,R3 integers, fractions of each mode, "
+            "or auto: '144,48,4;0.5,0.5,1;auto'.",
+            parse=parse_rank_settings,
+        ),
+        Flag(
+            "rates",
+            "tucker: target compression rates, one column each: 5,20,50.",
+            parse=lambda s: parse_floats(s, "--rates"),
+        ),
         Flag("variant", "tucker: multihead (paper) | single | trawl."),
         Flag("matrix", "tucker variant single: q, k, v or o", key="matrices", parse=split_names),
     )
@@ -265,10 +288,16 @@ class Tucker(Method):
             records.append({"layer": i, **rec})
         total_before = sum(r["params_before"] for r in records)
         total_after = sum(r["params_after"] for r in records)
-        return {"layers": records, "summary": {
-            "variant": cfg.variant, "layers": layers, "compression_rate": total_before / total_after,
-            "mean_rel_error": sum(r["rel_error"] for r in records) / len(records),
-            **({"budget": cfg.budget, "kept_fraction": total_after / total_before} if per_layer else {})}}
+        return {
+            "layers": records,
+            "summary": {
+                "variant": cfg.variant,
+                "layers": layers,
+                "compression_rate": total_before / total_after,
+                "mean_rel_error": sum(r["rel_error"] for r in records) / len(records),
+                **({"budget": cfg.budget, "kept_fraction": total_after / total_before} if per_layer else {}),
+            },
+        }
 
     def streams(self, cfg: TuckerConfig) -> bool:
         return cfg.budget is None  # a budget allocates over all layers: not one layer at a time
@@ -281,9 +310,13 @@ class Tucker(Method):
 
     def check_search(self, options: dict) -> None:
         if not (options.get("ranks") or options.get("rates")):
-            raise UserError("a tucker search needs --ranks (e.g. '144,48,4;0.5,0.5,1;auto') or --rates (e.g. 5,20,50)")
+            raise UserError(
+                "a tucker search needs --ranks (e.g. '144,48,4;0.5,0.5,1;auto') or --rates (e.g. 5,20,50)"
+            )
         if (options.get("variant", "multihead") == "single") != (len(options.get("matrices") or ()) == 1):
-            raise UserError("tucker variant 'single' needs exactly one --matrix (q, k, v or o), and only it takes one")
+            raise UserError(
+                "tucker variant 'single' needs exactly one --matrix (q, k, v or o), and only it takes one"
+            )
 
     def columns(self, arch, options: dict) -> tuple[str, list[Column]]:
         self.check_search(options)
@@ -308,7 +341,11 @@ class Tucker(Method):
 
     def describe(self, step: dict) -> str:
         ranks = step.get("ranks")
-        shown = ",".join(map(str, ranks)) if isinstance(ranks, list) else (str(ranks) if ranks else f"rate {step['rate']}")
+        shown = (
+            ",".join(map(str, ranks))
+            if isinstance(ranks, list)
+            else (str(ranks) if ranks else f"rate {step['rate']}")
+        )
         extra = "" if step.get("variant", "multihead") == "multihead" else f" {step['variant']}"
         return f"tucker L{layers_label(step)} ({shown}){extra}"
 
