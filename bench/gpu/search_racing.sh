@@ -1,5 +1,5 @@
 # Racing vs exhaustive searches, one H200 (issue 15). Carry .m2 .tc, right after a call that carried
-# .m1 .whl (e.g. `bash bench/gpu/stage.sh`); ~8 min:
+# .m1 .whl (e.g. `bash bench/gpu/stage.sh`); ~8.5 min (426 s on 2026-12-01 with a 110 s race):
 # 1. three exhaustive grids at once on the one GPU, with per-item results for the replay: the Tucker
 #    and LASER 90-configuration WikidataQA grids of BENCHMARKS.md (bf16, batch 1024), and the CPU
 #    acceptance grid (30 layers x 288,48,4, --limit-val 400 --limit-test 300, float32) followed by its
@@ -24,7 +24,7 @@ run laser_ex 270 --method laser --layers all --rhos 0.5,0.1,0.01 --matrix up --e
 (run cpu30_ex_f32 130 "${CPU30[@]}" --exhaustive --threads 4 && \
  run cpu30_race_f32 130 "${CPU30[@]}" --race-first 40 --threads 4) &
 wait
-run tucker_race 110 "${TUCKER[@]}" --threads 8
+run tucker_race 170 "${TUCKER[@]}" --threads 8
 python3 bench/search_replay.py $R/tucker_ex $R/laser_ex --race-alpha 0.001,0.01,0.05 --race-first 0,474 \
   --allow-partial --out $S/logs/replay_90.json 2> $S/logs/replay_90.log
 python3 bench/search_replay.py $R/cpu30_ex_f32 --race-first 40 --allow-partial \
