@@ -24,7 +24,7 @@ def rows(paths: list[Path]) -> dict[str, list[tuple[float, dict]]]:
     out: dict[str, list] = {}
     for path in paths:
         for shape in json.loads(path.read_text())["shapes"].values():
-            for method in ("tucker", "laser"):
+            for method in ("tucker", "laser", "gqa"):
                 run = shape.get(method)
                 if isinstance(run, dict) and "error" not in run:
                     out.setdefault(method, []).append((shape["params"] / 1e9, run))
@@ -43,7 +43,10 @@ def main() -> None:
         left.plot(x, [r["wall_s"] for _, r in runs], marker="o", label=f"{method} wall")
         for part in PARTS:
             left.plot(x, [r[part] for _, r in runs], linestyle=":", marker=".", label=f"{method} {part[:-2]}")
-        right.plot(x, [r["peak_rss_bytes"] / 2**30 for _, r in runs], marker="o", label=f"{method} CPU RSS")
+        # the child's own RSS as psutil sampled it: runs before VmHWM reported ru_maxrss, which Linux keeps
+        # across exec (a child of a big parent reported the parent's RSS; bench/results/stream_13b_h200)
+        rss = [r.get("psutil_peak_rss_bytes") or r["peak_rss_bytes"] for _, r in runs]
+        right.plot(x, [b / 2**30 for b in rss], marker="o", label=f"{method} CPU RSS")
         gpu = [r.get("peak_gpu_bytes") for _, r in runs]
         if all(g is not None for g in gpu):
             right.plot(x, [g / 2**30 for g in gpu], marker="s", label=f"{method} GPU")

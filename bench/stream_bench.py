@@ -13,9 +13,10 @@ outputs' logits on a prompt.
     python bench/stream_bench.py --shapes 13b,7b,1b --methods tucker,laser --device cuda --dir $S/sb
     python bench/stream_bench.py --shapes tiny --methods tucker,laser --device cpu --compare --out r.json
 
-Tucker: ranks (hidden/4, head_dim/2, 3) as bench/tucker_7b.py, float32 compute, tol 1e-4; LASER: the FFN
-up matrix, rho 0.1, randomised SVD with a seed (exact SVD of 40 13824 x 5120 matrices would not fit
-the GPU call).
+Tucker: ranks (hidden/4, head_dim/2, 3) as bench/tucker_7b.py, float32 compute, tol 1e-4; LASER: the
+FFN up matrix, rho 0.1, randomised SVD with a seed (exact SVD of 40 13824 x 5120 matrices would not fit
+the GPU call); gqa: the streamed MHA -> GQA conversion to 8 K/V heads on 128 x 2048 tokens of random
+words (toy: 4 -> 1 heads, 8 x 32 tokens).
 """
 
 from __future__ import annotations
@@ -42,8 +43,13 @@ SHAPES = {  # LLaMA(-2) dimensions; "1b" uses head_dim 128 like 7B/13B (22 layer
 }
 
 
-def recipe(method: str, shape: dict, device: str) -> dict:
+def recipe(method: str, shape: dict, device: str, folder: Path) -> dict:
     d = shape["hidden_size"] // shape["num_attention_heads"]
+    if method == "gqa":  # the issue's 40 -> 8 K/V heads on 128 x 2048 tokens (toy: 4 -> 1 on 8 x 32)
+        heads, toy = shape["num_attention_heads"], shape["hidden_size"] < 1024
+        step = {"method": "gqa", "kv_heads": 8 if heads > 8 else heads // 4, "seq_len": 32 if toy else 2048}
+        step.update(calib_tokens=256 if toy else 128 * 2048, calib_file=str(_calib_text(folder, shape)))
+        return {"device": device, "steps": [step]}
     steps = {
         "tucker": {"method": "tucker", "layers": "all", "ranks": [shape["hidden_size"] // 4, d // 2, 3]},
         "laser": {
@@ -97,6 +103,20 @@ def write_checkpoint(name: str, folder: Path, device: str, shard_size: str) -> d
     return {"reused": False, "bytes": size, "seconds": time.perf_counter() - t0}
 
 
+def _calib_text(folder: Path, shape: dict) -> Path:
+    """Random words of the bench tokenizer, in paragraphs: more tokens than the gqa step reads."""
+    import random
+
+    path = folder.parent / f"calib-{shape['vocab_size']}.txt"
+    if not path.is_file():
+        rng = random.Random(0)
+        paragraphs = [
+            " ".join(f"w{rng.randrange(3, shape['vocab_size'])}" for _ in range(1000)) for _ in range(300)
+        ]
+        path.write_text("\n\n".join(paragraphs))
+    return path
+
+
 def _tokenizer(vocab: int):
     """A word-level tokenizer over the ids (the weights are random; any text maps to some ids)."""
     import transformers
@@ -111,11 +131,13 @@ def _tokenizer(vocab: int):
 
 
 def child(args) -> None:
-    """One streamed (or in-memory) run in this process; its report to --out."""
-    import resource
-
+    """One streamed (or in-memory) run, or the comparison of two outputs, in this process; to --out."""
     import torch
 
+    from tensorllm.base.memory import peak_rss_bytes
+
+    if args.child == "compare":  # here, not in the parent: its RSS would pass to every later child
+        return emit_json(compare(Path(args.dir), Path(args.target), args.recipe), Path(args.out), quiet=True)
     rec = json.loads(args.recipe)
     t0 = time.perf_counter()
     if args.child == "stream":
@@ -131,15 +153,16 @@ def child(args) -> None:
         tensorllm.save_checkpoint(loaded, Path(args.target))
         dev = torch.device(rec["device"])
         extra = {
-            "peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
+            "peak_rss_bytes": peak_rss_bytes(),
             "peak_gpu_bytes": torch.cuda.max_memory_allocated(dev) if dev.type == "cuda" else None,
         }
     summary = report.steps[0]["summary"]
-    result = {**extra, "wall_s": time.perf_counter() - t0, "mean_rel_error": summary["mean_rel_error"]}
+    means = {k: v for k, v in summary.items() if k.startswith("mean_")}  # errors / energies kept
+    result = {**extra, "wall_s": time.perf_counter() - t0, **means}
     emit_json(result, Path(args.out), quiet=True)
 
 
-def run_child(mode: str, folder: Path, target: Path, rec: dict, timeout: float) -> dict:
+def run_child(mode: str, folder: Path, target: Path, rec, timeout: float) -> dict:
     """Run one child, sampling its RSS with psutil; return its result plus the sampled peak."""
     try:
         import psutil
@@ -147,7 +170,7 @@ def run_child(mode: str, folder: Path, target: Path, rec: dict, timeout: float) 
         psutil = None
     out = target.with_name(target.name + ".json")
     cmd = [sys.executable, __file__, "--child", mode, "--dir", str(folder), "--target", str(target)]
-    cmd += ["--recipe", json.dumps(rec), "--out", str(out)]
+    cmd += ["--recipe", rec if isinstance(rec, str) else json.dumps(rec), "--out", str(out)]
     proc = subprocess.Popen(cmd)
     peak = [0]
 
@@ -207,7 +230,7 @@ def compare(a: Path, b: Path, device: str) -> dict:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--shapes", default="tiny", help=f"comma list of {', '.join(SHAPES)}")
-    p.add_argument("--methods", default="tucker", help="comma list of tucker, laser")
+    p.add_argument("--methods", default="tucker", help="comma list of tucker, laser, gqa")
     p.add_argument("--device", default="cpu")
     p.add_argument("--dir", default="/tmp/stream_bench", help="where checkpoints and outputs are written")
     p.add_argument("--shard-size", default="5GB")
@@ -215,7 +238,8 @@ def main() -> None:
     p.add_argument("--keep", action="store_true", help="keep the checkpoints written")
     p.add_argument("--timeout", type=float, default=3600, help="seconds per child run")
     p.add_argument("--out", type=Path, default=None)
-    p.add_argument("--child", choices=["stream", "memory"], help=argparse.SUPPRESS)
+    p.add_argument("--layers", default="all", help="the layers the steps select (default all)")
+    p.add_argument("--child", choices=["stream", "memory", "compare"], help=argparse.SUPPRESS)
     p.add_argument("--target", help=argparse.SUPPRESS)
     p.add_argument("--recipe", help=argparse.SUPPRESS)
     args = p.parse_args()
@@ -245,7 +269,9 @@ def main() -> None:
             flush=True,
         )
         for method in args.methods.split(","):
-            rec = recipe(method, SHAPES[name], args.device)
+            rec = recipe(method, {"vocab_size": 32000, **SHAPES[name]}, args.device, folder)
+            if "layers" in rec["steps"][0]:
+                rec["steps"][0]["layers"] = args.layers
             target = root / f"out-{name}-{method}"
             shutil.rmtree(target, ignore_errors=True)
             row[method] = run_child("stream", folder, target, rec, args.timeout)
@@ -255,7 +281,10 @@ def main() -> None:
                 shutil.rmtree(mem, ignore_errors=True)
                 row[f"{method}_in_memory"] = run_child("memory", folder, mem, rec, args.timeout)
                 ok = "error" not in row[method] and "error" not in row[f"{method}_in_memory"]
-                row[f"{method}_compare"] = compare(target, mem, args.device) if ok else "a run failed"
+                cmp = (
+                    run_child("compare", target, mem, args.device, args.timeout) if ok else {"error": "a run"}
+                )
+                row[f"{method}_compare"] = {k: v for k, v in cmp.items() if k != "psutil_peak_rss_bytes"}
                 print(f"  {method} vs in-memory: {row[f'{method}_compare']}", flush=True)
                 shutil.rmtree(mem, ignore_errors=True)
             shutil.rmtree(target, ignore_errors=True)
@@ -263,6 +292,8 @@ def main() -> None:
             emit_json(result, args.out, quiet=True)  # after every run: a timeout keeps what was measured
         if not args.keep:
             shutil.rmtree(folder, ignore_errors=True)
+            for text in root.glob("calib-*.txt"):
+                text.unlink()
     emit_json(result, args.out)
 
 

@@ -232,16 +232,14 @@ def test_search_replay_races_a_complete_grid(tmp_path):
 
 
 def test_stream_bench_measures_and_matches_the_in_memory_path_at_toy_size(tmp_path):
-    args = ("--shapes", "tiny", "--methods", "tucker,laser", "--device", "cpu", "--compare")
+    args = ("--shapes", "tiny", "--methods", "tucker,laser,gqa", "--device", "cpu", "--compare")
     result = _run("stream_bench.py", *args, "--dir", str(tmp_path / "work"), tmp_path=tmp_path)
     row = result["shapes"]["tiny"]
-    for method in ("tucker", "laser"):
+    for method in ("tucker", "laser", "gqa"):
         run = row[method]
         assert "error" not in run and run["peak_rss_bytes"] > 0 and run["psutil_peak_rss_bytes"] > 0
-        assert (
-            all(run[k] >= 0 for k in ("read_s", "compute_s", "write_s", "copy_s"))
-            and 0 < run["mean_rel_error"] < 1
-        )
+        assert all(run[k] >= 0 for k in ("read_s", "compute_s", "write_s", "copy_s"))
+        assert 0 < run.get("mean_rel_error", run.get("mean_key_energy_kept")) < 1
         assert row[f"{method}_compare"] == {"tensors_identical": True, "logits_identical": True}
     assert not list((tmp_path / "work").iterdir())  # checkpoints and outputs removed
     png = tmp_path / "growth.png"

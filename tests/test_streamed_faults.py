@@ -238,19 +238,24 @@ def test_an_unfinished_run_of_another_command_is_not_continued(shards, tmp_path,
 
 @pytest.mark.slow
 def test_kill_9_then_the_same_command_gives_the_uninterrupted_output(tiny, tmp_path, run_cli_process):
-    """A real SIGKILL at an arbitrary point after a few layers (an 8-layer model in ~30 input shards)."""
+    """A real SIGKILL at an arbitrary point after a few layers (an 8-layer model in ~30 input shards). The
+    killed process is the CLI with each Tucker layer slowed by 0.2 s, so that the kill lands mid-run on
+    any machine; the uninterrupted and the continuing runs are the plain command."""
     src = sharded(tiny, tmp_path / "in", num_hidden_layers=8, shard="16KB")
     recipe = tmp_path / "r.yaml"
-    slow = {"method": "tucker", "layers": "all", "ranks": [8, 4, 2], "tol": 0.0, "n_iter_max": 20}
-    recipe.write_text(yaml.safe_dump({"device": "cpu", "steps": [slow, RECIPE["steps"][1]]}))
+    recipe.write_text(yaml.safe_dump(RECIPE))
     cmd = ["compress", src, "--recipe", recipe, "--stream", "--max-shard-size", "40KB"]
     rc, _, err = run_cli_process(*cmd, "--out", tmp_path / "full")
     assert rc == 0, err
     out = tmp_path / "out"
     env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[1] / "src"))
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "tensorllm.cli", *map(str, cmd), "--out", str(out)], env=env
+    slowed = (
+        "import sys, time; import tensorllm.methods.tucker as t; real = t.compress_layer\n"
+        "def slow(*a, **k):\n    time.sleep(0.2)\n    return real(*a, **k)\n"
+        "t.compress_layer = slow; sys.argv = ['tensorllm', *sys.argv[1:]]\n"
+        "from tensorllm.cli import main; main()"
     )
+    proc = subprocess.Popen([sys.executable, "-c", slowed, *map(str, cmd), "--out", str(out)], env=env)
     state, deadline = partial_dir(out) / STATE, time.monotonic() + 300
     while time.monotonic() < deadline and proc.poll() is None:
         try:

@@ -27,7 +27,6 @@ import dataclasses
 import hashlib
 import json
 import os
-import resource
 import shutil
 import sys
 import time
@@ -41,6 +40,7 @@ from tensorllm.base.devices import parse_dtype, resolve_device
 from tensorllm.base.errors import Interrupted, OutputError, UserError
 from tensorllm.base.files import atomic_write_text, check_free_space, check_location
 from tensorllm.base.layers import parse_layers
+from tensorllm.base.memory import peak_rss_bytes
 from tensorllm.base.progress import track
 from tensorllm.base.versions import versions
 from tensorllm.methods import registry
@@ -276,7 +276,7 @@ def _run(plan: Plan, partial: Path, state: dict, progress: bool) -> Report:
         "this_run_s": time.perf_counter() - t_start,
         "resumed_at_layer": resumed_at,
         "shards": len(plan.shards),
-        "peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,  # Linux: KiB
+        "peak_rss_bytes": peak_rss_bytes(),
         "peak_gpu_bytes": torch.cuda.max_memory_allocated(device) if device.type == "cuda" else None,
         "peak_gpu_reserved_bytes": torch.cuda.max_memory_reserved(device) if device.type == "cuda" else None,
     }
