@@ -98,3 +98,19 @@ def test_what_the_streamed_gqa_cannot_do_is_refused_before_work(tiny, tmp_path, 
     with pytest.raises(UserError, match="must be fewer"):
         compress_streamed(str(src), gqa_recipe(calib, 2), tmp_path / "out")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["calib.txt", "in"]
+
+
+def test_compress_streams_a_gqa_conversion_by_itself_only_without_fine_tune(
+    tiny, tmp_path, calib, monkeypatch
+):
+    import psutil
+
+    from tensorllm.streamed import stream_reason
+
+    src = sharded(tiny, tmp_path / "in")
+    real = psutil.virtual_memory()
+    monkeypatch.setattr(psutil, "virtual_memory", lambda: real._replace(available=10_000))
+    recipe = gqa_recipe(calib, 1)
+    assert "would not fit" in stream_reason(str(src), recipe)
+    recipe["steps"][0]["train_steps"] = 2
+    assert stream_reason(str(src), recipe) is None  # the in-memory path runs the fine-tune

@@ -333,7 +333,8 @@ def stream_reason(model: str, recipe) -> str | None:
     can stream, the input is a local safetensors checkpoint, and its weights would not fit in memory
     (70% of the RAM available now, or of the GPU's free memory when the recipe runs there)."""
     recipe = as_recipe(recipe)
-    if streamable(recipe) or not (model in ALIASES or Path(model).expanduser().is_dir()):
+    refused = [s for s in recipe.steps if _calibrated(s) and not CALIBRATED[type(s.config)].streams(s.config)]
+    if streamable(recipe) or refused or not (model in ALIASES or Path(model).expanduser().is_dir()):
         return None  # a hub id or .gguf: the in-memory path loads it (and fails in one line offline)
     try:
         _, _, path = local_checkpoint(model)

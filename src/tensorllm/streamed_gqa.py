@@ -32,10 +32,15 @@ from tensorllm.methods.gqa.convert import check_convertible, key_planes, layer_k
 from tensorllm.methods.gqa.method import text_tokens
 
 
+def streams(cfg: GQAConfig) -> bool:
+    """Whether this conversion can stream (the recovery fine-tune trains the whole model at once)."""
+    return not cfg.train_steps
+
+
 def out_config(sm, cfg: GQAConfig):
     """The converted checkpoint's config (its K/V head count), after the checks before work."""
     cfg.validate()
-    if cfg.train_steps:
+    if not streams(cfg):
         raise UserError(
             "the streamed gqa conversion has no recovery fine-tune (train_steps): run without --stream"
         )
