@@ -146,11 +146,22 @@ def test_not_enough_disk_is_refused_before_work(shards, tmp_path, run_cli, monke
     assert not list(tmp_path.iterdir())
 
 
-def test_a_method_that_cannot_stream_is_refused(shards, tmp_path, run_cli):
-    recipe = tmp_path / "gqa.yaml"
-    recipe.write_text(yaml.safe_dump({"steps": [{"method": "gqa", "kv_heads": 1}]}))
+@pytest.mark.parametrize(
+    "step, match",
+    [
+        (
+            {"method": "tucker", "layers": "all", "budget": 0.5},
+            "method 'tucker' cannot stream",
+        ),  # whole-model
+        ({"method": "gqa", "kv_heads": 1, "train_steps": 2}, "no recovery fine-tune"),
+    ],
+)
+def test_a_step_that_cannot_stream_is_refused(shards, tmp_path, run_cli, step, match):
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(yaml.safe_dump({"device": "cpu", "steps": [step]}))
     rc, _, err = run_cli("compress", shards, "--recipe", recipe, "--stream", "--out", tmp_path / "out")
-    assert rc == 2 and "method 'gqa' cannot stream" in err and not (tmp_path / "out").exists()
+    assert rc == 2 and match in err and len(err.strip().splitlines()) == 1, err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["r.yaml"]
 
 
 # ------------------------------------------------------------------------------------ resuming
