@@ -19,7 +19,7 @@ SRC = Path(__file__).resolve().parents[1] / "src"
 LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("base", ("tensorllm.base",)),
     ("tensor", ("tensorllm.tensor",)),
-    ("arch", ("tensorllm.archs", "tensorllm.attention")),
+    ("arch", ("tensorllm.arch_spec", "tensorllm.archs", "tensorllm.attention")),
     ("model I/O", ("tensorllm.models", "tensorllm.data")),
     ("methods", ("tensorllm.methods",)),
     ("recipe/api", ("tensorllm", "tensorllm.recipe", "tensorllm.report", "tensorllm.api")),

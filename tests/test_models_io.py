@@ -114,7 +114,7 @@ def case_unknown_arch(tmp, ckpt, tiny):
     )
     transformers.OPTForCausalLM(config).save_pretrained(p)
     tiny.tokenizer().save_pretrained(p)
-    return Case(p, "unsupported architecture 'opt' (supported: bert, gemma")
+    return Case(p, "unsupported architecture 'opt' (supported: bert, falcon, gemma")
 
 
 def case_layer_out_of_range(tmp, ckpt, tiny):

@@ -95,3 +95,24 @@ def test_methods_that_change_shapes_are_not_searchable():
 def test_registering_a_name_twice_is_a_developer_error():
     with pytest.raises(ValueError):
         registry.register(registry.get("tucker"))
+
+
+def test_options_added_later_leave_the_store_keys_of_older_steps_unchanged():
+    """A store keys each configuration by its canonical steps; options a method gained later (tucker's and
+    laser's budget / calibrate / calib_file, laser's expert) are left out at their default, so results
+    stored before they existed are found again. The keys are those the code gave before (edd8094)."""
+    from tensorllm.search.grid import config_key
+
+    t = registry.canonical_step("tucker", {"layers": [5], "ranks": [40, 1, 8]})
+    la = registry.canonical_step("laser", {"layers": [27], "matrix": "down", "rank": 8})
+    assert (config_key([t]), config_key([la]), config_key([t, la])) == (
+        "dac3862d11002e20",
+        "415350af81321da4",
+        "bec4feeceedfea7d",
+    )
+    calibrated = registry.canonical_step("tucker", {"layers": [5], "ranks": [40, 1, 8], "calibrate": 512})
+    assert calibrated["calibrate"] == 512 and config_key([calibrated]) != config_key([t])
+    expert = registry.canonical_step("laser", {"layers": [27], "matrix": "down", "rank": 8, "expert": 0})
+    assert expert["expert"] == 0  # a set value is kept, even when it is falsy
+    options = {k: v for k, v in t.items() if k != "method"}
+    assert registry.config_from_dict("tucker", options).calibrate is None

@@ -17,11 +17,10 @@ from __future__ import annotations
 
 import math
 import time
-from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 
 from tensorllm.base.errors import UserError
-from tensorllm.eval import decoder, encoder, metrics
+from tensorllm.eval import metrics
 from tensorllm.eval.items import (  # noqa: F401  (re-exported: eval/__init__, cli, search)
     ANSWER_MODES,
     _short_answers,
@@ -31,10 +30,8 @@ from tensorllm.eval.items import (  # noqa: F401  (re-exported: eval/__init__, c
     preflight,
     task_items,
 )
-from tensorllm.eval.tasks import Example, TaskSpec, get_task
-from tensorllm.eval.tokens import answer_in_text, answer_spans, encode, label_tokens
-
-PERPLEXITY_MAX_TOKENS = 512
+from tensorllm.eval.scoring import SCORERS, Run, check_encoder_length
+from tensorllm.eval.tasks import TaskSpec, get_task
 
 
 @dataclass
@@ -63,25 +60,6 @@ class EvalResult:
         out = asdict(self)
         out.pop("items")
         return out
-
-
-@dataclass
-class _Run:
-    batch_size: int
-    max_batch_tokens: int
-    progress: bool
-    answer_mode: str
-    phases: dict[str, float] = field(default_factory=dict)
-
-    @contextmanager
-    def timed(self, phase: str):
-        """Add the block's wall time to `phases[phase]` (the model's outputs come back to the host
-        inside each block, so the device's work is in it)."""
-        t0 = time.perf_counter()
-        try:
-            yield
-        finally:
-            self.phases[phase] = round(self.phases.get(phase, 0.0) + time.perf_counter() - t0, 4)
 
 
 def evaluate(
@@ -115,21 +93,13 @@ def evaluate(
         if not 0 <= span[0] < span[1] <= len(items):
             raise UserError(f"items {span[0]}..{span[1]} are outside the {split} split ({len(items)} items)")
         items = items[span[0] : span[1]]
-    run = _Run(batch_size, max_batch_tokens, progress, answer_mode)
+    run = Run(batch_size, max_batch_tokens, progress, answer_mode)
     was_training = model.training
     model.eval()
     try:
-        if kind == "decoder":
-            scored = {
-                "generate": _decoder_generate,
-                "classify": _decoder_classify,
-                "perplexity": _decoder_perplexity,
-            }[spec.kind](model, tokenizer, spec, items, run)
-        else:
-            _check_encoder_length(model, tokenizer, items)
-            scored = {"generate": _encoder_generate, "classify": _encoder_classify}[spec.kind](
-                model, tokenizer, spec, items, run
-            )
+        if kind == "encoder":
+            check_encoder_length(model, tokenizer, items)
+        scored = SCORERS[(kind, spec.kind)](model, tokenizer, spec, items, run)
     finally:
         model.train(was_training)
     metric, mode, correct, nll, predictions, extra = scored
@@ -171,203 +141,4 @@ def evaluate(
         run.phases or None,
         {**metrics.aggregate(per_item), "loss": loss},
         per_item,
-    )
-
-
-# -- decoder models ------------------------------------------------------------------------------
-
-
-def _decoder_ids(model, tokenizer) -> tuple[list[int], int]:
-    """EOS ids as `generate` would use them (generation config first), and a pad id."""
-    config = getattr(model, "generation_config", None)
-    eos = getattr(config, "eos_token_id", None) if config is not None else None
-    if eos is None:
-        eos = tokenizer.eos_token_id
-    eos_ids = [] if eos is None else [eos] if isinstance(eos, int) else list(eos)
-    pad = tokenizer.pad_token_id
-    if pad is None:
-        pad = eos_ids[0] if eos_ids else 0
-    return eos_ids, pad  # pad positions are masked out, so any valid id works
-
-
-def _teacher_forced(model, tokenizer, items: list[Example], pad: int, run: _Run):
-    with run.timed("tokenise"):
-        spans = answer_spans(tokenizer, [e.prompt for e in items], [e.answer for e in items])
-    with run.timed("loss"):
-        return decoder.sequence_nll(
-            model,
-            [ids[:end] for ids, _, end in spans],
-            [end - s for _, s, end in spans],
-            pad_id=pad,
-            batch_size=run.batch_size,
-            max_batch_tokens=run.max_batch_tokens,
-            progress=run.progress,
-        )
-
-
-def _decoder_generate(model, tokenizer, spec, items, run):
-    eos_ids, pad = _decoder_ids(model, tokenizer)
-    with run.timed("tokenise"):
-        prompts = encode(tokenizer, [e.prompt for e in items])
-    with run.timed("generate"):
-        conts = decoder.greedy_generate(
-            model,
-            prompts,
-            max_new_tokens=spec.max_new_tokens,
-            eos_ids=eos_ids,
-            pad_id=pad,
-            min_new_tokens=1,
-            batch_size=run.batch_size,
-            max_batch_tokens=run.max_batch_tokens,
-            progress=run.progress,
-        )
-    with run.timed("judge"):
-        decode = dict(skip_special_tokens=True, clean_up_tokenization_spaces=False)
-        new_text = tokenizer.batch_decode(conts, **decode)
-        whole = tokenizer.batch_decode([p + c for p, c in zip(prompts, conts)], **decode)
-        extra = {
-            "faithful": [answer_in_text(e.answer, t) for e, t in zip(items, whole)],
-            "continuation": [answer_in_text(e.answer, t) for e, t in zip(items, new_text)],
-            "exact": [metrics.exact_first_span(e.answer, t) for e, t in zip(items, new_text)],
-        }
-        correct = extra[run.answer_mode]
-    nll = _teacher_forced(model, tokenizer, items, pad, run)
-    return "generate-substring", run.answer_mode, correct, nll, new_text, extra
-
-
-def _decoder_classify(model, tokenizer, spec, items, run):
-    _, pad = _decoder_ids(model, tokenizer)
-    with run.timed("tokenise"):
-        label_ids, single = label_tokens(tokenizer, items[0].prompt, spec.labels)
-        prompts = encode(tokenizer, [e.prompt for e in items])
-    with run.timed("score"):
-        lp = decoder.last_token_logprobs(
-            model,
-            prompts,
-            label_ids,
-            pad_id=pad,
-            batch_size=run.batch_size,
-            max_batch_tokens=run.max_batch_tokens,
-            progress=run.progress,
-        )  # (N, L)
-    return _classified(
-        model,
-        tokenizer,
-        spec,
-        items,
-        lp,
-        single,
-        lambda: _teacher_forced(model, tokenizer, items, pad, run),
-        "label-logits",
-    )
-
-
-def _classified(model, tokenizer, spec, items, lp, single, multi_token_loss, metric):
-    pred = lp.argmax(dim=1).tolist()
-    correct = [p == e.label for p, e in zip(pred, items)]
-    if single:  # the label is one token: its teacher-forced NLL is this very log-probability
-        nll = [(-float(lp[i, e.label]), 1) for i, e in enumerate(items)]
-    else:
-        nll = multi_token_loss()
-    return metric, None, correct, nll, [spec.labels[p] for p in pred], {}
-
-
-def _decoder_perplexity(model, tokenizer, spec, items, run):
-    _, pad = _decoder_ids(model, tokenizer)
-    with run.timed("tokenise"):
-        seqs = [ids[:PERPLEXITY_MAX_TOKENS] for ids in encode(tokenizer, [e.answer for e in items])]
-    scorable = [i for i, s in enumerate(seqs) if len(s) >= 2]
-    nll = [(0.0, 0)] * len(seqs)
-    with run.timed("loss"):
-        got = decoder.sequence_nll(
-            model,
-            [seqs[i] for i in scorable],
-            [len(seqs[i]) - 1 for i in scorable],
-            pad_id=pad,
-            batch_size=run.batch_size,
-            max_batch_tokens=run.max_batch_tokens,
-            progress=run.progress,
-        )
-    for i, r in zip(scorable, got):
-        nll[i] = r
-    return "token-nll", None, None, nll, None, {}
-
-
-# -- encoder (masked-LM) models ------------------------------------------------------------------
-
-
-def _mask_id(tokenizer) -> int:
-    if tokenizer.mask_token_id is None:
-        raise UserError("the tokenizer has no mask token; masked-LM evaluation needs one")
-    return tokenizer.mask_token_id
-
-
-def _check_encoder_length(model, tokenizer, items) -> None:
-    limit = getattr(model.config, "max_position_embeddings", None)
-    longest = max(len(ids) for ids in encode(tokenizer, [f"{e.prompt} {e.answer}" for e in items]))
-    if limit is not None and longest + encoder.ACCURACY_MASKS > limit:
-        raise UserError(f"an example is {longest} tokens long; this encoder takes at most {limit}")
-
-
-def _masked_gold_loss(model, tokenizer, items, run):
-    mask = _mask_id(tokenizer)
-    spans = answer_spans(tokenizer, [e.prompt for e in items], [e.answer for e in items])
-    seqs = [ids[:s] + [mask] * (end - s) + ids[end:] for ids, s, end in spans]
-    return encoder.mlm_gold_nll(
-        model,
-        seqs,
-        [ids[s:end] for ids, s, end in spans],
-        mask_id=mask,
-        pad_id=tokenizer.pad_token_id or 0,
-        batch_size=run.batch_size,
-        max_batch_tokens=min(run.max_batch_tokens, 16384),
-        progress=run.progress,
-    )
-
-
-def _encoder_generate(model, tokenizer, spec, items, run):
-    mask = _mask_id(tokenizer)
-    masks = " ".join([tokenizer.mask_token] * encoder.ACCURACY_MASKS)
-    seqs = encode(tokenizer, [f"{e.prompt} {masks}" for e in items])
-    filled = encoder.mlm_fill(
-        model,
-        seqs,
-        mask_id=mask,
-        pad_id=tokenizer.pad_token_id or 0,
-        batch_size=run.batch_size,
-        max_batch_tokens=min(run.max_batch_tokens, 16384),
-        progress=run.progress,
-    )
-    text = tokenizer.batch_decode(filled, skip_special_tokens=True, clean_up_tokenization_spaces=False)
-    correct = [answer_in_text(e.answer, t) for e, t in zip(items, text)]
-    extra = {
-        "continuation": correct,
-        "exact": [metrics.exact_first_span(e.answer, t) for e, t in zip(items, text)],
-    }
-    return "mlm-fill", "masks", correct, _masked_gold_loss(model, tokenizer, items, run), text, extra
-
-
-def _encoder_classify(model, tokenizer, spec, items, run):
-    mask = _mask_id(tokenizer)
-    label_ids, single = label_tokens(tokenizer, items[0].prompt, spec.labels)
-    seqs = encode(tokenizer, [f"{e.prompt} {tokenizer.mask_token}" for e in items])
-    lp = encoder.mlm_label_logprobs(
-        model,
-        seqs,
-        label_ids,
-        mask_id=mask,
-        pad_id=tokenizer.pad_token_id or 0,
-        batch_size=run.batch_size,
-        max_batch_tokens=min(run.max_batch_tokens, 16384),
-        progress=run.progress,
-    )
-    return _classified(
-        model,
-        tokenizer,
-        spec,
-        items,
-        lp,
-        single,
-        lambda: _masked_gold_loss(model, tokenizer, items, run),
-        "mlm-label",
     )

@@ -42,12 +42,14 @@ class LaserConfig:
     matrix: str | None = None
     rho: float | None = None
     rank: int | None = None
-    budget: float | None = None  # keep this fraction of the layers' matrix parameters, ranks per layer
-    calibrate: int | None = None  # data-aware: fit the outputs on this many calibration tokens (whiten.py)
-    calib_file: str | None = None  # their text (text / JSON / JSONL); None: the built-in English text
+    # keep this fraction of the layers' matrix parameters, ranks per layer (methods/budget.py)
+    budget: float | None = registry.added_later()
+    # data-aware: fit the outputs on this many calibration tokens (whiten.py) of `calib_file`
+    calibrate: int | None = registry.added_later()
+    calib_file: str | None = registry.added_later()  # text / JSON / JSONL; None: the built-in English text
     svd: Literal["exact", "randomized"] = "exact"
     seed: int | None = None
-    expert: int | None = None
+    expert: int | None = registry.added_later()
 
     def __post_init__(self) -> None:
         self.layers = one_layer_as_list(self.layers)

@@ -261,10 +261,19 @@ def config_from_dict(method: str, data: dict) -> Any:
     return cfg
 
 
+def added_later(default: Any = None) -> Any:
+    """A config field added after results were first stored: `config_to_dict` leaves it out while it
+    holds its default, so the canonical steps (and the store keys hashed from them) of configurations
+    that do not use it stay what they were before the field existed."""
+    return field(default=default, metadata={"omit_at_default": True})
+
+
 def config_to_dict(cfg: Any) -> dict:
     out = {}
     for f in dataclasses.fields(cfg):
         v = getattr(cfg, f.name)
+        if f.metadata.get("omit_at_default") and v == f.default:
+            continue
         out[f.name] = list(v) if isinstance(v, tuple) else v
     return out
 

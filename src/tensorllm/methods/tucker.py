@@ -51,7 +51,10 @@ from tensorllm.methods.tucker_tensor import (
     compressed_modes,
     from_tensor,
     inverse_order,
+    parse_rank_settings,
+    parse_ranks,
     permute_query_heads,
+    rank_label,
     ranks_for_rate,
     to_tensor,
     tucker_params,
@@ -81,9 +84,9 @@ class TuckerConfig:
     layers: int | str | tuple[int, ...] | None = None
     ranks: Ranks | None = None
     rate: float | None = None
-    budget: float | None = None
-    calibrate: int | None = None
-    calib_file: str | None = None
+    budget: float | None = registry.added_later()
+    calibrate: int | None = registry.added_later()
+    calib_file: str | None = registry.added_later()
     variant: Literal["multihead", "single", "trawl"] = "multihead"
     matrix: Literal["q", "k", "v", "o"] | None = None
     n_iter_max: int = 100
@@ -169,7 +172,9 @@ def compress_layer(
 ) -> tuple[AttnWeights, dict]:
     """Decompose and rebuild one layer's attention; return new weights and the layer's record.
     `whitening` (S, S^-1) fits the tensor with mode 1 weighted by the input statistics (methods/whiten.py).
-    `keep(result, weights)`, when given, receives the Tucker result (methods/factorised.py)."""
+    `keep(result, weights)`, when given, receives the Tucker result (methods/factorised.py) and the
+    weights it decomposes; the rebuilt weights then stay in that canonical query order (the same
+    function, biases and q norms moved along) so that they agree with the kept factors."""
     t0 = time.perf_counter()
     wd, order, t = layer_tensor(w, cfg, device)
     modes = compressed_modes(cfg.variant)
@@ -197,40 +202,12 @@ def compress_layer(
     }
     if order is not None:
         record["query_order"] = order  # canonical slot n of each group held query head order[n]
-        new = permute_query_heads(new, inverse_order(order))  # back where the model stores them
+        if keep is None:
+            new = permute_query_heads(new, inverse_order(order))  # back where the model stores them
     return new, record
 
 
 # ---------------------------------------------------------------- what the CLI and the search ask
-
-
-def parse_ranks(text: str | None):
-    """'144,48,4' -> (144, 48, 4); '0.5,0.25,1' -> fractions; 'auto' -> 'auto'."""
-    if text is None or text == "auto":
-        return text
-    parts = [p.strip() for p in text.split(",") if p.strip()]
-    try:
-        if all(p.isdigit() for p in parts):
-            return tuple(int(p) for p in parts)
-        return tuple(float(p) for p in parts)
-    except ValueError:
-        raise UserError(
-            f"--ranks '{text}' must be integers (144,48,4), fractions (0.5,0.25,1) or auto"
-        ) from None
-
-
-def parse_rank_settings(text: str) -> list[tuple[int, ...] | tuple[float, ...] | str]:
-    """'144,48,4;0.5,0.5,1;auto' -> [(144, 48, 4), (0.5, 0.5, 1.0), 'auto']."""
-    out = [parse_ranks(part.strip()) for part in text.split(";") if part.strip()]
-    if not out:
-        raise UserError(f"--ranks '{text}' holds no rank setting")
-    return out
-
-
-def rank_label(setting) -> str:
-    if isinstance(setting, str):
-        return setting
-    return ",".join(f"{r:g}" if isinstance(r, float) else str(r) for r in setting)
 
 
 class Tucker(Method):

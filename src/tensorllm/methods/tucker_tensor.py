@@ -172,3 +172,35 @@ def auto_ranks(t: torch.Tensor, modes: tuple[int, ...]) -> tuple[int, ...]:
         mat = t.movedim(m, 0).reshape(size, -1).double()  # (I_m, prod(others))
         out.append(gavish_donoho_rank(singular_values(mat), *mat.shape))
     return tuple(out)
+
+
+# ---------------------------------------------------------------- rank settings as users write them
+
+
+def parse_ranks(text: str | None):
+    """'144,48,4' -> (144, 48, 4); '0.5,0.25,1' -> fractions; 'auto' -> 'auto'."""
+    if text is None or text == "auto":
+        return text
+    parts = [p.strip() for p in text.split(",") if p.strip()]
+    try:
+        if all(p.isdigit() for p in parts):
+            return tuple(int(p) for p in parts)
+        return tuple(float(p) for p in parts)
+    except ValueError:
+        raise UserError(
+            f"--ranks '{text}' must be integers (144,48,4), fractions (0.5,0.25,1) or auto"
+        ) from None
+
+
+def parse_rank_settings(text: str) -> list[tuple[int, ...] | tuple[float, ...] | str]:
+    """'144,48,4;0.5,0.5,1;auto' -> [(144, 48, 4), (0.5, 0.5, 1.0), 'auto']."""
+    out = [parse_ranks(part.strip()) for part in text.split(";") if part.strip()]
+    if not out:
+        raise UserError(f"--ranks '{text}' holds no rank setting")
+    return out
+
+
+def rank_label(setting) -> str:
+    if isinstance(setting, str):
+        return setting
+    return ",".join(f"{r:g}" if isinstance(r, float) else str(r) for r in setting)

@@ -10,7 +10,7 @@ from torch import nn
 from tensorllm.archs import spec_for
 from tensorllm.base.errors import UserError
 from tensorllm.methods import registry
-from tensorllm.methods.gqa import convert
+from tensorllm.methods.gqa import convert, gates
 from tensorllm.methods.gqa import finetune as ft
 
 GEN = torch.Generator().manual_seed(0)
@@ -49,17 +49,17 @@ def test_open_gates_reproduce_the_original_and_closed_gates_the_merge():
         plan = plan_layer(read_attention(model, arch, i), gram, 1, key_planes(model, arch, 16))
         write_attention(model, arch, i, plan.aligned)
         shared.append((plan.merged.k, plan.merged.bk, plan.merged.v, plan.merged.bv))
-    gates = ft._install(model, arch, shared, 16, 4)
-    for g in gates:
+    installed = gates.install(model, arch, shared, 16, 4)
+    for g in installed:
         g.fix(1.0)
     assert rel_diff(logits(model, HELD_OUT), ref) < 1e-5
-    for g in gates:
+    for g in installed:
         g.fix(0.0)
     assert rel_diff(logits(model, HELD_OUT), logits(merged, HELD_OUT)) < 1e-5
 
 
 def test_hard_concrete_gates():
-    g = ft.HardConcreteGates(1000)
+    g = gates.HardConcreteGates(1000)
     z = g.sample(torch.Generator().manual_seed(0))
     assert z.min() >= 0 and z.max() <= 1
     assert 0.75 < float((z == 1).float().mean()) < 0.85  # P(z = 1) = sigmoid(3 - beta * logit(11/12)) = 0.80
@@ -245,7 +245,7 @@ def test_train_scope_decides_which_weights_move(scope, tmp_path):
 
 def test_after_the_warm_up_the_gates_are_closed_and_the_own_heads_skipped(monkeypatch):
     calls = []
-    real = ft.GatedKV.forward
+    real = gates.GatedKV.forward
 
     def spy(self, x):
         calls.append(self.gates.closed)
@@ -256,7 +256,7 @@ def test_after_the_warm_up_the_gates_are_closed_and_the_own_heads_skipped(monkey
             assert torch.equal(mixed.flatten(-2), out)
         return out
 
-    monkeypatch.setattr(ft.GatedKV, "forward", spy)
+    monkeypatch.setattr(gates.GatedKV, "forward", spy)
     model = _model()
     layers = model.config.num_hidden_layers
     convert(model, spec_for(model.config), _cfg(train_steps=10, sparsity_warmup=0.3), CALIB, progress=False)
