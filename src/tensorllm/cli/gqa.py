@@ -40,6 +40,11 @@ def gqa(
         8192, help="Held-out tokens (after the calibration and fine-tune ones) for perplexity."
     ),
     decode_tokens: int = typer.Option(32, help="New tokens timed for decode speed (0 to skip)."),
+    eval_task: list[str] = typer.Option(
+        [], "--eval-task", help="Reasoning task scored before and after (repeatable; e.g. wikidata_qa)."
+    ),
+    eval_split: str = typer.Option("test", help="Split of --eval-task: val | test | all."),
+    eval_limit: int | None = typer.Option(None, help="Score only the first N items of that split."),
     train_steps: int = typer.Option(
         0, help="Recovery fine-tune steps (gated distillation); 0 = training-free."
     ),
@@ -64,8 +69,10 @@ def gqa(
     seed: int = typer.Option(0),
 ) -> None:
     """Convert to grouped-query attention; report K/V energy kept, perplexity, KV-cache size, decode speed."""
-    from tensorllm.cli.gqa_pipeline import run_gqa
+    from tensorllm.cli.gqa_pipeline import TaskEval, run_gqa
     from tensorllm.recipe import Recipe
+
+    tasks = TaskEval.of(eval_task, eval_split, eval_limit)  # an unknown task fails before any work
 
     if train_steps and train_dir is None:
         train_dir = out.with_name(out.name + ".train")
@@ -87,7 +94,13 @@ def gqa(
     )
     recipe = Recipe.single("gqa", dtype=dtype, device=device, seed=seed, **opts)
     path, report = run_gqa(
-        model, out, recipe, eval_tokens=eval_tokens, decode_tokens=decode_tokens, overwrite=overwrite
+        model,
+        out,
+        recipe,
+        eval_tokens=eval_tokens,
+        decode_tokens=decode_tokens,
+        tasks=tasks,
+        overwrite=overwrite,
     )
     print_report(report)
     console.print(f"saved checkpoint, recipe.yaml and report.json to [bold]{path}[/]")
@@ -127,6 +140,12 @@ def print_report(report: dict) -> None:
             f"{before['decode_tokens_per_s']:.1f}",
             f"{after['decode_tokens_per_s']:.1f}",
         )
+    for name, b in before.get("tasks", {}).items():
+        a = after["tasks"][name]
+        table.add_row(
+            f"{name} {b['split']} accuracy % ({b['n']} items)", f"{b['accuracy']:.2f}", f"{a['accuracy']:.2f}"
+        )
+        table.add_row(f"{name} {b['split']} loss", f"{b['loss']:.4f}", f"{a['loss']:.4f}")
     ft = report["summary"].get("finetune")
     if ft:
         table.add_row(

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 from tensorllm.base.devices import resolve_device
@@ -16,7 +17,11 @@ from tensorllm.base.errors import UserError
 from tensorllm.base.files import check_location
 from tensorllm.base.versions import versions
 from tensorllm.cli.gqa_plot import finetune_png
+from tensorllm.eval.evaluate import evaluate
+from tensorllm.eval.items import preflight
 from tensorllm.eval.measure import decode_tokens_per_s, kv_cache_bytes_per_token, perplexity
+from tensorllm.eval.sources import SPLITS
+from tensorllm.eval.tasks import TaskSpec, get_task
 from tensorllm.methods import registry
 from tensorllm.methods.gqa.calibrate import chunk
 from tensorllm.methods.gqa.convert import check_convertible
@@ -25,7 +30,24 @@ from tensorllm.models.io import load_model, preflight_output, save_checkpoint
 from tensorllm.recipe import Recipe
 
 
-def _measure(model, held_out, decode_tokens: int, batch_size: int) -> dict:
+@dataclass(frozen=True)
+class TaskEval:
+    """Reasoning tasks scored before and after the conversion (LASER's protocol, eval/evaluate.py)."""
+
+    tasks: tuple[TaskSpec, ...] = ()
+    split: str = "test"
+    limit: int | None = None  # the first `limit` items of the split; None: all of them
+
+    @classmethod
+    def of(cls, names: list[str] | tuple[str, ...], split: str = "test", limit: int | None = None):
+        if split not in SPLITS:
+            raise UserError(f"eval split '{split}' is not one of {', '.join(SPLITS)}")
+        if limit is not None and limit < 1:
+            raise UserError(f"eval limit must be at least 1, got {limit}")
+        return cls(tuple(get_task(n) for n in dict.fromkeys(names)), split, limit)  # unknown task: one line
+
+
+def _measure(model, tokenizer, held_out, decode_tokens: int, batch_size: int, tasks: TaskEval) -> dict:
     out = {
         "kv_heads": getattr(model.config, "num_key_value_heads", None) or model.config.num_attention_heads,
         "kv_cache_bytes_per_token": kv_cache_bytes_per_token(model),
@@ -33,6 +55,11 @@ def _measure(model, held_out, decode_tokens: int, batch_size: int) -> dict:
     }
     if decode_tokens:
         out["decode_tokens_per_s"] = decode_tokens_per_s(model, new_tokens=decode_tokens)
+    if tasks.tasks:
+        out["tasks"] = {}
+        for spec in tasks.tasks:
+            r = evaluate(model, tokenizer, spec, tasks.split, tasks.limit, progress=False)
+            out["tasks"][spec.name] = {"split": r.split, "n": r.n, "accuracy": r.accuracy, "loss": r.loss}
     return out
 
 
@@ -51,10 +78,12 @@ def run_gqa(
     *,
     eval_tokens: int = 8192,
     decode_tokens: int = 32,
+    tasks: TaskEval = TaskEval(),
     overwrite: bool = False,
     progress: bool = True,
 ) -> tuple[Path, dict]:
-    """Convert `model_spec` with the single `gqa` step of `recipe`; returns (output dir, report)."""
+    """Convert `model_spec` with the single `gqa` step of `recipe`; returns (output dir, report).
+    `tasks`: reasoning tasks scored before and after (`report.json`: before/after `tasks`)."""
     t0 = time.perf_counter()
     check_measure_options(eval_tokens, decode_tokens)
     (step,) = recipe.steps
@@ -65,10 +94,12 @@ def run_gqa(
     loaded = load_model(model_spec, dtype=recipe.dtype, device=recipe.device)
     model, arch = loaded.model, loaded.arch
     check_convertible(model, arch, cfg)  # fail before measuring
+    for spec in tasks.tasks:  # a task this model or tokenizer cannot be scored on fails before any work
+        preflight(model, loaded.tokenizer, spec, tasks.split, tasks.limit)
     text = text_tokens(loaded.tokenizer, cfg)  # calibration, then fine-tune tokens, then held-out ones
     held_out = chunk(text.ids, eval_tokens, cfg.seq_len, offset=text.used, what="held-out evaluation")
     t_load = time.perf_counter() - t0
-    before = _measure(model, held_out, decode_tokens, cfg.batch_size)
+    before = _measure(model, loaded.tokenizer, held_out, decode_tokens, cfg.batch_size, tasks)
     t1 = time.perf_counter()
     ctx = registry.RunContext(
         device=resolve_device(recipe.device),
@@ -84,7 +115,7 @@ def run_gqa(
     # the registered `gqa` step, without re-tokenising
     result = convert_on_text(model, arch, cfg, ctx, text, monitor=held_out_ppl if cfg.train_steps else None)
     t_convert = time.perf_counter() - t1
-    after = _measure(model, held_out, decode_tokens, cfg.batch_size)
+    after = _measure(model, loaded.tokenizer, held_out, decode_tokens, cfg.batch_size, tasks)
     report = {
         "model": model_spec,
         "architecture": arch.name,
@@ -98,6 +129,7 @@ def run_gqa(
             "train_tokens": int(text.train.numel()) if text.train is not None else None,
             "decode_new_tokens": decode_tokens,
             "decode_batch": 1,
+            "tasks": {"split": tasks.split, "limit": tasks.limit, "names": [t.name for t in tasks.tasks]},
         },
         "layers": result["layers"],
         "summary": result["summary"],

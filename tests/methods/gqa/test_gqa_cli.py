@@ -207,3 +207,47 @@ def test_fine_tune_text_follows_calibration_and_precedes_held_out(run_cli, check
     assert "fine-tune held-out perplexity (step 0 / 2)" in stdout
     png = (out / "finetune.png").read_bytes()
     assert png.startswith(b"\x89PNG") and len(png) > 10_000
+
+
+def test_eval_task_scores_the_model_before_and_after(run_cli, checkpoint):
+    """--eval-task: the task's accuracy and loss before and after, the same numbers `evaluate` gives
+    on the original checkpoint and on the written one."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from tensorllm.eval import evaluate
+
+    out = checkpoint / "gqa-eval"
+    rc, stdout, stderr = run_cli(
+        "gqa", checkpoint / "mha", "--kv-heads", "1", "--out", out, "--calib-file", checkpoint / "text.txt",
+        *FAST, "--eval-task", "wikidata_qa", "--eval-split", "val", "--eval-limit", "6",
+    )  # fmt: skip
+    assert rc == 0, stderr
+    assert "wikidata_qa val accuracy % (6 items)" in stdout
+    report = json.loads((out / "report.json").read_text())
+    assert report["eval"]["tasks"] == {"split": "val", "limit": 6, "names": ["wikidata_qa"]}
+    tok = AutoTokenizer.from_pretrained(checkpoint / "mha")
+    for side, path in (("before", checkpoint / "mha"), ("after", out)):
+        got = report[side]["tasks"]["wikidata_qa"]
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
+        want = evaluate(model, tok, "wikidata_qa", "val", 6, progress=False)
+        assert got["n"] == 6 and got["accuracy"] == want.accuracy
+        assert got["loss"] == pytest.approx(want.loss, rel=1e-5)
+    assert report["before"]["tasks"]["wikidata_qa"]["loss"] != report["after"]["tasks"]["wikidata_qa"]["loss"]
+
+
+@pytest.mark.parametrize(
+    "extra,message",
+    [
+        (["--eval-task", "nope"], "unknown task 'nope'"),
+        (
+            ["--eval-task", "wikidata_qa", "--eval-split", "dev"],
+            "eval split 'dev' is not one of val, test, all",
+        ),
+        (["--eval-task", "wikidata_qa", "--eval-limit", "0"], "eval limit must be at least 1"),
+    ],
+)
+def test_bad_eval_task_is_refused_before_any_work(run_cli, checkpoint, extra, message):
+    out = checkpoint / "bad-eval"
+    rc, _, stderr = run_cli("gqa", checkpoint / "mha", "--kv-heads", "2", "--out", out, *FAST, *extra)
+    assert rc == 2 and message in stderr and len(stderr.strip().splitlines()) == 1, stderr
+    assert not out.exists()
