@@ -5,8 +5,9 @@ outside the blocks is made real on the device (embeddings, rotary tables), and o
 with every block replaced by a catcher records what each block receives: the first block's hidden
 states, and every block's other arguments (masks, position embeddings; once per batch shape). Then per
 layer: the block is loaded onto the device, each batch's hidden states go through it while its K/V
-input's second moment accumulates (as calibrate.input_grams does), the outputs become the next layer's
-inputs, and the layer is grouped, aligned and merged from its moment (convert.plan_layer), then written.
+input's statistics accumulate (calibrate.LayerStats, as calibrate.calibration_stats sums them), the
+outputs become the next layer's inputs, and the layer is grouped, aligned and merged from its
+statistics (convert.plan_layer), then written.
 The moments and hidden states equal the in-memory path's (each layer sees the original layers' outputs
 there too), so the output is the same, tensor for tensor (tests/test_streamed_gqa.py).
 
@@ -27,6 +28,7 @@ from tensorllm.archs import blocks, get_module, head_layout, text_config
 from tensorllm.attention import read_attention, write_attention
 from tensorllm.base.errors import UserError
 from tensorllm.base.progress import track
+from tensorllm.methods.gqa.calibrate import LayerStats
 from tensorllm.methods.gqa.config import GQAConfig
 from tensorllm.methods.gqa.convert import check_convertible, key_planes, layer_key_planes, plan_layer
 from tensorllm.methods.gqa.method import text_tokens
@@ -130,9 +132,12 @@ def run(sm, cfg: GQAConfig, ctx, writer, state: dict, mark, timing: dict, progre
             sm.unload_layer(i)
             continue
         t1 = time.perf_counter()
-        gram = torch.zeros(D + 1, D + 1, dtype=torch.float64, device=device)
+        unit = cfg.grouping == "similarity" and cfg.grouping_metric == "cosine"
+        stats = LayerStats.empty(
+            D, device, sink=cfg.sink_tokens, weights=read_attention(sm.model, arch, i) if unit else None
+        )
         hook = get_module(block, arch.k if arch.qkv == "separate" else arch.fused).register_forward_pre_hook(
-            lambda _m, args: _accumulate(gram, args[0], D)
+            lambda _m, args: stats.add(args[0])
         )
         try:
             _through(block, i, hidden, shapes, calls, device)
@@ -142,7 +147,7 @@ def run(sm, cfg: GQAConfig, ctx, writer, state: dict, mark, timing: dict, progre
         w = read_attention(sm.model, arch, i)
         plan = plan_layer(
             w,
-            gram,
+            stats,
             cfg.kv_heads,
             layer_key_planes(planes_k, w, arch),
             grouping=cfg.grouping,
@@ -150,6 +155,8 @@ def run(sm, cfg: GQAConfig, ctx, writer, state: dict, mark, timing: dict, progre
             seed=seed,
             restarts=cfg.restarts,
             iters=cfg.procrustes_iters,
+            metric=cfg.grouping_metric,
+            on=cfg.grouping_on,
         )
         write_attention(sm.model, arch, i, plan.merged)
         results[str(i)] = {"layer": i, **plan.record}
@@ -178,13 +185,3 @@ def run(sm, cfg: GQAConfig, ctx, writer, state: dict, mark, timing: dict, progre
         "hidden_states_on": str(store),
     }
     return {"layers": records, "summary": summary}
-
-
-def _accumulate(gram: torch.Tensor, x: torch.Tensor, D: int) -> None:
-    """gram += [x; 1][x; 1]^T over every token (calibrate.input_grams' sum, same order)."""
-    x = x.detach().reshape(-1, x.shape[-1]).to(device=gram.device, dtype=torch.float64)  # (N, D)
-    gram[:D, :D].addmm_(x.T, x)
-    s = x.sum(0)
-    gram[:D, D] += s
-    gram[D, :D] += s
-    gram[D, D] += x.shape[0]

@@ -25,11 +25,12 @@ ModelArg = typer.Argument(
 # -- options that methods add to a command ----------------------------------------------------------
 
 
-def merged_flags(kind: str) -> list[Flag]:
+def merged_flags(kind: str, only: str | None = None) -> list[Flag]:
     """Every method's flags of `kind` ("compress_flags" or "search_flags"), one per option name; the
-    help texts of a name several methods share are joined (their key, type and parser must agree)."""
+    help texts of a name several methods share are joined (their key, type and parser must agree).
+    only="gqa": that method's flags alone (a command of one method)."""
     by_name: dict[str, Flag] = {}
-    for method in registry.all_methods():
+    for method in [registry.get(only)] if only else registry.all_methods():
         for flag in getattr(method, kind):
             seen = by_name.get(flag.name)
             if seen is None:
@@ -41,10 +42,15 @@ def merged_flags(kind: str) -> list[Flag]:
     return list(by_name.values())
 
 
-def with_method_flags(func: Callable, kind: str) -> Callable:
-    """A typer command of `func` with every method's flags added as options; `func` receives the ones
-    given as `method_flags={name: raw value}` (resolve them with `method_options`)."""
-    flags = merged_flags(kind)
+def _param(flag: Flag) -> str:
+    return "flag_" + flag.name.replace("-", "_")  # --sink-tokens -> flag_sink_tokens
+
+
+def with_method_flags(func: Callable, kind: str, only: str | None = None) -> Callable:
+    """A typer command of `func` with every method's flags (only="gqa": that method's) added as options;
+    `func` receives the ones given as `method_flags={name: raw value}` (resolve them with
+    `method_options`)."""
+    flags = merged_flags(kind, only)
     hints = typing.get_type_hints(func)
     params = [
         p.replace(annotation=hints.get(p.name, p.annotation))
@@ -53,7 +59,7 @@ def with_method_flags(func: Callable, kind: str) -> Callable:
     ]
     params += [
         inspect.Parameter(
-            f"flag_{f.name}",
+            _param(f),
             inspect.Parameter.KEYWORD_ONLY,
             annotation=f.type | None,
             default=typer.Option(None, f"--{f.name}", help=f.help),
@@ -63,7 +69,7 @@ def with_method_flags(func: Callable, kind: str) -> Callable:
 
     @functools.wraps(func)
     def command(**kwargs):
-        given = {f.name: kwargs.pop(f"flag_{f.name}") for f in flags}
+        given = {f.name: kwargs.pop(_param(f)) for f in flags}
         return func(**kwargs, method_flags={k: v for k, v in given.items() if v is not None})
 
     del command.__wrapped__  # typer must read the signature below, not func's

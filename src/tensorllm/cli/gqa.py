@@ -12,11 +12,11 @@ from pathlib import Path
 import typer
 from rich.table import Table
 
-from tensorllm.cli.common import console
+from tensorllm.cli.common import console, method_options, with_method_flags
 
 
 def register(app: typer.Typer) -> None:
-    app.command("gqa")(gqa)
+    app.command("gqa")(with_method_flags(gqa, "compress_flags", only="gqa"))
 
 
 def gqa(
@@ -67,6 +67,7 @@ def gqa(
     device: str = typer.Option("auto", help="auto, cpu, cuda, cuda:1, ..."),
     dtype: str = typer.Option("auto", help="Load dtype: auto (as stored), float32, bfloat16, float16."),
     seed: int = typer.Option(0),
+    method_flags: dict = None,
 ) -> None:
     """Convert to grouped-query attention; report K/V energy kept, perplexity, KV-cache size, decode speed."""
     from tensorllm.cli.gqa_pipeline import TaskEval, run_gqa
@@ -91,6 +92,7 @@ def gqa(
         train_scope=train_scope,
         calib_file=str(calib_file) if calib_file else None,
         train_dir=str(train_dir) if train_dir else None,
+        **method_options("gqa", "compress_flags", method_flags or {}),  # the method's own flags
     )
     recipe = Recipe.single("gqa", dtype=dtype, device=device, seed=seed, **opts)
     path, report = run_gqa(

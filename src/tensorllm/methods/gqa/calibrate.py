@@ -6,19 +6,26 @@ read by k_proj and v_proj), so one running sum per layer,
 gives every per-head-pair cross product of pre-RoPE keys and of values exactly:
     sum_t k_i k_j^T = [K_i | b_i] G [K_j | b_j]^T.
 Activations are never stored; at LLaMA-2-7B size the sums take 32 x 4097^2 x 8 B = 4.3 GB.
+The per-token cosine of the `cosine` grouping metric is not a function of that moment (each token's
+keys are scaled to unit length per head first), so when asked for, each batch's keys and values are
+computed from x and the layer's K/V weights and their unit vectors' cross products summed
+(`LayerStats.unit_k` / `unit_v`, (Hkv*d)^2 each): exact, with one batch's activations in memory.
 """
 
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from torch import nn
 
 from tensorllm.archs import ArchSpec, blocks, get_module, head_layout
+from tensorllm.attention import AttnWeights, read_attention
 from tensorllm.base.errors import UserError
 from tensorllm.base.progress import track
+from tensorllm.methods.gqa.metrics import unit_cross_products
 
 
 def read_text_file(path: str | Path) -> list[str]:
@@ -119,8 +126,74 @@ def _kv_input_module(block: nn.Module, arch: ArchSpec) -> nn.Module:
     return get_module(block, arch.k if arch.qkv == "separate" else arch.fused)
 
 
+def accumulate_gram(gram: torch.Tensor, x: torch.Tensor) -> None:
+    """gram ((D+1, D+1) float64) += sum over the rows of x (N, D) of [x; 1][x; 1]^T."""
+    D = x.shape[-1]
+    x = x.to(device=gram.device, dtype=torch.float64)  # (N, D)
+    gram[:D, :D].addmm_(x.T, x)
+    s = x.sum(0)
+    gram[:D, D] += s
+    gram[D, :D] += s
+    gram[D, D] += x.shape[0]
+
+
+@dataclass
+class LayerStats:
+    """What the calibration streams for one layer, from the input x_t of its K/V projections.
+
+    gram     sum_t [x_t; 1][x_t; 1]^T over every token ((D+1, D+1) float64): alignment, merge, and the
+             `energy` / `distance` scores
+    body     the same sum without the first `sink` tokens of each sequence (None when sink = 0: the
+             grouping reads `gram`)
+    unit_k   sum over the body's tokens of u u^T, u the layer's pre-RoPE keys with each head scaled to unit
+             length ((Hkv*d, Hkv*d) float64; the `cosine` score); unit_v the same for the values; None
+             unless asked for (they need the layer's K/V weights: `weights`)
+    """
+
+    gram: torch.Tensor
+    body: torch.Tensor | None = None
+    unit_k: torch.Tensor | None = None
+    unit_v: torch.Tensor | None = None
+    sink: int = 0
+    weights: AttnWeights | None = None  # the layer's K/V projections (float64) for unit_k / unit_v
+
+    @classmethod
+    def empty(cls, hidden: int, device, *, sink: int = 0, weights: AttnWeights | None = None) -> LayerStats:
+        """Zero sums; `weights` (the layer's attention as read) turns on unit_k / unit_v."""
+        zeros = lambda n: torch.zeros(n, n, dtype=torch.float64, device=device)  # noqa: E731
+        stats = cls(zeros(hidden + 1), zeros(hidden + 1) if sink else None, sink=sink)
+        if weights is not None:
+            f = lambda t: None if t is None else t.detach().to(device=device, dtype=torch.float64)  # noqa: E731
+            stats.weights = weights.with_(k=f(weights.k), bk=f(weights.bk), v=f(weights.v), bv=f(weights.bv))
+            n = weights.kv_heads * weights.head_dim
+            stats.unit_k, stats.unit_v = zeros(n), zeros(n)
+        return stats
+
+    @property
+    def grouping_gram(self) -> torch.Tensor:
+        return self.gram if self.body is None else self.body
+
+    @property
+    def grouping_tokens(self) -> float:
+        return float(self.grouping_gram[-1, -1])
+
+    def add(self, x: torch.Tensor) -> None:
+        """Add one batch of inputs x (B, T, D) (or (N, D) when there are no sink tokens to skip)."""
+        x = x.detach()
+        accumulate_gram(self.gram, x.reshape(-1, x.shape[-1]))
+        if self.sink:
+            x = x[..., self.sink :, :]  # (B, T - sink, D)
+            accumulate_gram(self.body, x.reshape(-1, x.shape[-1]))
+        if self.weights is not None:
+            w = self.weights
+            rows = x.reshape(-1, x.shape[-1]).to(device=self.gram.device, dtype=torch.float64)  # (N, D)
+            for acc, W, b in ((self.unit_k, w.k, w.bk), (self.unit_v, w.v, w.bv)):
+                acts = rows @ W.T if b is None else torch.addmm(b, rows, W.T)  # (N, Hkv*d)
+                acc += unit_cross_products(acts, w.kv_heads, w.head_dim)
+
+
 @torch.no_grad()
-def input_grams(
+def calibration_stats(
     model: nn.Module,
     arch: ArchSpec,
     tokens: torch.Tensor,
@@ -128,26 +201,23 @@ def input_grams(
     batch_size: int = 4,
     device: torch.device | None = None,
     progress: bool = True,
-) -> list[torch.Tensor]:
-    """Per layer sum_t [x_t; 1][x_t; 1]^T (float64, on `device`) over calibration tokens (n_seq, seq_len)."""
+    sink_tokens: int = 0,
+    unit: bool = False,
+) -> list[LayerStats]:
+    """Per layer `LayerStats` over calibration tokens (n_seq, seq_len); `unit` adds the per-token unit
+    cross products of keys and values (the `cosine` grouping metric)."""
     device = device or next(model.parameters()).device
     layers = blocks(model, arch)
     D = head_layout(model.config)[0]  # the language model's width (multimodal configs nest it)
-    grams = [torch.zeros(D + 1, D + 1, dtype=torch.float64, device=device) for _ in layers]
+    stats = [
+        LayerStats.empty(
+            D, device, sink=sink_tokens, weights=read_attention(model, arch, i) if unit else None
+        )
+        for i in range(len(layers))
+    ]
 
     def hook_for(i):
-        def hook(_mod, args):
-            x = (
-                args[0].detach().reshape(-1, args[0].shape[-1]).to(device=device, dtype=torch.float64)
-            )  # (N, D)
-            g = grams[i]
-            g[:D, :D].addmm_(x.T, x)
-            s = x.sum(0)
-            g[:D, D] += s
-            g[D, :D] += s
-            g[D, D] += x.shape[0]
-
-        return hook
+        return lambda _mod, args: stats[i].add(args[0])
 
     handles = [_kv_input_module(b, arch).register_forward_pre_hook(hook_for(i)) for i, b in enumerate(layers)]
     was_training = model.training
@@ -160,7 +230,21 @@ def input_grams(
         for h in handles:
             h.remove()
         model.train(was_training)
-    return grams
+    return stats
+
+
+def input_grams(
+    model: nn.Module,
+    arch: ArchSpec,
+    tokens: torch.Tensor,
+    *,
+    batch_size: int = 4,
+    device: torch.device | None = None,
+    progress: bool = True,
+) -> list[torch.Tensor]:
+    """Per layer sum_t [x_t; 1][x_t; 1]^T (float64, on `device`) over calibration tokens (n_seq, seq_len)."""
+    stats = calibration_stats(model, arch, tokens, batch_size=batch_size, device=device, progress=progress)
+    return [s.gram for s in stats]
 
 
 def cross_products(weight: torch.Tensor, bias: torch.Tensor | None, gram: torch.Tensor) -> torch.Tensor:

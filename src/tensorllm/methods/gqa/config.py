@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 from tensorllm.base.errors import UserError
+from tensorllm.methods import registry
 
 
 @dataclass
@@ -38,6 +39,19 @@ class GQAConfig:
     sparsity_warmup   fraction of the steps over which the target share of closed gates rises 0 -> 1
     train_dir         where the fine-tune checkpoints go (and resume from); None = no checkpoints
     save_every        fine-tune checkpoint interval in steps
+    grouping_metric   how a pair of heads is scored for the grouping, after the alignment (align.py):
+                      "energy": sum_t <a_i, T a_j> / sqrt(E_i E_j), the cosine of the whole activation
+                      sequences (loud tokens weigh more); "cosine": the mean over tokens of the cosine of
+                      a_i(t) and T a_j(t) (every token weighs the same: the paper's); "distance": minus
+                      the root mean squared distance ||a_i(t) - T a_j(t)|| (metrics.py)
+    grouping_on       which activations score the pair: "keys" (pre-RoPE k_proj outputs), "values"
+                      (v_proj outputs) or "both" (the sum of the two scores)
+    sink_tokens       leave the first N tokens of every calibration sequence (the attention sinks) out of
+                      the grouping's statistics (the alignment and merge still use every token)
+    l0_schedule       the fine-tune's gates: "ceiling": log-alpha is held under a ceiling that closes every
+                      gate when the warm-up ends; "lagrangian": the gates stay free (sampled, no ceiling)
+                      until the last step while the Lagrangian pulls the expected share of closed gates
+                      to the target, and are closed at the export
     train_precision   "auto" (bfloat16 autocast on CUDA, float32 elsewhere), "bfloat16" or "float32":
                       the fine-tune's matrix products; weights, optimiser state and the KL stay float32,
                       also for a bf16/fp16 checkpoint (the student is float32 while it trains: its size
@@ -65,6 +79,11 @@ class GQAConfig:
     save_every: int = 200
     train_precision: Literal["auto", "bfloat16", "float32"] = "auto"
     train_scope: Literal["attention", "all"] = "attention"
+    # added later: left out of the canonical step at their default (registry.added_later)
+    grouping_metric: Literal["energy", "cosine", "distance"] = registry.added_later("energy")
+    grouping_on: Literal["both", "keys", "values"] = registry.added_later("both")
+    sink_tokens: int = registry.added_later(0)
+    l0_schedule: Literal["ceiling", "lagrangian"] = registry.added_later("ceiling")
 
     def validate(self) -> None:
         positive = {
@@ -90,5 +109,10 @@ class GQAConfig:
             )
         if self.lr <= 0 or (self.gate_lr is not None and self.gate_lr <= 0):
             raise UserError("gqa.lr and gqa.gate_lr must be positive")
+        if not 0 <= self.sink_tokens < min(self.seq_len, self.calib_tokens):
+            raise UserError(
+                f"gqa.sink_tokens must be 0 or more and fewer than the calibration sequence length "
+                f"({min(self.seq_len, self.calib_tokens)}), got {self.sink_tokens}"
+            )
         if not 0 < self.sparsity_warmup <= 1:
             raise UserError(f"gqa.sparsity_warmup must be in (0, 1], got {self.sparsity_warmup}")

@@ -16,11 +16,12 @@ import torch
 from torch import nn
 
 import tensorllm.methods.gqa.align as A
+import tensorllm.methods.gqa.metrics as M
 from tensorllm.archs import ArchSpec, blocks, find_module, head_layout, rotary_dims
 from tensorllm.attention import AttnWeights, read_attention, set_kv_heads, write_attention
 from tensorllm.base.errors import UserError
 from tensorllm.base.progress import track
-from tensorllm.methods.gqa.calibrate import cross_products, input_grams
+from tensorllm.methods.gqa.calibrate import LayerStats, calibration_stats, cross_products
 from tensorllm.methods.gqa.config import GQAConfig
 from tensorllm.methods.gqa.grouping import contiguous, partition
 from tensorllm.methods.gqa.heads import merge_kv_heads, permute_kv_heads, transform_heads
@@ -114,6 +115,27 @@ def _within(S: torch.Tensor, groups: list[list[int]]) -> float:
     return sum(vals) / len(vals) if vals else 1.0
 
 
+def grouping_scores(
+    w: AttnWeights,
+    stats: LayerStats,
+    blocks_kv: tuple[torch.Tensor, torch.Tensor],
+    planes: tuple[A.Planes | None, A.Planes | None],
+    metric: str,
+    on: str,
+) -> torch.Tensor:
+    """(n, n) scores the grouping maximises (metrics.grouping_scores) from `stats`: `blocks_kv`, the
+    (n, n, d, d) key and value cross blocks over every token, unless sink tokens are left out."""
+    n, d = w.kv_heads, w.head_dim
+    if stats.body is not None and metric != "cosine":
+        blocks_kv = tuple(
+            A.cross_blocks(cross_products(W, b, stats.body), n, d) for W, b in ((w.k, w.bk), (w.v, w.bv))
+        )
+    units = (None, None)
+    if metric == "cosine":
+        units = tuple(M.expand_unit_blocks(u, n, d) for u in (stats.unit_k, stats.unit_v))
+    return M.grouping_scores(metric, on, blocks_kv, units, stats.grouping_tokens, planes)
+
+
 @contextmanager
 def _one_cpu_thread(device: torch.device):
     """The grouping/alignment math is many tiny (d x d) ops: on CPU, thread hand-offs cost more than they
@@ -131,7 +153,7 @@ def _one_cpu_thread(device: torch.device):
 
 def plan_layer(
     w: AttnWeights,
-    gram: torch.Tensor,
+    gram: torch.Tensor | LayerStats,
     kv_heads: int,
     planes_k: A.Planes,
     *,
@@ -141,9 +163,16 @@ def plan_layer(
     restarts: int = 16,
     iters: int = 20,
     merge: bool = True,
+    metric: str = "energy",
+    on: str = "both",
 ) -> LayerPlan:
     """Group, align, permute and (unless merge=False) merge one layer's heads from its input second
-    moment `gram`."""
+    moment `gram` (or the `LayerStats` the calibration streamed: the grouping's own statistics);
+    `metric` and `on` choose the grouping's score (GQAConfig.grouping_metric / grouping_on)."""
+    stats = gram if isinstance(gram, LayerStats) else LayerStats(gram)
+    if metric == "cosine" and stats.unit_k is None:
+        raise ValueError("the cosine grouping metric needs LayerStats with unit cross products")
+    gram = stats.gram
     dev = gram.device
     t0 = time.perf_counter()
     params_before = w.num_params()
@@ -169,8 +198,14 @@ def plan_layer(
     with _one_cpu_thread(dev):
         SK = A.similarity(CK, planes_k if align else None)
         SV = A.similarity(CV, planes_v if align else None)
+        if (metric, on, stats.body) == ("energy", "both", None):
+            S = SK + SV  # the first metric's scores, as they always were
+        else:
+            S = grouping_scores(
+                w, stats, (CK, CV), (planes_k, planes_v) if align else (None, None), metric, on
+            )
         groups = (
-            partition(SK + SV, kv_heads, seed=seed, restarts=restarts)
+            partition(S, kv_heads, seed=seed, restarts=restarts)
             if grouping == "similarity"
             else contiguous(n, kv_heads)
         )
@@ -187,6 +222,8 @@ def plan_layer(
             "key_similarity": _within(SK, groups),
             "value_similarity": _within(SV, groups),
         }
+        if (metric, on, stats.body) != ("energy", "both", None):
+            record.update(grouping_metric=metric, grouping_on=on, grouping_score=_within(S, groups))
         if align:
             record.update(
                 key_energy_kept_unaligned=_kept(CK, groups, eye),
@@ -231,7 +268,16 @@ def convert(
     device = device or next(model.parameters()).device
     t0 = time.perf_counter()
     teacher = copy.deepcopy(model).eval().requires_grad_(False) if cfg.train_steps else None
-    grams = input_grams(model, arch, tokens, batch_size=cfg.batch_size, device=device, progress=progress)
+    grams = calibration_stats(
+        model,
+        arch,
+        tokens,
+        batch_size=cfg.batch_size,
+        device=device,
+        progress=progress,
+        sink_tokens=cfg.sink_tokens,
+        unit=cfg.grouping == "similarity" and cfg.grouping_metric == "cosine",
+    )
     t_calib = time.perf_counter() - t0
     model_dtype = next(model.parameters()).dtype
     if teacher is not None and model_dtype != torch.float32:
@@ -255,6 +301,8 @@ def convert(
             seed=seed,
             restarts=cfg.restarts,
             iters=cfg.procrustes_iters,
+            metric=cfg.grouping_metric,
+            on=cfg.grouping_on,
         )
         grams[i] = None  # free the (D+1)^2 float64 sum as soon as it is used
         if teacher is None:

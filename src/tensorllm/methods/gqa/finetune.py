@@ -6,7 +6,12 @@ with own_j the aligned original head (frozen) and shared_g the group's merged he
 z_j is a hard-concrete gate (Louizos et al. 2018): z = 1 keeps the original model, z = 0 is
 pure GQA. The expected share of closed gates is pushed to a target that rises linearly from 0
 to 1 over the first `sparsity_warmup` of the steps, with Lagrange multipliers (Xia et al.,
-Sheared LLaMA); once the warm-up ends every gate is closed (z = 0, the own heads are skipped).
+Sheared LLaMA: kl + l1 (s - t) + l2 (s - t)^2, the multipliers maximised). `l0_schedule: ceiling`
+(the default) also holds log-alpha under a ceiling that falls with the target (gates.clamp_), so once
+the warm-up ends every gate is closed (z = 0, the own heads are skipped) and the L0 term only orders
+them; `lagrangian` (the paper's) leaves the gates free: sampled every step, no ceiling, the
+Lagrangian alone pulls the expected share of closed gates to the target, and they are closed at the
+export.
 The loss is the KL divergence from the original model's next-token distribution on the
 fine-tune text. Q, O and the shared K/V of every layer are trained (`train_scope: all`: every
 weight but the original K/V heads), at a learning rate that warms up over the first 2% of the
@@ -116,6 +121,7 @@ def finetune(
     lambdas = nn.Parameter(torch.zeros(2, device=device))
     opt_w = torch.optim.AdamW(weights, lr=cfg.lr, weight_decay=0.0)
     steps, warm = cfg.train_steps, max(1, round(cfg.sparsity_warmup * cfg.train_steps))
+    ceiling = cfg.l0_schedule == "ceiling"
     gate_lr = cfg.gate_lr if cfg.gate_lr is not None else min(1.0, max(0.01, 10.0 / warm))
     opt_g = torch.optim.Adam([g.log_alpha for g in gates], lr=gate_lr)
     opt_l = torch.optim.Adam([lambdas], lr=gate_lr, maximize=True)
@@ -137,6 +143,9 @@ def finetune(
             "procrustes_iters",
         )
     }
+    for key in ("grouping_metric", "grouping_on", "sink_tokens", "l0_schedule"):  # added later: only when set
+        if getattr(cfg, key) != getattr(GQAConfig, key):
+            start_point[key] = getattr(cfg, key)
     meta = {
         "layers": len(gates),
         "kv_heads_own": n_heads,
@@ -209,8 +218,8 @@ def finetune(
             group["lr"] = cfg.lr * lr_factor(step, steps, cfg.lr_schedule)
         with torch.no_grad(), autocast():
             target_logits = teacher(input_ids=batch, use_cache=False).logits
-        for g in gates:  # after the warm-up every log-alpha sits at the floor: the gates are closed
-            g.fix(0.0) if step >= warm else g.sample(gen)
+        for g in gates:  # ceiling: after the warm-up every log-alpha sits at the floor, the gates are closed
+            g.fix(0.0) if step >= warm and ceiling else g.sample(gen)
         with autocast():
             student_logits = model(input_ids=batch, use_cache=False).logits
         kl = _kl(student_logits, target_logits)
@@ -223,8 +232,9 @@ def finetune(
         loss.backward()
         for opt in (opt_w, opt_g, opt_l):
             opt.step()
-        for g in gates:
-            g.clamp_(target)
+        if ceiling:
+            for g in gates:
+                g.clamp_(target)
         losses.append(kl.detach())  # read back only where a line is written: no host sync per step
         if step % every == 0 or step == steps - 1:
             history.append(
@@ -234,6 +244,7 @@ def finetune(
                     "closed": float(closed.detach()),
                     "target": target,
                     "lambda": [float(x) for x in lambdas.detach()],
+                    "log_alpha_max": max(float(g.log_alpha.detach().max()) for g in gates),
                 }
             )
         if progress and ((tty and step % 10 == 0) or step % every == 0 or step == steps - 1):
@@ -264,6 +275,7 @@ def finetune(
         "master_dtype": "float32",
         "lr": cfg.lr,
         "lr_schedule": cfg.lr_schedule,
+        "l0_schedule": cfg.l0_schedule,
         "history": history,
         "curve": curve,
         "seconds": time.perf_counter() - t0,

@@ -12,7 +12,7 @@ from tensorllm.methods import registry
 from tensorllm.methods.gqa.calibrate import calibration_documents, chunk, token_stream
 from tensorllm.methods.gqa.config import GQAConfig
 from tensorllm.methods.gqa.convert import check_convertible, convert
-from tensorllm.methods.registry import Method, RunContext
+from tensorllm.methods.registry import Flag, Method, RunContext
 
 NAME = "gqa"
 
@@ -86,6 +86,26 @@ class GQA(Method):
     is its command (tensorllm.cli.gqa) and `compress --recipe` runs it as a step."""
 
     name, config_cls = NAME, GQAConfig
+    compress_flags = (  # also the options of `tensorllm gqa` (cli/gqa.py)
+        Flag(
+            "grouping-metric",
+            "gqa: how heads are scored for the grouping: energy (default) | cosine (per token) | distance.",
+            key="grouping_metric",
+        ),
+        Flag("grouping-on", "gqa: score the heads' keys | values | both (default).", key="grouping_on"),
+        Flag(
+            "sink-tokens",
+            "gqa: leave the first N tokens of each calibration sequence out of the grouping (default 0).",
+            type=int,
+            key="sink_tokens",
+        ),
+        Flag(
+            "l0-schedule",
+            "gqa: fine-tune gates: ceiling (default: forced closed by the warm-up's end) | lagrangian "
+            "(free until the end).",
+            key="l0_schedule",
+        ),
+    )
 
     def apply(self, model, arch, cfg: GQAConfig, ctx: RunContext) -> dict:
         return apply_gqa(model, arch, cfg, ctx)
