@@ -9,9 +9,9 @@ to 1 over the first `sparsity_warmup` of the steps, with Lagrange multipliers (X
 Sheared LLaMA: kl + l1 (s - t) + l2 (s - t)^2, the multipliers maximised). `l0_schedule: ceiling`
 (the default) also holds log-alpha under a ceiling that falls with the target (gates.clamp_), so once
 the warm-up ends every gate is closed (z = 0, the own heads are skipped) and the L0 term only orders
-them; `lagrangian` (the paper's) leaves the gates free: sampled every step, no ceiling, the
-Lagrangian alone pulls the expected share of closed gates to the target, and they are closed at the
-export.
+them; `lagrangian` (the paper's) leaves the gates free: sampled every step, no falling ceiling (only
+log-alpha <= its start value: gates.bound_ says why), the Lagrangian alone pulls the expected share of
+closed gates to the target, and they are closed at the export.
 The loss is the KL divergence from the original model's next-token distribution on the
 fine-tune text. Q, O and the shared K/V of every layer are trained (`train_scope: all`: every
 weight but the original K/V heads), at a learning rate that warms up over the first 2% of the
@@ -232,9 +232,8 @@ def finetune(
         loss.backward()
         for opt in (opt_w, opt_g, opt_l):
             opt.step()
-        if ceiling:
-            for g in gates:
-                g.clamp_(target)
+        for g in gates:
+            g.clamp_(target) if ceiling else g.bound_()
         losses.append(kl.detach())  # read back only where a line is written: no host sync per step
         if step % every == 0 or step == steps - 1:
             history.append(
