@@ -56,6 +56,21 @@ def test_streamed_gqa_equals_the_in_memory_conversion(tiny, tmp_path, calib, mod
     assert (tiny.logits(models[0], ids) == tiny.logits(models[1], ids)).all()
 
 
+@pytest.mark.parametrize("metric", ["cosine", "distance"])
+def test_streamed_gqa_with_the_grouping_options_equals_the_in_memory_conversion(
+    tiny, tmp_path, calib, metric
+):
+    """Per-token unit cross products and sink tokens stream layer by layer too (query-head view: 4 -> 2)."""
+    src = sharded(tiny, tmp_path / "in", "llama", num_hidden_layers=3, num_key_value_heads=4)
+    recipe = gqa_recipe(calib, 2)
+    recipe["steps"][0].update(grouping_metric=metric, grouping_on="keys", sink_tokens=3)
+    mem = in_memory(src, recipe, tmp_path / "mem")
+    out, report = compress_streamed(str(src), recipe, tmp_path / "stream", progress=False)
+    assert_same_tensors(out, tmp_path / "mem")
+    layers = strip_seconds(report.steps)[0]["layers"]
+    assert layers == strip_seconds(mem.steps)[0]["layers"] and layers[0]["grouping_metric"] == metric
+
+
 def test_an_interrupted_streamed_gqa_run_continues_to_the_same_bytes(tiny, tmp_path, calib, monkeypatch):
     import tensorllm.streamed_gqa as sg
 

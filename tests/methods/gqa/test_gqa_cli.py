@@ -133,6 +133,10 @@ FAST = [
         ("mha", ["--kv-heads", "2", "--eval-tokens", "0"], "eval_tokens must be at least 2"),
         ("mha", ["--kv-heads", "2", "--eval-tokens", "1"], "eval_tokens must be at least 2"),
         ("mha", ["--kv-heads", "2", "--decode-tokens", "-1"], "decode_tokens must be 0 (skip) or more"),
+        ("mha", ["--kv-heads", "2", "--grouping-metric", "l2"], "gqa.grouping_metric: 'l2' is not one of"),
+        ("mha", ["--kv-heads", "2", "--grouping-on", "queries"], "gqa.grouping_on: 'queries' is not one of"),
+        ("mha", ["--kv-heads", "2", "--sink-tokens", "128"], "gqa.sink_tokens must be 0 or more and fewer"),
+        ("mha", ["--kv-heads", "2", "--l0-schedule", "linear"], "gqa.l0_schedule: 'linear' is not one of"),
         ("mha", ["--kv-heads", "2", "--train-steps", "2", "--calib-file", "{root}/short.txt"], "too short"),
         (
             "mha",
