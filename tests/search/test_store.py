@@ -8,7 +8,7 @@ from tensorllm.base.errors import UserError
 from tensorllm.search.identity import IDENTITY_KEYS
 from tensorllm.search.store import Store
 
-IDENT = {k: f"v-{k}" for k in IDENTITY_KEYS}
+IDENT = {k: f"v-{k}" for k in IDENTITY_KEYS if k != "method_versions"}  # a dict; see the last test
 
 
 def line(key, split="val", acc=50.0):
@@ -104,3 +104,25 @@ def test_non_empty_directory_without_manifest_is_refused(tmp_path):
     (tmp_path / "s" / "notes.txt").write_text("mine")
     with pytest.raises(UserError, match="non-empty directory"):
         Store(tmp_path / "s").open(IDENT, {})
+
+
+def test_results_of_an_older_method_version_are_refused(tmp_path):
+    """A store keeps results by canonical step; when a method's results change for the same step
+    (tucker v2: each group's query heads in canonical order), a store made before is refused in one
+    line instead of mixing old and new results. A store without versions holds version 1 results."""
+    from tensorllm.search.identity import method_versions
+
+    now = method_versions("tucker")
+    assert now == {"tucker": 2}
+    assert method_versions("laser") == {"laser": 1}
+    old = Store(tmp_path / "old")
+    old.open({**IDENT, "method": "tucker"}, {})  # made before versions existed: no method_versions
+    old.close()
+    with pytest.raises(UserError) as exc:
+        Store(tmp_path / "old").open({**IDENT, "method": "tucker", "method_versions": now}, {})
+    msg = str(exc.value)
+    assert "\n" not in msg and "tucker results v1 in the store, v2 now" in msg
+    laser = Store(tmp_path / "laser")
+    laser.open({**IDENT, "method": "laser"}, {})
+    laser.close()
+    Store(tmp_path / "laser").open({**IDENT, "method": "laser", "method_versions": {"laser": 1}}, {})

@@ -77,6 +77,9 @@ class Method:
     compress_flags: tuple[Flag, ...] = ()  # options of `tensorllm compress` for this method
     search_flags: tuple[Flag, ...] = ()  # options of `tensorllm search` (grid axes)
     searchable: bool = False  # weights change in place (same shapes): the search can apply and restore it
+    # the version of its results: raised when the same canonical step starts to give other weights, so
+    # that a search store holding results of the earlier version is refused instead of mixed in
+    version: int = 1
     data_free_column: str | None = None  # a grid column chosen from the weights alone (reported apart)
     # weight-only, layer by layer: `apply` on a model whose one selected block is loaded gives that
     # block's result, from its weights alone (no data, no other layer, no global RNG), so a checkpoint

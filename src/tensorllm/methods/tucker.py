@@ -213,6 +213,7 @@ def compress_layer(
 class Tucker(Method):
     name, config_cls = NAME, TuckerConfig
     searchable = streamable = True
+    version = 2  # 2 (2026-12-01): each group's query heads in canonical order before the tensor is built
     data_free_column = "auto"
     compress_flags = (
         Flag("ranks", "tucker: R1,R2,R3 integers, fractions of each mode, or auto.", parse=parse_ranks),

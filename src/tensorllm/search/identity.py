@@ -12,6 +12,7 @@ from pathlib import Path
 import torch
 
 from tensorllm.base.errors import UserError
+from tensorllm.methods import registry
 
 FORMAT = 2  # 2: the evaluation batch size is part of the identity (bf16 numbers depend on it)
 IDENTITY_KEYS = (
@@ -28,7 +29,15 @@ IDENTITY_KEYS = (
     "device_type",
     "tensorllm",
     "racing",  # a racing search's parameters (race.py); absent (None) for an exhaustive one
+    "method_versions",  # {method: version of its results}; absent in stores made before: all version 1
 )
+
+
+def method_versions(method: str) -> dict[str, int]:
+    """The result versions (`Method.version`) of the methods a search of `method` applies: that method,
+    or every searchable one for a hybrid search (its steps come from the stores it combines)."""
+    chosen = [registry.get(method)] if registry.find(method) else registry.searchable()
+    return {m.name: m.version for m in chosen}
 
 
 def model_fingerprint(model) -> str:
@@ -94,12 +103,24 @@ def code_version() -> str:
 
 def mismatch(expected: dict, found: dict) -> list[str]:
     """'key: store has X, this search Y' for every identity field that differs."""
+    out = []
+    for k in IDENTITY_KEYS:
+        if k == "method_versions":
+            out += _versions_mismatch(found.get(k) or {}, expected.get(k) or {})
+        elif found.get(k) != expected.get(k):
+            out.append(
+                _racing_mismatch(found.get(k), expected.get(k))
+                if k == "racing"
+                else f"{k}: store has {found.get(k)!r}, this search {expected.get(k)!r}"
+            )
+    return out
+
+
+def _versions_mismatch(found: dict, expected: dict) -> list[str]:
     return [
-        _racing_mismatch(found.get(k), expected.get(k))
-        if k == "racing"
-        else f"{k}: store has {found.get(k)!r}, this search {expected.get(k)!r}"
-        for k in IDENTITY_KEYS
-        if found.get(k) != expected.get(k)
+        f"{name} results v{found.get(name, 1)} in the store, v{v} now (start a new --store)"
+        for name, v in expected.items()
+        if found.get(name, 1) != v
     ]
 
 

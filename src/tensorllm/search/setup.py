@@ -7,7 +7,14 @@ import torch
 from tensorllm.base.errors import UserError
 from tensorllm.search import racing, transfer
 from tensorllm.search.grid import Config, Grid, hybrid_grid, method_grid, recipes_grid
-from tensorllm.search.identity import FORMAT, code_version, data_identity, mismatch, model_fingerprint
+from tensorllm.search.identity import (
+    FORMAT,
+    code_version,
+    data_identity,
+    method_versions,
+    mismatch,
+    model_fingerprint,
+)
 from tensorllm.search.race import RaceParams
 from tensorllm.search.spec import HYBRID, SearchSpec
 from tensorllm.search.store import Store, now
@@ -77,6 +84,7 @@ def identity(
         "dtype": str(next(model.parameters()).dtype).replace("torch.", ""),
         "device_type": device.type,
         "tensorllm": __version__,
+        "method_versions": method_versions(spec.method),
     }
     if race is not None:  # absent for an exhaustive search, as in the stores made before racing
         ident["racing"] = race.identity()
