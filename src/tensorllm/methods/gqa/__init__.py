@@ -2,8 +2,9 @@
 
     align.py      pure math: RoPE-commuting rotations, Procrustes, pair similarity, group alignment
     grouping.py   pure math: equal-size grouping by swap search with restarts
+    metrics.py    pure math: the grouping's pair scores (energy, per-token cosine, distance)
     heads.py      function-preserving edits of AttnWeights: permute, rotate, merge
-    calibrate.py  calibration text -> tokens -> streamed K/V-input second moments (forward hooks)
+    calibrate.py  calibration text -> tokens -> streamed K/V-input statistics (forward hooks)
     convert.py    per-layer plan and the whole-model conversion
     finetune.py   gated distillation fine-tune, exported as plain GQA
     method.py     the registered `gqa` method
