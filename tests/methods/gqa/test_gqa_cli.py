@@ -255,3 +255,18 @@ def test_bad_eval_task_is_refused_before_any_work(run_cli, checkpoint, extra, me
     rc, _, stderr = run_cli("gqa", checkpoint / "mha", "--kv-heads", "2", "--out", out, *FAST, *extra)
     assert rc == 2 and message in stderr and len(stderr.strip().splitlines()) == 1, stderr
     assert not out.exists()
+
+
+def test_the_methods_grouping_flags_reach_the_recipe_and_report(run_cli, checkpoint):
+    """--grouping-metric / --grouping-on / --sink-tokens come from the gqa method's compress_flags."""
+    out = checkpoint / "gqa-cosine"
+    opts = ["--kv-heads", "2", "--grouping-metric", "cosine", "--grouping-on", "values", "--sink-tokens", "4"]
+    rc, _, stderr = run_cli(
+        "gqa", checkpoint / "mha", "--out", out, "--calib-file", checkpoint / "text.txt", *FAST, *opts
+    )
+    assert rc == 0, stderr
+    step = yaml.safe_load((out / "recipe.yaml").read_text())["steps"][0]
+    assert (step["grouping_metric"], step["grouping_on"], step["sink_tokens"]) == ("cosine", "values", 4)
+    assert "l0_schedule" not in step  # at its default: left out
+    layer = json.loads((out / "report.json").read_text())["layers"][0]
+    assert (layer["grouping_metric"], layer["grouping_on"]) == ("cosine", "values")
