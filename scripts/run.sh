@@ -36,6 +36,8 @@ case "$1" in
       echo "[test] ruff check + ruff format --check" >&2
       "$VENV/bin/ruff" check .
       "$VENV/bin/ruff" format --check .
+      # one worker per core up to TEST_WORKERS (default 2, CI's cores), whole files per worker
+      set -- -n "${TEST_WORKERS:-2}" --dist loadfile
     fi
     exec "$PY" -m pytest -q -p no:cacheprovider "$@"
     ;;
