@@ -135,8 +135,10 @@ def run_demo(*, out: Path, layer: int, ranks, eval_items: int, overwrite: bool, 
 
 def demo(
     out: Path = typer.Option(Path("runs/demo"), help="Where to save the compressed checkpoint."),
-    layer: int = typer.Option(16, help="Default: the best layer of our GPU search (BENCHMARKS.md)."),
-    ranks: str = typer.Option("288,48,4"),
+    layer: int = typer.Option(
+        5, help="Default: the validation winner of the 90-configuration GPU search (BENCHMARKS.md)."
+    ),
+    ranks: str = typer.Option("40,1,8", help="R1,R2,R3 (default: that search's winning cell)."),
     eval_items: int = typer.Option(200, help="WikidataQA items evaluated before/after (0 to skip)."),
     overwrite: bool = typer.Option(True),
 ) -> None:
