@@ -12,6 +12,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from tensorllm.archs import head_layout
 from tensorllm.base.devices import resolve_device
 from tensorllm.base.errors import UserError
 from tensorllm.base.files import check_location
@@ -49,7 +50,7 @@ class TaskEval:
 
 def _measure(model, tokenizer, held_out, decode_tokens: int, batch_size: int, tasks: TaskEval) -> dict:
     out = {
-        "kv_heads": getattr(model.config, "num_key_value_heads", None) or model.config.num_attention_heads,
+        "kv_heads": head_layout(model.config)[2],
         "kv_cache_bytes_per_token": kv_cache_bytes_per_token(model),
         "perplexity": perplexity(model, held_out, batch_size=batch_size),
     }

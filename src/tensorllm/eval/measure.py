@@ -10,6 +10,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from tensorllm.archs import head_layout, text_config
+
 
 @torch.no_grad()
 def perplexity(model: nn.Module, tokens: torch.Tensor, *, batch_size: int = 4) -> float:
@@ -26,11 +28,9 @@ def perplexity(model: nn.Module, tokens: torch.Tensor, *, batch_size: int = 4) -
 
 def kv_cache_bytes_per_token(model: nn.Module) -> int:
     """Bytes one token adds to the KV cache: 2 (K and V) x layers x K/V heads x head_dim x element size."""
-    c = model.config
-    heads = getattr(c, "num_key_value_heads", None) or c.num_attention_heads
-    head_dim = getattr(c, "head_dim", None) or c.hidden_size // c.num_attention_heads
+    _, _, heads, head_dim = head_layout(model.config)  # the language model's (multimodal configs nest it)
     size = next(model.parameters()).element_size()
-    return 2 * c.num_hidden_layers * heads * head_dim * size
+    return 2 * text_config(model.config).num_hidden_layers * heads * head_dim * size
 
 
 class StepClock:

@@ -225,3 +225,20 @@ def test_the_gqa_command_on_olmo2_refuses_naming_the_feature_and_writes_nothing(
     assert isinstance(result.exception, tensorllm.UserError)  # the CLI prints it as one `error:` line, exit 2
     assert "\n" not in str(result.exception) and "whole K projection" in str(result.exception)
     assert not out.exists()
+
+
+def test_a_multimodal_gemma3_fine_tunes_and_reports_its_kv_cache(tiny):
+    """The multimodal Gemma-3 config holds its sizes in `text_config`: the recovery fine-tune and the
+    KV-cache size read the language model's head layout, not the outer config."""
+    from tensorllm.eval.measure import kv_cache_bytes_per_token
+
+    model, arch = _model(tiny, "gemma3")
+    config = text_config(model.config)
+    kv, d = config.num_key_value_heads, config.head_dim
+    expand_kv(model, arch)
+    heads = config.num_attention_heads
+    assert kv_cache_bytes_per_token(model) == 2 * config.num_hidden_layers * heads * d * 8  # float64
+    cfg = GQAConfig(kv_heads=kv, train_steps=2, train_tokens=0, seq_len=16, train_precision="float32")
+    convert(model, arch, cfg, IDS, progress=False)
+    assert config.num_key_value_heads == kv
+    assert kv_cache_bytes_per_token(model) == 2 * config.num_hidden_layers * kv * d * 8

@@ -42,7 +42,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from tensorllm.archs import ArchSpec, blocks, get_module
+from tensorllm.archs import ArchSpec, blocks, get_module, head_layout
 from tensorllm.attention import read_attention
 from tensorllm.base.errors import UserError
 from tensorllm.methods.gqa.config import GQAConfig
@@ -112,7 +112,7 @@ def finetune(
         )
     device = next(model.parameters()).device
     head_dim = read_attention(model, arch, 0).head_dim
-    n_heads = model.config.num_key_value_heads
+    n_heads = head_layout(model.config)[2]  # K/V heads of the language model (Gemma-3 nests its config)
     flags = {n: p.requires_grad for n, p in model.named_parameters()}
     gates = install(model, arch, shared, head_dim, n_heads)
     named = _trainable(model, arch, cfg.train_scope)
