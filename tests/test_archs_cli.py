@@ -102,3 +102,19 @@ def test_info_on_a_multimodal_gemma3_describes_its_language_model(tiny, run_cli,
         32,
         2,
     )
+
+
+@pytest.mark.parametrize("family", ["mixtral", "qwen3_moe"])
+def test_info_counts_the_experts_and_the_router_as_ffn_parameters(tiny, run_cli, ckpts, family):
+    from tensorllm.archs import blocks, get_module, spec_for
+
+    ckpt = tiny.save(ckpts / family, family)
+    rc, out, err = run_cli("info", ckpt, "--json")
+    assert rc == 0, err
+    layers = json.loads(out)["layers"]
+    model = tiny.model(family)
+    arch = spec_for(model.config)
+    for row, block in zip(layers, blocks(model, arch)):
+        want = sum(p.numel() for p in get_module(block, arch.experts).parameters())
+        want += get_module(block, arch.router).weight.numel()
+        assert row["ffn_params"] == want > 0

@@ -29,6 +29,9 @@ def describe(spec: str, *, trust_remote_code: bool = False, allow_pickle: bool =
     for i, block in enumerate(blocks(model, arch)):
         w = read_attention(model, arch, i)
         ffn = [get_module(block, p).weight.numel() for _, p in arch.ffn]
+        if arch.is_moe:  # every expert's matrices, and the router
+            ffn += [p.numel() for p in get_module(block, arch.experts).parameters()]
+            ffn.append(get_module(block, arch.router).weight.numel())
         layers.append(
             {
                 "layer": i,
