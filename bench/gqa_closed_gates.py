@@ -17,27 +17,26 @@ import torch
 from common import emit_json  # bench/common.py
 
 from tensorllm.methods import registry
-from tensorllm.methods.gqa import convert
-from tensorllm.methods.gqa import finetune as ft
+from tensorllm.methods.gqa import convert, gates
 from tensorllm.models.expand_kv import expand_kv
 from tensorllm.models.io import load_model
 
 
 def run(loaded, tokens, cfg, shortcut: bool) -> dict:
-    real_fix = ft.HardConcreteGates.fix
+    real_fix = gates.HardConcreteGates.fix
 
     def fix_without_shortcut(self, value):
         real_fix(self, value)
         self.closed = False  # GatedKV then computes z * own + (1 - z) * shared
 
     if not shortcut:
-        ft.HardConcreteGates.fix = fix_without_shortcut
+        gates.HardConcreteGates.fix = fix_without_shortcut
     try:
         info = convert(copy.deepcopy(loaded.model), loaded.arch, cfg, tokens, progress=False)["summary"][
             "finetune"
         ]
     finally:
-        ft.HardConcreteGates.fix = real_fix
+        gates.HardConcreteGates.fix = real_fix
     return {"seconds_per_step": info["seconds"] / cfg.train_steps, "kl_last": info["kl_last"]}
 
 

@@ -98,7 +98,7 @@ def fetch_bigbench(sdist: str | Path | None = None, *, progress: bool = True) ->
     directory = data_dir()
     if _complete(directory):
         return FetchResult(directory, False, "cache")
-    with cache_lock(directory.with_name(f".{directory.name}.lock"), f"BIG-bench {SDIST}"):
+    with cache_lock(cache_dir("locks") / f"{directory.name}.lock", f"BIG-bench {SDIST}"):
         if _complete(directory):  # another process fetched it while this one waited
             return FetchResult(directory, False, "cache")
         return _fetch(directory, sdist, progress)

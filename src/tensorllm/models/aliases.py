@@ -105,7 +105,7 @@ def alias_path(name: str) -> Path:
     if (final / "config.json").exists():
         return final
     downloads = cache_dir("downloads")
-    with cache_lock(downloads / f".{name}.lock", name):  # concurrent first uses: one fetches, the rest wait
+    with cache_lock(cache_dir("locks") / f"{name}.lock", name):  # concurrent first uses: one fetches
         if (final / "config.json").exists():
             return final
         _fetch(alias, final, downloads)

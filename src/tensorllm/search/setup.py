@@ -114,7 +114,13 @@ def top_k(source: str, ident: dict, k: int, n_val: int) -> list[tuple[str, Confi
     found = store.manifest()
     if found is None:
         raise UserError(f"--from {source} is not a search store (no store.json)")
-    diff = [d for d in mismatch(ident, found) if not d.startswith(("method:", "racing:"))]
+    # the same search but for its method (and that method's result version)
+    own = {
+        **ident,
+        "method": found.get("method"),
+        "method_versions": method_versions(str(found.get("method"))),
+    }
+    diff = [d for d in mismatch(own, found) if not d.startswith(("method:", "racing:"))]
     if diff:
         raise UserError(f"--from {source} was measured on a different search ({'; '.join(diff)})")
     done = racing.ranked(store, n_val, (found.get("racing") or {}).get("by", "accuracy"))
