@@ -37,7 +37,7 @@ case "$1" in
       "$VENV/bin/ruff" check .
       "$VENV/bin/ruff" format --check .
       # one worker per core up to TEST_WORKERS (default 2, CI's cores), whole files per worker
-      set -- -n "${TEST_WORKERS:-2}" --dist loadfile
+      set -- -n "${TEST_WORKERS:-2}" --dist loadfile --durations=15
     fi
     exec "$PY" -m pytest -q -p no:cacheprovider "$@"
     ;;

@@ -283,3 +283,13 @@ def smollm2_model(smollm2):
 @pytest.fixture(scope="session")
 def smollm2_ids(smollm2) -> torch.Tensor:
     return smollm2.tokenizer(REAL_PROMPT, return_tensors="pt")["input_ids"]
+
+
+# Files whose first test fetches and converts a large real model (the 253 MB Gemma-3 GGUF is
+# dequantised on first use): they are collected first, so that with several test processes
+# (`scripts/run.sh test`) that work overlaps the rest of the suite instead of ending it.
+FETCH_FIRST = ("test_real_gemma3.py",)
+
+
+def pytest_collection_modifyitems(session, config, items):
+    items.sort(key=lambda item: item.path.name not in FETCH_FIRST)  # stable: the rest keep their order

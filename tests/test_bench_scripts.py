@@ -232,10 +232,12 @@ def test_search_replay_races_a_complete_grid(tmp_path):
 
 
 def test_stream_bench_measures_and_matches_the_in_memory_path_at_toy_size(tmp_path):
-    args = ("--shapes", "tiny", "--methods", "tucker,laser,gqa", "--device", "cpu", "--compare")
+    # tucker and gqa: the two streamed paths of different kinds (LASER streams as Tucker does; the
+    # library's streamed LASER is compared with the in-memory one in tests/test_streamed.py)
+    args = ("--shapes", "tiny", "--methods", "tucker,gqa", "--device", "cpu", "--compare")
     result = _run("stream_bench.py", *args, "--dir", str(tmp_path / "work"), tmp_path=tmp_path)
     row = result["shapes"]["tiny"]
-    for method in ("tucker", "laser", "gqa"):
+    for method in ("tucker", "gqa"):
         run = row[method]
         assert "error" not in run and run["peak_rss_bytes"] > 0 and run["psutil_peak_rss_bytes"] > 0
         assert all(run[k] >= 0 for k in ("read_s", "compute_s", "write_s", "copy_s"))
