@@ -36,7 +36,9 @@ case "$1" in
       echo "[test] ruff check + ruff format --check" >&2
       "$VENV/bin/ruff" check .
       "$VENV/bin/ruff" format --check .
-      # one worker per core up to TEST_WORKERS (default 2, CI's cores), whole files per worker
+      # TEST_WORKERS processes (default 2, CI's cores), whole files per process, one compute thread each
+      # (two processes of two threads on two cores ran single tests up to 7x slower than alone)
+      export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1} MKL_NUM_THREADS=${MKL_NUM_THREADS:-1}
       set -- -n "${TEST_WORKERS:-2}" --dist loadfile --durations=15
     fi
     exec "$PY" -m pytest -q -p no:cacheprovider "$@"

@@ -285,11 +285,24 @@ def smollm2_ids(smollm2) -> torch.Tensor:
     return smollm2.tokenizer(REAL_PROMPT, return_tensors="pt")["input_ids"]
 
 
-# Files whose first test fetches and converts a large real model (the 253 MB Gemma-3 GGUF is
-# dequantised on first use): they are collected first, so that with several test processes
-# (`scripts/run.sh test`) that work overlaps the rest of the suite instead of ending it.
-FETCH_FIRST = ("test_real_gemma3.py",)
+# The Gemma-3 alias is dequantised from a 253 MB GGUF on first use (minutes on 2 cores). When the suite
+# runs in several processes (`scripts/run.sh test`), the controlling process starts that fetch in a
+# child of its own at once, so that it overlaps the suite; the test process that needs the model waits
+# on the cache lock (tensorllm.base.files.cache_lock) and finds it.
+PREFETCH = "from tensorllm.models.aliases import alias_path; alias_path('gemma3-270m')"
 
 
-def pytest_collection_modifyitems(session, config, items):
-    items.sort(key=lambda item: item.path.name not in FETCH_FIRST)  # stable: the rest keep their order
+def pytest_sessionstart(session):
+    config = session.config
+    controller = getattr(config.option, "numprocesses", None) and not hasattr(config, "workerinput")
+    if controller and os.environ.get("TENSORLLM_TESTS_OFFLINE") != "1":
+        config._tensorllm_prefetch = subprocess.Popen(
+            [sys.executable, "-c", PREFETCH], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        )
+
+
+def pytest_sessionfinish(session, exitstatus):
+    proc = getattr(session.config, "_tensorllm_prefetch", None)
+    if proc is not None and proc.poll() is None:
+        proc.kill()
+        proc.wait()
