@@ -128,7 +128,7 @@ def test_similarity_and_group_alignment_undo_planted_rotations(planes):
         S + torch.eye(3, dtype=torch.float64), torch.ones(3, 3, dtype=torch.float64), atol=1e-10
     )
     assert float(A.similarity(blocks, None)[0, 1]) < 0.9  # unaligned they look different
-    T = A.align_group(blocks, [0, 1, 2], planes)
+    T = A.align_groups(A.group_blocks(blocks, [[0, 1, 2]]), planes)[0]
     assert torch.allclose(T[0], torch.eye(D, dtype=torch.float64), atol=1e-12)  # first member is the frame
     for h in range(3):
         assert torch.allclose(acts[h] @ T[h].T, acts[0], atol=1e-8)
@@ -137,11 +137,80 @@ def test_similarity_and_group_alignment_undo_planted_rotations(planes):
 def test_group_alignment_reduces_the_residual_with_noise():
     planes = A.Planes.for_rope(D, D, "half")
     blocks, _, acts = _planted(4, planes, noise=0.5)
-    T = A.align_group(blocks, [0, 1, 2, 3], planes)
+    sub = A.group_blocks(blocks, [[0, 1, 2, 3]])
+    T = A.align_groups(sub, planes)[0]
     eye = torch.eye(D, dtype=torch.float64).expand(4, D, D)
     energy = sum(float((a**2).sum()) for a in acts)
-    aligned_kept = 4 * float(A.merged_energy(blocks, [0, 1, 2, 3], T)) / energy
-    plain_kept = 4 * float(A.merged_energy(blocks, [0, 1, 2, 3], eye)) / energy
+    aligned_kept = float(A.kept_energy(sub, T[None])) / energy
+    plain_kept = float(A.kept_energy(sub, eye[None])) / energy
     assert aligned_kept > 0.8 > plain_kept
-    mean = sum(a @ t.T for a, t in zip(acts, T)) / 4  # merged_energy agrees with the activations
+    mean = sum(a @ t.T for a, t in zip(acts, T)) / 4  # kept_energy agrees with the activations
     assert 4 * float((mean**2).sum()) / energy == pytest.approx(aligned_kept, rel=1e-9)
+
+
+def _conditioned(batch, k, cond, gen):
+    """Random (batch, k, k) matrices with singular values spread log-uniformly over [1/cond, 1]."""
+    U = torch.linalg.qr(torch.randn(batch, k, k, generator=gen, dtype=torch.float64))[0]
+    V = torch.linalg.qr(torch.randn(batch, k, k, generator=gen, dtype=torch.float64))[0]
+    s = torch.logspace(0, -math.log10(cond), k, dtype=torch.float64)
+    return U @ torch.diag_embed(s.expand(batch, k)) @ V.transpose(-1, -2)
+
+
+@pytest.mark.parametrize("cond", [1.0, 1e3, 1e8])
+def test_newton_schulz_procrustes_equals_the_svd_one(cond):
+    gen = torch.Generator().manual_seed(11)
+    M = _conditioned(6, 24, cond, gen) * 37.0
+    T_svd = A.procrustes(M, method="svd")
+    T_ns = A.procrustes(M, method="newton_schulz")
+    eye = torch.eye(24, dtype=torch.float64)
+    assert torch.allclose(T_ns.transpose(-1, -2) @ T_ns, eye.expand(6, 24, 24), atol=1e-12)
+    assert torch.allclose(T_ns, T_svd, atol=1e-6 * max(1.0, cond**0.5))  # unique: M is full rank
+    nuclear = torch.linalg.svdvals(M).sum(-1)
+    assert torch.allclose((T_ns * M.transpose(-1, -2)).sum((-2, -1)), nuclear, rtol=1e-12)
+
+
+def test_newton_schulz_falls_back_to_the_svd_on_a_singular_matrix():
+    gen = torch.Generator().manual_seed(12)
+    M = torch.randn(3, 10, 10, generator=gen, dtype=torch.float64)
+    M[1, :, 4] = 0  # rank 9: a zero singular value never grows under the iteration
+    _, ok = A._newton_schulz(M.transpose(-1, -2), max_iters=128, tol=1e-12)
+    assert ok.tolist() == [True, False, True]
+    T = A.procrustes(M, method="newton_schulz")
+    eye = torch.eye(10, dtype=torch.float64)
+    assert torch.allclose(T.transpose(-1, -2) @ T, eye.expand(3, 10, 10), atol=1e-12)
+    nuclear = torch.linalg.svdvals(M).sum(-1)
+    assert torch.allclose((T * M.transpose(-1, -2)).sum((-2, -1)), nuclear, rtol=1e-12)
+
+
+def _align_one_group_at_a_time(blocks, groups, planes, iters=20, tol=1e-5):
+    """Reference: the generalised Procrustes of each group alone, written out per member."""
+    out = []
+    for members in groups:
+        sub = blocks[torch.tensor(members)[:, None], torch.tensor(members)]  # (m, m, d, d)
+        m = len(members)
+        energy = float(sum(torch.trace(sub[h, h]) for h in range(m)))
+
+        def kept_of(T):
+            return float(sum(torch.trace(T[h] @ sub[h, j] @ T[j].T) for h in range(m) for j in range(m))) / m
+
+        T = A.best_transform(sub[:, 0], planes)
+        kept = kept_of(T)
+        for _ in range(iters if m > 2 else 0):
+            means = torch.stack([sum(sub[h, j] @ T[j].T for j in range(m)) / m for h in range(m)])
+            T = A.best_transform(means, planes)
+            prev, kept = kept, kept_of(T)
+            if kept - prev <= tol * energy:
+                break
+        out.append(T[0].T @ T)
+    return torch.stack(out)
+
+
+@pytest.mark.parametrize("planes", [A.Planes.for_rope(D, D, "half"), A.Planes.orthogonal(D)])
+def test_aligning_every_group_at_once_equals_one_group_at_a_time(planes):
+    blocks, _, _ = _planted(12, planes, noise=0.7, seed=9)
+    groups = [[0, 5, 7, 11], [1, 2, 3, 4], [6, 8, 9, 10]]
+    together = A.align_groups(A.group_blocks(blocks, groups), planes, iters=20, tol=1e-5)
+    alone = _align_one_group_at_a_time(blocks, groups, planes)
+    assert torch.allclose(together, alone, atol=1e-10)
+    few = A.align_groups(A.group_blocks(blocks, groups), planes, iters=1)  # stopped early, still a group frame
+    assert torch.allclose(few[:, 0], torch.eye(D, dtype=torch.float64).expand(3, D, D), atol=1e-12)

@@ -36,9 +36,12 @@ def test_permutation_alone_is_exact(name):
     assert rel_diff(logits(model, IDS), ref) < 1e-12
 
 
+@pytest.mark.parametrize("procrustes", ["svd", "newton_schulz"])
 @pytest.mark.parametrize("name", list(MODELS))
-def test_alignment_alone_is_exact(name):
-    """The calibrated plan's permuted + aligned (unmerged) weights: same logits, different weights."""
+def test_alignment_alone_is_exact(name, procrustes, monkeypatch):
+    """The calibrated plan's permuted + aligned (unmerged) weights: same logits, different weights;
+    with the CPU's SVD Procrustes and with the GPU's Newton-Schulz one."""
+    monkeypatch.setattr(A, "CPU_PROCRUSTES", procrustes)
     model = MODELS[name]()
     arch = spec_for(model.config)
     ref = logits(model, IDS)

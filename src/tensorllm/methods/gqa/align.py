@@ -108,6 +108,59 @@ class Planes:
         return cls(torch.zeros(0, 2, dtype=torch.long), torch.arange(head_dim), head_dim)
 
 
+CPU_PROCRUSTES = "svd"  # the CPU's Procrustes method; tests set "newton_schulz" to run the GPU's on the CPU
+
+
+def _newton_schulz(A: torch.Tensor, max_iters: int, tol: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """The orthogonal polar factor U V^T of a batch A = U S V^T (..., k, k) by the Newton-Schulz
+    iteration X <- X (3 I - X^T X) / 2 from X = A / ||A||_F (every singular value in (0, 1]: each
+    grows towards 1, at least x1.5 per step while small, then quadratically). Matrix products only,
+    so a GPU runs a whole batch in a few hundred kernels; an SVD of a batch of k > 32 matrices there
+    is one cuSOLVER call per matrix. Returns (X, converged (...,)): ||X^T X - I||_max <= tol; a
+    singular A (a zero singular value stays zero) never converges."""
+    eye = torch.eye(A.shape[-1], dtype=A.dtype, device=A.device)
+    scale = torch.linalg.matrix_norm(A).clamp_min(torch.finfo(A.dtype).tiny)  # (...,) Frobenius
+    X = A / scale[..., None, None]
+    converged = torch.zeros(A.shape[:-2], dtype=torch.bool, device=A.device)
+    for step in range(1, max_iters + 1):
+        XtX = X.transpose(-1, -2) @ X
+        X = 1.5 * X - 0.5 * (X @ XtX)
+        if step % 8 == 0 or step == max_iters:  # one host sync per 8 steps
+            XtX = X.transpose(-1, -2) @ X
+            converged = (XtX - eye).abs().amax((-2, -1)) <= tol
+            if bool(converged.all()):
+                break
+    return X, converged
+
+
+def procrustes(M: torch.Tensor, *, method: str | None = None) -> torch.Tensor:
+    """The orthogonal T (..., k, k) maximising tr(T M) for M (..., k, k): T = V U^T for M = U S V^T
+    (classic Procrustes), which is the polar factor of M^T.
+
+    method "svd" (the CPU's default: LAPACK is fastest there) or "newton_schulz" (the default
+    elsewhere; a matrix it cannot converge, e.g. a singular one, falls back to the SVD)."""
+    method = method or (CPU_PROCRUSTES if M.device.type == "cpu" else "newton_schulz")
+    if method == "svd":
+        U, _, Vh = torch.linalg.svd(M)
+        return Vh.transpose(-1, -2) @ U.transpose(-1, -2)  # V U^T
+    if method != "newton_schulz":
+        raise ValueError(f"unknown Procrustes method {method!r}")
+    tol = 64 * M.shape[-1] * torch.finfo(M.dtype).eps
+    T, ok = _newton_schulz(M.transpose(-1, -2), max_iters=128, tol=tol)
+    if not bool(ok.all()):
+        T = T.clone()
+        T[~ok] = procrustes(M[~ok], method="svd")
+    return T
+
+
+def nuclear_norm(M: torch.Tensor) -> torch.Tensor:
+    """max over orthogonal T of tr(T M) = the sum of M's singular values, for M (..., k, k) -> (...)."""
+    if M.device.type == "cpu" and CPU_PROCRUSTES == "svd":
+        return torch.linalg.svdvals(M).sum(-1)
+    T = procrustes(M)
+    return (T * M.transpose(-1, -2)).sum((-2, -1))  # tr(T M)
+
+
 def _plane_terms(M: torch.Tensor, pairs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     a, b = pairs[:, 0].to(M.device), pairs[:, 1].to(M.device)
     cos_part = M[..., a, a] + M[..., b, b]  # (..., P)
@@ -125,7 +178,7 @@ def best_score(M: torch.Tensor, planes: Planes) -> torch.Tensor:
         score = score + M[..., i, i].sum(-1)
     for block in planes.blocks():
         f = block.to(M.device)
-        score = score + torch.linalg.svdvals(M[..., f[:, None], f]).sum(-1)  # nuclear norm
+        score = score + nuclear_norm(M[..., f[:, None], f])
     return score
 
 
@@ -155,8 +208,7 @@ def best_transform(M: torch.Tensor, planes: Planes) -> torch.Tensor:
         T[..., i, i] = 1.0
     for block in planes.blocks():
         f = block.to(M.device)
-        U, _, Vh = torch.linalg.svd(M[..., f[:, None], f])
-        T[..., f[:, None], f] = Vh.transpose(-1, -2) @ U.transpose(-1, -2)  # V U^T
+        T[..., f[:, None], f] = procrustes(M[..., f[:, None], f])
     return T
 
 
@@ -184,36 +236,55 @@ def similarity(blocks: torch.Tensor, planes: Planes | None) -> torch.Tensor:
     return S + S.T
 
 
-def merged_energy(blocks: torch.Tensor, members: list[int], T: torch.Tensor) -> torch.Tensor:
-    """||mean_h T_h a_h||^2 summed over tokens, for one group (T: (m, d, d), one per member)."""
-    idx = torch.tensor(members, device=blocks.device)
-    sub = blocks[idx[:, None], idx]  # (m, m, d, d)
-    m = len(members)
-    # sum_{h,j} tr(T_h C_hj T_j^T) / m^2
-    TC = torch.einsum("hab,hjbc->hjac", T, sub)  # (m, m, d, d): T_h C_hj
-    return (TC * T.unsqueeze(0)).sum() / (m * m)
+def group_blocks(blocks: torch.Tensor, groups: list[list[int]]) -> torch.Tensor:
+    """(n, n, d, d) cross blocks -> (G, m, m, d, d) of G equal groups: [g, h, j] = sum_t a_h a_j^T for
+    the g-th group's members h and j."""
+    idx = torch.tensor(groups, device=blocks.device)  # (G, m)
+    return blocks[idx[:, :, None], idx[:, None, :]]
 
 
-def align_group(
-    blocks: torch.Tensor, members: list[int], planes: Planes, iters: int = 20, tol: float = 1e-5
+def _means(sub: torch.Tensor, T: torch.Tensor) -> torch.Tensor:
+    """M[g, h] = sum_t a_h mean_g^T = (1/m) sum_j sub[g, h, j] T[g, j]^T, (G, m, d, d)."""
+    return torch.einsum("ghjab,gjcb->ghac", sub, T) / sub.shape[1]
+
+
+def _kept(T: torch.Tensor, means: torch.Tensor) -> torch.Tensor:
+    """(G,) m ||mean_g||^2 summed over tokens = sum_h tr(T_h M_h) (M = _means(sub, T))."""
+    return (T * means.transpose(-1, -2)).sum((-3, -2, -1))
+
+
+def kept_energy(sub: torch.Tensor, T: torch.Tensor) -> torch.Tensor:
+    """(G,) the energy the mean-merged group keeps, m ||mean_h T_h a_h||^2 summed over tokens, for
+    sub (G, m, m, d, d) (group_blocks) and T (G, m, d, d), one transform per member."""
+    return _kept(T, _means(sub, T))
+
+
+def align_groups(
+    sub: torch.Tensor, planes: Planes, iters: int = 20, tol: float = 1e-5
 ) -> torch.Tensor:
-    """Generalised Procrustes of one group of heads; returns T (m, d, d), first member's T = I.
+    """Generalised Procrustes of G equal groups of m heads at once; returns T (G, m, d, d), each
+    group's first member's T = I. sub: (G, m, m, d, d) (group_blocks).
 
-    Start by aligning every member onto the first; then repeatedly align each member onto the
-    mean of the aligned group (the residual sum_h ||T_h a_h - mean||^2 never increases) until the
-    share of energy the mean keeps grows by less than `tol`. The group's common frame is free; it
-    is fixed so that the first member does not move.
+    Per group: start by aligning every member onto the first; then repeatedly align each member onto
+    the mean of the aligned group (the residual sum_h ||T_h a_h - mean||^2 never increases) until the
+    share of energy the mean keeps grows by less than `tol`; a group that has converged keeps its
+    transforms while the others go on. The common frame of a group is free; it is fixed so that the
+    first member does not move.
     """
-    idx = torch.tensor(members, device=blocks.device)
-    sub = blocks[idx[:, None], idx]  # (m, m, d, d): sub[h, j] = sum_t a_h a_j^T
-    m = len(members)
-    energy = float(torch.diagonal(sub, dim1=-2, dim2=-1).sum(-1).diagonal().sum())
-    T = best_transform(sub[:, 0], planes)  # align each a_h onto a_first: maximise tr(T sub[h, 0])
-    kept = m * float(merged_energy(blocks, members, T))
+    m = sub.shape[1]
+    energy = torch.diagonal(sub, dim1=-2, dim2=-1).sum(-1).diagonal(dim1=-2, dim2=-1).sum(-1)  # (G,)
+    T = best_transform(sub[:, :, 0], planes)  # align each a_h onto a_first: maximise tr(T sub[g, h, 0])
+    means = _means(sub, T)
+    kept = _kept(T, means)
+    active = torch.ones_like(kept, dtype=torch.bool)
     for _ in range(iters if m > 2 else 0):  # two heads: aligning one onto the other is already optimal
-        # M_h = sum_t a_h mean^T = (1/m) sum_j sub[h, j] T_j^T
-        T = best_transform(torch.einsum("hjab,jcb->hac", sub, T) / m, planes)
-        prev, kept = kept, m * float(merged_energy(blocks, members, T))
-        if kept - prev <= tol * energy:
+        T_new = best_transform(means, planes)
+        means_new = _means(sub, T_new)
+        kept_new = _kept(T_new, means_new)
+        a = active[:, None, None, None]
+        T, means = torch.where(a, T_new, T), torch.where(a, means_new, means)
+        kept, prev = torch.where(active, kept_new, kept), kept
+        active = active & (kept_new - prev > tol * energy)
+        if not bool(active.any()):
             break
-    return T[0].T.unsqueeze(0) @ T  # regauge: T_h <- T_first^T T_h (allowed transforms form a group)
+    return T[:, :1].transpose(-1, -2) @ T  # regauge: T_h <- T_first^T T_h (allowed transforms form a group)

@@ -104,13 +104,16 @@ def _kept(blocks_: torch.Tensor, groups: list[list[int]], T: torch.Tensor) -> fl
     """Share of activation energy the merged heads keep: sum_g m ||mean_g||^2 / sum_h ||a_h||^2.
 
     For a mean merge this is 1 - (sum_h ||T_h a_h - mean_g||^2) / (sum_h ||a_h||^2).
+    T: (n, d, d), one transform per head.
     """
     energy = _energy(blocks_)
-    kept = sum(float(len(g) * A.merged_energy(blocks_, g, T[g])) for g in groups)
+    kept = float(A.kept_energy(A.group_blocks(blocks_, groups), T[torch.tensor(groups)]).sum())
     return kept / energy if energy > 0 else 1.0
 
 
 def _within(S: torch.Tensor, groups: list[list[int]]) -> float:
+    """Mean score of the pairs inside the groups (1.0 when every group holds one head)."""
+    S = S.detach().cpu()
     vals = [float(S[i, j]) for g in groups for a, i in enumerate(g) for j in g[a + 1 :]]
     return sum(vals) / len(vals) if vals else 1.0
 
@@ -209,10 +212,10 @@ def plan_layer(
             if grouping == "similarity"
             else contiguous(n, kv_heads)
         )
-        if align:
-            for g in groups:
-                tk[g] = A.align_group(CK, g, planes_k, iters)
-                tv[g] = A.align_group(CV, g, planes_v, iters)
+        if align:  # every group at once: (G, m, d, d) transforms
+            at = torch.tensor(groups, device=dev)
+            tk[at] = A.align_groups(A.group_blocks(CK, groups), planes_k, iters)
+            tv[at] = A.align_groups(A.group_blocks(CV, groups), planes_v, iters)
         kk, kv = _kept(CK, groups, tk), _kept(CV, groups, tv)
         record = {
             "unit": unit,
