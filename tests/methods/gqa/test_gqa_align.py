@@ -212,5 +212,5 @@ def test_aligning_every_group_at_once_equals_one_group_at_a_time(planes):
     together = A.align_groups(A.group_blocks(blocks, groups), planes, iters=20, tol=1e-5)
     alone = _align_one_group_at_a_time(blocks, groups, planes)
     assert torch.allclose(together, alone, atol=1e-10)
-    few = A.align_groups(A.group_blocks(blocks, groups), planes, iters=1)  # stopped early, still a group frame
+    few = A.align_groups(A.group_blocks(blocks, groups), planes, iters=1)  # stopped early: still gauged
     assert torch.allclose(few[:, 0], torch.eye(D, dtype=torch.float64).expand(3, D, D), atol=1e-12)

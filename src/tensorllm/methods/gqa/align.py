@@ -259,9 +259,7 @@ def kept_energy(sub: torch.Tensor, T: torch.Tensor) -> torch.Tensor:
     return _kept(T, _means(sub, T))
 
 
-def align_groups(
-    sub: torch.Tensor, planes: Planes, iters: int = 20, tol: float = 1e-5
-) -> torch.Tensor:
+def align_groups(sub: torch.Tensor, planes: Planes, iters: int = 20, tol: float = 1e-5) -> torch.Tensor:
     """Generalised Procrustes of G equal groups of m heads at once; returns T (G, m, d, d), each
     group's first member's T = I. sub: (G, m, m, d, d) (group_blocks).
 
