@@ -93,6 +93,23 @@ def plot(result: dict, path: Path) -> None:
     fig.savefig(path, dpi=120)
 
 
+def merge(paths: list[Path]) -> dict:
+    """One result from runs of the same model and settings that each did some of the methods (run at once)."""
+    import json
+
+    parts = [json.loads(p.read_text()) for p in paths]
+    same = ("model", "device", "qa_limit", "calib_tokens", "eval_tokens", "heldout_offset")
+    for p, part in zip(paths[1:], parts[1:]):
+        if any(part[k] != parts[0][k] for k in same):
+            raise SystemExit(f"{p}: not the same model or settings as {paths[0]}")
+    return {
+        **parts[0],
+        "rows": [r for part in parts for r in part["rows"]],
+        "seconds": max(part["seconds"] for part in parts),
+        "merged_from": [p.name for p in paths],
+    }
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", default="smollm2-135m")
@@ -108,7 +125,20 @@ def main() -> None:
     ap.add_argument("--small", action="store_true", help="one budget, 2 recovery steps, few tokens, no QA")
     ap.add_argument("--out", type=Path, default=None)
     ap.add_argument("--plot", type=Path, default=None)
+    ap.add_argument(
+        "--merge",
+        type=Path,
+        nargs="+",
+        default=None,
+        help="combine these result JSONs (one per --methods) into --out/--plot",
+    )
     args = ap.parse_args()
+    if args.merge:
+        merged = merge(args.merge)
+        emit_json(merged, args.out, quiet=True)
+        if args.plot:
+            plot(merged, args.plot)
+        return
     if args.small:
         args.budgets, args.recover, args.calib_tokens, args.eval_tokens, args.qa_limit = "0.5", 2, 256, 256, 0
     dev = args.device or ("cuda" if torch.cuda.is_available() else "cpu")

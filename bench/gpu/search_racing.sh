@@ -9,6 +9,7 @@
 # 4. full WikidataQA at batch 2048, twice: the second finds the texts tokenised (target: <= 2 s; 7.3 s
 #    on 2026-11-30).
 # Stores, logs and JSON come back in $OUT/search_racing.tgz.
+# RACE_ONLY=1: steps 2 and 4 alone (the timed racing search, the full-WikidataQA eval), ~4 minutes.
 source bench/gpu/stage.sh
 R=$S/racing && mkdir -p $R
 run() {  # run NAME BUDGET ARGS...: a search into $R/NAME, its wall time appended to its log
@@ -19,19 +20,21 @@ run() {  # run NAME BUDGET ARGS...: a search into $R/NAME, its wall time appende
 }
 TUCKER=(--method tucker --layers all --ranks "288,48,4;64,32,1;auto")
 CPU30=(--method tucker --layers all --ranks 288,48,4 --limit-val 400 --limit-test 300 --dtype float32)
+if [ "${RACE_ONLY:-0}" != 1 ]; then
 run tucker_ex 270 "${TUCKER[@]}" --exhaustive --threads 5 &
 run laser_ex 270 --method laser --layers all --rhos 0.5,0.1,0.01 --matrix up --exhaustive --threads 5 &
 (run cpu30_ex_f32 130 "${CPU30[@]}" --exhaustive --threads 4 && \
  run cpu30_race_f32 130 "${CPU30[@]}" --race-first 40 --threads 4) &
 wait
+fi
 run tucker_race 170 "${TUCKER[@]}" --threads 8
-python3 bench/search_replay.py $R/tucker_ex $R/laser_ex --race-alpha 0.001,0.01,0.05 --race-first 0,474 \
+[ "${RACE_ONLY:-0}" = 1 ] || python3 bench/search_replay.py $R/tucker_ex $R/laser_ex --race-alpha 0.001,0.01,0.05 --race-first 0,474 \
   --allow-partial --out $S/logs/replay_90.json 2> $S/logs/replay_90.log
-python3 bench/search_replay.py $R/cpu30_ex_f32 --race-first 40 --allow-partial \
+[ "${RACE_ONLY:-0}" = 1 ] || python3 bench/search_replay.py $R/cpu30_ex_f32 --race-first 40 --allow-partial \
   --out $S/logs/replay_cpu30.json 2> $S/logs/replay_cpu30.log
 timeout 60 python3 bench/eval_wikidata.py --device cuda --batch-size 2048,2048 --sequential 20 \
   --json $S/logs/eval_wikidata.json > $S/logs/eval_wikidata.log 2>&1
-cat $S/logs/replay_90.log $S/logs/replay_cpu30.log; grep -h "^WALL" $S/logs/*.log
+cat $S/logs/replay_90.log $S/logs/replay_cpu30.log 2>/dev/null; grep -h "^WALL" $S/logs/*.log
 python3 - <<'EOF'
 import json, os
 for name in ("tucker_ex", "laser_ex", "cpu30_ex_f32", "cpu30_race_f32", "tucker_race"):
