@@ -41,7 +41,7 @@ def test_permutation_alone_is_exact(name):
 def test_alignment_alone_is_exact(name, procrustes, monkeypatch):
     """The calibrated plan's permuted + aligned (unmerged) weights: same logits, different weights;
     with the CPU's SVD Procrustes and with the GPU's Newton-Schulz one."""
-    monkeypatch.setattr(A, "CPU_PROCRUSTES", procrustes)
+    monkeypatch.setitem(A.PROCRUSTES_BY_DEVICE, "cpu", procrustes)
     model = MODELS[name]()
     arch = spec_for(model.config)
     ref = logits(model, IDS)

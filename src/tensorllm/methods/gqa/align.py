@@ -108,7 +108,8 @@ class Planes:
         return cls(torch.zeros(0, 2, dtype=torch.long), torch.arange(head_dim), head_dim)
 
 
-CPU_PROCRUSTES = "svd"  # the CPU's Procrustes method; tests set "newton_schulz" to run the GPU's on the CPU
+# Procrustes method per device type ("newton_schulz" where absent); tests run the GPU's on the CPU
+PROCRUSTES_BY_DEVICE = {"cpu": "svd"}
 
 
 def _newton_schulz(A: torch.Tensor, max_iters: int, tol: float) -> tuple[torch.Tensor, torch.Tensor]:
@@ -138,8 +139,9 @@ def procrustes(M: torch.Tensor, *, method: str | None = None) -> torch.Tensor:
     (classic Procrustes), which is the polar factor of M^T.
 
     method "svd" (the CPU's default: LAPACK is fastest there) or "newton_schulz" (the default
-    elsewhere; a matrix it cannot converge, e.g. a singular one, falls back to the SVD)."""
-    method = method or (CPU_PROCRUSTES if M.device.type == "cpu" else "newton_schulz")
+    elsewhere; a matrix it cannot converge, e.g. a singular one, falls back to the SVD); None: the
+    device's entry in PROCRUSTES_BY_DEVICE."""
+    method = method or PROCRUSTES_BY_DEVICE.get(M.device.type, "newton_schulz")
     if method == "svd":
         U, _, Vh = torch.linalg.svd(M)
         return Vh.transpose(-1, -2) @ U.transpose(-1, -2)  # V U^T
@@ -155,7 +157,7 @@ def procrustes(M: torch.Tensor, *, method: str | None = None) -> torch.Tensor:
 
 def nuclear_norm(M: torch.Tensor) -> torch.Tensor:
     """max over orthogonal T of tr(T M) = the sum of M's singular values, for M (..., k, k) -> (...)."""
-    if M.device.type == "cpu" and CPU_PROCRUSTES == "svd":
+    if PROCRUSTES_BY_DEVICE.get(M.device.type, "newton_schulz") == "svd":
         return torch.linalg.svdvals(M).sum(-1)
     T = procrustes(M)
     return (T * M.transpose(-1, -2)).sum((-2, -1))  # tr(T M)
