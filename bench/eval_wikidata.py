@@ -8,6 +8,10 @@ Batched: `tensorllm.eval.evaluate` on every single-answer WikidataQA item (split
 generation of 10 tokens with a KV cache + one teacher-forced pass for the gold-answer loss.
 Sequential: per item `model.generate(...)` and one forward pass, as LASER's reference code does,
 on the first N items. Both report ms per example; on the N shared items their accuracy must match.
+Decode: `greedy_generate` alone on the same items (the batched run's prompts, largest batch size),
+the plain loop (growing cache, a host sync per step) against the static-cache loop
+(eval/static_decode.py; opt-in: `greedy_generate(static=True)`), timed, with the number of rows
+whose tokens differ (must be 0). `--no-decode` skips it.
 """
 
 from __future__ import annotations
@@ -19,7 +23,9 @@ import time
 import torch
 
 from tensorllm.base.devices import eval_dtype, resolve_device
-from tensorllm.eval import evaluate, get_task, load_task, select
+from tensorllm.eval import decoder, evaluate, get_task, load_task, select
+from tensorllm.eval.scoring import _decoder_ids
+from tensorllm.eval.tokens import encode
 from tensorllm.models.io import load_model
 
 
@@ -49,6 +55,33 @@ def sequential(model, tok, items) -> tuple[float, float, float]:
     return time.perf_counter() - t0, 100.0 * correct / len(items), sum(losses) / len(losses)
 
 
+def decode_paths(model, tok, items, batch_size: int) -> dict:
+    """Seconds of the plain and the static greedy loop on the same prompts (10 tokens, min 1), and
+    how many rows differ. Each path runs once untimed first (allocator, kernels), then once timed."""
+    device = next(model.parameters()).device
+    prompts = encode(tok, [e.prompt for e in items])
+    eos_ids, pad = _decoder_ids(model, tok)
+    kw = dict(max_new_tokens=10, eos_ids=eos_ids, pad_id=pad, batch_size=batch_size, progress=False)
+    out, seconds = {}, {}
+    for static in (False, True):
+        decoder.greedy_generate(model, prompts[:batch_size], static=static, **kw)
+        _sync(device)
+        t0 = time.perf_counter()
+        out[static] = decoder.greedy_generate(model, prompts, static=static, **kw)
+        _sync(device)
+        seconds[static] = time.perf_counter() - t0
+    differ = sum(a != b for a, b in zip(out[False], out[True]))
+    return {
+        "n": len(prompts),
+        "batch_size": batch_size,
+        "plain_seconds": round(seconds[False], 3),
+        "static_seconds": round(seconds[True], 3),
+        "static_used": decoder._use_static(model, device, True),
+        "rows_differing": differ,
+        "tokens": sum(map(len, out[True])),
+    }
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", default="smollm2-135m")
@@ -57,6 +90,7 @@ def main() -> None:
     ap.add_argument("--batch-size", default="512", help="one size, or a comma list timed one after the other")
     ap.add_argument("--limit", type=int, default=None, help="batched run on the first N items only")
     ap.add_argument("--sequential", type=int, default=200, help="items for the one-at-a-time loop")
+    ap.add_argument("--no-decode", action="store_true", help="skip the plain vs static decode timing")
     ap.add_argument("--json", default=None)
     args = ap.parse_args()
 
@@ -90,6 +124,15 @@ def main() -> None:
         model, tok, "wikidata_qa", split="all", limit=args.sequential, batch_size=batch_size, progress=False
     )
 
+    decode = None
+    if not args.no_decode:
+        decode = decode_paths(model, tok, select(all_items, "all", args.limit), max(sizes))
+        print(
+            f"decode    : {decode['n']} items, batch {decode['batch_size']}: plain loop "
+            f"{decode['plain_seconds']:.2f} s, static cache {decode['static_seconds']:.2f} s "
+            f"(static used: {decode['static_used']}; rows differing: {decode['rows_differing']})"
+        )
+
     report = {
         "model": args.model,
         "device": str(device),
@@ -116,6 +159,7 @@ def main() -> None:
             "loss": seq_loss,
         },
         "same_items_batched": {"n": same.n, "accuracy": same.accuracy, "loss": same.loss},
+        "decode": decode,
     }
     report["speedup"] = round(report["sequential"]["ms_per_example"] / report["batched"]["ms_per_example"], 1)
     print(
