@@ -205,3 +205,18 @@ def test_a_cache_from_before_a_member_was_added_serves_the_members_it_has(cache,
     assert bb.bigbench_file("qa_wikidata") == cache / bb.MEMBERS["qa_wikidata"] and not fetches  # offline
     bb.bigbench_file("nyt")  # a member it lacks: fetched
     assert fetches == [1]
+
+
+def test_a_cache_fetched_before_epistemic_reasoning_refetches_only_when_it_is_asked_for(cache, monkeypatch):
+    before = [k for k in bb.MEMBERS if k != "epistemic_reasoning"]  # the members of the earlier releases
+    for key in before:
+        (cache / bb.MEMBERS[key]).parent.mkdir(parents=True, exist_ok=True)
+        (cache / bb.MEMBERS[key]).write_bytes(CONTENT[bb.MEMBERS[key]])
+    (cache / "manifest.json").write_text(json.dumps({"members": {bb.MEMBERS[k]: "0" * 64 for k in before}}))
+    fetches = []
+    monkeypatch.setattr(bb, "fetch_bigbench", lambda *a, **k: fetches.append(1))
+    for key in before:
+        assert bb.bigbench_file(key) == cache / bb.MEMBERS[key]
+    assert not fetches and not bb._complete(cache)  # every old member served, no download
+    assert bb.bigbench_file("epistemic_reasoning") == cache / bb.MEMBERS["epistemic_reasoning"]
+    assert fetches == [1]  # the new member is fetched (the whole sdist, under the cache lock)

@@ -13,6 +13,7 @@ import pytest
 import torch
 
 from tensorllm.eval import evaluate, get_task, load_task, select
+from tensorllm.eval.tasks import EPISTEMIC_PREFIX
 
 
 def test_bigbench_files_hold_what_we_expect(bigbench):
@@ -31,6 +32,23 @@ def test_bigbench_files_hold_what_we_expect(bigbench):
     paragraphs = load_task(get_task("perplexity"))
     assert len(paragraphs.examples) == 1581
     assert all(len(e.answer) > 100 for e in paragraphs.examples[:50])
+
+
+def test_bigbench_epistemic_reasoning_file_and_prompt(bigbench):
+    doc = json.loads((bigbench / "bigbench/benchmark_tasks/epistemic_reasoning/task.json").read_text())
+    assert len(doc["examples"]) == 2000
+    # the prompt is BIG-bench's own zero-shot format, read here from the real file
+    assert doc["task_prefix"] == EPISTEMIC_PREFIX and doc["example_input_prefix"] == "\n"
+    assert doc["example_output_prefix"] == "\nRelation: " and doc["append_choices_to_input"] is False
+    er = load_task(get_task("epistemic_reasoning"))
+    assert er.source == "bigbench-1.0.0:epistemic_reasoning"
+    assert len(er.examples) == 2000 and er.skipped == 0
+    assert sum(e.label == 0 for e in er.examples) == 741  # entailments; 1,259 non-entailments
+    first = doc["examples"][0]["input"]
+    assert er.examples[0].prompt == doc["task_prefix"] + "\n" + first + "\nRelation:"
+    assert all(e.prompt.count("Premise: ") == 1 and " Hypothesis: " in e.prompt for e in er.examples)
+    test = select(er.examples, "test", None)
+    assert len(test) == 1600 and sum(e.label == 1 for e in test) == 1012  # the majority class: 63.25%
 
 
 def _answer_len_laser(tok, ids: torch.Tensor, answer: str) -> int:
@@ -137,4 +155,39 @@ def test_fever_bigbench_label_logits_real(smollm2, bigbench):
         model, tok, "fever_bigbench", split="val", limit=16, batch_size=5, keep_examples=True, progress=False
     )
     assert [x["correct"] for x in res.examples] == correct
+    assert res.loss == pytest.approx(sum(nll) / 16, abs=1e-4)
+
+
+@pytest.mark.real
+def test_epistemic_reasoning_label_logits_real(smollm2, bigbench):
+    """Two labels of several tokens: decided by their first tokens' logits after the prompt; the loss
+    is the gold label's mean token NLL, here from one forward pass of prompt + " " + label."""
+    model, tok = smollm2
+    items = select(load_task(get_task("epistemic_reasoning")).examples, "val", 16)
+    labels = [tok(" " + w, add_special_tokens=False).input_ids for w in ("entailment", "non-entailment")]
+    assert [len(ids) > 1 for ids in labels] == [True, True] and labels[0][0] != labels[1][0]
+    correct, nll = [], []
+    with torch.no_grad():
+        for e in items:
+            prompt = tok(e.prompt, add_special_tokens=False).input_ids
+            gold = labels[e.label]
+            logits = model(torch.tensor([prompt + gold])).logits[0].float()
+            nxt = logits[len(prompt) - 1]
+            pred = 0 if nxt[labels[0][0]] > nxt[labels[1][0]] else 1
+            correct.append(pred == e.label)
+            logp = torch.log_softmax(logits[len(prompt) - 1 : -1], -1)
+            nll.append(-logp[torch.arange(len(gold)), torch.tensor(gold)].mean().item())
+    res = evaluate(
+        model,
+        tok,
+        "epistemic_reasoning",
+        split="val",
+        limit=16,
+        batch_size=5,
+        keep_examples=True,
+        progress=False,
+    )
+    assert res.metric == "label-logits"
+    assert [x["correct"] for x in res.examples] == correct
+    assert res.accuracy == pytest.approx(100.0 * sum(correct) / 16)
     assert res.loss == pytest.approx(sum(nll) / 16, abs=1e-4)

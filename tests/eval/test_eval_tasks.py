@@ -8,7 +8,14 @@ import pytest
 
 from tensorllm.base.errors import UserError
 from tensorllm.eval import TASKS, get_task, load_task, select, split_examples
-from tensorllm.eval.tasks import BIOS_PROFESSIONS, bios_prompt, fever_prompt, hotpot_prompt
+from tensorllm.eval.tasks import (
+    BIOS_PROFESSIONS,
+    EPISTEMIC_LABELS,
+    bios_prompt,
+    epistemic_prompt,
+    fever_prompt,
+    hotpot_prompt,
+)
 
 
 @pytest.mark.parametrize(
@@ -43,6 +50,7 @@ def test_unknown_task():
     assert set(TASKS) == {
         "wikidata_qa",
         "fever_bigbench",
+        "epistemic_reasoning",
         "fever",
         "hotpotqa",
         "bios_profession",
@@ -98,6 +106,46 @@ def test_fever_loaders(jsonl):
         assert ds.examples[1].prompt == fever_prompt("Rome is in Spain")
         assert "Rome is in Spain. Is this claim" in ds.examples[1].prompt
         assert ds.examples[4].prompt.startswith("Consider the following claim: Berlin is a city. Is this")
+
+
+def test_epistemic_loader_reads_bigbench_records(tmp_path, jsonl):
+    pair = "Premise: Ava knows that a dog runs. Hypothesis: A dog runs."
+    records = [
+        {"input": pair, "target_scores": {"entailment": 1, "non-entailment": 0}},
+        {
+            "input": " Premise: Ava assumes that a dog runs. Hypothesis: A dog runs. ",
+            "target_scores": {"non-entailment": 1, "entailment": 0},
+        },
+        {"input": "Premise: Bo sees that it rains. Hypothesis: It rains.", "label": "Entailment"},
+    ]
+    task_json = tmp_path / "task.json"  # BIG-bench's own layout: an object with "examples"
+    task_json.write_text(json.dumps({"name": "epistemic_reasoning", "examples": records}))
+    task = get_task("epistemic_reasoning")
+    assert task.kind == "classify" and task.labels == EPISTEMIC_LABELS == ("entailment", "non-entailment")
+    ds = load_task(task, task_json)
+    assert [(e.answer, e.label) for e in ds.examples] == [
+        ("entailment", 0),
+        ("non-entailment", 1),
+        ("entailment", 0),
+    ]
+    assert ds.skipped == 0
+    assert ds.examples[0].prompt == (
+        "Identify the relation between the following premises and hypotheses, choosing from the options "
+        "'entailment' or 'non-entailment'.\n\n" + pair + "\nRelation:"
+    )
+    assert ds.examples[1].prompt == epistemic_prompt(
+        "Premise: Ava assumes that a dog runs. Hypothesis: A dog runs."
+    )
+    bad = [
+        ({"input": pair, "target_scores": {"entailment": 1, "contradiction": 0}}, "target_scores"),
+        ({"input": pair, "target_scores": {"entailment": 1, "non-entailment": 1}}, "target_scores"),
+        ({"input": pair, "label": "neutral"}, "'label' must be"),
+        ({"input": pair}, "missing field 'target_scores'"),
+        ({"target_scores": {"entailment": 1, "non-entailment": 0}}, "missing field 'input'"),
+    ]
+    for i, (record, message) in enumerate(bad):
+        with pytest.raises(UserError, match=message):
+            load_task(task, jsonl([record], f"bad{i}.jsonl"))
 
 
 def test_hotpot_loader_and_prompt(jsonl):

@@ -93,3 +93,13 @@ def test_one_setting_selected_across_tasks(search_tiny, fake_bigbench, tmp_path)
         ("wikidata_qa", "val"),
         ("wikidata_qa", "test"),
     }
+
+
+def test_side_effects_default_to_every_other_offline_task():
+    from types import SimpleNamespace
+
+    spec = SimpleNamespace(task="fever_bigbench", report_on=(), select_on=(), side_effects=True)
+    assert transfer.report_tasks(spec) == ["perplexity", "epistemic_reasoning", "wikidata_qa"]
+    spec = SimpleNamespace(task="wikidata_qa", report_on=("fever",), select_on=(), side_effects=True)
+    assert transfer.report_tasks(spec) == ["fever", "perplexity", "fever_bigbench", "epistemic_reasoning"]
+    assert transfer.report_tasks(SimpleNamespace(**{**vars(spec), "side_effects": False})) == ["fever"]

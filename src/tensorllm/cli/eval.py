@@ -51,7 +51,7 @@ def eval_cmd(
     ),
     task: str | None = typer.Option(
         None,
-        help="Task(s), comma-separated: wikidata_qa, fever_bigbench, fever, "
+        help="Task(s), comma-separated: wikidata_qa, fever_bigbench, epistemic_reasoning, fever, "
         "hotpotqa, bios_profession, perplexity.",
     ),
     split: str = typer.Option("val", help="val (first 20%), test (remaining 80%) or all."),

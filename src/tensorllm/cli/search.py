@@ -31,7 +31,9 @@ from tensorllm.search.runner import search_methods
 def search(
     model: str = typer.Argument(..., help="Alias (smollm2-135m), local HF directory, .gguf file or hub id."),
     task: str = typer.Option(
-        ..., help="wikidata_qa, fever_bigbench, fever, hotpotqa, bios_profession, perplexity."
+        ...,
+        help="wikidata_qa, fever_bigbench, epistemic_reasoning, fever, hotpotqa, bios_profession, "
+        "perplexity.",
     ),
     store: Path = typer.Option(
         ..., help="Directory of the results; rerunning the same command resumes from it."
@@ -102,7 +104,7 @@ def search(
     side_effects: bool = typer.Option(
         False,
         help="Also score the chosen edits on the other offline tasks (perplexity, fever_bigbench, "
-        "wikidata_qa) and show greedy generations beside the baseline's.",
+        "epistemic_reasoning, wikidata_qa) and show greedy generations beside the baseline's.",
     ),
     as_json: bool = typer.Option(False, "--json", help="Print report.json to stdout at the end."),
     method_flags: dict = None,

@@ -10,6 +10,8 @@ Members kept (paths inside the sdist, below `bigbench-1.0.0/`):
 - `qa_wikidata`: `bigbench/benchmark_tasks/qa_wikidata/task.json` (20,442 prompts; 18,933 have
   exactly one target)
 - `fever`: `bigbench/benchmark_tasks/fact_checker/fever/task.json` (6,612 FEVER claims, true/false)
+- `epistemic_reasoning`: `bigbench/benchmark_tasks/epistemic_reasoning/task.json` (2,000
+  premise/hypothesis pairs, `target_scores` over entailment / non-entailment; 741 entailments)
 - `paragraphs`: `bigbench/benchmark_tasks/squad_shifts/new_wiki_v1.0.json`: SQuADShifts' "new
   Wikipedia" set, 1,581 English Wikipedia paragraphs (48 articles, collected in 2019 by the SQuAD
   pipeline). Chosen for perplexity: plain encyclopaedic English prose, no markup, and unlike
@@ -20,7 +22,9 @@ Members kept (paths inside the sdist, below `bigbench-1.0.0/`):
   English text (`tensorllm.data.default_calibration_text`) after the new-Wikipedia paragraphs:
   more distinct text for a long fine-tune.
 
-Cache: `$TENSORLLM_CACHE/data/bigbench/bigbench-1.0.0/` plus `manifest.json` (written last).
+Cache: `$TENSORLLM_CACHE/data/bigbench/bigbench-1.0.0/` plus `manifest.json` (written last). A
+cache fetched before a member was added keeps serving the members it lists; only asking for a member
+it lacks (or `fetch_bigbench`, which wants them all) fetches the sdist again, under the cache lock.
 A local copy of the sdist can be given with `--sdist PATH` or `TENSORLLM_BIGBENCH_SDIST`.
 """
 
@@ -55,6 +59,7 @@ _PREFIX = f"bigbench-{VERSION}/"
 MEMBERS: dict[str, str] = {
     "qa_wikidata": "bigbench/benchmark_tasks/qa_wikidata/task.json",
     "fever": "bigbench/benchmark_tasks/fact_checker/fever/task.json",
+    "epistemic_reasoning": "bigbench/benchmark_tasks/epistemic_reasoning/task.json",
     "paragraphs": "bigbench/benchmark_tasks/squad_shifts/new_wiki_v1.0.json",
     "wiki_squad_dev": "bigbench/benchmark_tasks/squad_shifts/squaddev_v1.1.json",
     "nyt": "bigbench/benchmark_tasks/squad_shifts/nyt_v1.0.json",

@@ -14,6 +14,9 @@ what kind of scoring it uses, and where its records come from when no `--data FI
   question has no end punctuation, as LASER's code). Fields: `question`, `answer`.
 - bios_profession (classify among 8 single-token professions): LASER's Bios prompt.
   Fields: `hard_text` (or `text`), `profession`.
+- epistemic_reasoning (classify " entailment" / " non-entailment"): BIG-bench epistemic_reasoning,
+  2,000 premise/hypothesis pairs, prompted with BIG-bench's own zero-shot format (its task prefix,
+  the pair, then `Relation:`). Fields: `input`, `target_scores` (or `label`).
 - perplexity: token-weighted mean NLL of English paragraphs (no prompt). Field: `text`.
 
 `label` may be true/false, "true"/"false", 1/0, or FEVER's "SUPPORTS"/"REFUTES" ("NOT ENOUGH INFO"
@@ -189,6 +192,45 @@ def parse_paragraph(record: dict) -> Example | None:
     return Example("", _text(record, "text"))
 
 
+EPISTEMIC_LABELS = ("entailment", "non-entailment")
+# BIG-bench epistemic_reasoning's task.json: task_prefix, example_input_prefix and example_output_prefix.
+EPISTEMIC_PREFIX = (
+    "Identify the relation between the following premises and hypotheses, choosing from the options "
+    "'entailment' or 'non-entailment'.\n"
+)
+
+
+def epistemic_prompt(pair: str) -> str:
+    """BIG-bench's zero-shot prompt: task prefix, "\\n", the premise/hypothesis pair, "\\nRelation:".
+
+    BIG-bench's output prefix is "\\nRelation: "; its trailing space is the one the classifier puts
+    before each label (as LASER's `prompt + " " + choice`).
+    """
+    return f"{EPISTEMIC_PREFIX}\n{pair.strip()}\nRelation:"
+
+
+def parse_epistemic(record: dict) -> Example | None:
+    pair = _text(record, "input")
+    if "target_scores" in record:
+        scores = record["target_scores"]
+        if (
+            not isinstance(scores, dict)
+            or set(scores) != set(EPISTEMIC_LABELS)
+            or sorted(scores.values()) != [0, 1]
+        ):
+            raise ValueError('field \'target_scores\' must be {"entailment": 0|1, "non-entailment": 1|0}')
+        label = 0 if scores["entailment"] == 1 else 1
+    elif "label" in record:
+        value = record["label"]
+        name = value.strip().lower() if isinstance(value, str) else None
+        if name not in EPISTEMIC_LABELS:
+            raise ValueError(f"field 'label' must be 'entailment' or 'non-entailment', got {value!r}")
+        label = EPISTEMIC_LABELS.index(name)
+    else:
+        raise ValueError("missing field 'target_scores' (or 'label')")
+    return Example(epistemic_prompt(pair), EPISTEMIC_LABELS[label], label)
+
+
 # -- the registry --------------------------------------------------------------------------------
 
 TASKS: dict[str, TaskSpec] = {
@@ -243,6 +285,20 @@ TASKS: dict[str, TaskSpec] = {
             "hard_text, profession",
             labels=BIOS_PROFESSIONS,
             builtin="hf:bios",
+        ),
+        TaskSpec(
+            "epistemic_reasoning",
+            "classify",
+            "BIG-bench epistemic_reasoning (2,000 premise/hypothesis pairs, 741 entailments)",
+            parse_epistemic,
+            "input, target_scores (or label: entailment / non-entailment)",
+            labels=EPISTEMIC_LABELS,
+            builtin="bigbench:epistemic_reasoning",
+            notes="prompt = BIG-bench's task prefix, the pair, 'Relation:'; a two-way choice by the "
+            "labels' next-token log-probabilities after the prompt, as every classify task: labels of "
+            "several tokens (both, for most tokenizers) are decided by their first tokens (' entail' vs "
+            "' non' for SmolLM2), where LASER sums every label token's log-prob "
+            "(bench/epistemic_full_label.py compares the two); loss = the gold label's mean token NLL",
         ),
         TaskSpec(
             "perplexity",

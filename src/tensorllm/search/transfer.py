@@ -7,9 +7,9 @@ splits (transfer), and its side effects.
   the winner is the best mean validation accuracy over them (equal weights, so the best mean gain
   over the baseline: LASER's "one shared setting"); ties by the mean loss. An exhaustive search only
   (a race selects on `--task` alone). `--task` stays the store's task: its grid is the heatmap;
-- `--side-effects`: the other offline tasks (held-out perplexity, BIG-bench FEVER and WikidataQA,
-  whichever is not `--task`) join `--report-on`, and report.md shows the first test items' greedy
-  generations of the baseline and the winner side by side.
+- `--side-effects`: the other offline tasks (held-out perplexity, BIG-bench FEVER, epistemic
+  reasoning and WikidataQA, whichever is not `--task`) join `--report-on`, and report.md shows the
+  first test items' greedy generations of the baseline and the winner side by side.
 
 Store lines of another task T are ordinary lines whose split is `val@T` / `test@T` (only `--task`
 reads `--data`; the others use their built-in sources), so adding a task to a finished search
@@ -21,7 +21,7 @@ from __future__ import annotations
 from tensorllm.search import stats
 from tensorllm.search.grid import BASELINE
 
-SIDE_EFFECT_TASKS = ("perplexity", "fever_bigbench", "wikidata_qa")
+SIDE_EFFECT_TASKS = ("perplexity", "fever_bigbench", "epistemic_reasoning", "wikidata_qa")
 GENERATIONS = 5  # test items whose generations a store line keeps (report.md shows them with --side-effects)
 
 
