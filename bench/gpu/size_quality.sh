@@ -9,7 +9,7 @@
 source bench/gpu/stage.sh
 mkdir -p $S/sq
 for m in svd svd_whitened tucker tucker_calibrated; do
-  python3 bench/size_quality.py --device cuda --methods $m --recover ${RECOVER:-100} \
+  python3 bench/size_quality.py --device cuda --methods $m --recover ${RECOVER:-100} --budgets ${BUDGETS:-0.5,0.35,0.2,0.1} \
     --out $S/sq/$m.json > $S/logs/sq_$m.log 2>&1 &
 done
 wait

@@ -68,7 +68,8 @@ def allocate(curves: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]], budg
     """The ranks of each curve minimising the total error with total params <= budget (a count): a
     Lagrangian split, then the leftover filled greedily by the best error drop per parameter."""
     fronts = []
-    for params, err, ranks in curves:
+    for curve in curves:
+        params, err, ranks = (x.cpu() for x in curve)  # errors come from the weights' device
         keep = pareto(params, err)
         fronts.append((params[keep], err[keep], ranks[keep]))
     floor = sum(p[0].item() for p, _, _ in fronts)
