@@ -30,7 +30,13 @@ from tensorllm.base.errors import UserError
 from tensorllm.base.progress import track
 from tensorllm.methods.gqa.calibrate import LayerStats
 from tensorllm.methods.gqa.config import GQAConfig
-from tensorllm.methods.gqa.convert import check_convertible, key_planes, layer_key_planes, plan_layer
+from tensorllm.methods.gqa.convert import (
+    check_convertible,
+    conversion_summary,
+    key_planes,
+    layer_key_planes,
+    plan_layer,
+)
 from tensorllm.methods.gqa.method import text_tokens
 
 
@@ -170,17 +176,7 @@ def run(sm, cfg: GQAConfig, ctx, writer, state: dict, mark, timing: dict, progre
         mark(i + 1)
     records = [results[str(i)] for i in range(sm.n_layers)]
     summary = {
-        "kv_heads_before": Hkv,
-        "kv_heads_after": cfg.kv_heads,
-        "query_heads": H,
-        "head_dim": d,
-        "layers": len(records),
-        "calib_tokens": int(tokens.numel()),
-        "calib_sequences": int(tokens.shape[0]),
-        "mean_key_energy_kept": sum(r["key_energy_kept"] for r in records) / len(records),
-        "mean_value_energy_kept": sum(r["value_energy_kept"] for r in records) / len(records),
-        "seconds_calibration": t_calib,
-        "seconds_group_align_merge": t_merge,
+        **conversion_summary(records, (H, Hkv, d), cfg.kv_heads, tokens, t_calib, t_merge),
         "seconds": time.perf_counter() - t0,
         "hidden_states_on": str(store),
     }

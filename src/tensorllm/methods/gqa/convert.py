@@ -249,6 +249,26 @@ def plan_layer(
     return LayerPlan(unit, groups, aligned, merged, record)
 
 
+def conversion_summary(
+    records: list[dict], layout: tuple[int, int, int], kv_heads: int, tokens, t_calib: float, t_merge: float
+) -> dict:
+    """The report's summary of a conversion from its per-layer records; layout = (H, Hkv, d) before."""
+    H, Hkv, d = layout
+    return {
+        "kv_heads_before": Hkv,
+        "kv_heads_after": kv_heads,
+        "query_heads": H,
+        "head_dim": d,
+        "layers": len(records),
+        "calib_tokens": int(tokens.numel()),
+        "calib_sequences": int(tokens.shape[0]),
+        "mean_key_energy_kept": sum(r["key_energy_kept"] for r in records) / len(records),
+        "mean_value_energy_kept": sum(r["value_energy_kept"] for r in records) / len(records),
+        "seconds_calibration": t_calib,
+        "seconds_group_align_merge": t_merge,
+    }
+
+
 def convert(
     model: nn.Module,
     arch: ArchSpec,
@@ -317,19 +337,7 @@ def convert(
             n_aligned = plan.aligned.kv_heads
         records.append({"layer": i, **plan.record})
     t_merge = time.perf_counter() - t0 - t_calib
-    summary = {
-        "kv_heads_before": Hkv,
-        "kv_heads_after": cfg.kv_heads,
-        "query_heads": H,
-        "head_dim": d,
-        "layers": len(records),
-        "calib_tokens": int(tokens.numel()),
-        "calib_sequences": int(tokens.shape[0]),
-        "mean_key_energy_kept": sum(r["key_energy_kept"] for r in records) / len(records),
-        "mean_value_energy_kept": sum(r["value_energy_kept"] for r in records) / len(records),
-        "seconds_calibration": t_calib,
-        "seconds_group_align_merge": t_merge,
-    }
+    summary = conversion_summary(records, (H, Hkv, d), cfg.kv_heads, tokens, t_calib, t_merge)
     if teacher is None:
         set_kv_heads(model, arch, cfg.kv_heads)
     else:
