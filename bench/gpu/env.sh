@@ -8,3 +8,8 @@ export MPLBACKEND=Agg
 mkdir -p "$S" "$S/logs"
 tl() { python3 -m tensorllm.cli "$@"; }
 stamp() { date +%s.%N; }
+timed() {  # timed NAME CMD...: CMD's output into $S/logs/NAME.log, then "WALL NAME <seconds> s" to it and stdout
+  local name=$1 t0=$(stamp); shift
+  "$@" > $S/logs/$name.log 2>&1
+  echo "WALL $name $(python3 -c "print(round($(stamp) - $t0, 1))") s" | tee -a $S/logs/$name.log
+}

@@ -14,11 +14,10 @@ if [ ! -f $S/cache/models/gemma3-270m/config.json ]; then
 fi
 echo "STAGE gemma3-270m $(python3 -c "print(round($(stamp) - $t0, 1))") s"
 G=$S/gemma3 && mkdir -p $G
-run() {  # run NAME BUDGET ARGS...: a search into $G/NAME, its wall time appended to its log
-  local name=$1 budget=$2 t1=$(stamp); shift 2
-  tl search gemma3-270m --task wikidata_qa --batch-size 1024 --device cuda --store $G/$name \
-     --time-budget $budget "$@" > $S/logs/$name.log 2>&1
-  echo "WALL $name $(python3 -c "print(round($(stamp) - $t1, 1))") s" | tee -a $S/logs/$name.log
+run() {  # run NAME BUDGET ARGS...: a search into $G/NAME, timed into $S/logs/NAME.log
+  local name=$1 budget=$2; shift 2
+  timed $name tl search gemma3-270m --task wikidata_qa --batch-size 1024 --device cuda --store $G/$name \
+     --time-budget $budget "$@"
 }
 run gemma_tucker ${BUDGET:-240} --method tucker --layers all --ranks "0.5,0.5,1;0.1,0.25,0.5;auto" --threads 8 &
 run gemma_laser ${BUDGET:-240} --method laser --layers all --rhos 0.5,0.1,0.01 --matrix up --threads 8 &

@@ -6,11 +6,9 @@
 source bench/gpu/stage.sh
 STEPS=${STEPS:-800}
 one() {  # one SCHEDULE
-  local s=$1 t1=$(stamp)
-  tl gqa smollm2-135m --kv-heads 1 --train-steps $STEPS --train-batch-size 8 --seq-len 1024 \
-     --train-tokens 900000 --lr 1e-3 --l0-schedule $s --eval-task wikidata_qa --eval-split test \
-     --eval-limit 3000 --decode-tokens 0 --device cuda --out $S/l0_$s --overwrite > $S/logs/l0_$s.log 2>&1
-  echo "WALL l0_$s $(python3 -c "print(round($(stamp) - $t1, 1))") s" | tee -a $S/logs/l0_$s.log
+  timed l0_$1 tl gqa smollm2-135m --kv-heads 1 --train-steps $STEPS --train-batch-size 8 --seq-len 1024 \
+     --train-tokens 900000 --lr 1e-3 --l0-schedule $1 --eval-task wikidata_qa --eval-split test \
+     --eval-limit 3000 --decode-tokens 0 --device cuda --out $S/l0_$1 --overwrite
 }
 one ceiling &
 one lagrangian &

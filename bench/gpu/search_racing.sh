@@ -12,11 +12,10 @@
 # RACE_ONLY=1: steps 2 and 4 alone (the timed racing search, the full-WikidataQA eval), ~4 minutes.
 source bench/gpu/stage.sh
 R=$S/racing && mkdir -p $R
-run() {  # run NAME BUDGET ARGS...: a search into $R/NAME, its wall time appended to its log
-  local name=$1 budget=$2 t0=$(stamp); shift 2
-  tl search smollm2-135m --task wikidata_qa --batch-size 1024 --device cuda --store $R/$name \
-     --time-budget $budget "$@" > $S/logs/$name.log 2>&1
-  echo "WALL $name $(python3 -c "print(round($(stamp) - $t0, 1))") s" | tee -a $S/logs/$name.log
+run() {  # run NAME BUDGET ARGS...: a search into $R/NAME, timed into $S/logs/NAME.log
+  local name=$1 budget=$2; shift 2
+  timed $name tl search smollm2-135m --task wikidata_qa --batch-size 1024 --device cuda --store $R/$name \
+     --time-budget $budget "$@"
 }
 TUCKER=(--method tucker --layers all --ranks "288,48,4;64,32,1;auto")
 CPU30=(--method tucker --layers all --ranks 288,48,4 --limit-val 400 --limit-test 300 --dtype float32)

@@ -30,11 +30,13 @@ def _tails(sq: torch.Tensor) -> torch.Tensor:
 
 
 def tucker_curve(t: torch.Tensor, modes: tuple[int, ...]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(params (n,), error (n,), ranks (n, len(modes))) of candidate ranks of one layer's tensor."""
+    """(params (n,), error (n,), ranks (n, len(modes))) of a layer tensor's candidate ranks, on the CPU."""
     axes, tails = [], []
     for m in modes:
         size = t.shape[m]
-        sq = singular_values(t.movedim(m, 0).reshape(size, -1).double()) ** 2  # (size,), descending
+        # (size,), descending; on the CPU whatever device the weights are on: the curve is small and its
+        # rank grids are CPU tensors
+        sq = singular_values(t.movedim(m, 0).reshape(size, -1).double()).cpu() ** 2
         sq = torch.cat([sq, sq.new_zeros(size - len(sq))])  # a mode larger than the rest: zeros
         step = max(1, math.ceil(size / GRID))
         axes.append(torch.unique(torch.cat([torch.arange(1, size + 1, step), torch.tensor([size])])))
@@ -50,7 +52,7 @@ def tucker_curve(t: torch.Tensor, modes: tuple[int, ...]) -> tuple[torch.Tensor,
 def matrix_curve(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(params, error, ranks (n, 1)) of every rank 1..min(m, n) of one matrix (LASER)."""
     m, n = w.shape
-    sq = torch.linalg.svdvals(w.double()) ** 2
+    sq = torch.linalg.svdvals(w.double()).cpu() ** 2  # on the CPU, as tucker_curve's
     ranks = torch.arange(1, len(sq) + 1)
     return ranks.double() * (m + n), _tails(sq)[ranks], ranks[:, None]
 
@@ -68,8 +70,7 @@ def allocate(curves: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]], budg
     """The ranks of each curve minimising the total error with total params <= budget (a count): a
     Lagrangian split, then the leftover filled greedily by the best error drop per parameter."""
     fronts = []
-    for curve in curves:
-        params, err, ranks = (x.cpu() for x in curve)  # errors come from the weights' device
+    for params, err, ranks in curves:
         keep = pareto(params, err)
         fronts.append((params[keep], err[keep], ranks[keep]))
     floor = sum(p[0].item() for p, _, _ in fronts)

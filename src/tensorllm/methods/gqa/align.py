@@ -122,15 +122,13 @@ def _newton_schulz(A: torch.Tensor, max_iters: int, tol: float) -> tuple[torch.T
     eye = torch.eye(A.shape[-1], dtype=A.dtype, device=A.device)
     scale = torch.linalg.matrix_norm(A).clamp_min(torch.finfo(A.dtype).tiny)  # (...,) Frobenius
     X = A / scale[..., None, None]
-    converged = torch.zeros(A.shape[:-2], dtype=torch.bool, device=A.device)
-    for step in range(1, max_iters + 1):
-        XtX = X.transpose(-1, -2) @ X
-        X = 1.5 * X - 0.5 * (X @ XtX)
+    for step in range(max_iters + 1):
+        XtX = X.transpose(-1, -2) @ X  # the step's product, and the check of the X it came from
         if step % 8 == 0 or step == max_iters:  # one host sync per 8 steps
-            XtX = X.transpose(-1, -2) @ X
             converged = (XtX - eye).abs().amax((-2, -1)) <= tol
-            if bool(converged.all()):
+            if bool(converged.all()) or step == max_iters:
                 break
+        X = 1.5 * X - 0.5 * (X @ XtX)
     return X, converged
 
 

@@ -100,15 +100,13 @@ def _energy(blocks_: torch.Tensor) -> float:
     return float(torch.diagonal(blocks_, dim1=-2, dim2=-1).sum(-1).diagonal().sum())
 
 
-def _kept(blocks_: torch.Tensor, groups: list[list[int]], T: torch.Tensor) -> float:
+def _kept(sub: torch.Tensor, energy: float, T: torch.Tensor) -> float:
     """Share of activation energy the merged heads keep: sum_g m ||mean_g||^2 / sum_h ||a_h||^2.
 
     For a mean merge this is 1 - (sum_h ||T_h a_h - mean_g||^2) / (sum_h ||a_h||^2).
-    T: (n, d, d), one transform per head.
+    sub: (G, m, m, d, d) (align.group_blocks); energy: sum_h ||a_h||^2; T: (G, m, d, d), per member.
     """
-    energy = _energy(blocks_)
-    kept = float(A.kept_energy(A.group_blocks(blocks_, groups), T[torch.tensor(groups)]).sum())
-    return kept / energy if energy > 0 else 1.0
+    return float(A.kept_energy(sub, T).sum()) / energy if energy > 0 else 1.0
 
 
 def _within(S: torch.Tensor, groups: list[list[int]]) -> float:
@@ -212,11 +210,13 @@ def plan_layer(
             if grouping == "similarity"
             else contiguous(n, kv_heads)
         )
+        at = torch.tensor(groups, device=dev)  # (G, m)
+        subK, subV = A.group_blocks(CK, groups), A.group_blocks(CV, groups)  # (G, m, m, d, d)
+        ek, ev = _energy(CK), _energy(CV)
         if align:  # every group at once: (G, m, d, d) transforms
-            at = torch.tensor(groups, device=dev)
-            tk[at] = A.align_groups(A.group_blocks(CK, groups), planes_k, iters)
-            tv[at] = A.align_groups(A.group_blocks(CV, groups), planes_v, iters)
-        kk, kv = _kept(CK, groups, tk), _kept(CV, groups, tv)
+            tk[at] = A.align_groups(subK, planes_k, iters)
+            tv[at] = A.align_groups(subV, planes_v, iters)
+        kk, kv = _kept(subK, ek, tk[at]), _kept(subV, ev, tv[at])
         record = {
             "unit": unit,
             "groups": groups,
@@ -229,13 +229,12 @@ def plan_layer(
             record.update(grouping_metric=metric, grouping_on=on, grouping_score=_within(S, groups))
         if align:
             record.update(
-                key_energy_kept_unaligned=_kept(CK, groups, eye),
-                value_energy_kept_unaligned=_kept(CV, groups, eye),
+                key_energy_kept_unaligned=_kept(subK, ek, eye[at]),
+                value_energy_kept_unaligned=_kept(subV, ev, eye[at]),
             )
     order = [h for g in groups for h in g]
     aligned = permute_kv_heads(transform_heads(w, tk if align else None, tv if align else None), order)
     merged = merge_kv_heads(aligned, kv_heads) if merge else None
-    ek, ev = _energy(CK), _energy(CV)
     lost = ((1 - kk) * ek + (1 - kv) * ev) / max(ek + ev, 1e-300)
     params_after = w.q.numel() + w.o.numel() + 2 * kv_heads * d * w.hidden  # q, o and G K/V heads
     # the generic fields every method reports (see cli.print_step_tables)
