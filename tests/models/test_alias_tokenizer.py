@@ -21,7 +21,7 @@ class _Tok:
 @pytest.mark.parametrize("name", ["gemma3-270m", "smollm2-135m"])
 def test_probe_accepts_the_original_ids(name):
     alias = aliases.ALIASES[name]
-    aliases.check_tokenizer(alias, _Tok(alias.probe[1]))
+    aliases.check_tokenizer(alias, _Tok(alias.probe_ids))
 
 
 def test_probe_refuses_a_character_tokenizer():

