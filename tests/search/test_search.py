@@ -222,3 +222,23 @@ def test_bad_options_are_user_errors(search_tiny, tmp_path):
     with pytest.raises(UserError, match="hybrid"):
         run_search(spec_for(search_tiny, tmp_path / "s", method="hybrid", ranks=()))
     assert BASELINE.key  # the baseline is a configuration with no steps
+
+
+def test_a_role_dropped_by_the_race_says_on_how_many_items_it_was_scored():
+    """The Gemma-3 H200 report showed the data-free role's accuracy on the race's first 237 items beside
+    the baseline's on all 3,786, with nothing saying so (18.99 vs 21.55, "Δ +5.06")."""
+    from pathlib import Path
+
+    from tensorllm.search import report
+
+    early = {"val": {"accuracy": 18.99, "loss": 7.221, "n": 237}, "delta_val": 5.06}
+    assert report.role_val_cells(early, 3786) == ("18.99 (n=237)", "+5.06 (n=237)", "7.2210 (n=237)")
+    whole = {"val": {"accuracy": 33.81, "loss": 6.3017, "n": 3786}, "delta_val": 12.26}
+    assert report.role_val_cells(whole, 3786) == ("33.81", "+12.26", "6.3017")
+    real = Path(__file__).parents[2] / "bench/results/gemma3_searches_h200/gemma_tucker/report.json"
+    md = report.markdown(json.loads(real.read_text()))
+    auto = "| data-free `auto` ranks, layer selected on val |"
+    row = next(line for line in md.splitlines() if line.startswith(auto))
+    assert "18.99 (n=237)" in row and "+5.06 (n=237)" in row
+    assert "the race dropped this configuration after the first n validation items" in md
+    assert f"{auto} val (n=237) | 18.99 |" in md  # the metrics table

@@ -270,6 +270,7 @@ def markdown(rep: dict) -> str:
         "| | configuration | val acc | Δ val | val loss | test acc | Δ test | test loss |",
         "|---|---|---:|---:|---:|---:|---:|---:|",
     ]
+    prefixes = []
     for role in ("baseline", "winner", "auto_best", "auto_at_winner_layer"):
         r = rep["roles"].get(role)
         if r is None:
@@ -277,12 +278,20 @@ def markdown(rep: dict) -> str:
         v, t = r["val"] or {}, r["test"] or {}
         same = role.startswith("auto") and r["key"] == rep["roles"]["winner"]["key"]
         described = r["describe"] + (" (= the winner)" if same else "")
+        acc, delta, loss = role_val_cells(r, n_val)
+        if acc.endswith(")"):
+            prefixes.append(v["n"])
         lines.append(
-            f"| {ROLE_TITLES[role]} | {described} | {_pct(v.get('accuracy'))} | "
-            f"{_signed(r['delta_val'])} | {_loss(v.get('loss'))} | {_pct(t.get('accuracy'))} | "
+            f"| {ROLE_TITLES[role]} | {described} | {acc} | {delta} | {loss} | {_pct(t.get('accuracy'))} | "
             f"{_signed(r['delta_test'])} | {_loss(t.get('loss'))} |"
         )
     lines.append("")
+    if prefixes:
+        lines += [
+            "(n=...): the race dropped this configuration after the first n validation items; its val "
+            "accuracy, Δ (against the baseline on those same items) and loss are on them only.",
+            "",
+        ]
     if "auto_best" in rep["roles"]:
         lines += [
             "`auto` ranks come from the weights alone (Gavish-Donoho threshold on each unfolding); the "
@@ -320,6 +329,16 @@ def markdown(rep: dict) -> str:
     for r, row in zip(g["rows"], g["cells"]):
         lines.append(f"| {r} | " + " | ".join(_cell_text(c, unit) for c in row) + " |")
     return "\n".join(lines) + "\n"
+
+
+def role_val_cells(r: dict, n_val) -> tuple[str, str, str]:
+    """A role's (val acc, Δ val, val loss) cells; a line on fewer items than the whole split (a racing
+    role dropped early: its Δ is against the baseline on the same first items) says on how many."""
+    v = r["val"] or {}
+    cells = (_pct(v.get("accuracy")), _signed(r["delta_val"]), _loss(v.get("loss")))
+    if isinstance(n_val, int) and isinstance(v.get("n"), int) and v["n"] < n_val:
+        return tuple(f"{c} (n={v['n']})" for c in cells)
+    return cells
 
 
 def _cell_text(c: dict | None, unit: str) -> str:

@@ -165,8 +165,17 @@ def metrics_table(rep: dict, titles: dict) -> list[str]:
     cols = [k for k in METRIC_COLUMNS if any(k in m for _, _, m in found)]
     if not found:
         return []
+    whole = ((rep["roles"].get("baseline") or {}).get("val") or {}).get("n")
+
+    def where(role: str, split: str) -> str:  # a racing role dropped early: scored on the first n items
+        n = rep["roles"][role][split].get("n")
+        early = split == "val" and isinstance(n, int) and isinstance(whole, int) and n < whole
+        return f"{split} (n={n})" if early else split
+
     rows = [
-        f"| {titles.get(role, role)} | {split} | " + " | ".join(_metric(m.get(k), k) for k in cols) + " |"
+        f"| {titles.get(role, role)} | {where(role, split)} | "
+        + " | ".join(_metric(m.get(k), k) for k in cols)
+        + " |"
         for role, split, m in found
     ]
     head = " | ".join(METRIC_TITLES[k] for k in cols)
