@@ -106,6 +106,12 @@ def search(
         help="Also score the chosen edits on the other offline tasks (perplexity, fever_bigbench, "
         "epistemic_reasoning, wikidata_qa) and show greedy generations beside the baseline's.",
     ),
+    reference: bool = typer.Option(
+        True,
+        help="Keep the unedited model's hidden states along each validation item's prompt + gold answer, so "
+        "that a configuration's loss pass starts at its first edited layer (the same results). "
+        "--no-reference runs every layer.",
+    ),
     as_json: bool = typer.Option(False, "--json", help="Print report.json to stdout at the end."),
     method_flags: dict = None,
 ) -> None:
@@ -149,6 +155,7 @@ def search(
         report_on=_names(report_on),
         select_on=_names(select_on),
         side_effects=side_effects,
+        reference=reference,
     )
     report = run_search(spec)
     if report is None:  # a rank other than 0: rank 0 prints

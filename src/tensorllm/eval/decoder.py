@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import functools
 import inspect
+from collections.abc import Callable
+from contextlib import AbstractContextManager, nullcontext
 
 import torch
 
@@ -176,6 +178,15 @@ def _gathered_logprobs(logits: torch.Tensor, targets: torch.Tensor, budget: int 
     return torch.cat(parts)
 
 
+# around(rows, mask): a context manager entered around one batch's forward (rows: the batch's indices
+# into the caller's list; mask: its (B, T) attention mask); eval/reference.py captures or skips blocks
+Around = Callable[[list[int], torch.Tensor], AbstractContextManager]
+
+
+def _around(around: Around | None, rows: list[int], mask: torch.Tensor) -> AbstractContextManager:
+    return nullcontext() if around is None else around(rows, mask)
+
+
 @torch.inference_mode()
 def sequence_nll(
     model,
@@ -186,6 +197,7 @@ def sequence_nll(
     batch_size: int = 256,
     max_batch_tokens: int = 65536,
     progress: bool = True,
+    around: Around | None = None,
 ) -> list[tuple[float, int]]:
     """Teacher forcing: per sequence, (sum of NLL, count) over its last n_scored tokens."""
     device = input_device(model)
@@ -194,7 +206,8 @@ def sequence_nll(
     for batch in track(batches, "score", enabled=progress):
         ids, mask, pos = left_pad([seqs[i] for i in batch], pad_id, device)
         k = max(n_scored[i] for i in batch)
-        logits, _ = _run(model, ids, mask, pos, keep=k + 1)
+        with _around(around, batch, mask):
+            logits, _ = _run(model, ids, mask, pos, keep=k + 1)
         logp = _gathered_logprobs(logits[:, :-1], ids[:, -k:])  # (B, k): column j predicts token T-k+j
         need = torch.tensor([n_scored[i] for i in batch], device=device)
         scored = torch.arange(k, device=device)[None, :] >= (k - need)[:, None]  # (B, k)

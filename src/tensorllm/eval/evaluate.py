@@ -20,7 +20,7 @@ import time
 from dataclasses import asdict, dataclass, field
 
 from tensorllm.base.errors import UserError
-from tensorllm.eval import metrics
+from tensorllm.eval import metrics, scoring
 from tensorllm.eval.items import (  # noqa: F401  (re-exported: eval/__init__, cli, search)
     ANSWER_MODES,
     _short_answers,
@@ -30,6 +30,7 @@ from tensorllm.eval.items import (  # noqa: F401  (re-exported: eval/__init__, c
     preflight,
     task_items,
 )
+from tensorllm.eval.reference import ReferencePath
 from tensorllm.eval.scoring import SCORERS, Run, check_encoder_length
 from tensorllm.eval.tasks import TaskSpec, get_task
 
@@ -77,11 +78,14 @@ def evaluate(
     keep_examples: bool = False,
     progress: bool = True,
     span: tuple[int, int] | None = None,
+    reference: ReferencePath | None = None,
 ) -> EvalResult:
     """Evaluate an in-memory model on one task split (see the module docstring for the metrics).
 
     `span=(start, end)` scores only those items of the split (after `limit`): a racing search
-    grows a configuration's slice of validation items without scoring any item twice."""
+    grows a configuration's slice of validation items without scoring any item twice.
+    `reference`: a search's shortcut for decoder models' gold-answer loss (eval/reference.py): capture
+    the unedited model's path (layer None), or start at block `layer` of a model edited from there on."""
     spec = task if isinstance(task, TaskSpec) else get_task(task)
     check_answer_mode(answer_mode)
     if batch_size <= 0 or max_batch_tokens <= 0:
@@ -93,7 +97,7 @@ def evaluate(
         if not 0 <= span[0] < span[1] <= len(items):
             raise UserError(f"items {span[0]}..{span[1]} are outside the {split} split ({len(items)} items)")
         items = items[span[0] : span[1]]
-    run = Run(batch_size, max_batch_tokens, progress, answer_mode)
+    run = Run(batch_size, max_batch_tokens, progress, answer_mode, reference=reference)
     was_training = model.training
     model.eval()
     try:
@@ -141,4 +145,26 @@ def evaluate(
         run.phases or None,
         {**metrics.aggregate(per_item), "loss": loss},
         per_item,
+    )
+
+
+def capture_reference(
+    model,
+    tokenizer,
+    task: str | TaskSpec,
+    reference: ReferencePath,
+    split: str = "val",
+    limit: int | None = None,
+    *,
+    span: tuple[int, int],
+    batch_size: int = 256,
+    max_batch_tokens: int = 65536,
+    data=None,
+) -> None:
+    """Store the unedited model's path over items `span` of a split (eval/reference.py): its loss pass
+    only, for a search resumed from a store that already holds the baseline's scores."""
+    spec = task if isinstance(task, TaskSpec) else get_task(task)
+    items = task_items(tokenizer, spec, split, limit, data)[0][span[0] : span[1]]
+    scoring.capture_reference(
+        model, tokenizer, items, Run(batch_size, max_batch_tokens, False, "faithful", reference=reference)
     )

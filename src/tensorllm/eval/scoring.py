@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 
 from tensorllm.base.errors import UserError
 from tensorllm.eval import decoder, encoder, metrics
+from tensorllm.eval.reference import ReferencePath
 from tensorllm.eval.tasks import Example
 from tensorllm.eval.tokens import answer_in_text, answer_spans, encode, label_tokens
 
@@ -26,6 +27,7 @@ class Run:
     progress: bool
     answer_mode: str
     phases: dict[str, float] = field(default_factory=dict)
+    reference: ReferencePath | None = None  # a search's val items: the unedited model's path (reference.py)
 
     @contextmanager
     def timed(self, phase: str):
@@ -66,6 +68,7 @@ def _teacher_forced(model, tokenizer, items: list[Example], pad: int, run: Run):
             batch_size=run.batch_size,
             max_batch_tokens=run.max_batch_tokens,
             progress=run.progress,
+            around=run.reference and run.reference.around(len(items)),
         )
 
 
@@ -97,6 +100,12 @@ def _decoder_generate(model, tokenizer, spec, items, run):
         correct = extra[run.answer_mode]
     nll = _teacher_forced(model, tokenizer, items, pad, run)
     return "generate-substring", run.answer_mode, correct, nll, new_text, extra
+
+
+def capture_reference(model, tokenizer, items, run: Run) -> None:
+    """Only the teacher-forced loss pass, on the unedited model, to fill `run.reference` (capture)."""
+    _, pad = _decoder_ids(model, tokenizer)
+    _teacher_forced(model, tokenizer, items, pad, run)
 
 
 def _decoder_classify(model, tokenizer, spec, items, run):

@@ -35,10 +35,11 @@ from collections.abc import Callable
 
 import torch
 
+from tensorllm.archs import blocks
 from tensorllm.base.progress import fmt_seconds, stderr_log, track
 from tensorllm.search import dist, racing, select, setup, transfer
 from tensorllm.search import report as report_mod
-from tensorllm.search.apply import Applier
+from tensorllm.search.apply import Applier, touched_params
 from tensorllm.search.grid import BASELINE, Config, Grid
 from tensorllm.search.spec import HYBRID, SearchSpec, search_methods  # noqa: F401  (the API's names)
 from tensorllm.search.store import Store, now
@@ -88,6 +89,7 @@ class Search:
         self.deadline = self.started + spec.time_budget if spec.time_budget else None
         self.evaluated: list[str] = []  # "key/split" evaluated by this process in this run
         self.phases = 0  # phases run so far: names this run's claim counters (the same on every rank)
+        self.reference = None  # eval/reference.py: None = not yet made, False = not used
 
     # -- setup (setup.py) ----------------------------------------------------------------------
     def _load(self, device: torch.device) -> None:
@@ -288,26 +290,92 @@ class Search:
             self.log(f"time budget of {self.spec.time_budget:g} s reached: stopping; rerun to continue")
         dist.barrier(self.world)
 
+    # -- the reference path (eval/reference.py) -----------------------------------------------------
+    def _reference_path(self, cfg: Config, split: str, task: str, span, kwargs: dict):
+        """How this evaluation uses the unedited model's stored path over the validation items: the
+        baseline captures it; a configuration first has the path of its items captured if missing (on
+        the unedited model, outside `applied`: a resumed search, or a rank that did not score the
+        baseline), then starts its loss pass at its first edited block."""
+        from tensorllm.eval import get_task, model_kind
+        from tensorllm.eval.evaluate import capture_reference
+        from tensorllm.eval.reference import Reference, ReferencePath
+
+        if not self.spec.reference or task != self.spec.task or self.reference is False:
+            return None
+        if self.reference is None:
+            usable = (
+                model_kind(self.model) == "decoder" and get_task(task).kind == "generate"
+            )  # loss always run
+            self.reference = Reference(blocks(self.model, self.arch)) if usable else False
+            if not usable:
+                return None
+        start, end = span or (0, self.n_val)
+        if cfg.key == BASELINE.key:
+            return ReferencePath(self.reference, start, None)
+        missing = [i for i in range(start, end) if i not in self.reference.states]
+        if missing:
+            lo = missing[0]
+            capture_reference(
+                self.model,
+                self.tokenizer,
+                task,
+                ReferencePath(self.reference, lo, None),
+                kwargs["split"],
+                kwargs["limit"],
+                span=(lo, end),
+                batch_size=kwargs["batch_size"],
+                data=kwargs["data"],
+            )
+            self._check_reference_size()
+            if self.reference is False:
+                return None
+        return ReferencePath(self.reference, start, self._first_edited(cfg))
+
+    def _check_reference_size(self) -> None:
+        ref = self.reference
+        if ref and ref.nbytes() > self.spec.reference_bytes:
+            self.log(
+                f"the unedited model's stored path holds {ref.nbytes() / 2**30:.1f} GiB, over the "
+                f"{self.spec.reference_bytes / 2**30:.1f} GiB limit: configurations are decoded from scratch"
+            )
+            self.reference = False
+
+    def _first_edited(self, cfg: Config) -> int:
+        """The lowest decoder block any step of `cfg` writes to (0 when one writes outside the blocks)."""
+        if not hasattr(self, "_block_of"):
+            self._block_of = {
+                id(p): i for i, b in enumerate(blocks(self.model, self.arch)) for p in b.parameters()
+            }
+        params = dict(self.model.named_parameters())
+        names = [n for step in cfg.steps for n in touched_params(self.model, self.arch, step)]
+        return min((self._block_of.get(id(params[n]), 0) for n in names), default=0)
+
     def _evaluate(self, cfg: Config, split: str, span: tuple[int, int] | None = None) -> dict:
         from tensorllm.eval import evaluate
 
         spec = self.spec
         base_split, task = transfer.task_of(split, spec.task)  # "test@fever_bigbench": another task
         t0 = time.perf_counter()
+        kwargs = dict(
+            split=base_split,
+            limit=spec.limit_val if base_split == "val" else spec.limit_test,
+            batch_size=spec.batch_size,
+            answer_mode=spec.answer_mode,
+            data=spec.data if task == spec.task else None,
+            progress=False,
+        )
+        path = self._reference_path(cfg, base_split, task, span, kwargs) if base_split == "val" else None
         with self.applier.applied(cfg) as steps:
             res = evaluate(
                 self.model,
                 self.tokenizer,
                 task,
-                split=base_split,
-                limit=spec.limit_val if base_split == "val" else spec.limit_test,
-                batch_size=spec.batch_size,
-                answer_mode=spec.answer_mode,
-                data=spec.data if task == spec.task else None,
-                progress=False,
                 span=span,
                 keep_examples=base_split == "test",
+                reference=path,
+                **kwargs,
             )
+        self._check_reference_size()
         ev = res.to_dict()
         ev.pop("examples", None)
         cells = self.grid.cells_of(cfg.key)

@@ -61,6 +61,10 @@ class SearchSpec:
     report_on: tuple = ()
     select_on: tuple = ()  # () = (task,)
     side_effects: bool = False
+    # the loss pass of validation items starts at a configuration's first edited block, from the unedited
+    # model's stored hidden states (eval/reference.py); False = every block
+    reference: bool = True
+    reference_bytes: int = 16 << 30  # the stored path's limit; past it the search goes on without it
 
     def race_params(self) -> RaceParams | None:
         """The racing parameters (not yet resolved for the split's size), None for an exhaustive search."""
