@@ -62,6 +62,9 @@ def test_a_race_scores_its_finalists_on_the_whole_split(race_run):
     assert "## Race" in md and "raced on validation" in md and "(n=" in md  # dropped cells say on how many
     cells = [c for row in rep["grid"]["cells"] for c in row]
     assert {c["key"] for c in cells if "n" in c} == dropped
+    # the report's evaluation time counts the dropped configurations' slices too (it once did not)
+    every = sum(x["seconds"] for x in Store(store).lines())
+    assert rep["run"]["eval_seconds_in_store"] == pytest.approx(every, abs=0.01)
 
 
 def test_the_stored_results_replay_the_same_decisions(race_run):

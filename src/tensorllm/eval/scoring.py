@@ -124,18 +124,13 @@ def _decoder_classify(model, tokenizer, spec, items, run):
             progress=run.progress,
         )  # (N, L)
     return _classified(
-        model,
-        tokenizer,
-        spec,
-        items,
-        lp,
-        single,
-        lambda: _teacher_forced(model, tokenizer, items, pad, run),
-        "label-logits",
+        spec, items, lp, single, lambda: _teacher_forced(model, tokenizer, items, pad, run), "label-logits"
     )
 
 
-def _classified(model, tokenizer, spec, items, lp, single, multi_token_loss, metric):
+def _classified(spec, items, lp, single, multi_token_loss, metric):
+    """Label predictions from (N, L) label log-probabilities; the loss is the label's own log-probability
+    when every label is one token, else `multi_token_loss()` (a teacher-forced pass)."""
     pred = lp.argmax(dim=1).tolist()
     correct = [p == e.label for p, e in zip(pred, items)]
     if single:  # the label is one token: its teacher-forced NLL is this very log-probability
@@ -235,14 +230,7 @@ def _encoder_classify(model, tokenizer, spec, items, run):
         progress=run.progress,
     )
     return _classified(
-        model,
-        tokenizer,
-        spec,
-        items,
-        lp,
-        single,
-        lambda: _masked_gold_loss(model, tokenizer, items, run),
-        "mlm-label",
+        spec, items, lp, single, lambda: _masked_gold_loss(model, tokenizer, items, run), "mlm-label"
     )
 
 

@@ -66,9 +66,12 @@ def build(
     by: str = "accuracy",
     race: dict | None = None,
     extra: dict | None = None,
+    store_seconds: float | None = None,
 ) -> dict:
     """`race` (racing searches): {"partial": {key: line on a prefix of the items}, "summary": {...}}.
-    `extra` (transfer.py): "select_val" (the selection lines of several tasks), "tasks", "generations"."""
+    `extra` (transfer.py): "select_val" (the selection lines of several tasks), "tasks", "generations".
+    `store_seconds`: the seconds of every line in the store, a race's slices included (default: of the
+    whole-split lines in `val` and `test` only)."""
     extra = extra or {}
     chosen = extra.get("select_val") or val
     base = val.get(BASELINE.key)
@@ -147,7 +150,9 @@ def build(
             "seconds": round(run_seconds, 2),
             "setup_seconds": setup,
             "evaluated_this_run": evaluated,
-            "eval_seconds_in_store": round(sum(x.get("seconds", 0.0) for x in every), 2),
+            "eval_seconds_in_store": round(
+                sum(x.get("seconds", 0.0) for x in every) if store_seconds is None else store_seconds, 2
+            ),
             "step_cache": {"hits": cache.hits, "misses": cache.misses} if cache is not None else None,
         },
         # added with per-item results (2026-12): the comparisons behind every delta, in numbers and words

@@ -214,6 +214,7 @@ class Search:
                 by=self.spec.select_by,
                 race=race,
                 extra=self._extra(roles, pools, chosen),
+                store_seconds=sum(line.get("seconds", 0.0) for line in self.store.lines()),
             )
             report_mod.write(self.store.root, result)
             self.log(f"report: {self.store.root / 'report.md'} ({result['status']})")
