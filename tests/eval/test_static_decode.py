@@ -171,3 +171,57 @@ def test_real_smollm2_on_20_wikidata_prompts(smollm2, bigbench, monkeypatch):
     for p, got in list(zip(prompts, static))[::4]:  # 5 of them one at a time (2 shared CPU cores)
         assert got == _generate_alone(model, p, max_new_tokens=10, eos_ids=eos_ids, pad_id=pad)
     assert len({len(p) for p in prompts}) > 1  # left padding in every batch
+
+
+def test_graphs_only_on_a_gpu(tiny_llama):
+    model, _ = tiny_llama
+    assert not decoder._use_graphs(model, torch.device("cpu"), None)
+    assert not decoder._use_graphs(model, torch.device("cpu"), True)
+
+
+CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a GPU")
+
+
+def _graphs_only(monkeypatch):
+    """Make both eager loops fail, so a silent fallback from the graphs shows."""
+
+    def refuse(*a, **kw):
+        raise AssertionError("an eager loop ran where the CUDA graphs were asked for")
+
+    monkeypatch.setattr(decoder, "_plain_greedy", refuse)
+    monkeypatch.setattr(static_decode, "static_greedy", refuse)
+
+
+@CUDA
+@pytest.mark.parametrize("family", ["llama", *FAMILIES])
+def test_graphs_equal_plain_on_the_gpu(tiny, monkeypatch, family):
+    model = tiny.model(family).cuda()
+    vocab = model.config.get_text_config().vocab_size
+    prompts = _prompts(vocab, n=9, seed=5)
+    kw = dict(max_new_tokens=8, eos_ids=[_eos_that_stops_some(model, prompts, 2, pad_id=1)], pad_id=1)
+    plain = decoder.greedy_generate(model, prompts, batch_size=4, progress=False, graphs=False, **kw)
+    with monkeypatch.context() as m:
+        _graphs_only(m)
+        got = decoder.greedy_generate(model, prompts, batch_size=4, progress=False, **kw)
+        again = decoder.greedy_generate(model, prompts, batch_size=4, progress=False, **kw)  # replays only
+    assert got == plain and again == plain
+    assert type(model).__qualname__ not in static_decode.NO_GRAPHS and static_decode._CAPTURES[model]
+
+
+@CUDA
+def test_captures_follow_in_place_edits_and_drop_moved_parameters(tiny, monkeypatch):
+    """A search edits weights in place between calls: the replays must see the new values; a parameter
+    replaced by a new tensor must not be read from its old storage."""
+    model = tiny.model("llama").cuda()
+    prompts = _prompts(model.config.vocab_size, n=8, seed=6)
+    kw = dict(max_new_tokens=8, eos_ids=[], pad_id=1, batch_size=8, progress=False)
+    first = decoder.greedy_generate(model, prompts, **kw)
+    layer = model.model.layers[0]
+    with torch.no_grad():
+        layer.self_attn.q_proj.weight.mul_(3.0)
+        layer.mlp.up_proj.weight.mul_(-2.0)
+    edited = decoder.greedy_generate(model, prompts, **kw)
+    assert edited == decoder.greedy_generate(model, prompts, graphs=False, **kw) and edited != first
+    layer.mlp.up_proj.weight = torch.nn.Parameter(layer.mlp.up_proj.weight.detach() * 0.25)
+    moved = decoder.greedy_generate(model, prompts, **kw)
+    assert moved == decoder.greedy_generate(model, prompts, graphs=False, **kw) and moved != edited

@@ -114,6 +114,11 @@ def _use_static(model, device: torch.device, static: bool | None) -> bool:
     return bool(static) and static_decode.supports_static(model)
 
 
+def _use_graphs(model, device: torch.device, graphs: bool | None) -> bool:
+    """graphs=None: on a GPU, the static loop replayed from CUDA graphs (static_decode.graph_greedy)."""
+    return (graphs is None or bool(graphs)) and static_decode.supports_graphs(model, device)
+
+
 @torch.inference_mode()
 def greedy_generate(
     model,
@@ -127,19 +132,22 @@ def greedy_generate(
     max_batch_tokens: int = 65536,
     progress: bool = True,
     static: bool | None = None,
+    graphs: bool | None = None,
 ) -> list[list[int]]:
     """Greedy continuation of each prompt (token ids), cut after the first EOS (kept).
 
     Same as `model.generate(do_sample=False, max_new_tokens=..., min_new_tokens=...)` one prompt
     at a time (LASER passes min_new_tokens=1: EOS is forbidden at the first step), with a KV cache.
     `static`: True = a preallocated cache and no host sync per step (eval/static_decode.py), False or
-    None (the default) = the plain loop. A model the static path fails on (first batch) falls back
-    to the plain loop; both give the same tokens.
+    None (the default) = the plain loop. `graphs`: None (the default) or True = on a GPU, that static
+    loop replayed from CUDA graphs kept per batch shape; False = never. A model a path fails on
+    (first batch) falls back to the next one; all give the same tokens.
     """
     device = input_device(model)
     eos = torch.tensor(sorted(set(eos_ids)), dtype=torch.long, device=device)
     eos_set = set(eos.tolist())
     use_static = _use_static(model, device, static)
+    use_graphs = _use_graphs(model, device, graphs)
     results: list[list[int]] = [[] for _ in prompts]
     batches = length_batches([len(p) for p in prompts], batch_size, max_batch_tokens)
     args = dict(max_new_tokens=max_new_tokens, eos=eos, pad_id=pad_id, min_new_tokens=min_new_tokens)
@@ -147,7 +155,17 @@ def greedy_generate(
     for n, batch in enumerate(track(batches, "generate", enabled=progress)):
         ids, mask, pos = left_pad([prompts[i] for i in batch], pad_id, device)
         rows = None
-        if use_static:
+        if use_graphs:
+            try:
+                rows = static_decode.graph_greedy(model, ids, mask, pos, **args, **names)
+            except torch.OutOfMemoryError:
+                raise
+            except Exception:
+                if n:  # it worked on an earlier batch: a real error
+                    raise
+                static_decode.NO_GRAPHS.add(type(model).__qualname__)
+                use_graphs = False
+        if rows is None and use_static:
             try:
                 rows = static_decode.static_greedy(model, ids, mask, pos, **args, **names)
             except torch.OutOfMemoryError:

@@ -15,12 +15,16 @@ after every token, so on a GPU each step waits for the previous one and for Pyth
 
 Models whose forward or cache cannot take this (an exception on the first batch) go back to the
 plain loop; `greedy_generate` remembers that per model class.
+
+On a GPU, `graph_greedy` (below) replays the same loop from CUDA graphs captured per batch shape.
 """
 
 from __future__ import annotations
 
 import functools
 import inspect
+import weakref
+from collections import OrderedDict
 
 import torch
 
@@ -121,4 +125,153 @@ def static_greedy(
         full_mask[:, width + step] = 1
         logits = forward(nxt[:, None], next_pos, width + step)
         next_pos = next_pos + 1
+    return out[:, :steps].tolist()
+
+
+# -- CUDA graphs --------------------------------------------------------------------------------------
+#
+# On a GPU the static loop above is still launch-bound: each step of a 30-layer model is hundreds of
+# small kernels issued from Python. Here the prefill and one decode step are each captured once as a
+# CUDA graph per batch shape (rows, prompt width, new tokens) and replayed; the captures are kept per
+# model and reused by every later call with that shape, so a search that scores configuration after
+# configuration on the same items pays for them once. transformers' StaticCache keeps its write position
+# as a device tensor that each update advances in place, so the captured kernels write where the
+# replays have got to; each call resets it. A capture reads the parameters where they lie:
+# it is dropped when any parameter's storage moved (the search's edits copy into place, so they keep
+# it). The kernels are the static loop's, so the tokens are the static loop's.
+
+
+class _Captured:
+    """The buffers and graphs of one batch shape: inputs are copied in, logits read out."""
+
+    def __init__(self, model, ids, mask, pos, new_tokens: int, params, cache_arg: str):
+        (batch, width), device = ids.shape, ids.device
+        total = width + new_tokens
+        dtype = next(model.parameters()).dtype
+        self.ptrs = _param_ptrs(model)
+        self.width = width
+        self.cache = make_static_cache(model, batch, total, device, dtype)
+        self.ids = torch.zeros((batch, width), dtype=torch.long, device=device)  # (B, T)
+        self.pos = torch.zeros((batch, width), dtype=torch.long, device=device)  # (B, T)
+        self.mask = torch.zeros((batch, total), dtype=torch.long, device=device)  # (B, T + N)
+        self.tok = torch.zeros((batch, 1), dtype=torch.long, device=device)  # (B, 1)
+        self.tok_pos = torch.zeros((batch, 1), dtype=torch.long, device=device)  # (B, 1)
+        self.column = torch.zeros((1,), dtype=torch.long, device=device)  # the step's cache column
+        self.prefill_columns = torch.arange(width, device=device)
+        kwargs = {cache_arg: self.cache, "use_cache": True, "attention_mask": self.mask}
+        if "logits_to_keep" in params:
+            kwargs["logits_to_keep"] = 1
+
+        def run(tokens, positions, columns):
+            extra = {"position_ids": positions} if "position_ids" in params else {}
+            if "cache_position" in params:
+                extra["cache_position"] = columns
+            return model(input_ids=tokens, **kwargs, **extra).logits[:, -1, :]  # (B, V)
+
+        self.load(ids, mask, pos)  # the warm-ups run on real inputs
+        self.column.fill_(width)
+        self.tok.copy_(ids[:, -1:])
+        self.prefill_graph, self.prefill_logits = _capture(
+            lambda: run(self.ids, self.pos, self.prefill_columns)
+        )
+        pool = self.prefill_graph.pool()
+        self.step_graph, self.step_logits = _capture(lambda: run(self.tok, self.tok_pos, self.column), pool)
+
+    def load(self, ids, mask, pos) -> None:
+        self.ids.copy_(ids)
+        self.pos.copy_(pos)
+        self.mask.zero_()
+        self.mask[:, : self.width] = mask
+        self.tok_pos.copy_(pos[:, -1:] + 1)
+
+
+def _param_ptrs(model) -> tuple[int, ...]:
+    return tuple(t.data_ptr() for t in (*model.parameters(), *model.buffers()))
+
+
+def _capture(fn, pool=None):
+    """Run `fn` once eagerly on a side stream (warm-up: lazy allocations, library handles), then capture
+    it; returns (graph, its output tensor, refreshed by every replay)."""
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        fn()
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph, pool=pool):
+        out = fn()
+    return graph, out
+
+
+# model -> {(rows, width, new tokens): _Captured}, least recently used first; entries go with their model.
+# Each holds a static cache of its shape (SmolLM2 at 2,048 rows x 40 columns: ~1.9 GB in bf16), so only the
+# last few shapes are kept: a search's slices reuse theirs; a pass over many batch shapes recaptures.
+_CAPTURES: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+MAX_CAPTURES = 4
+
+
+# model classes (by qualified name) whose forward could not be captured: the eager loops are used
+NO_GRAPHS: set[str] = set()
+
+
+def supports_graphs(model, device: torch.device) -> bool:
+    return device.type == "cuda" and supports_static(model) and type(model).__qualname__ not in NO_GRAPHS
+
+
+@torch.inference_mode()
+def graph_greedy(
+    model,
+    ids: torch.Tensor,
+    mask: torch.Tensor,
+    pos: torch.Tensor,
+    *,
+    max_new_tokens: int,
+    eos: torch.Tensor,
+    pad_id: int,
+    min_new_tokens: int = 1,
+    params: frozenset[str],
+    cache_arg: str,
+    check_every: int = 4,
+) -> list[list[int]]:
+    """`static_greedy`'s tokens from replayed CUDA graphs (see above); the same arguments."""
+    batch, width = ids.shape
+    key = (batch, width, max_new_tokens)
+    shapes = _CAPTURES.setdefault(model, OrderedDict())
+    cap = shapes.get(key)
+    if cap is not None and cap.ptrs != _param_ptrs(model):
+        shapes.clear()  # a parameter moved: every capture of this model reads stale storage
+        cap = None
+    if cap is None:
+        while len(shapes) >= MAX_CAPTURES:
+            shapes.popitem(last=False)
+        cap = shapes[key] = _Captured(model, ids, mask, pos, max_new_tokens, params, cache_arg)
+    shapes.move_to_end(key)
+    cap.cache.reset()  # its write position is a device counter the replays advance (keys, values zeroed)
+    cap.load(ids, mask, pos)
+    cap.prefill_graph.replay()
+    logits = cap.prefill_logits
+    bias = torch.zeros(logits.shape[-1], dtype=logits.dtype, device=ids.device)  # (V,)
+    if eos.numel():
+        bias[eos] = float("-inf")  # EOS forbidden while step < min_new_tokens
+    done = torch.zeros(batch, dtype=torch.bool, device=ids.device)
+    out = torch.full((batch, max_new_tokens), pad_id, dtype=torch.long, device=ids.device)  # (B, N)
+    steps = max_new_tokens
+    for step in range(max_new_tokens):
+        if step < min_new_tokens:
+            logits = logits + bias
+        nxt = torch.where(done, pad_id, logits.argmax(-1))  # (B,)
+        out[:, step] = nxt
+        done |= torch.isin(nxt, eos)
+        if step + 1 == max_new_tokens:
+            break
+        if (step + 1) % check_every == 0 and bool(done.all()):  # the only host sync in the loop
+            steps = step + 1
+            break
+        cap.mask[:, width + step] = 1
+        cap.tok.copy_(nxt[:, None])
+        cap.column.fill_(width + step)
+        if step:
+            cap.tok_pos += 1
+        cap.step_graph.replay()
+        logits = cap.step_logits
     return out[:, :steps].tolist()
