@@ -192,6 +192,11 @@ def _graphs_only(monkeypatch):
     monkeypatch.setattr(static_decode, "static_greedy", refuse)
 
 
+# captured on an H200 with transformers 5.17 (2026-12-02); the others' forwards cannot be captured there
+# (MoE routing, sliding-window caches, Falcon) and fall back to the eager loops, with the same tokens
+CAPTURED = {"llama", "qwen3", "olmo2", "granite", "phi"}
+
+
 @CUDA
 @pytest.mark.parametrize("family", ["llama", *FAMILIES])
 def test_graphs_equal_plain_on_the_gpu(tiny, monkeypatch, family):
@@ -201,11 +206,14 @@ def test_graphs_equal_plain_on_the_gpu(tiny, monkeypatch, family):
     kw = dict(max_new_tokens=8, eos_ids=[_eos_that_stops_some(model, prompts, 2, pad_id=1)], pad_id=1)
     plain = decoder.greedy_generate(model, prompts, batch_size=4, progress=False, graphs=False, **kw)
     with monkeypatch.context() as m:
-        _graphs_only(m)
+        if family in CAPTURED:
+            _graphs_only(m)
         got = decoder.greedy_generate(model, prompts, batch_size=4, progress=False, **kw)
         again = decoder.greedy_generate(model, prompts, batch_size=4, progress=False, **kw)  # replays only
     assert got == plain and again == plain
-    assert type(model).__qualname__ not in static_decode.NO_GRAPHS and static_decode._CAPTURES[model]
+    captured = type(model).__qualname__ not in static_decode.NO_GRAPHS
+    assert captured == (family in CAPTURED)
+    assert not captured or static_decode._CAPTURES[model]
 
 
 @CUDA
