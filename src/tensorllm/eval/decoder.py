@@ -119,6 +119,20 @@ def _use_graphs(model, device: torch.device, graphs: bool | None) -> bool:
     return (graphs is None or bool(graphs)) and static_decode.supports_graphs(model, device)
 
 
+def _first_batch_or_fail(loop, n: int, failed: set[str], model, *args, **kwargs):
+    """`loop`'s rows, or None when it raised on the first batch (n == 0): the model's class goes into
+    `failed` and the caller falls back; on a later batch (it worked before) the error is real."""
+    try:
+        return loop(model, *args, **kwargs)
+    except torch.OutOfMemoryError:
+        raise
+    except Exception:
+        if n:
+            raise
+        failed.add(type(model).__qualname__)
+        return None
+
+
 @torch.inference_mode()
 def greedy_generate(
     model,
@@ -156,25 +170,23 @@ def greedy_generate(
         ids, mask, pos = left_pad([prompts[i] for i in batch], pad_id, device)
         rows = None
         if use_graphs:
-            try:
-                rows = static_decode.graph_greedy(model, ids, mask, pos, **args, **names)
-            except torch.OutOfMemoryError:
-                raise
-            except Exception:
-                if n:  # it worked on an earlier batch: a real error
-                    raise
-                static_decode.NO_GRAPHS.add(type(model).__qualname__)
-                use_graphs = False
+            rows = _first_batch_or_fail(
+                static_decode.graph_greedy, n, static_decode.NO_GRAPHS, model, ids, mask, pos, **args, **names
+            )
+            use_graphs = rows is not None
         if rows is None and use_static:
-            try:
-                rows = static_decode.static_greedy(model, ids, mask, pos, **args, **names)
-            except torch.OutOfMemoryError:
-                raise
-            except Exception:
-                if n:  # it worked on an earlier batch: a real error
-                    raise
-                static_decode.UNSUPPORTED.add(type(model).__qualname__)
-                use_static = False
+            rows = _first_batch_or_fail(
+                static_decode.static_greedy,
+                n,
+                static_decode.UNSUPPORTED,
+                model,
+                ids,
+                mask,
+                pos,
+                **args,
+                **names,
+            )
+            use_static = rows is not None
         if rows is None:
             rows = _plain_greedy(model, ids, mask, pos, **args)
         for r, row in enumerate(rows):

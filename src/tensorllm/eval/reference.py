@@ -52,12 +52,13 @@ class Reference:
     blocks: nn.ModuleList
     states: dict[int, torch.Tensor] = field(default_factory=dict)  # item -> (blocks, len, D)
     tuple_out: bool = False  # what the blocks return (transformers < 5: a tuple)
+    stored_bytes: int = 0  # of `states`, kept up to date by `capture`
 
     def has(self, items: list[int]) -> bool:
         return all(i in self.states for i in items)
 
     def nbytes(self) -> int:
-        return sum(t.numel() * t.element_size() for t in self.states.values())
+        return self.stored_bytes
 
     @contextmanager
     def capture(self, items: list[int], lengths: list[int]):
@@ -83,7 +84,11 @@ class Reference:
         stacked = torch.stack(inputs, dim=0)  # (blocks, B, T, D)
         width = stacked.shape[2]
         for r, item in enumerate(items):
-            self.states[item] = stacked[:, r, width - lengths[r] :].clone()
+            old = self.states.get(item)
+            new = self.states[item] = stacked[:, r, width - lengths[r] :].clone()
+            self.stored_bytes += new.numel() * new.element_size() - (
+                0 if old is None else old.numel() * old.element_size()
+            )
 
     @contextmanager
     def start_at(self, layer: int, items: list[int], width: int):

@@ -103,11 +103,27 @@ def static_greedy(
         out = model(input_ids=tokens, attention_mask=full_mask, **kwargs, **extra)
         return out.logits[:, -1, :]
 
-    logits = forward(ids, pos, 0)  # (B, V)
+    next_pos = [pos[:, -1:] + 1]  # (B, 1), advanced after each step
+
+    def step_fn(nxt: torch.Tensor, step: int) -> torch.Tensor:
+        full_mask[:, width + step] = 1
+        logits = forward(nxt[:, None], next_pos[0], width + step)
+        next_pos[0] = next_pos[0] + 1
+        return logits
+
+    loop = dict(max_new_tokens=max_new_tokens, eos=eos, pad_id=pad_id, min_new_tokens=min_new_tokens)
+    return token_loop(forward(ids, pos, 0), step_fn, check_every=check_every, **loop)
+
+
+def token_loop(
+    logits, step_fn, *, max_new_tokens, eos, pad_id, min_new_tokens, check_every
+) -> list[list[int]]:
+    """The greedy steps of both loops. logits: (B, V) after the prompt; step_fn(tokens (B,), step) feeds
+    step `step`'s tokens and returns the next (B, V) logits -> (B, n) token lists (see static_greedy)."""
+    batch, device = logits.shape[0], logits.device
     bias = torch.zeros(logits.shape[-1], dtype=logits.dtype, device=device)  # (V,)
     if eos.numel():
         bias[eos] = float("-inf")  # EOS forbidden while step < min_new_tokens
-    next_pos = pos[:, -1:] + 1  # (B, 1)
     done = torch.zeros(batch, dtype=torch.bool, device=device)
     out = torch.full((batch, max_new_tokens), pad_id, dtype=torch.long, device=device)  # (B, N)
     steps = max_new_tokens
@@ -122,9 +138,7 @@ def static_greedy(
         if (step + 1) % check_every == 0 and bool(done.all()):  # the only host sync in the loop
             steps = step + 1
             break
-        full_mask[:, width + step] = 1
-        logits = forward(nxt[:, None], next_pos, width + step)
-        next_pos = next_pos + 1
+        logits = step_fn(nxt, step)
     return out[:, :steps].tolist()
 
 
@@ -249,29 +263,15 @@ def graph_greedy(
     cap.cache.reset()  # its write position is a device counter the replays advance (keys, values zeroed)
     cap.load(ids, mask, pos)
     cap.prefill_graph.replay()
-    logits = cap.prefill_logits
-    bias = torch.zeros(logits.shape[-1], dtype=logits.dtype, device=ids.device)  # (V,)
-    if eos.numel():
-        bias[eos] = float("-inf")  # EOS forbidden while step < min_new_tokens
-    done = torch.zeros(batch, dtype=torch.bool, device=ids.device)
-    out = torch.full((batch, max_new_tokens), pad_id, dtype=torch.long, device=ids.device)  # (B, N)
-    steps = max_new_tokens
-    for step in range(max_new_tokens):
-        if step < min_new_tokens:
-            logits = logits + bias
-        nxt = torch.where(done, pad_id, logits.argmax(-1))  # (B,)
-        out[:, step] = nxt
-        done |= torch.isin(nxt, eos)
-        if step + 1 == max_new_tokens:
-            break
-        if (step + 1) % check_every == 0 and bool(done.all()):  # the only host sync in the loop
-            steps = step + 1
-            break
+
+    def step_fn(nxt: torch.Tensor, step: int) -> torch.Tensor:
         cap.mask[:, width + step] = 1
         cap.tok.copy_(nxt[:, None])
         cap.column.fill_(width + step)
         if step:
             cap.tok_pos += 1
         cap.step_graph.replay()
-        logits = cap.step_logits
-    return out[:, :steps].tolist()
+        return cap.step_logits
+
+    loop = dict(max_new_tokens=max_new_tokens, eos=eos, pad_id=pad_id, min_new_tokens=min_new_tokens)
+    return token_loop(cap.prefill_logits, step_fn, check_every=check_every, **loop)

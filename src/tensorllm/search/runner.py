@@ -90,6 +90,7 @@ class Search:
         self.evaluated: list[str] = []  # "key/split" evaluated by this process in this run
         self.phases = 0  # phases run so far: names this run's claim counters (the same on every rank)
         self.reference = None  # eval/reference.py: None = not yet made, False = not used
+        self.block_of: dict[int, int] | None = None  # id(parameter) -> its decoder block (_first_edited)
 
     # -- setup (setup.py) ----------------------------------------------------------------------
     def _load(self, device: torch.device) -> None:
@@ -292,7 +293,7 @@ class Search:
         dist.barrier(self.world)
 
     # -- the reference path (eval/reference.py) -----------------------------------------------------
-    def _reference_path(self, cfg: Config, split: str, task: str, span, kwargs: dict):
+    def _reference_path(self, cfg: Config, task: str, span, kwargs: dict):
         """How this evaluation uses the unedited model's stored path over the validation items: the
         baseline captures it; a configuration first has the path of its items captured if missing (on
         the unedited model, outside `applied`: a resumed search, or a rank that did not score the
@@ -304,9 +305,8 @@ class Search:
         if not self.spec.reference or task != self.spec.task or self.reference is False:
             return None
         if self.reference is None:
-            usable = (
-                model_kind(self.model) == "decoder" and get_task(task).kind == "generate"
-            )  # loss always run
+            # decoder models on generative tasks, whose scoring always runs the teacher-forced loss pass
+            usable = model_kind(self.model) == "decoder" and get_task(task).kind == "generate"
             self.reference = Reference(blocks(self.model, self.arch)) if usable else False
             if not usable:
                 return None
@@ -337,19 +337,19 @@ class Search:
         if ref and ref.nbytes() > self.spec.reference_bytes:
             self.log(
                 f"the unedited model's stored path holds {ref.nbytes() / 2**30:.1f} GiB, over the "
-                f"{self.spec.reference_bytes / 2**30:.1f} GiB limit: configurations are decoded from scratch"
+                f"{self.spec.reference_bytes / 2**30:.1f} GiB limit: loss passes run every layer from now on"
             )
             self.reference = False
 
     def _first_edited(self, cfg: Config) -> int:
         """The lowest decoder block any step of `cfg` writes to (0 when one writes outside the blocks)."""
-        if not hasattr(self, "_block_of"):
-            self._block_of = {
+        if self.block_of is None:
+            self.block_of = {
                 id(p): i for i, b in enumerate(blocks(self.model, self.arch)) for p in b.parameters()
             }
         params = dict(self.model.named_parameters())
         names = [n for step in cfg.steps for n in touched_params(self.model, self.arch, step)]
-        return min((self._block_of.get(id(params[n]), 0) for n in names), default=0)
+        return min((self.block_of.get(id(params[n]), 0) for n in names), default=0)
 
     def _evaluate(self, cfg: Config, split: str, span: tuple[int, int] | None = None) -> dict:
         from tensorllm.eval import evaluate
@@ -365,7 +365,7 @@ class Search:
             data=spec.data if task == spec.task else None,
             progress=False,
         )
-        path = self._reference_path(cfg, base_split, task, span, kwargs) if base_split == "val" else None
+        path = self._reference_path(cfg, task, span, kwargs) if base_split == "val" else None
         with self.applier.applied(cfg) as steps:
             res = evaluate(
                 self.model,
