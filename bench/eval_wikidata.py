@@ -97,6 +97,25 @@ def decode_paths(model, tok, items, batch_size: int) -> dict:
     }
 
 
+def profile(path: str, fn, device: torch.device) -> None:
+    """cProfile of fn() (synchronised at the end), the top 40 functions by cumulative and by own time."""
+    import cProfile
+    import io
+    import pstats
+
+    prof = cProfile.Profile()
+    prof.enable()
+    fn()
+    _sync(device)
+    prof.disable()
+    out = io.StringIO()
+    for key in ("cumulative", "tottime"):
+        pstats.Stats(prof, stream=out).sort_stats(key).print_stats(40)
+    from pathlib import Path
+
+    Path(path).write_text(out.getvalue())
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", default="smollm2-135m")
@@ -107,6 +126,9 @@ def main() -> None:
     ap.add_argument("--sequential", type=int, default=200, help="items for the one-at-a-time loop")
     ap.add_argument("--no-decode", action="store_true", help="skip the plain vs static decode timing")
     ap.add_argument("--json", default=None)
+    ap.add_argument(
+        "--profile", default=None, help="write a cProfile of one more full evaluation (text, top 40)"
+    )
     args = ap.parse_args()
 
     sizes = [int(b) for b in args.batch_size.split(",")]
@@ -127,11 +149,26 @@ def main() -> None:
         )
         _sync(device)
         sweep.append((time.perf_counter() - t0, size, res))
+        phases = ", ".join(f"{k} {v:.2f}" for k, v in (res.seconds_by_phase or {}).items())
         print(
             f"batch {size}: {res.n} items in {sweep[-1][0]:.2f} s "
-            f"(acc {res.accuracy:.2f}%, loss {res.loss:.4f})"
+            f"(acc {res.accuracy:.2f}%, loss {res.loss:.4f}; {phases})"
         )
     batched_s, batch_size, res = min(sweep, key=lambda r: r[0])
+    if args.profile:
+        profile(
+            args.profile,
+            lambda: evaluate(
+                model,
+                tok,
+                "wikidata_qa",
+                split="all",
+                limit=args.limit,
+                batch_size=batch_size,
+                progress=False,
+            ),
+            device,
+        )
 
     seq_items = select(all_items, "all", args.sequential)
     seq_s, seq_acc, seq_loss = sequential(model, tok, seq_items)
@@ -160,7 +197,13 @@ def main() -> None:
         "gpu": torch.cuda.get_device_name(device) if device.type == "cuda" else None,
         "items_in_file_single_answer": len(all_items),
         "batch_sweep": [
-            {"batch_size": b, "seconds": round(t, 3), "accuracy": r.accuracy, "loss": r.loss}
+            {
+                "batch_size": b,
+                "seconds": round(t, 3),
+                "seconds_by_phase": r.seconds_by_phase,
+                "accuracy": r.accuracy,
+                "loss": r.loss,
+            }
             for t, b, r in sweep
         ],
         "batched": {

@@ -173,6 +173,34 @@ def test_real_smollm2_on_20_wikidata_prompts(smollm2, bigbench, monkeypatch):
     assert len({len(p) for p in prompts}) > 1  # left padding in every batch
 
 
+def test_buckets_add_at_most_a_quarter_and_few_shapes():
+    for n in range(1, 5000):
+        b = static_decode.bucket_rows(n)
+        assert n <= b <= max(n, 1.25 * n) and static_decode.bucket_rows(b) == b
+        w = static_decode.bucket_width(n)
+        assert n <= w < n + static_decode.WIDTH_BUCKET and w % static_decode.WIDTH_BUCKET == 0
+    rows = [static_decode.bucket_rows(n) for n in (3, 237, 714, 948, 1024, 2048)]
+    assert rows == [3, 256, 768, 1024, 1024, 2048]
+    assert len({static_decode.bucket_rows(n) for n in range(1025, 2049)}) == 4  # a quarter octave each
+
+
+@pytest.mark.parametrize("family", ["llama", "qwen3", "olmo2", "phi"])
+def test_a_padded_batch_gives_each_row_its_tokens(tiny, family):
+    """The graphs run batches grown to their bucket (more left padding, copies of the last row): every
+    real row must get the tokens it gets unpadded (float32, so equal to the last token)."""
+    model = tiny.model(family)
+    vocab = model.config.get_text_config().vocab_size
+    prompts = _prompts(vocab, n=5, seed=7)
+    ids, mask, pos = decoder.left_pad(prompts, 1, torch.device("cpu"))
+    kw = dict(max_new_tokens=6, eos=torch.tensor([], dtype=torch.long), pad_id=1, min_new_tokens=1)
+    names = dict(params=decoder.forward_params(model), cache_arg=decoder.cache_argument(model))
+    alone = static_decode.static_greedy(model, ids, mask, pos, **kw, **names)
+    wide = static_decode.pad_batch(ids, mask, pos, 8, ids.shape[1] + 11, 1)
+    assert wide[0].shape == (8, ids.shape[1] + 11) and torch.equal(wide[0][5:], wide[0][4:5].expand(3, -1))
+    padded = static_decode.static_greedy(model, *wide, **kw, **names)
+    assert padded[:5] == alone and padded[5:] == [alone[4]] * 3
+
+
 def test_graphs_only_on_a_gpu(tiny_llama):
     model, _ = tiny_llama
     assert not decoder._use_graphs(model, torch.device("cpu"), None)
@@ -233,3 +261,37 @@ def test_captures_follow_in_place_edits_and_drop_moved_parameters(tiny, monkeypa
     layer.mlp.up_proj.weight = torch.nn.Parameter(layer.mlp.up_proj.weight.detach() * 0.25)
     moved = decoder.greedy_generate(model, prompts, **kw)
     assert moved == decoder.greedy_generate(model, prompts, graphs=False, **kw) and moved != edited
+
+
+@CUDA
+def test_batches_of_one_bucket_share_one_capture(tiny, monkeypatch):
+    """Prompt widths 9..16 in batches of 3 and 2 rows: one bucket, (3, 16), so one capture for all."""
+    model = tiny.model("llama").cuda()
+    rng = random.Random(8)
+    prompts = [[rng.randrange(3, 200) for _ in range(k)] for k in (16, 15, 14, 12, 11, 9, 10, 13)]
+    kw = dict(max_new_tokens=5, eos_ids=[], pad_id=1, batch_size=3, progress=False)
+    plain = decoder.greedy_generate(model, prompts, graphs=False, **kw)
+    static_decode._CAPTURES.pop(model, None)
+    with monkeypatch.context() as m:
+        _graphs_only(m)
+        got = decoder.greedy_generate(model, prompts, **kw)
+    assert got == plain
+    assert list(static_decode._CAPTURES[model]) == [(3, 16, 5)]
+
+
+@CUDA
+def test_captures_stay_within_their_memory_share(tiny, monkeypatch):
+    """With room for one capture only, a second shape replaces the first (least recently used)."""
+    model = tiny.model("llama").cuda()
+    prompts = _prompts(model.config.vocab_size, n=8, seed=9)
+    kw = dict(max_new_tokens=4, eos_ids=[], pad_id=1, progress=False)
+    static_decode._CAPTURES.pop(model, None)
+    decoder.greedy_generate(model, prompts, batch_size=8, **kw)
+    first = static_decode._CAPTURES[model]
+    assert len(first) == 1 and next(iter(first.values())).nbytes > 0
+    monkeypatch.setattr(static_decode, "CAPTURE_MEMORY_FRACTION", 1e-12)
+    got = decoder.greedy_generate(model, prompts, batch_size=4, **kw)
+    last = decoder.length_batches([len(p) for p in prompts], 4, 65536)[-1]
+    width = static_decode.bucket_width(max(len(prompts[i]) for i in last))
+    assert list(static_decode._CAPTURES[model]) == [(static_decode.bucket_rows(len(last)), width, 4)]
+    assert got == decoder.greedy_generate(model, prompts, batch_size=4, graphs=False, **kw)

@@ -163,6 +163,7 @@ class _Captured:
         total = width + new_tokens
         dtype = next(model.parameters()).dtype
         self.ptrs = _param_ptrs(model)
+        self.nbytes = 0  # GPU memory it holds (measured by _build)
         self.width = width
         self.cache = make_static_cache(model, batch, total, device, dtype)
         self.ids = torch.zeros((batch, width), dtype=torch.long, device=device)  # (B, T)
@@ -218,10 +219,66 @@ def _capture(fn, pool=None):
 
 
 # model -> {(rows, width, new tokens): _Captured}, least recently used first; entries go with their model.
-# Each holds a static cache of its shape (SmolLM2 at 2,048 rows x 40 columns: ~1.9 GB in bf16), so only the
-# last few shapes are kept: a search's slices reuse theirs; a pass over many batch shapes recaptures.
+# Each holds a static cache of its shape (SmolLM2 at 2,048 rows x 42 columns: ~2 GB in bf16) and its graphs'
+# memory pool, so only the last MAX_CAPTURES shapes are kept, and fewer when together they would hold more
+# than CAPTURE_MEMORY_FRACTION of the GPU's memory. Batches are padded to bucketed shapes (`bucket_rows`,
+# `bucket_width`), so a pass over many prompt lengths needs only a few captures.
 _CAPTURES: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
-MAX_CAPTURES = 4
+MAX_CAPTURES = 8
+CAPTURE_MEMORY_FRACTION = 0.25
+WIDTH_BUCKET = 8
+
+
+def bucket_rows(n: int) -> int:
+    """n rounded up to a quarter of its octave (at most 25% more rows): 237 -> 256, 714 -> 768."""
+    if n <= 4:
+        return n
+    step = 1 << (n.bit_length() - 3)  # n in [2^k, 2^(k+1)) -> steps of 2^(k-2)
+    return -(-n // step) * step
+
+
+def bucket_width(width: int) -> int:
+    """A prompt width rounded up to a multiple of WIDTH_BUCKET columns."""
+    return -(-width // WIDTH_BUCKET) * WIDTH_BUCKET
+
+
+def pad_batch(
+    ids: torch.Tensor, mask: torch.Tensor, pos: torch.Tensor, rows: int, width: int, pad_id: int
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """A left-padded batch (B, T) grown to (rows, width): more left padding (masked, positions unchanged,
+    so each row computes what it computed before) and copies of the last row (whose tokens the caller
+    drops). rows >= B, width >= T."""
+    batch, extra = ids.shape[0], width - ids.shape[1]
+    if extra:
+        ids = torch.nn.functional.pad(ids, (extra, 0), value=pad_id)
+        mask = torch.nn.functional.pad(mask, (extra, 0))
+        pos = torch.nn.functional.pad(pos, (extra, 0))
+    if rows > batch:
+        index = torch.arange(rows, device=ids.device).clamp(max=batch - 1)
+        ids, mask, pos = ids[index], mask[index], pos[index]
+    return ids, mask, pos
+
+
+def _build(shapes: OrderedDict, key, build, device: torch.device) -> _Captured:
+    """A new capture for `key`, its memory measured; older ones dropped (least recently used first) to
+    stay within MAX_CAPTURES and CAPTURE_MEMORY_FRACTION. Out of memory while capturing: every other
+    capture is dropped and it is tried once more."""
+    while len(shapes) >= MAX_CAPTURES:
+        shapes.popitem(last=False)
+    try:
+        before = torch.cuda.memory_reserved(device)
+        cap = build()
+    except torch.OutOfMemoryError:
+        shapes.clear()
+        torch.cuda.empty_cache()
+        before = torch.cuda.memory_reserved(device)
+        cap = build()
+    cap.nbytes = max(0, torch.cuda.memory_reserved(device) - before)
+    budget = CAPTURE_MEMORY_FRACTION * torch.cuda.get_device_properties(device).total_memory
+    while shapes and cap.nbytes + sum(c.nbytes for c in shapes.values()) > budget:
+        shapes.popitem(last=False)
+    shapes[key] = cap
+    return cap
 
 
 # model classes (by qualified name) whose forward could not be captured: the eager loops are used
@@ -247,18 +304,20 @@ def graph_greedy(
     cache_arg: str,
     check_every: int = 4,
 ) -> list[list[int]]:
-    """`static_greedy`'s tokens from replayed CUDA graphs (see above); the same arguments."""
-    batch, width = ids.shape
-    key = (batch, width, max_new_tokens)
+    """`static_greedy`'s tokens from replayed CUDA graphs (see above); the same arguments. The batch is
+    padded to its bucketed shape first (`pad_batch`), and the padding rows' tokens are dropped."""
+    batch = ids.shape[0]
+    rows, width = bucket_rows(batch), bucket_width(ids.shape[1])
+    ids, mask, pos = pad_batch(ids, mask, pos, rows, width, pad_id)
+    key = (rows, width, max_new_tokens)
     shapes = _CAPTURES.setdefault(model, OrderedDict())
     cap = shapes.get(key)
     if cap is not None and cap.ptrs != _param_ptrs(model):
         shapes.clear()  # a parameter moved: every capture of this model reads stale storage
         cap = None
     if cap is None:
-        while len(shapes) >= MAX_CAPTURES:
-            shapes.popitem(last=False)
-        cap = shapes[key] = _Captured(model, ids, mask, pos, max_new_tokens, params, cache_arg)
+        build = lambda: _Captured(model, ids, mask, pos, max_new_tokens, params, cache_arg)  # noqa: E731
+        cap = _build(shapes, key, build, ids.device)
     shapes.move_to_end(key)
     cap.cache.reset()  # its write position is a device counter the replays advance (keys, values zeroed)
     cap.load(ids, mask, pos)
@@ -274,4 +333,4 @@ def graph_greedy(
         return cap.step_logits
 
     loop = dict(max_new_tokens=max_new_tokens, eos=eos, pad_id=pad_id, min_new_tokens=min_new_tokens)
-    return token_loop(cap.prefill_logits, step_fn, check_every=check_every, **loop)
+    return token_loop(cap.prefill_logits, step_fn, check_every=check_every, **loop)[:batch]
