@@ -98,3 +98,15 @@ def test_expand_kv_to_4_heads_and_gqa_back_to_1_reproduce_the_logits(gemma3, ids
         assert p.shape == q.shape, name
         if "q_norm" in name or "k_norm" in name:
             assert torch.equal(p, q), name
+
+
+def test_fast_batch_decode_matches_batch_decode(gemma3):
+    """Gemma's SentencePiece-style decoder (leading-space handling, byte fallback): eval's direct
+    Rust batch decode gives transformers' texts."""
+    from tensorllm.eval.tokens import decode_batch
+
+    tok = gemma3.tokenizer
+    ids = tok(["Paris is the capital of France.", "  naïve café — 東京  ", "x"], add_special_tokens=True)
+    seqs = [list(s) + [5, 300, 6000] for s in ids["input_ids"]] + [[2, 106, 1, 107]]
+    want = tok.batch_decode(seqs, skip_special_tokens=True, clean_up_tokenization_spaces=False)
+    assert decode_batch(tok, seqs) == want

@@ -265,18 +265,19 @@ def test_captures_follow_in_place_edits_and_drop_moved_parameters(tiny, monkeypa
 
 @CUDA
 def test_batches_of_one_bucket_share_one_capture(tiny, monkeypatch):
-    """Prompt widths 9..16 in batches of 3 and 2 rows: one bucket, (3, 16), so one capture for all."""
+    """Widths 9..16 in two batches of 4 rows (widths 16 and 12): one bucket, (4, 16), so one capture."""
     model = tiny.model("llama").cuda()
     rng = random.Random(8)
-    prompts = [[rng.randrange(3, 200) for _ in range(k)] for k in (16, 15, 14, 12, 11, 9, 10, 13)]
-    kw = dict(max_new_tokens=5, eos_ids=[], pad_id=1, batch_size=3, progress=False)
+    vocab = model.config.vocab_size
+    prompts = [[rng.randrange(3, vocab) for _ in range(k)] for k in (16, 15, 14, 12, 11, 9, 10, 13)]
+    kw = dict(max_new_tokens=5, eos_ids=[], pad_id=1, batch_size=4, progress=False)
     plain = decoder.greedy_generate(model, prompts, graphs=False, **kw)
     static_decode._CAPTURES.pop(model, None)
     with monkeypatch.context() as m:
         _graphs_only(m)
         got = decoder.greedy_generate(model, prompts, **kw)
     assert got == plain
-    assert list(static_decode._CAPTURES[model]) == [(3, 16, 5)]
+    assert list(static_decode._CAPTURES[model]) == [(4, 16, 5)]
 
 
 @CUDA

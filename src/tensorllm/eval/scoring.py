@@ -15,7 +15,7 @@ from tensorllm.base.errors import UserError
 from tensorllm.eval import decoder, encoder, metrics
 from tensorllm.eval.reference import ReferencePath
 from tensorllm.eval.tasks import Example
-from tensorllm.eval.tokens import answer_in_text, answer_spans, encode, label_tokens
+from tensorllm.eval.tokens import answer_in_text, answer_spans, decode_batch, encode, label_tokens
 
 PERPLEXITY_MAX_TOKENS = 512
 
@@ -89,9 +89,8 @@ def _decoder_generate(model, tokenizer, spec, items, run):
             progress=run.progress,
         )
     with run.timed("judge"):
-        decode = dict(skip_special_tokens=True, clean_up_tokenization_spaces=False)
-        new_text = tokenizer.batch_decode(conts, **decode)
-        whole = tokenizer.batch_decode([p + c for p, c in zip(prompts, conts)], **decode)
+        new_text = decode_batch(tokenizer, conts)
+        whole = decode_batch(tokenizer, [p + c for p, c in zip(prompts, conts)])
         extra = {
             "faithful": [answer_in_text(e.answer, t) for e, t in zip(items, whole)],
             "continuation": [answer_in_text(e.answer, t) for e, t in zip(items, new_text)],
@@ -206,7 +205,7 @@ def _encoder_generate(model, tokenizer, spec, items, run):
         max_batch_tokens=min(run.max_batch_tokens, 16384),
         progress=run.progress,
     )
-    text = tokenizer.batch_decode(filled, skip_special_tokens=True, clean_up_tokenization_spaces=False)
+    text = decode_batch(tokenizer, filled)
     correct = [answer_in_text(e.answer, t) for e, t in zip(items, text)]
     extra = {
         "continuation": correct,

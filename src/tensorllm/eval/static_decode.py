@@ -221,8 +221,8 @@ def _capture(fn, pool=None):
 # model -> {(rows, width, new tokens): _Captured}, least recently used first; entries go with their model.
 # Each holds a static cache of its shape (SmolLM2 at 2,048 rows x 42 columns: ~2 GB in bf16) and its graphs'
 # memory pool, so only the last MAX_CAPTURES shapes are kept, and fewer when together they would hold more
-# than CAPTURE_MEMORY_FRACTION of the GPU's memory. Batches are padded to bucketed shapes (`bucket_rows`,
-# `bucket_width`), so a pass over many prompt lengths needs only a few captures.
+# than CAPTURE_MEMORY_FRACTION of the GPU's memory. `decoder.greedy_generate` pads batches to bucketed
+# shapes (`bucket_rows`, `bucket_width`), so a pass over many prompt lengths needs only a few captures.
 _CAPTURES: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 MAX_CAPTURES = 8
 CAPTURE_MEMORY_FRACTION = 0.25
@@ -304,12 +304,10 @@ def graph_greedy(
     cache_arg: str,
     check_every: int = 4,
 ) -> list[list[int]]:
-    """`static_greedy`'s tokens from replayed CUDA graphs (see above); the same arguments. The batch is
-    padded to its bucketed shape first (`pad_batch`), and the padding rows' tokens are dropped."""
-    batch = ids.shape[0]
-    rows, width = bucket_rows(batch), bucket_width(ids.shape[1])
-    ids, mask, pos = pad_batch(ids, mask, pos, rows, width, pad_id)
-    key = (rows, width, max_new_tokens)
+    """`static_greedy`'s tokens from replayed CUDA graphs (see above); the same arguments. The caller
+    pads batches to bucketed shapes (`pad_batch`), so that captures are reused."""
+    batch, width = ids.shape
+    key = (batch, width, max_new_tokens)
     shapes = _CAPTURES.setdefault(model, OrderedDict())
     cap = shapes.get(key)
     if cap is not None and cap.ptrs != _param_ptrs(model):
@@ -333,4 +331,4 @@ def graph_greedy(
         return cap.step_logits
 
     loop = dict(max_new_tokens=max_new_tokens, eos=eos, pad_id=pad_id, min_new_tokens=min_new_tokens)
-    return token_loop(cap.prefill_logits, step_fn, check_every=check_every, **loop)[:batch]
+    return token_loop(cap.prefill_logits, step_fn, check_every=check_every, **loop)
