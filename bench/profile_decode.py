@@ -65,8 +65,20 @@ def main() -> None:
         ids, mask, pos = static_decode.pad_batch(ids, mask, pos, *shape, pad)
         static_decode.graph_greedy(model, ids, mask, pos, **loop, **names)  # capture
         cap = static_decode._CAPTURES[model][(*shape, 10)]
-        prefill_ms = _events_ms(cap.prefill_graph.replay)
-        step_ms = _events_ms(cap.step_graph.replay)
+        width = shape[1]
+
+        def prefill():
+            cap.cache.reset()  # the cache's write position is a device counter each replay advances
+            cap.prefill_graph.replay()
+
+        def prefill_and_steps():
+            prefill()
+            for step in range(9):
+                cap.column.fill_(width + step)
+                cap.step_graph.replay()
+
+        prefill_ms = _events_ms(prefill)
+        step_ms = (_events_ms(prefill_and_steps) - prefill_ms) / 9
         whole_ms = _events_ms(lambda: static_decode.graph_greedy(model, ids, mask, pos, **loop, **names), 5)
         static_decode.static_greedy(model, ids, mask, pos, **loop, **names)  # warm
         eager_ms = _events_ms(lambda: static_decode.static_greedy(model, ids, mask, pos, **loop, **names), 3)

@@ -317,3 +317,26 @@ def test_the_answer_length_filter_tokenises_a_dataset_once_per_tokenizer(tiny_ll
     other = Counting()
     _short_answers(other, dataset, 15)
     assert calls == [7, 7, 7]  # another tokenizer: its own pass
+
+
+def test_left_pad_and_length_batches_against_plain_loops():
+    """The vectorised padding and the batch order against row-by-row loops written out here."""
+    import random
+
+    from tensorllm.eval.decoder import left_pad, length_batches
+
+    rng = random.Random(3)
+    seqs = [[rng.randrange(1, 99) for _ in range(rng.randint(1, 30))] for _ in range(200)]
+    seqs[7] = (4, 5)  # the encode memo hands out tuples too
+    ids, mask, pos = left_pad(seqs, 0, "cpu")
+    width = max(len(s) for s in seqs)
+    for r, s in enumerate(seqs):
+        pad = width - len(s)
+        assert ids[r].tolist() == [0] * pad + list(s)
+        assert mask[r].tolist() == [0] * pad + [1] * len(s)
+        assert pos[r].tolist() == [0] * pad + list(range(len(s)))
+    lengths = [len(s) for s in seqs]
+    order = sorted(range(len(seqs)), key=lambda i: (-lengths[i], i))  # longest first, ties by index
+    batches = length_batches(lengths, 16, 300)
+    assert [i for b in batches for i in b] == order
+    assert all(len(b) <= 16 and len(b) * lengths[b[0]] <= 300 for b in batches)

@@ -265,15 +265,21 @@ def _build(shapes: OrderedDict, key, build, device: torch.device) -> _Captured:
     capture is dropped and it is tried once more."""
     while len(shapes) >= MAX_CAPTURES:
         shapes.popitem(last=False)
+
+    def held() -> tuple[int, int]:
+        return torch.cuda.memory_allocated(device), torch.cuda.memory_reserved(device)
+
     try:
-        before = torch.cuda.memory_reserved(device)
+        before = held()
         cap = build()
     except torch.OutOfMemoryError:
         shapes.clear()
         torch.cuda.empty_cache()
-        before = torch.cuda.memory_reserved(device)
+        before = held()
         cap = build()
-    cap.nbytes = max(0, torch.cuda.memory_reserved(device) - before)
+    # its cache and buffers stay allocated; its graphs' pool stays reserved (reserved memory grows less
+    # than that when the allocator had free blocks to hand out)
+    cap.nbytes = max(after - b for after, b in zip(held(), before))
     budget = CAPTURE_MEMORY_FRACTION * torch.cuda.get_device_properties(device).total_memory
     while shapes and cap.nbytes + sum(c.nbytes for c in shapes.values()) > budget:
         shapes.popitem(last=False)
