@@ -4,7 +4,7 @@
 # captures). GRAPH_STEPS=1 stops there. Steps 2-3 need SmolLM2 staged (calls carrying .m1; .m2 .tc;
 # .m3 .whl): 2. full WikidataQA at batch 2048, twice, with the plain / static / graph decode timed and
 # compared, with a cProfile of one more run (bench/eval_wikidata.py), and one batch's GPU time by kernel
-# (bench/profile_decode.py); 3. the racing Tucker 90-configuration search, fresh store, timed
+# (bench/profile_decode.py), one Tucker step's (bench/profile_tucker_step.py); 3. the racing Tucker 90-configuration search, fresh store, timed
 # (target <= 60 s incl. test), as in search_racing.sh, and its store's time per phase (bench/search_phases.py).
 # ~4 minutes.
 # Results: $OUT/graph_decode.tgz (logs, JSON, the search's report) -> bench/results/graph_decode_h200/.
@@ -20,6 +20,8 @@ timeout 150 python3 bench/eval_wikidata.py --device cuda --batch-size 2048,2048 
 grep -E "^(batch|decode)" $S/logs/eval_wikidata_graphs.log
 timeout 120 python3 bench/profile_decode.py --device cuda --rows 2048,256 --out $S/logs/profile_decode \
   > $S/logs/profile_decode.log 2>&1; tail -n 3 $S/logs/profile_decode.log
+timeout 60 python3 bench/profile_tucker_step.py --device cuda --layer 5 --out $S/logs/profile_decode \
+  > $S/logs/profile_tucker.log 2>&1; grep "^{" $S/logs/profile_tucker.log
 R=$S/racing && rm -rf $R/tucker_race_graphs && mkdir -p $R
 timed tucker_race_graphs tl search smollm2-135m --task wikidata_qa --batch-size 1024 --device cuda \
   --store $R/tucker_race_graphs --time-budget 170 --method tucker --layers all --ranks "288,48,4;64,32,1;auto" \
@@ -33,4 +35,4 @@ print(r["status"], r["run"]["seconds"], w["describe"], w["val"]["accuracy"], w["
 PY
 python3 bench/search_phases.py $R/tucker_race_graphs --json $S/logs/tucker_race_phases.json
 tar czf $OUT/graph_decode.tgz -C $S logs/gpu_tests.log logs/eval_wikidata_graphs.json logs/eval_wikidata_graphs.log \
-  logs/eval_wikidata_profile.txt logs/profile_decode logs/profile_decode.log logs/tucker_race_phases.json logs/tucker_race_graphs.log racing/tucker_race_graphs
+  logs/eval_wikidata_profile.txt logs/profile_decode logs/profile_decode.log logs/profile_tucker.log logs/tucker_race_phases.json logs/tucker_race_graphs.log racing/tucker_race_graphs
