@@ -22,17 +22,20 @@ timeout 120 python3 bench/profile_decode.py --device cuda --rows 2048,256 --out 
   > $S/logs/profile_decode.log 2>&1; tail -n 3 $S/logs/profile_decode.log
 timeout 60 python3 bench/profile_tucker_step.py --device cuda --layer 5 --out $S/logs/profile_decode \
   > $S/logs/profile_tucker.log 2>&1; grep "^{" $S/logs/profile_tucker.log
-R=$S/racing && rm -rf $R/tucker_race_graphs && mkdir -p $R
-timed tucker_race_graphs tl search smollm2-135m --task wikidata_qa --batch-size 1024 --device cuda \
-  --store $R/tucker_race_graphs --time-budget 170 --method tucker --layers all --ranks "288,48,4;64,32,1;auto" \
-  --threads 8
-python3 - <<'PY'
+R=$S/racing && mkdir -p $R
+for run in 1 ${RACE_AGAIN:+2}; do  # RACE_AGAIN=1: the same search once more, fresh store (run-to-run noise)
+  store=tucker_race_graphs$([ $run = 2 ] && echo _again)
+  rm -rf $R/$store
+  timed $store tl search smollm2-135m --task wikidata_qa --batch-size 1024 --device cuda \
+    --store $R/$store --time-budget 170 --method tucker --layers all --ranks "288,48,4;64,32,1;auto" --threads 8
+  STORE=$R/$store python3 - <<'PY'
 import json, os
-r = json.load(open(os.path.join(os.environ["S"], "racing", "tucker_race_graphs", "report.json")))
+r = json.load(open(os.path.join(os.environ["STORE"], "report.json")))
 w = r["roles"]["winner"]
 print(r["status"], r["run"]["seconds"], w["describe"], w["val"]["accuracy"], w["test"]["accuracy"],
       r["race"]["item_evaluations"], r["run"]["eval_seconds_in_store"], sep=" | ")
 PY
-python3 bench/search_phases.py $R/tucker_race_graphs --json $S/logs/tucker_race_phases.json
+  python3 bench/search_phases.py $R/$store --json $S/logs/${store}_phases.json
+done
 tar czf $OUT/graph_decode.tgz -C $S logs/gpu_tests.log logs/eval_wikidata_graphs.json logs/eval_wikidata_graphs.log \
-  logs/eval_wikidata_profile.txt logs/profile_decode logs/profile_decode.log logs/profile_tucker.log logs/tucker_race_phases.json logs/tucker_race_graphs.log racing/tucker_race_graphs
+  logs/eval_wikidata_profile.txt logs/profile_decode logs/profile_decode.log logs/profile_tucker.log logs/tucker_race_graphs*_phases.json logs/tucker_race_graphs*.log racing/tucker_race_graphs*
