@@ -26,8 +26,6 @@ from tensorllm.eval.scoring import _decoder_ids
 from tensorllm.eval.tokens import answer_spans, encode
 from tensorllm.models.io import load_model
 
-DEFAULT_ORDER = static_decode.SDPA_ORDER
-
 
 def _events_ms(fn, repeats: int = 20) -> float:
     times = []
@@ -67,31 +65,22 @@ def main() -> None:
         shape = (static_decode.bucket_rows(len(batch)), static_decode.bucket_width(ids.shape[1]))
         ids, mask, pos = static_decode.pad_batch(ids, mask, pos, *shape, pad)
         width = shape[1]
-        replays = {}
-        for order in (None, DEFAULT_ORDER):  # torch's own attention kernels, then static_decode's order
-            static_decode.SDPA_ORDER = order
-            with static_decode.attention_kernels(device):
-                static_decode.graph_greedy(model, ids, mask, pos, **loop, **names)  # capture
-            cap = static_decode._CAPTURES[model][(*shape, 10)]
+        static_decode.graph_greedy(model, ids, mask, pos, **loop, **names)  # capture
+        cap = static_decode._CAPTURES[model][(*shape, 10)]
 
-            def prefill():
-                cap.cache.reset()  # the cache's write position is a device counter each replay advances
-                cap.prefill_graph.replay()
+        def prefill():
+            cap.cache.reset()  # the cache's write position is a device counter each replay advances
+            cap.prefill_graph.replay()
 
-            def prefill_and_steps():
-                prefill()
-                for step in range(9):
-                    cap.column.fill_(width + step)
-                    cap.step_graph.replay()
+        def prefill_and_steps():
+            prefill()
+            for step in range(9):
+                cap.column.fill_(width + step)
+                cap.step_graph.replay()
 
-            prefill_ms = _events_ms(prefill)
-            step_ms = (_events_ms(prefill_and_steps) - prefill_ms) / 9
-            name = "torch_default" if order is None else "sdpa_order"
-            replays[name] = {"prefill_replay_ms": round(prefill_ms, 3), "step_replay_ms": round(step_ms, 3)}
-        with static_decode.attention_kernels(device):
-            whole_ms = _events_ms(
-                lambda: static_decode.graph_greedy(model, ids, mask, pos, **loop, **names), 5
-            )
+        prefill_ms = _events_ms(prefill)
+        step_ms = (_events_ms(prefill_and_steps) - prefill_ms) / 9
+        whole_ms = _events_ms(lambda: static_decode.graph_greedy(model, ids, mask, pos, **loop, **names), 5)
         static_decode.static_greedy(model, ids, mask, pos, **loop, **names)  # warm
         eager_ms = _events_ms(lambda: static_decode.static_greedy(model, ids, mask, pos, **loop, **names), 3)
         seqs = [spans[i][0][: spans[i][2]] for i in batch]
@@ -107,10 +96,7 @@ def main() -> None:
             ),
             ("loss pass", nll),
         ):
-            with (
-                static_decode.attention_kernels(device),
-                profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof,
-            ):
+            with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
                 fn()
                 torch.cuda.synchronize()
             text.append(f"== {name}, {shape[0]} rows x {shape[1]} columns ==\n")
@@ -120,7 +106,8 @@ def main() -> None:
             "rows": shape[0],
             "width": shape[1],
             "real_rows": len(batch),
-            **replays,
+            "prefill_replay_ms": round(prefill_ms, 3),
+            "step_replay_ms": round(step_ms, 3),
             "graph_greedy_ms": round(whole_ms, 3),
             "eager_static_ms": round(eager_ms, 3),
             "loss_pass_ms": round(loss_ms, 3),

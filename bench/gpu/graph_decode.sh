@@ -37,5 +37,5 @@ print(r["status"], r["run"]["seconds"], w["describe"], w["val"]["accuracy"], w["
 PY
   python3 bench/search_phases.py $R/$store --json $S/logs/${store}_phases.json
 done
-tar czf $OUT/graph_decode.tgz -C $S logs/gpu_tests.log logs/eval_wikidata_graphs.json logs/eval_wikidata_graphs.log \
+cd $S && tar czf $OUT/graph_decode.tgz logs/gpu_tests.log logs/eval_wikidata_graphs.json logs/eval_wikidata_graphs.log \
   logs/eval_wikidata_profile.txt logs/profile_decode logs/profile_decode.log logs/profile_tucker.log logs/tucker_race_graphs*_phases.json logs/tucker_race_graphs*.log racing/tucker_race_graphs*

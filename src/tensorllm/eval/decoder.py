@@ -176,36 +176,27 @@ def greedy_generate(
         if device.type == "cuda":  # every path on the bucketed shape: the graphs' captures, the same tokens
             rows, width = static_decode.bucket_rows(len(batch)), static_decode.bucket_width(ids.shape[1])
             ids, mask, pos = static_decode.pad_batch(ids, mask, pos, rows, width, pad_id)
-        with static_decode.attention_kernels(device):
-            rows = None
-            if use_graphs:
-                rows = _first_batch_or_fail(
-                    static_decode.graph_greedy,
-                    n,
-                    static_decode.NO_GRAPHS,
-                    model,
-                    ids,
-                    mask,
-                    pos,
-                    **args,
-                    **names,
-                )
-                use_graphs = rows is not None
-            if rows is None and use_static:
-                rows = _first_batch_or_fail(
-                    static_decode.static_greedy,
-                    n,
-                    static_decode.UNSUPPORTED,
-                    model,
-                    ids,
-                    mask,
-                    pos,
-                    **args,
-                    **names,
-                )
-                use_static = rows is not None
-            if rows is None:
-                rows = _plain_greedy(model, ids, mask, pos, **args)
+        rows = None
+        if use_graphs:
+            rows = _first_batch_or_fail(
+                static_decode.graph_greedy, n, static_decode.NO_GRAPHS, model, ids, mask, pos, **args, **names
+            )
+            use_graphs = rows is not None
+        if rows is None and use_static:
+            rows = _first_batch_or_fail(
+                static_decode.static_greedy,
+                n,
+                static_decode.UNSUPPORTED,
+                model,
+                ids,
+                mask,
+                pos,
+                **args,
+                **names,
+            )
+            use_static = rows is not None
+        if rows is None:
+            rows = _plain_greedy(model, ids, mask, pos, **args)
         for r, row in enumerate(rows[: len(batch)]):
             cut = next((j + 1 for j, t in enumerate(row) if t in eos_set), len(row))
             results[batch[r]] = row[:cut]

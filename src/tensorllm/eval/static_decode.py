@@ -21,7 +21,6 @@ On a GPU, `graph_greedy` (below) replays the same loop from CUDA graphs captured
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import inspect
 import weakref
@@ -31,24 +30,6 @@ import torch
 
 # model classes (by qualified name) for which the static path raised: the plain loop is used
 UNSUPPORTED: set[str] = set()
-
-# The order in which SDPA's kernels are tried while decoding on a GPU (None: torch's own; each kernel
-# falls back to the next where it cannot run). torch 2.11 picks cuDNN's for the masked one-token decode
-# steps, 237 us a layer for 2,048 rows on an H200 (bench/profile_decode.py).
-SDPA_ORDER: tuple[str, ...] | None = ("EFFICIENT_ATTENTION", "FLASH_ATTENTION", "CUDNN_ATTENTION", "MATH")
-
-
-def attention_kernels(device: torch.device):
-    """A context in which SDPA tries SDPA_ORDER's kernels first (on a GPU; elsewhere nothing changes)."""
-    if device.type != "cuda" or SDPA_ORDER is None:
-        return contextlib.nullcontext()
-    from torch.nn.attention import SDPBackend, sdpa_kernel
-
-    backends = [getattr(SDPBackend, name) for name in SDPA_ORDER]
-    try:
-        return sdpa_kernel(backends, set_priority=True)
-    except TypeError:  # a torch without priorities: the same kernels, in its own order
-        return sdpa_kernel(backends)
 
 
 @functools.lru_cache(maxsize=1)
@@ -182,7 +163,6 @@ class _Captured:
         total = width + new_tokens
         dtype = next(model.parameters()).dtype
         self.ptrs = _param_ptrs(model)
-        self.order = SDPA_ORDER  # the attention kernels it was captured with
         self.nbytes = 0  # GPU memory it holds (measured by _build)
         self.width = width
         self.cache = make_static_cache(model, batch, total, device, dtype)
@@ -336,8 +316,8 @@ def graph_greedy(
     key = (batch, width, max_new_tokens)
     shapes = _CAPTURES.setdefault(model, OrderedDict())
     cap = shapes.get(key)
-    if cap is not None and (cap.ptrs != _param_ptrs(model) or cap.order != SDPA_ORDER):
-        shapes.clear()  # a parameter moved (captures read stale storage), or other kernels are asked for
+    if cap is not None and cap.ptrs != _param_ptrs(model):
+        shapes.clear()  # a parameter moved: every capture of this model reads stale storage
         cap = None
     if cap is None:
         build = lambda: _Captured(model, ids, mask, pos, max_new_tokens, params, cache_arg)  # noqa: E731
