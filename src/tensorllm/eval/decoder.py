@@ -165,8 +165,12 @@ def greedy_generate(
     device = input_device(model)
     eos = torch.tensor(sorted(set(eos_ids)), dtype=torch.long, device=device)
     eos_set = set(eos.tolist())
-    use_static = _use_static(model, device, static)
-    use_graphs = _use_graphs(model, device, graphs)
+    # the loops to try, fastest first; one that fails on the first batch is dropped; then the plain loop
+    loops = []
+    if _use_graphs(model, device, graphs):
+        loops.append((static_decode.graph_greedy, static_decode.NO_GRAPHS))
+    if _use_static(model, device, static):
+        loops.append((static_decode.static_greedy, static_decode.UNSUPPORTED))
     results: list[list[int]] = [[] for _ in prompts]
     batches = length_batches([len(p) for p in prompts], batch_size, max_batch_tokens)
     args = dict(max_new_tokens=max_new_tokens, eos=eos, pad_id=pad_id, min_new_tokens=min_new_tokens)
@@ -174,27 +178,14 @@ def greedy_generate(
     for n, batch in enumerate(track(batches, "generate", enabled=progress)):
         ids, mask, pos = left_pad([prompts[i] for i in batch], pad_id, device)
         if device.type == "cuda":  # every path on the bucketed shape: the graphs' captures, the same tokens
-            rows, width = static_decode.bucket_rows(len(batch)), static_decode.bucket_width(ids.shape[1])
-            ids, mask, pos = static_decode.pad_batch(ids, mask, pos, rows, width, pad_id)
+            grown = static_decode.bucket_rows(len(batch)), static_decode.bucket_width(ids.shape[1])
+            ids, mask, pos = static_decode.pad_batch(ids, mask, pos, *grown, pad_id)
         rows = None
-        if use_graphs:
-            rows = _first_batch_or_fail(
-                static_decode.graph_greedy, n, static_decode.NO_GRAPHS, model, ids, mask, pos, **args, **names
-            )
-            use_graphs = rows is not None
-        if rows is None and use_static:
-            rows = _first_batch_or_fail(
-                static_decode.static_greedy,
-                n,
-                static_decode.UNSUPPORTED,
-                model,
-                ids,
-                mask,
-                pos,
-                **args,
-                **names,
-            )
-            use_static = rows is not None
+        while rows is None and loops:
+            loop, failed = loops[0]
+            rows = _first_batch_or_fail(loop, n, failed, model, ids, mask, pos, **args, **names)
+            if rows is None:
+                loops.pop(0)
         if rows is None:
             rows = _plain_greedy(model, ids, mask, pos, **args)
         for r, row in enumerate(rows[: len(batch)]):

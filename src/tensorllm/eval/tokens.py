@@ -21,13 +21,20 @@ _MEMO: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 _SPANS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # answer_spans' results, per tokenizer
 
 
+def _memo_of(store: weakref.WeakKeyDictionary, tokenizer) -> dict | None:
+    """The tokenizer's memo in `store`, or None for a tokenizer that cannot be weakly referenced."""
+    try:
+        return store.setdefault(tokenizer, {})
+    except TypeError:
+        return None
+
+
 def encode(tokenizer, texts: list[str]) -> list[list[int]]:
     """Token ids of each text with the tokenizer's own special tokens (BOS, [CLS] ... [SEP])."""
     if not texts:
         return []
-    try:
-        memo = _MEMO.setdefault(tokenizer, {})
-    except TypeError:  # a tokenizer that cannot be weakly referenced: no memo
+    memo = _memo_of(_MEMO, tokenizer)
+    if memo is None:
         return [list(ids) for ids in tokenizer(list(texts), add_special_tokens=True)["input_ids"]]
     unique = dict.fromkeys(texts)
     missing = [t for t in unique if t not in memo]
@@ -70,9 +77,8 @@ def answer_spans(tokenizer, prompts: list[str], answers: list[str]) -> list[tupl
     it); trailing special tokens such as BERT's [SEP] stay outside the span.
     """
     joint = encode(tokenizer, [f"{p} {a}" if p else a for p, a in zip(prompts, answers)])
-    try:
-        memo = _SPANS.setdefault(tokenizer, {})  # (prompt, answer) -> (start, end), as `encode` memoises
-    except TypeError:
+    memo = _memo_of(_SPANS, tokenizer)  # (prompt, answer) -> (start, end), as `encode` memoises
+    if memo is None:
         memo = {}
     if len(memo) > MEMO_TEXTS:
         memo.clear()
