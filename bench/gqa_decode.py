@@ -53,7 +53,7 @@ from tensorllm.base.versions import versions
 from tensorllm.eval.measure import decode_loop_ms, decode_step_ms, kv_cache_bytes_per_token
 from tensorllm.methods import registry
 from tensorllm.methods.gqa import convert
-from tensorllm.runtime.decode_attention import register as register_decode
+from tensorllm.models.decode_attention import register as register_decode
 
 LLAMA2_7B = dict(
     hidden_size=4096,
@@ -310,7 +310,7 @@ def main() -> None:
         "processes": "one per model (fresh compile each)"
         + (", at once on GPUs 0 and 1" if args.parallel else ""),
         **{k: first[k] for k in ("shape", "dtype", "device", "batch", "context", "new_tokens")},
-        "attention": "sdpa; *_flex: flex_attention; *_gqa / *_packed: tensorllm.runtime.decode_attention",
+        "attention": "sdpa; *_flex: flex_attention; *_gqa / *_packed: tensorllm.models.decode_attention",
         "exit_codes": {w: parts[w].get("exit_code", 0) for w in parts},
         "original": original,
         "converted": converted,

@@ -4,7 +4,8 @@
 # captures). GRAPH_STEPS=1 stops there. Steps 2-3 need SmolLM2 staged (calls carrying .m1; .m2 .tc;
 # .m3 .whl): 2. full WikidataQA at batch 2048, twice, with the plain / static / graph decode timed and
 # compared, with a cProfile of one more run (bench/eval_wikidata.py), and one batch's GPU time by kernel
-# (bench/profile_decode.py), one Tucker step's (bench/profile_tucker_step.py); 3. the racing Tucker 90-configuration search, fresh store, timed
+# (bench/profile_decode.py: transformers' own attention and rotary vs eval/fast_paths' packed and gqa
+# kernels), with TUCKER_STEP=1 one Tucker step's (bench/profile_tucker_step.py); 3. the racing Tucker 90-configuration search, fresh store, timed
 # (target <= 60 s incl. test), as in search_racing.sh, and its store's time per phase (bench/search_phases.py).
 # ~4 minutes.
 # Results: $OUT/graph_decode.tgz (logs, JSON, the search's report) -> bench/results/graph_decode_h200/.
@@ -18,10 +19,11 @@ timeout 150 python3 bench/eval_wikidata.py --device cuda --batch-size 2048,2048 
   --json $S/logs/eval_wikidata_graphs.json --profile $S/logs/eval_wikidata_profile.txt \
   > $S/logs/eval_wikidata_graphs.log 2>&1
 grep -E "^(batch|decode)" $S/logs/eval_wikidata_graphs.log
-timeout 120 python3 bench/profile_decode.py --device cuda --rows 2048,256 --out $S/logs/profile_decode \
-  > $S/logs/profile_decode.log 2>&1; tail -n 3 $S/logs/profile_decode.log
-timeout 60 python3 bench/profile_tucker_step.py --device cuda --layer 5 --out $S/logs/profile_decode \
-  > $S/logs/profile_tucker.log 2>&1; grep "^{" $S/logs/profile_tucker.log
+timeout 240 python3 bench/profile_decode.py --device cuda --rows 2048,256 --out $S/logs/profile_decode \
+  > $S/logs/profile_decode.log 2>&1; grep -E "^[0-9]+ (stock|gqa|packed)" $S/logs/profile_decode.log
+touch $S/logs/profile_tucker.log
+[ "${TUCKER_STEP:-0}" = 1 ] && timeout 60 python3 bench/profile_tucker_step.py --device cuda --layer 5 \
+  --out $S/logs/profile_decode > $S/logs/profile_tucker.log 2>&1 && grep "^{" $S/logs/profile_tucker.log
 R=$S/racing && mkdir -p $R
 for run in 1 ${RACE_AGAIN:+2}; do  # RACE_AGAIN=1: the same search once more, fresh store (run-to-run noise)
   store=tucker_race_graphs$([ $run = 2 ] && echo _again)

@@ -16,9 +16,10 @@ import random
 import pytest
 import torch
 
-from tensorllm.eval import decoder, get_task, load_task, select, static_decode
+from tensorllm.eval import decoder, fast_paths, get_task, load_task, select, static_decode
 from tensorllm.eval.scoring import _decoder_ids
 from tensorllm.eval.tokens import encode
+from tensorllm.models.decode_attention import NAMES
 
 FAMILIES = ["qwen3", "mixtral", "gemma2", "gemma3_text", "olmo2", "granite", "phi", "falcon", "falcon-mq"]
 
@@ -277,7 +278,7 @@ def test_batches_of_one_bucket_share_one_capture(tiny, monkeypatch):
         _graphs_only(m)
         got = decoder.greedy_generate(model, prompts, **kw)
     assert got == plain
-    assert list(static_decode._CAPTURES[model]) == [(4, 16, 5)]
+    assert list(static_decode._CAPTURES[model]) == [(4, 16, 5, NAMES[fast_paths.KERNEL])]  # packed decode
 
 
 @CUDA
@@ -294,5 +295,6 @@ def test_captures_stay_within_their_memory_share(tiny, monkeypatch):
     got = decoder.greedy_generate(model, prompts, batch_size=4, **kw)
     last = decoder.length_batches([len(p) for p in prompts], 4, 65536)[-1]
     width = static_decode.bucket_width(max(len(prompts[i]) for i in last))
-    assert list(static_decode._CAPTURES[model]) == [(static_decode.bucket_rows(len(last)), width, 4)]
+    shape = (static_decode.bucket_rows(len(last)), width, 4, NAMES[fast_paths.KERNEL])
+    assert list(static_decode._CAPTURES[model]) == [shape]
     assert got == decoder.greedy_generate(model, prompts, batch_size=4, graphs=False, **kw)

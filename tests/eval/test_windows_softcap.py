@@ -16,7 +16,7 @@ from tensorllm.archs import blocks, spec_for
 from tensorllm.eval import decoder
 from tensorllm.eval.measure import decode_loop_ms
 from tensorllm.methods.gqa.calibrate import input_grams
-from tensorllm.runtime.decode_attention import register
+from tensorllm.models.decode_attention import register
 
 WINDOWED = {
     "gemma2": dict(attn_logit_softcapping=0.5, final_logit_softcapping=1.0),

@@ -22,6 +22,7 @@ import torch
 from tensorllm.base.devices import input_device
 from tensorllm.base.progress import track
 from tensorllm.eval import static_decode
+from tensorllm.eval.fast_paths import fast_forward
 
 
 @functools.lru_cache(maxsize=64)
@@ -59,7 +60,14 @@ def left_pad(seqs: list[list[int]], pad_id: int, device) -> tuple[torch.Tensor, 
     ids[real] = np.fromiter(itertools.chain.from_iterable(seqs), dtype=np.int64, count=int(lengths.sum()))
     ids, mask = torch.from_numpy(ids), torch.from_numpy(real.astype(np.int64))
     pos = (mask.cumsum(-1) - 1).clamp(min=0)  # 0 at each row's first real token
-    return ids.to(device), mask.to(device), pos.to(device)
+    return _to_device(ids, device), _to_device(mask, device), _to_device(pos, device)
+
+
+def _to_device(t: torch.Tensor, device) -> torch.Tensor:
+    """A host tensor on `device`; to a GPU from pinned memory without waiting for the queued kernels."""
+    if torch.device(device).type != "cuda":
+        return t.to(device)
+    return t.pin_memory().to(device, non_blocking=True)
 
 
 def cache_argument(model) -> str:
@@ -175,22 +183,23 @@ def greedy_generate(
     batches = length_batches([len(p) for p in prompts], batch_size, max_batch_tokens)
     args = dict(max_new_tokens=max_new_tokens, eos=eos, pad_id=pad_id, min_new_tokens=min_new_tokens)
     names = dict(params=forward_params(model), cache_arg=cache_argument(model))
-    for n, batch in enumerate(track(batches, "generate", enabled=progress)):
-        ids, mask, pos = left_pad([prompts[i] for i in batch], pad_id, device)
-        if device.type == "cuda":  # every path on the bucketed shape: the graphs' captures, the same tokens
-            grown = static_decode.bucket_rows(len(batch)), static_decode.bucket_width(ids.shape[1])
-            ids, mask, pos = static_decode.pad_batch(ids, mask, pos, *grown, pad_id)
-        rows = None
-        while rows is None and loops:
-            loop, failed = loops[0]
-            rows = _first_batch_or_fail(loop, n, failed, model, ids, mask, pos, **args, **names)
+    with fast_forward(model):
+        for n, batch in enumerate(track(batches, "generate", enabled=progress)):
+            ids, mask, pos = left_pad([prompts[i] for i in batch], pad_id, device)
+            if device.type == "cuda":  # every path on the bucketed shape: the captures, the same tokens
+                grown = static_decode.bucket_rows(len(batch)), static_decode.bucket_width(ids.shape[1])
+                ids, mask, pos = static_decode.pad_batch(ids, mask, pos, *grown, pad_id)
+            rows = None
+            while rows is None and loops:
+                loop, failed = loops[0]
+                rows = _first_batch_or_fail(loop, n, failed, model, ids, mask, pos, **args, **names)
+                if rows is None:
+                    loops.pop(0)
             if rows is None:
-                loops.pop(0)
-        if rows is None:
-            rows = _plain_greedy(model, ids, mask, pos, **args)
-        for r, row in enumerate(rows[: len(batch)]):
-            cut = next((j + 1 for j, t in enumerate(row) if t in eos_set), len(row))
-            results[batch[r]] = row[:cut]
+                rows = _plain_greedy(model, ids, mask, pos, **args)
+            for r, row in enumerate(rows[: len(batch)]):
+                cut = next((j + 1 for j, t in enumerate(row) if t in eos_set), len(row))
+                results[batch[r]] = row[:cut]
     return results
 
 
@@ -228,21 +237,27 @@ def sequence_nll(
     progress: bool = True,
     around: Around | None = None,
 ) -> list[tuple[float, int]]:
-    """Teacher forcing: per sequence, (sum of NLL, count) over its last n_scored tokens."""
+    """Teacher forcing: per sequence, (sum of NLL, count) over its last n_scored tokens.
+
+    The sums stay on the device until every batch is launched (one read-back at the end), so on a GPU
+    the host pads and launches the next batch while the previous one runs."""
     device = input_device(model)
-    results: list[tuple[float, int]] = [(0.0, 0)] * len(seqs)
     batches = length_batches([len(s) for s in seqs], batch_size, max_batch_tokens)
-    for batch in track(batches, "score", enabled=progress):
-        ids, mask, pos = left_pad([seqs[i] for i in batch], pad_id, device)
-        k = max(n_scored[i] for i in batch)
-        with _around(around, batch, mask):
-            logits, _ = _run(model, ids, mask, pos, keep=k + 1)
-        logp = _gathered_logprobs(logits[:, :-1], ids[:, -k:])  # (B, k): column j predicts token T-k+j
-        need = torch.tensor([n_scored[i] for i in batch], device=device)
-        scored = torch.arange(k, device=device)[None, :] >= (k - need)[:, None]  # (B, k)
-        sums = (-(logp * scored).sum(dim=1)).tolist()
-        for r, i in enumerate(batch):
-            results[i] = (sums[r], n_scored[i])
+    sums = []
+    with fast_forward(model):
+        for batch in track(batches, "score", enabled=progress):
+            ids, mask, pos = left_pad([seqs[i] for i in batch], pad_id, device)
+            need = np.fromiter((n_scored[i] for i in batch), dtype=np.int64, count=len(batch))  # (B,)
+            k = int(need.max())
+            scored = np.arange(k)[None, :] >= (k - need)[:, None]  # (B, k): the scored columns
+            with _around(around, batch, mask):
+                logits, _ = _run(model, ids, mask, pos, keep=k + 1)
+            logp = _gathered_logprobs(logits[:, :-1], ids[:, -k:])  # (B, k): column j predicts token T-k+j
+            sums.append(-(logp * _to_device(torch.from_numpy(scored), device)).sum(dim=1))  # (B,)
+    results: list[tuple[float, int]] = [(0.0, 0)] * len(seqs)
+    flat = torch.cat(sums).tolist() if sums else []
+    for i, total in zip(itertools.chain.from_iterable(batches), flat):
+        results[i] = (total, n_scored[i])
     return results
 
 
@@ -264,7 +279,8 @@ def last_token_logprobs(
     batches = length_batches([len(p) for p in prompts], batch_size, max_batch_tokens)
     for batch in track(batches, "classify", enabled=progress):
         ids, mask, pos = left_pad([prompts[i] for i in batch], pad_id, device)
-        logits, _ = _run(model, ids, mask, pos, keep=1)
+        with fast_forward(model):
+            logits, _ = _run(model, ids, mask, pos, keep=1)
         lp = torch.log_softmax(logits[:, -1, :].float(), dim=-1)[:, cand]  # (B, L)
         out[torch.tensor(batch)] = lp.cpu()
     return out

@@ -9,6 +9,7 @@ answer)'s answer tokens lie the same way.
 
 from __future__ import annotations
 
+import functools
 import weakref
 
 from tokenizers import Tokenizer
@@ -55,7 +56,8 @@ def decode_batch(tokenizer, seqs: list[list[int]]) -> list[str]:
     A tokenizer class with its own `_decode` (or a slow one) goes through `batch_decode`."""
     backend = getattr(tokenizer, "_tokenizer", None)
     if isinstance(backend, Tokenizer) and type(tokenizer)._decode is PreTrainedTokenizerFast._decode:
-        return backend.decode_batch([list(s) for s in seqs], skip_special_tokens=True)
+        lists = seqs if all(type(s) is list for s in seqs) else [list(s) for s in seqs]
+        return backend.decode_batch(lists, skip_special_tokens=True)
     return tokenizer.batch_decode(seqs, skip_special_tokens=True, clean_up_tokenization_spaces=False)
 
 
@@ -110,6 +112,11 @@ def label_tokens(tokenizer, prompt: str, labels: tuple[str, ...]) -> tuple[list[
     return first, all(end - start == 1 for _, start, end in spans)
 
 
+@functools.lru_cache(maxsize=1 << 18)
+def _folded_gold(answer: str) -> str:
+    return answer.strip().lower()  # remembered: a search judges the same answers once per configuration
+
+
 def answer_in_text(answer: str, text: str) -> bool:
     """LASER's generative accuracy: the stripped, lower-cased gold answer is a substring of the text."""
-    return answer.strip().lower() in text.strip().lower()
+    return _folded_gold(answer) in text.strip().lower()

@@ -1,1 +1,1 @@
-"""Inference-time modules plugged into transformers models (e.g. the grouped decode attention)."""
+"""Inference-time modules plugged into transformers models (the factorised projections and their loader)."""

@@ -6,7 +6,7 @@ import torch
 from gqa_models import tiny_llama
 
 from tensorllm.eval.measure import decode_loop_ms
-from tensorllm.runtime.decode_attention import NAMES, register
+from tensorllm.models.decode_attention import NAMES, register
 
 
 def _decode(model, prompt, mask, **kw):
@@ -85,7 +85,7 @@ def test_per_head_mask_is_regrouped(kernel):
 
     from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
-    from tensorllm.runtime.decode_attention import decode_attention
+    from tensorllm.models.decode_attention import decode_attention
 
     gen = torch.Generator().manual_seed(5)
     q, k, v = (

@@ -10,7 +10,7 @@
     method.py     the registered `gqa` method
 
 Measuring (perplexity, KV-cache bytes, decode speed) lives in `tensorllm.eval.measure`, the fast
-decode attention in `tensorllm.runtime.decode_attention`, the `tensorllm gqa` pipeline in
+decode attention in `tensorllm.models.decode_attention`, the `tensorllm gqa` pipeline in
 `tensorllm.cli.gqa_pipeline`.
 """
 

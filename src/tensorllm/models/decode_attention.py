@@ -14,7 +14,7 @@ writes n_rep copies of the cache: on a 7B shape with 8 K/V heads that decoded sl
 In a host-sync-free compiled decode loop (`measure.decode_loop_ms`) the 8-head model decodes
 1.94x ("gqa") and 1.70x ("packed") faster than the 32-head original.
 
-    from tensorllm.runtime.decode_attention import register
+    from tensorllm.models.decode_attention import register
     model.set_attn_implementation(register())   # then a static cache + torch.compile
 needs torch >= 2.5 (`enable_gqa`).
 """

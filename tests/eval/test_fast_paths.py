@@ -1,0 +1,129 @@
+"""eval/fast_paths.py changes how the eval's forwards compute, never what: on every tiny family (float32,
+CPU, left-padded batches) a prefill's logits are bit-identical inside and outside `fast_forward`, a
+cached one-token step agrees to float32 rounding, greedy tokens and gold-answer losses are the same,
+the rotary modules really see one flat row of positions, grouped models really run the packed
+decode attention, and the model is left as it was (also after an error, also when entered twice)."""
+
+from __future__ import annotations
+
+from contextlib import nullcontext
+
+import pytest
+import torch
+
+from tensorllm.eval import decoder, fast_paths
+from tensorllm.models.decode_attention import NAMES
+
+FAMILIES = ["llama", "qwen3", "mixtral", "gemma3_text", "olmo2", "granite", "phi", "falcon", "starcoder2"]
+
+
+def _batch(length: int = 9):
+    prompts = [[5, 6, 7, 8, 9, 10, 11, 12, 13][:length], [20, 21, 22], [30, 31, 32, 33, 34, 35]]
+    return decoder.left_pad(prompts, 1, torch.device("cpu"))
+
+
+@torch.inference_mode()
+def _prefill(model, ids, mask, pos):
+    return model(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=True)
+
+
+@torch.inference_mode()
+def _step(model, out, ids, mask, pos):
+    """One cached one-token step after `out` (a prefill of ids, mask, pos) -> (B, V) logits."""
+    nxt = out.logits[:, -1].argmax(-1, keepdim=True)
+    mask = torch.cat([mask, mask.new_ones((mask.shape[0], 1))], dim=1)
+    past = {decoder.cache_argument(model): out.past_key_values}
+    return model(input_ids=nxt, attention_mask=mask, position_ids=pos[:, -1:] + 1, use_cache=True, **past)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_the_forwards_compute_the_same_inside(tiny, family):
+    model = tiny.model(family)
+    ids, mask, pos = _batch()
+    plain = _prefill(model, ids, mask, pos)
+    plain_step = _step(model, plain, ids, mask, pos).logits
+    with fast_paths.fast_forward(model):
+        fast = _prefill(model, ids, mask, pos)
+        fast_step = _step(model, fast, ids, mask, pos).logits
+    assert torch.equal(fast.logits, plain.logits)  # prefill: the same kernels, bit-identical rotary
+    torch.testing.assert_close(fast_step, plain_step, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("family", ["llama", "qwen3", "gemma3_text", "phi"])
+def test_greedy_tokens_and_losses_are_the_same(tiny, family, monkeypatch):
+    model = tiny.model(family)
+    prompts = [[5 + i for i in range(n)] for n in (1, 12, 4, 7, 30)]
+    kw = dict(max_new_tokens=6, eos_ids=[2], pad_id=1, progress=False)
+    fast = decoder.greedy_generate(model, prompts, **kw)
+    fast_nll = decoder.sequence_nll(model, prompts, [1, 5, 2, 3, 10], pad_id=1, progress=False)
+    monkeypatch.setattr(decoder, "fast_forward", lambda m: nullcontext())
+    assert decoder.greedy_generate(model, prompts, **kw) == fast
+    plain_nll = decoder.sequence_nll(model, prompts, [1, 5, 2, 3, 10], pad_id=1, progress=False)
+    assert fast_nll == plain_nll  # multi-token passes: the same kernels, bit-identical rotary
+
+
+@pytest.mark.parametrize("family", ["llama", "gemma3_text"])
+def test_the_rotary_modules_see_one_flat_row(tiny, family):
+    model = tiny.model(family)
+    (rotary,) = fast_paths.rotary_modules(model)
+    seen = []
+
+    def record(module, args, kwargs):
+        pos = kwargs.get("position_ids", args[1] if len(args) > 1 else None)
+        seen.append(tuple(pos.shape))
+
+    # registered first, so it runs before fast_forward's hook: what the model passes
+    outer = rotary.register_forward_pre_hook(record, with_kwargs=True)
+    ids, mask, pos = _batch()
+    with fast_paths.fast_forward(model):
+        inner = rotary.register_forward_pre_hook(record, with_kwargs=True)  # after: what the module gets
+        _prefill(model, ids, mask, pos)
+        inner.remove()
+    outer.remove()
+    assert seen[:2] == [(3, 9), (1, 27)]
+    _prefill(model, ids, mask, pos)  # outside: no hooks left
+    assert not rotary._forward_pre_hooks and not rotary._forward_hooks
+
+
+def test_grouped_models_run_the_packed_decode_attention_and_get_theirs_back(tiny):
+    model = tiny.model("llama")
+    assert fast_paths.grouped(model) and model.config._attn_implementation == "sdpa"
+    with fast_paths.fast_forward(model):
+        assert model.config._attn_implementation == NAMES[fast_paths.KERNEL]
+        with fast_paths.fast_forward(model):  # re-entered: nothing more
+            assert len(fast_paths.rotary_modules(model)[0]._forward_hooks) == 1
+        assert model.config._attn_implementation == NAMES[fast_paths.KERNEL]
+    assert model.config._attn_implementation == "sdpa"
+    with pytest.raises(KeyError), fast_paths.fast_forward(model):
+        raise KeyError("inside")
+    assert model.config._attn_implementation == "sdpa"
+    assert not fast_paths.rotary_modules(model)[0]._forward_hooks
+    assert model not in fast_paths._ENTERED
+
+
+def test_models_it_does_not_apply_to_keep_their_attention(tiny):
+    mha = tiny.model("falcon-mha")  # one K/V head per query head: nothing to pack
+    eager = tiny.model("llama", attn_implementation="eager")
+    for model, impl in ((mha, mha.config._attn_implementation), (eager, "eager")):
+        with fast_paths.fast_forward(model):
+            assert model.config._attn_implementation == impl
+
+
+def test_a_rotary_embedding_of_another_layout_fails_loudly():
+    class Odd(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.register_buffer("inv_freq", torch.ones(4), persistent=False)
+
+        def forward(self, x, position_ids):
+            return position_ids.float().sum(-1)  # (1,) for flat positions, not (1, B*T, ...)
+
+    class Model(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.rotary = Odd()
+
+    model = Model()
+    with fast_paths.fast_forward(model), pytest.raises(RuntimeError, match="not \\(1, positions"):
+        model.rotary(torch.zeros(1), torch.zeros((2, 3)))
+    assert model.rotary(torch.zeros(1), torch.zeros((2, 3))).shape == (2,)  # hooks gone
