@@ -36,10 +36,23 @@ def _step(model, out, ids, mask, pos):
     return model(input_ids=nxt, attention_mask=mask, position_ids=pos[:, -1:] + 1, use_cache=True, **past)
 
 
+CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU")
+
+
 @pytest.mark.parametrize("family", FAMILIES)
 def test_the_forwards_compute_the_same_inside(tiny, family):
-    model = tiny.model(family)
-    ids, mask, pos = _batch()
+    _same_inside(tiny.model(family), torch.device("cpu"))
+
+
+@CUDA
+@pytest.mark.parametrize("family", ["llama", "qwen3", "gemma3_text", "phi"])
+def test_gpu_forwards_compute_the_same_inside(tiny, family):
+    """On a GPU, float32: transformers' rotary matmul (5.17) and its flat call are bit-identical too."""
+    _same_inside(tiny.model(family).cuda(), torch.device("cuda"))
+
+
+def _same_inside(model, device):
+    ids, mask, pos = (t.to(device) for t in _batch())
     plain = _prefill(model, ids, mask, pos)
     plain_step = _step(model, plain, ids, mask, pos).logits
     with fast_paths.fast_forward(model):
