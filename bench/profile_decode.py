@@ -5,7 +5,7 @@
 For each row count: the first (longest) batch of full WikidataQA as `greedy_generate` pads it, and for
 each way of computing (`--modes`): "stock" = transformers' own SDPA path and rotary embedding,
 "packed" / "gqa" = inside `eval.fast_paths.fast_forward` with that one-token kernel (what
-`greedy_generate` uses: "packed"):
+`greedy_generate` uses on a GPU: "gqa"):
 - CUDA-event timings of the captured graphs: one prefill replay and one decode-step replay (median of 20),
   the whole graph decode, the eager static loop, the teacher-forced loss pass (`sequence_nll`);
 - rows whose tokens differ from the stock mode's;
@@ -125,7 +125,7 @@ def main() -> None:
         entry = {"rows": shape[0], "width": width, "real_rows": len(batch), "modes": {}}
         reference = None
         for mode in args.modes.split(","):
-            fast_paths.KERNEL = "packed" if mode == "stock" else mode
+            fast_paths.KERNELS["cuda"] = "gqa" if mode == "stock" else mode
             # stock: sequence_nll's own fast_forward off too
             decoder.fast_forward = (lambda m: nullcontext()) if mode == "stock" else fast_paths.fast_forward
             with decoder.fast_forward(model):
@@ -134,7 +134,7 @@ def main() -> None:
             timed["rows_differing_from_first_mode"] = sum(a != b for a, b in zip(tokens, reference))
             entry["modes"][mode] = timed
             print(rows, mode, timed, flush=True)
-        fast_paths.KERNEL, decoder.fast_forward = "packed", fast_paths.fast_forward
+        fast_paths.KERNELS["cuda"], decoder.fast_forward = "gqa", fast_paths.fast_forward
         (args.out / f"profile_{rows}.txt").write_text("\n".join(text))
         summary["batches"].append(entry)
     (args.out / "profile_decode.json").write_text(json.dumps(summary, indent=2) + "\n")

@@ -93,7 +93,7 @@ def test_the_rotary_modules_see_one_flat_row(tiny, family):
         _prefill(model, ids, mask, pos)
         inner.remove()
     outer.remove()
-    assert seen[:2] == [(3, 9), (1, 27)]
+    assert seen[:2] == [(3, 9), (27, 1)]
     _prefill(model, ids, mask, pos)  # outside: no hooks left
     assert not rotary._forward_pre_hooks and not rotary._forward_hooks
 
@@ -102,10 +102,10 @@ def test_grouped_models_run_the_packed_decode_attention_and_get_theirs_back(tiny
     model = tiny.model("llama")
     assert fast_paths.grouped(model) and model.config._attn_implementation == "sdpa"
     with fast_paths.fast_forward(model):
-        assert model.config._attn_implementation == NAMES[fast_paths.KERNEL]
+        assert model.config._attn_implementation == NAMES[fast_paths.kernel_for(model)]
         with fast_paths.fast_forward(model):  # re-entered: nothing more
             assert len(fast_paths.rotary_modules(model)[0]._forward_hooks) == 1
-        assert model.config._attn_implementation == NAMES[fast_paths.KERNEL]
+        assert model.config._attn_implementation == NAMES[fast_paths.kernel_for(model)]
     assert model.config._attn_implementation == "sdpa"
     with pytest.raises(KeyError), fast_paths.fast_forward(model):
         raise KeyError("inside")
@@ -129,7 +129,7 @@ def test_a_rotary_embedding_of_another_layout_fails_loudly():
             self.register_buffer("inv_freq", torch.ones(4), persistent=False)
 
         def forward(self, x, position_ids):
-            return position_ids.float().sum(-1)  # (1,) for flat positions, not (1, B*T, ...)
+            return position_ids.float().sum(0)  # (1,) for flat positions, not (B*T, 1, ...)
 
     class Model(torch.nn.Module):
         def __init__(self):
@@ -137,6 +137,6 @@ def test_a_rotary_embedding_of_another_layout_fails_loudly():
             self.rotary = Odd()
 
     model = Model()
-    with fast_paths.fast_forward(model), pytest.raises(RuntimeError, match="not \\(1, positions"):
+    with fast_paths.fast_forward(model), pytest.raises(RuntimeError, match="not \\(positions, 1"):
         model.rotary(torch.zeros(1), torch.zeros((2, 3)))
-    assert model.rotary(torch.zeros(1), torch.zeros((2, 3))).shape == (2,)  # hooks gone
+    assert model.rotary(torch.zeros(1), torch.zeros((2, 3))).shape == (3,)  # hooks gone

@@ -60,14 +60,7 @@ def left_pad(seqs: list[list[int]], pad_id: int, device) -> tuple[torch.Tensor, 
     ids[real] = np.fromiter(itertools.chain.from_iterable(seqs), dtype=np.int64, count=int(lengths.sum()))
     ids, mask = torch.from_numpy(ids), torch.from_numpy(real.astype(np.int64))
     pos = (mask.cumsum(-1) - 1).clamp(min=0)  # 0 at each row's first real token
-    return _to_device(ids, device), _to_device(mask, device), _to_device(pos, device)
-
-
-def _to_device(t: torch.Tensor, device) -> torch.Tensor:
-    """A host tensor on `device`; to a GPU from pinned memory without waiting for the queued kernels."""
-    if torch.device(device).type != "cuda":
-        return t.to(device)
-    return t.pin_memory().to(device, non_blocking=True)
+    return ids.to(device), mask.to(device), pos.to(device)
 
 
 def cache_argument(model) -> str:
@@ -237,27 +230,22 @@ def sequence_nll(
     progress: bool = True,
     around: Around | None = None,
 ) -> list[tuple[float, int]]:
-    """Teacher forcing: per sequence, (sum of NLL, count) over its last n_scored tokens.
-
-    The sums stay on the device until every batch is launched (one read-back at the end), so on a GPU
-    the host pads and launches the next batch while the previous one runs."""
+    """Teacher forcing: per sequence, (sum of NLL, count) over its last n_scored tokens."""
     device = input_device(model)
+    results: list[tuple[float, int]] = [(0.0, 0)] * len(seqs)
     batches = length_batches([len(s) for s in seqs], batch_size, max_batch_tokens)
-    sums = []
     with fast_forward(model):
         for batch in track(batches, "score", enabled=progress):
             ids, mask, pos = left_pad([seqs[i] for i in batch], pad_id, device)
-            need = np.fromiter((n_scored[i] for i in batch), dtype=np.int64, count=len(batch))  # (B,)
-            k = int(need.max())
-            scored = np.arange(k)[None, :] >= (k - need)[:, None]  # (B, k): the scored columns
+            k = max(n_scored[i] for i in batch)
             with _around(around, batch, mask):
                 logits, _ = _run(model, ids, mask, pos, keep=k + 1)
             logp = _gathered_logprobs(logits[:, :-1], ids[:, -k:])  # (B, k): column j predicts token T-k+j
-            sums.append(-(logp * _to_device(torch.from_numpy(scored), device)).sum(dim=1))  # (B,)
-    results: list[tuple[float, int]] = [(0.0, 0)] * len(seqs)
-    flat = torch.cat(sums).tolist() if sums else []
-    for i, total in zip(itertools.chain.from_iterable(batches), flat):
-        results[i] = (total, n_scored[i])
+            need = torch.tensor([n_scored[i] for i in batch], device=device)
+            scored = torch.arange(k, device=device)[None, :] >= (k - need)[:, None]  # (B, k)
+            sums = (-(logp * scored).sum(dim=1)).tolist()
+            for r, i in enumerate(batch):
+                results[i] = (sums[r], n_scored[i])
     return results
 
 
