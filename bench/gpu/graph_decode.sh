@@ -2,7 +2,7 @@
 # Step 1 needs nothing staged: the GPU tests of tests/eval/test_static_decode.py on tiny models (tokens
 # equal to the plain loop's on 10 families; replays after in-place edits; a moved parameter drops the
 # captures). GRAPH_STEPS=1 stops there. Steps 2-3 need SmolLM2 staged (calls carrying .m1; .m2 .tc;
-# .m3 .whl): 2. full WikidataQA at batch 2048, twice, with the plain / static / graph decode timed and
+# .m3 .whl): 2. full WikidataQA at batch 2048, four times (one cold, three warm), with the plain / static / graph decode timed and
 # compared, with a cProfile of one more run (bench/eval_wikidata.py), and one batch's GPU time by kernel
 # (bench/profile_decode.py: transformers' own attention and rotary vs eval/fast_paths' packed and gqa
 # kernels), with TUCKER_STEP=1 one Tucker step's (bench/profile_tucker_step.py); 3. the racing Tucker 90-configuration search, fresh store, timed
@@ -15,7 +15,7 @@ TENSORLLM_TESTS_OFFLINE=1 timed gpu_tests python3 -m pytest -q -p no:cacheprovid
   tests/eval/test_fast_paths.py -k "gpu or capture" -rs
 tail -n 5 $S/logs/gpu_tests.log
 [ "${GRAPH_STEPS:-3}" = 1 ] && exit 0
-timeout 150 python3 bench/eval_wikidata.py --device cuda --batch-size 2048,2048 --sequential 20 \
+timeout 150 python3 bench/eval_wikidata.py --device cuda --batch-size 2048,2048,2048,2048 --sequential 20 \
   --json $S/logs/eval_wikidata_graphs.json --profile $S/logs/eval_wikidata_profile.txt \
   > $S/logs/eval_wikidata_graphs.log 2>&1
 grep -E "^(batch|decode)" $S/logs/eval_wikidata_graphs.log

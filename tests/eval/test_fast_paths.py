@@ -1,7 +1,7 @@
 """eval/fast_paths.py changes how the eval's forwards compute, never what: on every tiny family (float32,
 CPU, left-padded batches) a prefill's logits are bit-identical inside and outside `fast_forward`, a
 cached one-token step agrees to float32 rounding, greedy tokens and gold-answer losses are the same,
-the rotary modules really see one flat row of positions, grouped models really run the packed
+the rotary modules really run on one row of positions, grouped models really run the one-token
 decode attention, and the model is left as it was (also after an error, also when entered twice)."""
 
 from __future__ import annotations
@@ -47,7 +47,7 @@ def test_the_forwards_compute_the_same_inside(tiny, family):
 @CUDA
 @pytest.mark.parametrize("family", ["llama", "qwen3", "gemma3_text", "phi"])
 def test_gpu_forwards_compute_the_same_inside(tiny, family):
-    """On a GPU, float32: transformers' rotary matmul (5.17) and its flat call are bit-identical too."""
+    """On a GPU, float32: transformers' rotary matmul (5.17) and its one-row table are bit-identical too."""
     _same_inside(tiny.model(family).cuda(), torch.device("cuda"))
 
 
@@ -76,7 +76,7 @@ def test_greedy_tokens_and_losses_are_the_same(tiny, family, monkeypatch):
 
 
 @pytest.mark.parametrize("family", ["llama", "gemma3_text"])
-def test_the_rotary_modules_see_one_flat_row(tiny, family):
+def test_the_rotary_modules_see_one_row_of_positions(tiny, family):
     model = tiny.model(family)
     (rotary,) = fast_paths.rotary_modules(model)
     seen = []
@@ -93,7 +93,7 @@ def test_the_rotary_modules_see_one_flat_row(tiny, family):
         _prefill(model, ids, mask, pos)
         inner.remove()
     outer.remove()
-    assert seen[:2] == [(3, 9), (27, 1)]
+    assert seen[:2] == [(3, 9), (1, 9)]
     _prefill(model, ids, mask, pos)  # outside: no hooks left
     assert not rotary._forward_pre_hooks and not rotary._forward_hooks
 
@@ -129,7 +129,7 @@ def test_a_rotary_embedding_of_another_layout_fails_loudly():
             self.register_buffer("inv_freq", torch.ones(4), persistent=False)
 
         def forward(self, x, position_ids):
-            return position_ids.float().sum(0)  # (1,) for flat positions, not (B*T, 1, ...)
+            return position_ids.float().sum(0)  # (T,) for one row of positions, not (1, T, ...)
 
     class Model(torch.nn.Module):
         def __init__(self):
@@ -137,6 +137,6 @@ def test_a_rotary_embedding_of_another_layout_fails_loudly():
             self.rotary = Odd()
 
     model = Model()
-    with fast_paths.fast_forward(model), pytest.raises(RuntimeError, match="not \\(positions, 1"):
+    with fast_paths.fast_forward(model), pytest.raises(RuntimeError, match="not \\(1, positions"):
         model.rotary(torch.zeros(1), torch.zeros((2, 3)))
     assert model.rotary(torch.zeros(1), torch.zeros((2, 3))).shape == (3,)  # hooks gone

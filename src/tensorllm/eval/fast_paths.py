@@ -12,15 +12,17 @@ changes what it computes (beyond the rounding of another one-token attention ker
   transformers' SDPA path. Only a model whose attention is "sdpa" and has grouped heads is switched,
   and it is switched back on leaving. On SmolLM2's longest WikidataQA batch both kernels gave the
   stock tokens on all 2,048 rows (bf16, H200).
-- **One position per row for the rotary embeddings.** transformers 5.17's rotary embeddings compute
+- **Rotary embeddings from one row of positions.** transformers 5.17's rotary embeddings compute
   `inv_freq x position_ids` as a float32 batched matmul with an inner size of 1, (B, d/2, 1) @ (B, 1, T):
-  cuBLAS took 19-20 ms for one 2,048 x 32 prefill on an H200 (the 135M model's whole loss pass is
-  ~145 ms), and as (1, d/2, 1) @ (1, 1, B*T) just as long (the first try, bench/results/fast_paths_h200/).
-  The decode steps' (B, d/2, 1) @ (B, 1, 1) took microseconds. So inside `fast_forward` each rotary
-  module (any module with an `inv_freq` buffer of its own) is called on the positions as (B*T, 1), one
-  position per row, and its (B*T, 1, d) outputs are viewed back as (B, T, d). With an inner size of 1
-  every element is a single float32 product either way, so cos and sin are bit-identical
-  (tests/eval/test_fast_paths.py, also on a GPU); 5.24 multiplies elementwise, any layout.
+  cuBLAS took 19 ms for one 2,048 x 32 prefill on an H200 (~9 ns per output element; the 135M model's
+  whole loss pass is ~145 ms). Laid out as (1, d/2, 1) @ (1, 1, B*T) or (B*T, d/2, 1) @ (B*T, 1, 1) it
+  took as long (bench/results/fast_paths_h200/). So inside `fast_forward` each rotary module (any
+  module with an `inv_freq` buffer of its own) runs a multi-token call on the single row 0..T-1,
+  (1, d/2, 1) @ (1, 1, T), and its cos and sin are gathered at the batch's positions: an element for
+  position p is the same single float32 product and the same cos / sin either way, so the outputs are
+  bit-identical (tests/eval/test_fast_paths.py, also on a GPU). A rotary module's output depends only
+  on the positions (for the dynamic types also on the largest one, which is T-1 both ways); one-token
+  decode steps are left as they are.
 
 `fast_forward(model)` is re-entrant (an inner entry on the same model does nothing).
 """
@@ -68,38 +70,40 @@ def grouped_decode_attention(model):
         model.set_attn_implementation(before)
 
 
-class _FlatPositions:
-    """Forward pre-hook and hook of one rotary module: positions (B, T) in as (B*T, 1), outputs
-    (B*T, 1, ...) back as (B, T, ...)."""
+class _PositionTable:
+    """Forward pre-hook and hook of one rotary module, for a call on T > 1 positions (B, T): the module
+    runs on the one row 0..T-1 instead, (1, T), and each output (1, T, ...) is gathered back as
+    (B, T, ...) at the batch's positions. Inside `fast_forward` every multi-token forward is a
+    left-padded batch from `decoder.left_pad` with an empty cache, whose positions count each row's
+    real tokens and so lie in 0..T-1 (a position outside would fail the gather loudly)."""
 
     def __init__(self) -> None:
-        self.shape: tuple[int, int] | None = None
+        self.pos: torch.Tensor | None = None
 
     def before(self, module, args, kwargs):
         in_kwargs = "position_ids" in kwargs
         pos = kwargs["position_ids"] if in_kwargs else (args[1] if len(args) > 1 else None)
-        self.shape = None
+        self.pos = None
         if not isinstance(pos, torch.Tensor) or pos.ndim != 2 or pos.shape[1] == 1:
-            return None  # one column already, or a layout this does not know (multimodal 3-row positions)
-        self.shape = (pos.shape[0], pos.shape[1])
-        flat = pos.reshape(-1, 1)  # (B*T, 1)
+            return None  # a decode step (cheap as it is), or a layout this does not know (3-row positions)
+        self.pos = pos
+        row = torch.arange(pos.shape[1], device=pos.device, dtype=pos.dtype)[None, :]  # (1, T)
         if in_kwargs:
-            return args, {**kwargs, "position_ids": flat}
-        return (args[0], flat, *args[2:]), kwargs
+            return args, {**kwargs, "position_ids": row}
+        return (args[0], row, *args[2:]), kwargs
 
     def after(self, module, args, kwargs, output):
-        if self.shape is None:
+        if self.pos is None:
             return None
-        rows, width = self.shape
-        self.shape = None
+        pos, self.pos = self.pos, None
         outs = output if isinstance(output, tuple) else (output,)
-        if not all(isinstance(o, torch.Tensor) and o.shape[:2] == (rows * width, 1) for o in outs):
+        if not all(isinstance(o, torch.Tensor) and o.shape[:2] == (1, pos.shape[1]) for o in outs):
             raise RuntimeError(
-                f"{type(module).__name__}: a rotary embedding whose output is not (positions, 1, ...) "
-                "for flat positions; tensorllm's fast_forward cannot apply to it"
+                f"{type(module).__name__}: a rotary embedding whose output is not (1, positions, ...) "
+                "for one row of positions; tensorllm's fast_forward cannot apply to it"
             )
-        shaped = tuple(o.reshape(rows, width, *o.shape[2:]) for o in outs)  # (B, T, ...)
-        return shaped if isinstance(output, tuple) else shaped[0]
+        gathered = tuple(o[0][pos] for o in outs)  # (T, ...) rows picked per position -> (B, T, ...)
+        return gathered if isinstance(output, tuple) else gathered[0]
 
 
 def rotary_modules(model) -> list[torch.nn.Module]:
@@ -110,14 +114,14 @@ def rotary_modules(model) -> list[torch.nn.Module]:
 
 
 @contextmanager
-def flat_rotary_positions(model):
-    """Every rotary module of the model is called on its positions as one position per row inside."""
+def rotary_position_tables(model):
+    """Every rotary module of the model computes one row of positions and gathers from it, inside."""
     handles = []
     try:
         for module in rotary_modules(model):
-            flat = _FlatPositions()
-            handles.append(module.register_forward_pre_hook(flat.before, with_kwargs=True))
-            handles.append(module.register_forward_hook(flat.after, with_kwargs=True))
+            table = _PositionTable()
+            handles.append(module.register_forward_pre_hook(table.before, with_kwargs=True))
+            handles.append(module.register_forward_hook(table.after, with_kwargs=True))
         yield
     finally:
         for handle in handles:
@@ -132,7 +136,7 @@ def fast_forward(model):
         return
     with ExitStack() as stack:
         stack.enter_context(grouped_decode_attention(model))
-        stack.enter_context(flat_rotary_positions(model))
+        stack.enter_context(rotary_position_tables(model))
         _ENTERED.add(model)
         stack.callback(_ENTERED.discard, model)
         yield
