@@ -3,7 +3,7 @@
     python bench/profile_decode.py --device cuda --rows 2048,1024 --out DIR
 
 For each row count: the first (longest) batch of full WikidataQA as `greedy_generate` pads it, and for
-each way of computing (`--modes`): "stock" = transformers' own SDPA path and rotary embedding,
+each way of computing (`--modes`): "stock" = transformers' own SDPA path and output head as called,
 "packed" / "gqa" = inside `eval.fast_paths.fast_forward` with that one-token kernel (what
 `greedy_generate` uses on a GPU: "gqa"):
 - CUDA-event timings of the captured graphs: one prefill replay and one decode-step replay (median of 20),

@@ -19,7 +19,7 @@ timeout 150 python3 bench/eval_wikidata.py --device cuda --batch-size 2048,2048,
   --json $S/logs/eval_wikidata_graphs.json --profile $S/logs/eval_wikidata_profile.txt \
   > $S/logs/eval_wikidata_graphs.log 2>&1
 grep -E "^(batch|decode)" $S/logs/eval_wikidata_graphs.log
-timeout 240 python3 bench/profile_decode.py --device cuda --rows 2048,256 --modes ${MODES:-stock,gqa} --out $S/logs/profile_decode \
+timeout 240 python3 bench/profile_decode.py --device cuda --rows ${ROWS:-2048,256} --modes ${MODES:-stock,gqa} --out $S/logs/profile_decode \
   > $S/logs/profile_decode.log 2>&1; grep -E "^[0-9]+ (stock|gqa|packed)" $S/logs/profile_decode.log
 touch $S/logs/profile_tucker.log
 [ "${TUCKER_STEP:-0}" = 1 ] && timeout 60 python3 bench/profile_tucker_step.py --device cuda --layer 5 \
