@@ -17,7 +17,7 @@ only spend the call's time limit. Paths (`--paths`):
   and masked, repeats each K/V head per query head (`repeat_kv`), so a grouped model gains nothing
   (7B shape, 8 K/V heads: 26.4 and 28.2 ms/step vs the 32-head original's 16.0 and 15.8, 2026-11-30);
 - "gqa", "packed" (grouped models only): the same with tensorllm's decode attention
-  (methods/gqa/decode_attention.py: each K/V head read once; "gqa" = SDPA's own grouped heads,
+  (models/decode_attention.py: each K/V head read once; "gqa" = SDPA's own grouped heads,
   "packed" = a group's query heads as query rows), compared with the original's "static" (for 32
   K/V heads they are the same code);
 - "flex": transformers' flex_attention (torch's FlexAttention; compiled, it decodes with split-K;

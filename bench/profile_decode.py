@@ -52,7 +52,7 @@ def _one_mode(model, batch, seqs, n_scored, pad, loop, names) -> tuple[dict, lis
     shape, width = tuple(ids.shape), ids.shape[1]
     tokens = static_decode.graph_greedy(model, ids, mask, pos, **loop, **names)  # capture
     impl = getattr(model.config, "_attn_implementation", None)
-    cap = static_decode._CAPTURES[model][(*shape, 10, impl)]
+    cap = static_decode._CAPTURES[model][(*shape, 10, impl, fast_paths.inside(model))]
 
     def prefill():
         cap.cache.reset()  # the cache's write position is a device counter each replay advances

@@ -1,8 +1,9 @@
 """eval/fast_paths.py changes how the eval's forwards compute, never what: on every tiny family (float32,
 CPU, left-padded batches) a prefill's logits are bit-identical inside and outside `fast_forward`, a
-cached one-token step agrees to float32 rounding, greedy tokens and gold-answer losses are the same,
-the output head gets a contiguous input, grouped models really run the one-token
-decode attention, and the model is left as it was (also after an error, also when entered twice)."""
+cached one-token step and `logits_to_keep` forwards agree to float32 rounding, greedy tokens and
+gold-answer losses are the same, the output head gets a contiguous input, grouped models really run
+the one-token decode attention, a model whose sub-configs mix implementations is left alone, and the
+model is left as it was (also after an error, also when entered twice)."""
 
 from __future__ import annotations
 
@@ -52,17 +53,25 @@ def test_gpu_forwards_compute_the_same_inside(tiny, family):
     _same_inside(tiny.model(family).cuda(), torch.device("cuda"), exact=False)
 
 
+@torch.inference_mode()
+def _kept(model, ids, mask, pos, keep: int) -> torch.Tensor:
+    """The last `keep` columns' logits: transformers slices the hidden states, a strided head input."""
+    return model(input_ids=ids, attention_mask=mask, position_ids=pos, logits_to_keep=keep).logits
+
+
 def _same_inside(model, device, exact: bool):
     ids, mask, pos = (t.to(device) for t in _batch())
     plain = _prefill(model, ids, mask, pos)
     plain_step = _step(model, plain, ids, mask, pos).logits
+    plain_kept = [_kept(model, ids, mask, pos, k) for k in (1, 3)]
     with fast_paths.fast_forward(model):
         fast = _prefill(model, ids, mask, pos)
         fast_step = _step(model, fast, ids, mask, pos).logits
+        fast_kept = [_kept(model, ids, mask, pos, k) for k in (1, 3)]
     if exact:  # CPU: the same kernels for the prefill
         assert torch.equal(fast.logits, plain.logits)
-    torch.testing.assert_close(fast.logits, plain.logits, rtol=1e-5, atol=1e-5)
-    torch.testing.assert_close(fast_step, plain_step, rtol=1e-5, atol=1e-5)
+    for a, b in ((fast.logits, plain.logits), (fast_step, plain_step), *zip(fast_kept, plain_kept)):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
 
 
 def test_the_output_head_gets_a_contiguous_input(tiny):
@@ -105,6 +114,34 @@ def test_grouped_models_run_the_packed_decode_attention_and_get_theirs_back(tiny
     assert model.config._attn_implementation == "sdpa"
     assert not model.get_output_embeddings()._forward_pre_hooks
     assert model not in fast_paths._ENTERED
+
+
+def test_grouped_models_really_run_the_one_token_kernel(tiny, monkeypatch):
+    """greedy_generate's attention calls go through models.decode_attention: one-token steps included."""
+    from tensorllm.models import decode_attention as module
+
+    model, seen, real = tiny.model("llama"), [], module.decode_attention
+
+    def spy(mod, query, *args, **kwargs):
+        seen.append(query.shape[2])  # query tokens of the call
+        return real(mod, query, *args, **kwargs)
+
+    monkeypatch.setattr(module, "decode_attention", spy)  # register() binds it on entering
+    decoder.greedy_generate(
+        model, [[5, 6, 7], [8, 9]], max_new_tokens=3, eos_ids=[], pad_id=1, progress=False
+    )
+    layers = model.config.num_hidden_layers
+    assert seen == [3] * layers + [1] * (2 * layers)  # the prefill, then 2 one-token steps
+
+
+def test_a_model_mixing_implementations_is_left_alone(tiny):
+    """set_attn_implementation sets every sub-config: a vision tower on "eager" must stay so."""
+    model = tiny.model("gemma3")
+    model.config.vision_config._attn_implementation = "eager"
+    with fast_paths.fast_forward(model):
+        inside = fast_paths.attention_implementations(model.config)
+    after = fast_paths.attention_implementations(model.config)
+    assert inside == after and after["vision_config"] == "eager" and after["text_config"] == "sdpa"
 
 
 def test_models_it_does_not_apply_to_keep_their_attention(tiny):

@@ -278,7 +278,7 @@ def test_batches_of_one_bucket_share_one_capture(tiny, monkeypatch):
         _graphs_only(m)
         got = decoder.greedy_generate(model, prompts, **kw)
     assert got == plain
-    assert list(static_decode._CAPTURES[model]) == [(4, 16, 5, NAMES[fast_paths.kernel_for(model)])]
+    assert list(static_decode._CAPTURES[model]) == [(4, 16, 5, NAMES[fast_paths.kernel_for(model)], True)]
 
 
 @CUDA
@@ -295,6 +295,6 @@ def test_captures_stay_within_their_memory_share(tiny, monkeypatch):
     got = decoder.greedy_generate(model, prompts, batch_size=4, **kw)
     last = decoder.length_batches([len(p) for p in prompts], 4, 65536)[-1]
     width = static_decode.bucket_width(max(len(prompts[i]) for i in last))
-    shape = (static_decode.bucket_rows(len(last)), width, 4, NAMES[fast_paths.kernel_for(model)])
+    shape = (static_decode.bucket_rows(len(last)), width, 4, NAMES[fast_paths.kernel_for(model)], True)
     assert list(static_decode._CAPTURES[model]) == [shape]
     assert got == decoder.greedy_generate(model, prompts, batch_size=4, graphs=False, **kw)

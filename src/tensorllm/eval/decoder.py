@@ -265,10 +265,10 @@ def last_token_logprobs(
     out = torch.empty((len(prompts), len(token_ids)), dtype=torch.float32)
     cand = torch.tensor(token_ids, dtype=torch.long, device=device)
     batches = length_batches([len(p) for p in prompts], batch_size, max_batch_tokens)
-    for batch in track(batches, "classify", enabled=progress):
-        ids, mask, pos = left_pad([prompts[i] for i in batch], pad_id, device)
-        with fast_forward(model):
+    with fast_forward(model):
+        for batch in track(batches, "classify", enabled=progress):
+            ids, mask, pos = left_pad([prompts[i] for i in batch], pad_id, device)
             logits, _ = _run(model, ids, mask, pos, keep=1)
-        lp = torch.log_softmax(logits[:, -1, :].float(), dim=-1)[:, cand]  # (B, L)
-        out[torch.tensor(batch)] = lp.cpu()
+            lp = torch.log_softmax(logits[:, -1, :].float(), dim=-1)[:, cand]  # (B, L)
+            out[torch.tensor(batch)] = lp.cpu()
     return out

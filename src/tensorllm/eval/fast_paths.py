@@ -9,9 +9,9 @@ changes what it computes (beyond the rounding of other kernels for the same sums
   the one-token step is `models.decode_attention`'s: on a GPU its "gqa" kernel (SDPA's own grouped
   heads, with the mask), elsewhere "packed" (the n_rep query heads of a group attend as n_rep query
   rows of their K/V head: what 5.24's own SDPA path computes); prefill and multi-token passes keep
-  transformers' SDPA path. Only a model whose attention is "sdpa" and has grouped heads is switched,
-  and it is switched back on leaving. On SmolLM2's longest WikidataQA batch both kernels gave the
-  stock tokens on all 2,048 rows (bf16, H200).
+  transformers' SDPA path. Only a model whose attention is "sdpa" (every sub-config too) and has
+  grouped heads is switched, and it is switched back on leaving. On SmolLM2's longest WikidataQA
+  batch both kernels gave the stock tokens on all 2,048 rows (bf16, H200).
 - **A contiguous input for the output head.** With `logits_to_keep` transformers slices the last
   hidden states, `lm_head(hidden[:, -k:, :])`, and a linear layer on that strided (B, k, d) view runs
   as a batched matmul: for the 2,048 x 32 prefill (k = 1) and loss pass (k = 7) on an H200, one
@@ -21,7 +21,8 @@ changes what it computes (beyond the rounding of other kernels for the same sums
   head's input is made contiguous, so the layer is one (B*k, d) @ (d, V) matmul (the decode steps'
   input, (B, 1, d), is contiguous already).
 
-`fast_forward(model)` is re-entrant (an inner entry on the same model does nothing).
+`fast_forward(model)` is re-entrant (an inner entry on the same model does nothing). It is not
+thread-safe: two threads evaluating one model at once would restore it under each other.
 """
 
 from __future__ import annotations
@@ -52,19 +53,36 @@ def kernel_for(model) -> str:
     return KERNELS.get(param.device.type, KERNEL) if param is not None else KERNEL
 
 
+def attention_implementations(config) -> dict[str, str | None]:
+    """The attention implementation of the config ("") and of each of its sub-configs (a multimodal
+    model's `text_config`, `vision_config`, ...)."""
+    out = {"": getattr(config, "_attn_implementation", None)}
+    for name in getattr(config, "sub_configs", None) or {}:
+        sub = getattr(config, name, None)
+        if sub is not None and hasattr(sub, "_attn_implementation"):
+            out[name] = sub._attn_implementation
+    return out
+
+
 @contextmanager
 def grouped_decode_attention(model):
-    """The model's attention is the packed one-token kernel inside, when it was "sdpa" with grouped heads."""
+    """The model's one-token steps run `kernel_for(model)`'s decode attention inside, when its config
+    and every sub-config use "sdpa" and it has grouped heads; it is "sdpa" everywhere again after.
+    (`set_attn_implementation` sets every sub-config, so a model mixing implementations is left alone.)"""
     config = getattr(model, "config", None)
-    before = getattr(config, "_attn_implementation", None)
-    if before != "sdpa" or not hasattr(model, "set_attn_implementation") or not grouped(model):
+    if (
+        config is None
+        or set(attention_implementations(config).values()) != {"sdpa"}
+        or not hasattr(model, "set_attn_implementation")
+        or not grouped(model)
+    ):
         yield
         return
     model.set_attn_implementation(decode_attention.register(kernel_for(model)))
     try:
         yield
     finally:
-        model.set_attn_implementation(before)
+        model.set_attn_implementation("sdpa")
 
 
 def _contiguous_input(module, args):
@@ -85,6 +103,11 @@ def contiguous_output_head(model):
         yield
     finally:
         handle.remove()
+
+
+def inside(model) -> bool:
+    """Whether the model is inside `fast_forward` now (CUDA-graph captures are kept apart by it)."""
+    return model in _ENTERED
 
 
 @contextmanager

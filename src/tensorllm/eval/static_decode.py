@@ -28,6 +28,8 @@ from collections import OrderedDict
 
 import torch
 
+from tensorllm.eval import fast_paths
+
 # model classes (by qualified name) for which the static path raised: the plain loop is used
 UNSUPPORTED: set[str] = set()
 
@@ -218,12 +220,12 @@ def _capture(fn, pool=None):
     return graph, out
 
 
-# model -> {(rows, width, new tokens, attention implementation): _Captured}, least recently used first;
-# entries go with their model. Each holds a static cache of its shape (SmolLM2 at 2,048 rows x 42
-# columns: ~2 GB in bf16) and its graphs' memory pool, so only the last MAX_CAPTURES shapes are kept, and
-# fewer when together they would hold more than CAPTURE_MEMORY_FRACTION of the GPU's memory.
-# `decoder.greedy_generate` pads batches to bucketed shapes (`bucket_rows`, `bucket_width`), so a pass
-# over many prompt lengths needs only a few captures.
+# model -> {(rows, width, new tokens, attention implementation, inside fast_forward): _Captured}, least
+# recently used first; entries go with their model. Each holds a static cache of its shape (SmolLM2 at
+# 2,048 rows x 42 columns: ~2 GB in bf16) and its graphs' memory pool, so only the last MAX_CAPTURES
+# shapes are kept, and fewer when together they would hold more than CAPTURE_MEMORY_FRACTION of the
+# GPU's memory. `decoder.greedy_generate` pads batches to bucketed shapes (`bucket_rows`,
+# `bucket_width`), so a pass over many prompt lengths needs only a few captures.
 _CAPTURES: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 MAX_CAPTURES = 8
 CAPTURE_MEMORY_FRACTION = 0.25
@@ -314,8 +316,10 @@ def graph_greedy(
     """`static_greedy`'s tokens from replayed CUDA graphs (see above); the same arguments. The caller
     pads batches to bucketed shapes (`pad_batch`), so that captures are reused."""
     batch, width = ids.shape
-    # the attention implementation too: eval/fast_paths switches it, and a capture replays what it captured
-    key = (batch, width, max_new_tokens, getattr(model.config, "_attn_implementation", None))
+    # how the model computes too (eval/fast_paths switches the attention and hooks the output head), as a
+    # capture replays what it captured
+    impl = getattr(model.config, "_attn_implementation", None)
+    key = (batch, width, max_new_tokens, impl, fast_paths.inside(model))
     shapes = _CAPTURES.setdefault(model, OrderedDict())
     cap = shapes.get(key)
     if cap is not None and cap.ptrs != _param_ptrs(model):
