@@ -32,6 +32,7 @@ from contextlib import ExitStack, contextmanager
 
 import torch
 
+from tensorllm.base.devices import input_device
 from tensorllm.models import decode_attention
 
 # decode_attention's kernel for the one-token step, per device type. H200, SmolLM2 at 2,048 rows x 32 columns,
@@ -48,9 +49,8 @@ def grouped(model) -> bool:
 
 
 def kernel_for(model) -> str:
-    """The one-token kernel for the device the model's first parameter is on."""
-    param = next(model.parameters(), None)
-    return KERNELS.get(param.device.type, KERNEL) if param is not None else KERNEL
+    """The one-token kernel for the device the model's inputs go to."""
+    return KERNELS.get(input_device(model).type, KERNEL)
 
 
 def attention_implementations(config) -> dict[str, str | None]:
@@ -113,7 +113,7 @@ def inside(model) -> bool:
 @contextmanager
 def fast_forward(model):
     """Both changes (module docstring) around the model's forwards; re-entrant per model."""
-    if model in _ENTERED:
+    if inside(model):
         yield
         return
     with ExitStack() as stack:
