@@ -13,7 +13,7 @@ source bench/gpu/stage.sh
 # pytest: from .whl (stage.sh installs it into $S/site), so the first call carries .whl
 [ "${SKIP_TESTS:-0}" = 1 ] && touch $S/logs/gpu_tests.log  # SKIP_TESTS=1: straight to step 2
 [ "${SKIP_TESTS:-0}" = 1 ] || TENSORLLM_TESTS_OFFLINE=1 timed gpu_tests python3 -m pytest -q -p no:cacheprovider tests/eval/test_static_decode.py \
-  tests/eval/test_fast_paths.py -k "gpu or capture" -rs
+  tests/eval/test_fast_paths.py tests/eval/test_first_token_loss.py -k "gpu or capture" -rs
 tail -n 5 $S/logs/gpu_tests.log
 [ "${GRAPH_STEPS:-3}" = 1 ] && exit 0
 timeout 150 python3 bench/eval_wikidata.py --device cuda --batch-size 2048,2048,2048,2048 --sequential 20 \

@@ -62,13 +62,16 @@ def make_model_dir(path: Path, seed: int = 0, layers: int = 3) -> Path:
 
 
 def write_task(path: Path, n: int = 40, seed: int = 0) -> Path:
-    """WikidataQA-style records (`input`, `target`); about half the targets occur in the prompt."""
+    """WikidataQA-style records (`input`, `target`); about half the targets occur in the prompt, and every
+    fourth target is two words (two tokens: their loss needs the teacher-forced pass, eval/scoring.py)."""
     rng = random.Random(seed)
     with open(path, "w", encoding="utf-8") as f:
-        for _ in range(n):
+        for k in range(n):
             a, b, target = rng.sample(WORDS, 3)
             if rng.random() < 0.5:
                 a = target
+            if k % 4 == 3:
+                target = f"{target} {b}"
             kind = rng.choice(["capital", "color", "animal", "fruit"])
             f.write(
                 json.dumps({"input": f"what is the {kind} of {a} {b} ? answer :", "target": target}) + "\n"

@@ -115,7 +115,9 @@ def test_torchrun_resumes_a_partial_store_and_equals_one_process(search_tiny, tm
     assert report["status"] == "complete"
     final = store_numbers(tmp_path / "s")
     assert all(final[k] == v for k, v in first.items())  # kept, not recomputed
-    assert final == store_numbers(store)
+    whole = store_numbers(store)
+    assert {k: v for k, v in final.items() if k in whole} == whole
+    assert set(final) - set(whole) <= set(first)  # beyond it: only the layer-0 search's own test lines
 
 
 def test_device_map_helpers_on_a_cpu_machine(tiny_loaded):

@@ -34,7 +34,9 @@ def test_the_loss_from_the_stored_states_is_the_full_pass_loss(loaded, search_ti
     ref = Reference(blocks(model, loaded.arch))
     kw = dict(data=search_tiny["data"], split="all", batch_size=7, progress=False)
     base = evaluate(model, tok, "wikidata_qa", reference=ReferencePath(ref, 0, None), **kw)
-    assert len(ref.states) == base.n and ref.nbytes() > 0
+    # stored: the two-token answers' items only (a one-token answer's loss comes from the generation)
+    assert sorted(ref.states) == [i for i in range(base.n) if i % 4 == 3] and ref.nbytes() > 0
+    assert ref.covered == set(range(base.n))
     before = list(blocks(model, loaded.arch))
     _scaled(blocks(model, loaded.arch)[layer], 1.3)  # an edit of block `layer` only
     fast = evaluate(model, tok, "wikidata_qa", reference=ReferencePath(ref, 0, layer), **kw)
@@ -72,7 +74,7 @@ def test_a_failed_pass_restores_the_blocks(loaded, search_tiny):
     )
     before = list(blocks(model, loaded.arch))
     with pytest.raises(RuntimeError, match="boom"):
-        with ref.start_at(2, [0, 1], 12):
+        with ref.start_at(2, [3], 12):  # item 3: a two-token answer, so its path is stored
             raise RuntimeError("boom")
     assert list(blocks(model, loaded.arch)) == before
     assert not any(b._forward_pre_hooks for b in before)

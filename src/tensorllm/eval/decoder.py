@@ -85,13 +85,18 @@ def _run(model, ids, mask, pos, *, keep: int | None = None, past=None, use_cache
     return logits, out.cache if hasattr(out, "cache") else out.past_key_values
 
 
-def _plain_greedy(model, ids, mask, pos, *, max_new_tokens, eos, pad_id, min_new_tokens) -> list[list[int]]:
+def _plain_greedy(
+    model, ids, mask, pos, *, max_new_tokens, eos, pad_id, min_new_tokens, on_prompt=None
+) -> list[list[int]]:
     """The plain loop over one left-padded batch: a growing DynamicCache, a host sync per step.
 
     ids, mask, pos: (B, T); eos: (E,) -> per row its tokens ((B, n) as lists, padding after EOS).
+    on_prompt: called with the (B, V) logits after the prompt, before any step (every loop takes it).
     """
     logits, past = _run(model, ids, mask, pos, keep=1, use_cache=True)
     logits = logits[:, -1, :]  # (B, V)
+    if on_prompt is not None:
+        on_prompt(logits)
     done = torch.zeros(ids.shape[0], dtype=torch.bool, device=ids.device)
     steps = []
     for step in range(max_new_tokens):
@@ -136,10 +141,17 @@ def _first_batch_or_fail(loop, n: int, failed: set[str], model, *args, **kwargs)
         return None
 
 
+def greedy_generate(model, prompts: list[list[int]], **kwargs) -> list[list[int]]:
+    """Greedy continuation of each prompt (token ids), cut after the first EOS (kept); the arguments
+    are `generate_and_score`'s but `targets`."""
+    return generate_and_score(model, prompts, None, **kwargs)[0]
+
+
 @torch.inference_mode()
-def greedy_generate(
+def generate_and_score(
     model,
     prompts: list[list[int]],
+    targets: list[int | None] | None,
     *,
     max_new_tokens: int,
     eos_ids: list[int],
@@ -150,11 +162,15 @@ def greedy_generate(
     progress: bool = True,
     static: bool | None = None,
     graphs: bool | None = None,
-) -> list[list[int]]:
-    """Greedy continuation of each prompt (token ids), cut after the first EOS (kept).
+) -> tuple[list[list[int]], list[float | None]]:
+    """Greedy continuation of each prompt (token ids), cut after the first EOS (kept), and per prompt
+    the NLL of `targets[i]` as the next token after it (None where targets[i] is None, or no targets).
 
-    Same as `model.generate(do_sample=False, max_new_tokens=..., min_new_tokens=...)` one prompt
-    at a time (LASER passes min_new_tokens=1: EOS is forbidden at the first step), with a KV cache.
+    The NLL is read from the logits the prompt's forward computes for the first step anyway (full-
+    vocabulary log-softmax in float32): a one-token gold answer's teacher-forced loss without a pass
+    of its own. Computed before EOS is forbidden (min_new_tokens), so it is the model's own.
+    Greedy decoding is `model.generate(do_sample=False, max_new_tokens=..., min_new_tokens=...)` one
+    prompt at a time (LASER passes min_new_tokens=1: EOS is forbidden at the first step), with a KV cache.
     `static`: True = a preallocated cache and no host sync per step (eval/static_decode.py), False or
     None (the default) = the plain loop. `graphs`: None (the default) or True = on a GPU, that static
     loop replayed from CUDA graphs kept per batch shape; False = never. A model a path fails on
@@ -173,6 +189,7 @@ def greedy_generate(
     if _use_static(model, device, static):
         loops.append((static_decode.static_greedy, static_decode.UNSUPPORTED))
     results: list[list[int]] = [[] for _ in prompts]
+    scored: list[tuple[list[int], torch.Tensor]] = []  # (batch indices with a target, their NLLs on device)
     batches = length_batches([len(p) for p in prompts], batch_size, max_batch_tokens)
     args = dict(max_new_tokens=max_new_tokens, eos=eos, pad_id=pad_id, min_new_tokens=min_new_tokens)
     names = dict(params=forward_params(model), cache_arg=cache_argument(model))
@@ -182,18 +199,43 @@ def greedy_generate(
             if device.type == "cuda":  # every path on the bucketed shape: the captures, the same tokens
                 grown = static_decode.bucket_rows(len(batch)), static_decode.bucket_width(ids.shape[1])
                 ids, mask, pos = static_decode.pad_batch(ids, mask, pos, *grown, pad_id)
+            on_prompt = _target_nll(batch, targets, scored, device)
             rows = None
             while rows is None and loops:
                 loop, failed = loops[0]
-                rows = _first_batch_or_fail(loop, n, failed, model, ids, mask, pos, **args, **names)
+                rows = _first_batch_or_fail(
+                    loop, n, failed, model, ids, mask, pos, **args, **names, on_prompt=on_prompt
+                )
                 if rows is None:
                     loops.pop(0)
             if rows is None:
-                rows = _plain_greedy(model, ids, mask, pos, **args)
+                rows = _plain_greedy(model, ids, mask, pos, **args, on_prompt=on_prompt)
             for r, row in enumerate(rows[: len(batch)]):
                 cut = next((j + 1 for j, t in enumerate(row) if t in eos_set), len(row))
                 results[batch[r]] = row[:cut]
-    return results
+    nll: list[float | None] = [None] * len(prompts)
+    if scored:  # one read back for all batches
+        values = torch.cat([v for _, v in scored]).tolist()
+        for i, value in zip(itertools.chain.from_iterable(k for k, _ in scored), values):
+            nll[i] = value
+    return results, nll
+
+
+def _target_nll(batch: list[int], targets, scored: list, device) -> Callable[[torch.Tensor], None] | None:
+    """The loops' `on_prompt` for one batch: appends (its rows' indices that have a target, their
+    -log p(target) from the (B, V) prompt logits, on the device) to `scored`; None without targets."""
+    rows = [r for r, i in enumerate(batch) if targets is not None and targets[i] is not None]
+    if not rows:
+        return None
+    # copied to the device now, while it waits for this batch anyway (not between the loop's kernels)
+    index = torch.tensor(rows, device=device)  # (R,)
+    want = torch.tensor([targets[batch[r]] for r in rows], device=device)  # (R,)
+
+    def on_prompt(logits: torch.Tensor) -> None:
+        lp = _gathered_logprobs(logits[index][:, None, :], want[:, None])[:, 0]  # (R,)
+        scored.append(([batch[r] for r in rows], -lp))
+
+    return on_prompt
 
 
 def _gathered_logprobs(logits: torch.Tensor, targets: torch.Tensor, budget: int = 1 << 27) -> torch.Tensor:

@@ -12,7 +12,9 @@ baseline's in one teacher-forced pass was tried (2026-12-02): after a Tucker edi
 only 5-20% of WikidataQA rows kept the baseline's 10 tokens (most diverge at the second token), so
 the check cost more than it saved.
 
-Stored per item: (blocks, positions, D) in the model's dtype, on its device, for prompt + gold answer.
+Stored per item: (blocks, positions, D) in the model's dtype, on its device, for prompt + gold answer,
+only for the items whose loss needs that pass: a one-token answer's loss comes from the generation's
+first step (eval/scoring.py `one_token_answers`), so those items are only marked as covered.
 """
 
 from __future__ import annotations
@@ -51,6 +53,7 @@ class Reference:
 
     blocks: nn.ModuleList
     states: dict[int, torch.Tensor] = field(default_factory=dict)  # item -> (blocks, len, D)
+    covered: set[int] = field(default_factory=set)  # items a capture ran over (stored, or needing none)
     tuple_out: bool = False  # what the blocks return (transformers < 5: a tuple)
     stored_bytes: int = 0  # of `states`, kept up to date by `capture`
 
@@ -126,11 +129,13 @@ class ReferencePath:
     def items(self, n: int) -> list[int]:
         return list(range(self.first, self.first + n))
 
-    def around(self, n: int):
-        """The decoder's per-batch hook (decoder.Around) for a list of `n` sequences, or None."""
-        items = self.items(n)
+    def around(self, n: int, rows: list[int]):
+        """The decoder's per-batch hook (decoder.Around) for the loss pass over items `rows` of the `n`
+        evaluated (the others need no pass), or None. A capture marks all n as covered."""
+        items = [self.first + r for r in rows]
         if self.layer is None:
-            return lambda rows, mask: self.ref.capture([items[r] for r in rows], mask.sum(dim=1).tolist())
+            self.ref.covered.update(self.items(n))
+            return lambda batch, mask: self.ref.capture([items[b] for b in batch], mask.sum(dim=1).tolist())
         if self.layer == 0 or not self.ref.has(items):
             return None
-        return lambda rows, mask: self.ref.start_at(self.layer, [items[r] for r in rows], mask.shape[1])
+        return lambda batch, mask: self.ref.start_at(self.layer, [items[b] for b in batch], mask.shape[1])

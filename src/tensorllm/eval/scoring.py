@@ -56,30 +56,48 @@ def _decoder_ids(model, tokenizer) -> tuple[list[int], int]:
     return eos_ids, pad  # pad positions are masked out, so any valid id works
 
 
-def _teacher_forced(model, tokenizer, items: list[Example], pad: int, run: Run):
+def _answer_spans(tokenizer, items: list[Example], run: Run):
     with run.timed("tokenise"):
-        spans = answer_spans(tokenizer, [e.prompt for e in items], [e.answer for e in items])
+        return answer_spans(tokenizer, [e.prompt for e in items], [e.answer for e in items])
+
+
+def _teacher_forced(model, spans, rows: list[int], n: int, pad: int, run: Run) -> list[tuple[float, int]]:
+    """The gold-answer loss pass over items `rows` of the n evaluated (spans: `answer_spans` of all n),
+    one (NLL sum, tokens) per row; the search's reference path (eval/reference.py) around it."""
     with run.timed("loss"):
         return decoder.sequence_nll(
             model,
-            [ids[:end] for ids, _, end in spans],
-            [end - s for _, s, end in spans],
+            [spans[i][0][: spans[i][2]] for i in rows],
+            [spans[i][2] - spans[i][1] for i in rows],
             pad_id=pad,
             batch_size=run.batch_size,
             max_batch_tokens=run.max_batch_tokens,
             progress=run.progress,
-            around=run.reference and run.reference.around(len(items)),
+            around=run.reference and run.reference.around(n, rows),
         )
+
+
+def one_token_answers(prompts: list[list[int]], spans) -> list[int | None]:
+    """Per item, its gold answer's token when the answer is one token that follows the prompt's own
+    tokens in LASER's teacher-forcing text (`answer_spans`), else None. Its teacher-forced loss is then
+    -log p(token | prompt): the generation's first-step logits give it without a pass of its own."""
+    return [
+        ids[start] if end - start == 1 and start == len(p) and ids[:start] == p else None
+        for p, (ids, start, end) in zip(prompts, spans)
+    ]
 
 
 def _decoder_generate(model, tokenizer, spec, items, run):
     eos_ids, pad = _decoder_ids(model, tokenizer)
     with run.timed("tokenise"):
         prompts = encode(tokenizer, [e.prompt for e in items])
+    spans = _answer_spans(tokenizer, items, run)
+    first = one_token_answers(prompts, spans)
     with run.timed("generate"):
-        conts = decoder.greedy_generate(
+        conts, first_nll = decoder.generate_and_score(
             model,
             prompts,
+            first,
             max_new_tokens=spec.max_new_tokens,
             eos_ids=eos_ids,
             pad_id=pad,
@@ -97,14 +115,22 @@ def _decoder_generate(model, tokenizer, spec, items, run):
             "exact": [metrics.exact_first_span(e.answer, t) for e, t in zip(items, new_text)],
         }
         correct = extra[run.answer_mode]
-    nll = _teacher_forced(model, tokenizer, items, pad, run)
+    nll = [(v, 1) if v is not None else None for v in first_nll]
+    rest = [i for i, v in enumerate(first_nll) if v is None]  # answers of more tokens: a pass of their own
+    for i, value in zip(rest, _teacher_forced(model, spans, rest, len(items), pad, run)):  # (rest may be
+        nll[i] = value  # empty: the call still marks a search's reference as covering these items)
     return "generate-substring", run.answer_mode, correct, nll, new_text, extra
 
 
 def capture_reference(model, tokenizer, items, run: Run) -> None:
-    """Only the teacher-forced loss pass, on the unedited model, to fill `run.reference` (capture)."""
+    """Only the teacher-forced loss pass, on the unedited model, to fill `run.reference` (capture): over
+    the items whose loss `_decoder_generate` takes from that pass (not the one-token answers)."""
     _, pad = _decoder_ids(model, tokenizer)
-    _teacher_forced(model, tokenizer, items, pad, run)
+    with run.timed("tokenise"):
+        prompts = encode(tokenizer, [e.prompt for e in items])
+    spans = _answer_spans(tokenizer, items, run)
+    rest = [i for i, t in enumerate(one_token_answers(prompts, spans)) if t is None]
+    _teacher_forced(model, spans, rest, len(items), pad, run)
 
 
 def _decoder_classify(model, tokenizer, spec, items, run):
@@ -122,8 +148,14 @@ def _decoder_classify(model, tokenizer, spec, items, run):
             max_batch_tokens=run.max_batch_tokens,
             progress=run.progress,
         )  # (N, L)
+    every = list(range(len(items)))
     return _classified(
-        spec, items, lp, single, lambda: _teacher_forced(model, tokenizer, items, pad, run), "label-logits"
+        spec,
+        items,
+        lp,
+        single,
+        lambda: _teacher_forced(model, _answer_spans(tokenizer, items, run), every, len(items), pad, run),
+        "label-logits",
     )
 
 

@@ -78,6 +78,7 @@ def static_greedy(
     params: frozenset[str],
     cache_arg: str,
     check_every: int = 4,
+    on_prompt=None,
 ) -> list[list[int]]:
     """Greedy tokens of one left-padded batch, (B, n) as lists, n <= max_new_tokens steps.
 
@@ -85,6 +86,7 @@ def static_greedy(
     Row r's list holds what the plain loop records for it (padding after its EOS, which the caller
     cuts); n is max_new_tokens unless every row finished, seen at a check every `check_every` steps.
     params: the names `model.forward` takes; cache_arg: the name of its cache argument.
+    on_prompt: called with the (B, V) logits after the prompt, before any step.
     """
     batch, width = ids.shape
     total = width + max_new_tokens
@@ -114,7 +116,10 @@ def static_greedy(
         return logits
 
     loop = dict(max_new_tokens=max_new_tokens, eos=eos, pad_id=pad_id, min_new_tokens=min_new_tokens)
-    return token_loop(forward(ids, pos, 0), step_fn, check_every=check_every, **loop)
+    first = forward(ids, pos, 0)
+    if on_prompt is not None:
+        on_prompt(first)
+    return token_loop(first, step_fn, check_every=check_every, **loop)
 
 
 def token_loop(
@@ -312,6 +317,7 @@ def graph_greedy(
     params: frozenset[str],
     cache_arg: str,
     check_every: int = 4,
+    on_prompt=None,
 ) -> list[list[int]]:
     """`static_greedy`'s tokens from replayed CUDA graphs (see above); the same arguments. The caller
     pads batches to bucketed shapes (`pad_batch`), so that captures are reused."""
@@ -332,6 +338,8 @@ def graph_greedy(
     cap.cache.reset()  # its write position is a device counter the replays advance (keys, values zeroed)
     cap.load(ids, mask, pos)
     cap.prefill_graph.replay()
+    if on_prompt is not None:
+        on_prompt(cap.prefill_logits)
 
     def step_fn(nxt: torch.Tensor, step: int) -> torch.Tensor:
         cap.mask[:, width + step] = 1

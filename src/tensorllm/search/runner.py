@@ -313,7 +313,7 @@ class Search:
         start, end = span or (0, self.n_val)
         if cfg.key == BASELINE.key:
             return ReferencePath(self.reference, start, None)
-        missing = [i for i in range(start, end) if i not in self.reference.states]
+        missing = [i for i in range(start, end) if i not in self.reference.covered]
         if missing:
             lo = missing[0]
             capture_reference(
