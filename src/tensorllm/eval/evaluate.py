@@ -9,8 +9,11 @@ Accuracy (percent):
 - classification tasks: the candidate labels' logits at the last position (encoders: at one
   appended mask); the highest wins.
 Loss: mean over examples of the per-token NLL of the gold answer given the prompt, teacher-forced
-on `prompt + " " + answer` (encoders: the answer's tokens masked). Perplexity task: token-weighted
-mean NLL over the paragraphs, perplexity = exp(loss).
+on `prompt + " " + answer` (encoders: the answer's tokens masked). Where that answer is one token
+after the prompt's own, the same NLL is read from the generation's first-step logits
+(`decoder.generate_and_score`), so only longer answers get a pass of their own; in bfloat16 the two
+may differ in the last bits (the batches have other shapes). Perplexity task: token-weighted mean NLL
+over the paragraphs, perplexity = exp(loss).
 """
 
 from __future__ import annotations
