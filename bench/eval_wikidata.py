@@ -12,11 +12,17 @@ Decode: `greedy_generate` alone on the same items (the batched run's prompts, la
 the plain loop (growing cache, a host sync per step) against the static-cache loop
 (eval/static_decode.py; opt-in: `greedy_generate(static=True)`), timed, with the number of rows
 whose tokens differ (must be 0). `--no-decode` skips it.
+Every timed run also reports Python's garbage-collector pauses inside it (count of full collections,
+seconds in all collections). `--plain-heap` alternates each timed run with one whose heap is not
+frozen (tensorllm/base/heap.py patched out), the A/B of that change in one process.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import gc
+import importlib
 import json
 import time
 
@@ -32,6 +38,42 @@ from tensorllm.models.io import load_model
 def _sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
+
+
+class GcPauses:
+    """Python's collections while the block runs: how many were full (generation 2), seconds in all."""
+
+    def __init__(self):
+        self.full, self.seconds, self._t0 = 0, 0.0, 0.0
+
+    def _callback(self, phase: str, info: dict) -> None:
+        if phase == "start":
+            self._t0 = time.perf_counter()
+        else:
+            self.seconds += time.perf_counter() - self._t0
+            self.full += info["generation"] == 2
+
+    def __enter__(self):
+        gc.callbacks.append(self._callback)
+        return self
+
+    def __exit__(self, *exc):
+        gc.callbacks.remove(self._callback)
+
+
+@contextlib.contextmanager
+def heap(frozen: bool):
+    """The evaluation as shipped (`frozen`), or with base/heap.py's freeze patched out."""
+    evaluate_module = importlib.import_module("tensorllm.eval.evaluate")  # not the re-exported function
+    if frozen:
+        yield
+        return
+    shipped = evaluate_module.frozen_heap
+    evaluate_module.frozen_heap = contextlib.nullcontext
+    try:
+        yield
+    finally:
+        evaluate_module.frozen_heap = shipped
 
 
 @torch.inference_mode()
@@ -116,6 +158,19 @@ def profile(path: str, fn, device: torch.device) -> None:
     Path(path).write_text(out.getvalue())
 
 
+def _run_row(row) -> dict:
+    seconds, size, res, pauses = row
+    return {
+        "batch_size": size,
+        "seconds": round(seconds, 3),
+        "seconds_by_phase": res.seconds_by_phase,
+        "accuracy": res.accuracy,
+        "loss": res.loss,
+        "gc_full_collections": pauses.full,
+        "gc_seconds": round(pauses.seconds, 4),
+    }
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", default="smollm2-135m")
@@ -125,6 +180,7 @@ def main() -> None:
     ap.add_argument("--limit", type=int, default=None, help="batched run on the first N items only")
     ap.add_argument("--sequential", type=int, default=200, help="items for the one-at-a-time loop")
     ap.add_argument("--no-decode", action="store_true", help="skip the plain vs static decode timing")
+    ap.add_argument("--plain-heap", action="store_true", help="alternate runs: heap not frozen")
     ap.add_argument("--json", default=None)
     ap.add_argument(
         "--profile", default=None, help="write a cProfile of one more full evaluation (text, top 40)"
@@ -140,21 +196,25 @@ def main() -> None:
     all_items = list(load_task(get_task("wikidata_qa")).examples)
 
     evaluate(model, tok, "wikidata_qa", split="all", limit=64, batch_size=64, progress=False)  # warm-up
-    sweep = []
+    sweep, plain = [], []
     for size in sizes:
-        _sync(device)
-        t0 = time.perf_counter()
-        res = evaluate(
-            model, tok, "wikidata_qa", split="all", limit=args.limit, batch_size=size, progress=False
-        )
-        _sync(device)
-        sweep.append((time.perf_counter() - t0, size, res))
-        phases = ", ".join(f"{k} {v:.2f}" for k, v in (res.seconds_by_phase or {}).items())
-        print(
-            f"batch {size}: {res.n} items in {sweep[-1][0]:.2f} s "
-            f"(acc {res.accuracy:.2f}%, loss {res.loss:.4f}; {phases})"
-        )
-    batched_s, batch_size, res = min(sweep, key=lambda r: r[0])
+        for frozen in (True, False) if args.plain_heap else (True,):
+            with heap(frozen), GcPauses() as pauses:
+                _sync(device)
+                t0 = time.perf_counter()
+                res = evaluate(
+                    model, tok, "wikidata_qa", split="all", limit=args.limit, batch_size=size, progress=False
+                )
+                _sync(device)
+                seconds = time.perf_counter() - t0
+            (sweep if frozen else plain).append((seconds, size, res, pauses))
+            phases = ", ".join(f"{k} {v:.2f}" for k, v in (res.seconds_by_phase or {}).items())
+            print(
+                f"batch {size}{'' if frozen else ' (heap not frozen)'}: {res.n} items in {seconds:.2f} s "
+                f"(acc {res.accuracy:.2f}%, loss {res.loss:.4f}; {phases}; "
+                f"gc: {pauses.full} full, {pauses.seconds:.3f} s)"
+            )
+    batched_s, batch_size, res, _ = min(sweep, key=lambda r: r[0])
     if args.profile:
         profile(
             args.profile,
@@ -196,16 +256,8 @@ def main() -> None:
         "dtype": str(next(model.parameters()).dtype),
         "gpu": torch.cuda.get_device_name(device) if device.type == "cuda" else None,
         "items_in_file_single_answer": len(all_items),
-        "batch_sweep": [
-            {
-                "batch_size": b,
-                "seconds": round(t, 3),
-                "seconds_by_phase": r.seconds_by_phase,
-                "accuracy": r.accuracy,
-                "loss": r.loss,
-            }
-            for t, b, r in sweep
-        ],
+        "batch_sweep": [_run_row(row) for row in sweep],
+        "heap_not_frozen": [_run_row(row) for row in plain],
         "batched": {
             "n": res.n,
             "batch_size": batch_size,

@@ -340,3 +340,26 @@ def test_left_pad_and_length_batches_against_plain_loops():
     batches = length_batches(lengths, 16, 300)
     assert [i for b in batches for i in b] == order
     assert all(len(b) <= 16 and len(b) * lengths[b[0]] <= 300 for b in batches)
+
+
+def test_scoring_runs_on_a_frozen_heap_and_leaves_it_unfrozen(tiny_llama, jsonl, monkeypatch):
+    import gc
+
+    from tensorllm.eval.scoring import SCORERS  # the dict evaluate looks up
+
+    model, tok = tiny_llama
+    path = jsonl(qa_records(5))
+    seen = []
+    scorer = SCORERS[("decoder", "generate")]
+
+    def spying(*args):
+        seen.append(gc.get_freeze_count())
+        return scorer(*args)
+
+    monkeypatch.setitem(SCORERS, ("decoder", "generate"), spying)
+    plain = evaluate(model, tok, "hotpotqa", split="all", data=path, progress=False)
+    assert seen and seen[0] > 0  # base/heap.py: no full collection walks the model mid-run
+    assert gc.get_freeze_count() == 0
+    monkeypatch.undo()
+    again = evaluate(model, tok, "hotpotqa", split="all", data=path, progress=False)
+    assert (again.accuracy, again.loss) == (plain.accuracy, plain.loss)

@@ -23,6 +23,7 @@ import time
 from dataclasses import asdict, dataclass, field
 
 from tensorllm.base.errors import UserError
+from tensorllm.base.heap import frozen_heap
 from tensorllm.eval import metrics, scoring
 from tensorllm.eval.items import (  # noqa: F401  (re-exported: eval/__init__, cli, search)
     ANSWER_MODES,
@@ -106,7 +107,8 @@ def evaluate(
     try:
         if kind == "encoder":
             check_encoder_length(model, tokenizer, items)
-        scored = SCORERS[(kind, spec.kind)](model, tokenizer, spec, items, run)
+        with frozen_heap():  # no full collection walks the model's objects mid-run (base/heap.py)
+            scored = SCORERS[(kind, spec.kind)](model, tokenizer, spec, items, run)
     finally:
         model.train(was_training)
     metric, mode, correct, nll, predictions, extra = scored
