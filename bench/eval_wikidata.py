@@ -13,8 +13,9 @@ the plain loop (growing cache, a host sync per step) against the static-cache lo
 (eval/static_decode.py; opt-in: `greedy_generate(static=True)`), timed, with the number of rows
 whose tokens differ (must be 0). `--no-decode` skips it.
 Every timed run also reports Python's garbage-collector pauses inside it (count of full collections,
-seconds in all collections). `--plain-heap` alternates each timed run with one whose heap is not
-frozen (tensorllm/base/heap.py patched out), the A/B of that change in one process.
+seconds in all collections). `--plain-heap` pairs each timed run with one whose heap is not
+frozen (tensorllm/base/heap.py patched out; frozen first in even pairs, second in odd ones), the A/B
+of that change in one process.
 """
 
 from __future__ import annotations
@@ -197,8 +198,8 @@ def main() -> None:
 
     evaluate(model, tok, "wikidata_qa", split="all", limit=64, batch_size=64, progress=False)  # warm-up
     sweep, plain = [], []
-    for size in sizes:
-        for frozen in (True, False) if args.plain_heap else (True,):
+    for k, size in enumerate(sizes):  # with --plain-heap the pair's order alternates (the first run is cold)
+        for frozen in ((True, False) if k % 2 == 0 else (False, True)) if args.plain_heap else (True,):
             with heap(frozen), GcPauses() as pauses:
                 _sync(device)
                 t0 = time.perf_counter()

@@ -60,3 +60,13 @@ def test_a_caller_s_own_freeze_is_left_alone():
         assert gc.get_freeze_count() >= before > 0
     finally:
         gc.unfreeze()
+
+
+def test_a_freeze_taken_inside_the_block_survives_its_exit():
+    try:
+        with frozen_heap():
+            theirs = [[] for _ in range(10_000)]  # objects made while the block is open ...
+            gc.freeze()  # ... frozen by someone else (a library, another thread)
+        assert gc.get_freeze_count() >= len(theirs)  # not thrown away by the block's unfreeze
+    finally:
+        gc.unfreeze()

@@ -2,8 +2,10 @@
 (`decoder.generate_and_score`, eval/scoring.py `one_token_answers`) is its teacher-forced loss.
 
 On every loop (plain, static; CUDA graphs on a GPU) and on tiny families of the architecture table:
-the NLL equals `sequence_nll` on prompt + target (float32), rows without a target get None, the tokens
-are `greedy_generate`'s, and EOS being forbidden at the first step does not leak into the NLL.
+the NLL equals `sequence_nll` on prompt + target (float32), rows without a target get None, passing
+targets leaves the tokens as they are without (the tokens themselves are checked against transformers'
+`generate` in test_eval_batched.py), the loop asked for ran (it did not fall back to the plain one),
+and EOS being forbidden at the first step does not leak into the NLL.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ import random
 import pytest
 import torch
 
-from tensorllm.eval import decoder
+from tensorllm.eval import decoder, static_decode
 from tensorllm.eval.scoring import one_token_answers
 
 FAMILIES = ["llama", "qwen3", "gemma3_text", "olmo2", "phi"]
@@ -53,6 +55,8 @@ def _check(model, paths: dict, tol: float):
         assert tokens == decoder.greedy_generate(model, prompts, **how, **kw), name
         assert [v is None for v in nll] == [t is None for t in targets], name
         assert [v for v in nll if v is not None] == pytest.approx([v for v in want if v is not None], abs=tol)
+        fell_back = {"static": static_decode.UNSUPPORTED, "graphs": static_decode.NO_GRAPHS}.get(name, set())
+        assert type(model).__qualname__ not in fell_back, f"{name}: failed, the plain loop ran"
     assert decoder.generate_and_score(model, prompts, None, **kw)[1] == [None] * len(prompts)
 
 

@@ -7,7 +7,11 @@ of the process: torch's and transformers' modules, the tokenizer memo. On the H2
 (bench/results/first_token_loss_h200/). Inside `frozen_heap()` the objects that existed at entry are
 in the permanent generation (`gc.freeze`), so a collection there walks only the block's own objects;
 at exit they go back to the collected heap (`gc.unfreeze`), so nothing leaks. Reference counting
-frees what it always frees; the cycle collector still runs for the block's objects.
+frees what it always frees; the cycle collector still runs for the block's objects. A freeze that is
+not the block's is left alone: one taken before the block (nothing is frozen or unfrozen then), and
+one taken while it runs, by a library or another thread, seen as the permanent generation grown past
+the block's own (the heap then stays frozen at exit: Python has one permanent generation, so
+unfreezing would also undo theirs; a freeze of fewer objects than died meanwhile goes unseen).
 """
 
 from __future__ import annotations
@@ -19,17 +23,19 @@ from contextlib import contextmanager
 _LOCK = threading.Lock()
 _DEPTH = 0  # nested blocks: only the outermost freezes and unfreezes
 _OWNED = False  # whether the outermost block froze the heap itself (not a caller's own gc.freeze)
+_FROZEN = 0  # the freeze count right after that block's gc.freeze
 
 
 @contextmanager
 def frozen_heap():
     """Freeze the heap for the block (see the module docstring); a no-op under a caller's own freeze."""
-    global _DEPTH, _OWNED
+    global _DEPTH, _OWNED, _FROZEN
     with _LOCK:
         if _DEPTH == 0:
             _OWNED = gc.get_freeze_count() == 0
             if _OWNED:
                 gc.freeze()
+                _FROZEN = gc.get_freeze_count()
         _DEPTH += 1
     try:
         yield
@@ -37,5 +43,6 @@ def frozen_heap():
         with _LOCK:
             _DEPTH -= 1
             if _DEPTH == 0 and _OWNED:
-                gc.unfreeze()
+                if gc.get_freeze_count() <= _FROZEN:  # frozen objects that died lower it; a freeze grows it
+                    gc.unfreeze()
                 _OWNED = False
