@@ -3,42 +3,46 @@ pauses; `freeze` as argument: each run inside gc.freeze() / gc.unfreeze() (what 
 Each run's results are kept alive, as a search keeps its results. Run from the repository root:
 `.venv/bin/python bench/results/frozen_heap_cpu/gc_tokenise.py [freeze]`."""
 
-import gc, time, sys
+import gc
+import sys
+import time
+
 from transformers import AutoTokenizer
+
 from tensorllm.eval import get_task, load_task
-from tensorllm.eval.tokens import encode, answer_spans
+from tensorllm.eval.tokens import answer_spans, encode
 from tensorllm.models.aliases import alias_path
 
 tok = AutoTokenizer.from_pretrained(alias_path("smollm2-135m"))
 items = list(load_task(get_task("wikidata_qa")).examples)
-items = (
-    [e for e in items if isinstance(e.answer, str)] if items and isinstance(items[0].answer, str) else items
-)
+prompts, answers = [e.prompt for e in items], [e.answer for e in items]
 print(len(items), gc.get_threshold(), sys.version)
-pauses = []
-t = {}
+freeze = len(sys.argv) > 1
+pauses: list[tuple[int, float]] = []
+started = {}
 
 
-def cb(phase, info):
+def on_collection(phase: str, info: dict) -> None:
     if phase == "start":
-        t["s"] = time.perf_counter()
+        started["t"] = time.perf_counter()
     else:
-        pauses.append((info["generation"], time.perf_counter() - t["s"]))
+        pauses.append((info["generation"], time.perf_counter() - started["t"]))
 
 
-gc.callbacks.append(cb)
+gc.callbacks.append(on_collection)
 keep = []
-FREEZE = len(sys.argv) > 1
 for k in range(8):
     pauses.clear()
     t0 = time.perf_counter()
-    FREEZE and gc.freeze()
-    p = encode(tok, [e.prompt for e in items])
-    s = answer_spans(tok, [e.prompt for e in items], [e.answer for e in items])
-    dt = time.perf_counter() - t0
-    FREEZE and gc.unfreeze()
-    keep.append((p, s))  # like a run's results kept alive
-    g2 = [d for g, d in pauses if g == 2]
+    if freeze:
+        gc.freeze()
+    ids, spans = encode(tok, prompts), answer_spans(tok, prompts, answers)
+    seconds = time.perf_counter() - t0
+    if freeze:
+        gc.unfreeze()
+    keep.append((ids, spans))
+    full = [d for g, d in pauses if g == 2]
     print(
-        f"run {k}: {dt:.3f} s, collections {len(pauses)}, gen2 {len(g2)} taking {sum(g2):.3f} s, all {sum(d for _, d in pauses):.3f} s"
+        f"run {k}: {seconds:.3f} s, collections {len(pauses)}, gen2 {len(full)} taking {sum(full):.3f} s, "
+        f"all {sum(d for _, d in pauses):.3f} s"
     )
