@@ -42,19 +42,27 @@ def _sync(device: torch.device) -> None:
 
 
 class GcPauses:
-    """Python's collections while the block runs: how many were full (generation 2), seconds in all."""
+    """Python's collections while the block runs: how many were full (generation 2), seconds in all;
+    per full one (seconds, objects it freed, frozen objects when it started); the tracked and the
+    frozen objects when the block starts."""
 
     def __init__(self):
-        self.full, self.seconds, self._t0 = 0, 0.0, 0.0
+        self.full, self.seconds, self._t0, self._frozen = 0, 0.0, 0.0, 0
+        self.full_detail: list[tuple[float, int, int]] = []
+        self.tracked_at_start = self.frozen_at_start = 0
 
     def _callback(self, phase: str, info: dict) -> None:
         if phase == "start":
-            self._t0 = time.perf_counter()
+            self._t0, self._frozen = time.perf_counter(), gc.get_freeze_count()
         else:
-            self.seconds += time.perf_counter() - self._t0
-            self.full += info["generation"] == 2
+            took = time.perf_counter() - self._t0
+            self.seconds += took
+            if info["generation"] == 2:
+                self.full += 1
+                self.full_detail.append((round(took, 4), info["collected"], self._frozen))
 
     def __enter__(self):
+        self.tracked_at_start, self.frozen_at_start = len(gc.get_objects()), gc.get_freeze_count()
         gc.callbacks.append(self._callback)
         return self
 
@@ -169,6 +177,8 @@ def _run_row(row) -> dict:
         "loss": res.loss,
         "gc_full_collections": pauses.full,
         "gc_seconds": round(pauses.seconds, 4),
+        "gc_full_detail_seconds_freed_frozen": pauses.full_detail,
+        "gc_tracked_frozen_at_start": [pauses.tracked_at_start, pauses.frozen_at_start],
     }
 
 
@@ -213,7 +223,9 @@ def main() -> None:
             print(
                 f"batch {size}{'' if frozen else ' (heap not frozen)'}: {res.n} items in {seconds:.2f} s "
                 f"(acc {res.accuracy:.2f}%, loss {res.loss:.4f}; {phases}; "
-                f"gc: {pauses.full} full, {pauses.seconds:.3f} s)"
+                f"gc: {pauses.full} full, {pauses.seconds:.3f} s; "
+                f"full (s, freed, frozen) {pauses.full_detail}; "
+                f"tracked / frozen at start {pauses.tracked_at_start} / {pauses.frozen_at_start})"
             )
     batched_s, batch_size, res, _ = min(sweep, key=lambda r: r[0])
     if args.profile:
