@@ -52,8 +52,9 @@ class GcPauses:
         self.tracked_at_start = self.frozen_at_start = 0
 
     def _callback(self, phase: str, info: dict) -> None:
-        if phase == "start":
-            self._t0, self._frozen = time.perf_counter(), gc.get_freeze_count()
+        if phase == "start":  # (get_freeze_count walks the frozen objects: full collections only)
+            self._frozen = gc.get_freeze_count() if info["generation"] == 2 else 0
+            self._t0 = time.perf_counter()
         else:
             took = time.perf_counter() - self._t0
             self.seconds += took
