@@ -345,6 +345,7 @@ def test_left_pad_and_length_batches_against_plain_loops():
 def test_scoring_runs_on_a_frozen_heap_and_leaves_it_unfrozen(tiny_llama, jsonl, monkeypatch):
     import gc
 
+    from tensorllm.base import heap
     from tensorllm.eval.scoring import SCORERS  # the dict evaluate looks up
 
     model, tok = tiny_llama
@@ -358,8 +359,8 @@ def test_scoring_runs_on_a_frozen_heap_and_leaves_it_unfrozen(tiny_llama, jsonl,
 
     monkeypatch.setitem(SCORERS, ("decoder", "generate"), spying)
     plain = evaluate(model, tok, "hotpotqa", split="all", data=path, progress=False)
-    assert seen and seen[0] > 0  # base/heap.py: no full collection walks the model mid-run
-    assert gc.get_freeze_count() == 0
+    assert seen and seen[0] > heap._BASELINE  # base/heap.py: no full collection walks the model mid-run
+    assert gc.get_freeze_count() <= heap._BASELINE
     monkeypatch.undo()
     again = evaluate(model, tok, "hotpotqa", split="all", data=path, progress=False)
     assert (again.accuracy, again.loss) == (plain.accuracy, plain.loss)
