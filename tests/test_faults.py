@@ -443,7 +443,7 @@ def test_a_mistyped_local_path_is_never_sent_to_the_hub(
     assert_refused(rc, stdout, stderr, match or "HF_HUB_OFFLINE")
     if spec == "smollm2-135":
         assert stderr.rstrip().endswith("(did you mean smollm2-135m?)")
-    assert time.perf_counter() - t0 < 5
+    assert time.perf_counter() - t0 < 15  # not the hub client's ~25 s of retries
     assert snapshot(work["root"]) == before
 
 
@@ -466,7 +466,7 @@ def test_a_hub_id_without_a_network_fails_in_one_line_at_once(tmp_path, run_cli,
     rc, stdout, stderr = run_cli("info", "tllm-test/not-there")
     assert_refused(rc, stdout, stderr, f"needs http://127.0.0.1:{port}, which cannot be reached")
     assert "not in the hub cache" in stderr
-    assert time.perf_counter() - t0 < 5
+    assert time.perf_counter() - t0 < 15  # not the hub client's ~25 s of retries
 
 
 # ------------------------------------------------------------------ one writer per store

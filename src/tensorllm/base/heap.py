@@ -13,7 +13,8 @@ block's objects.
 Python 3.12 starts with a few hundred objects of its own in the permanent generation (375 in 3.12.1
 and 3.12.3), so "nothing frozen" means "no more than at this module's import" (`_BASELINE`); reading
 it as 0 made the block a no-op on the GPU machine's Python 3.12. A caller's own freeze taken before
-the block is left alone (the block then freezes and unfreezes nothing). `gc.freeze` and
+the block is left alone (the block then freezes and unfreezes nothing); one taken before this module
+was imported looks like the interpreter's own, so the block's exit undoes it. `gc.freeze` and
 `gc.unfreeze` move whole lists (constant time) but counting the permanent generation walks it, so the
 block counts once, at entry, where the count is small unless a caller froze the heap. Counting after
 the freeze and at exit, as the first fixed version did to notice a freeze taken inside the block,
