@@ -295,13 +295,14 @@ def test_the_api_raises_a_user_error_for_a_failed_write(work, monkeypatch):
 # The real CLI, with the checkpoint save held up once it has written a partial output, so the
 # test can signal it in the middle of the write. argv: READY_FILE, then the tensorllm arguments.
 SLOW_SAVE = """
-import sys, time
+import os, sys, time
 from pathlib import Path
 import transformers
 real = transformers.PreTrainedModel.save_pretrained
 def slow(self, save_directory, *args, **kwargs):
     real(self, save_directory, *args, **kwargs)
-    Path(ready).write_text(str(save_directory))
+    Path(ready + ".part").write_text(str(save_directory))
+    os.replace(ready + ".part", ready)  # the test polls for the file: never let it read it half-written
     time.sleep(300)
 transformers.PreTrainedModel.save_pretrained = slow
 ready, sys.argv = sys.argv[1], ["tensorllm"] + sys.argv[2:]
@@ -454,16 +455,17 @@ def test_a_hub_id_without_a_network_fails_in_one_line_at_once(tmp_path, run_cli,
 
     from huggingface_hub import constants
 
-    with socket.socket() as s:  # a local port nobody listens on: the hub "is down"
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    held = socket.socket()  # a local port bound (so no other process takes it) but never listening:
+    held.bind(("127.0.0.1", 0))  # a connection is refused, the hub "is down"
+    port = held.getsockname()[1]
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
     monkeypatch.setattr(constants, "ENDPOINT", f"http://127.0.0.1:{port}")
     monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
     for k in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy"):
         monkeypatch.delenv(k, raising=False)
     t0 = time.perf_counter()
-    rc, stdout, stderr = run_cli("info", "tllm-test/not-there")
+    with held:
+        rc, stdout, stderr = run_cli("info", "tllm-test/not-there")
     assert_refused(rc, stdout, stderr, f"needs http://127.0.0.1:{port}, which cannot be reached")
     assert "not in the hub cache" in stderr
     assert time.perf_counter() - t0 < 15  # not the hub client's ~25 s of retries
