@@ -75,7 +75,7 @@ def main() -> None:
     state(f"{args.ballast} lists made", rows)
     plain = full_collection_seconds()
     with heap.frozen_heap():
-        owned = heap._OWNED
+        owned = heap.frozen_by_block()
         inside = full_collection_seconds()
     block = block_seconds(heap)
     out = {

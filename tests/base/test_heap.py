@@ -65,7 +65,7 @@ def test_a_caller_s_own_freeze_is_left_alone_while_frozen_objects_die():
         gc.freeze()
         try:
             with frozen_heap():
-                assert not heap._OWNED
+                assert not heap.frozen_by_block()
                 del doomed  # 101 frozen objects die inside the block
             gc.collect()
             assert theirs() is not None  # still frozen after the block: the caller's freeze stands

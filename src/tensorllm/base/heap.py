@@ -52,3 +52,8 @@ def frozen_heap():
             if _DEPTH == 0 and _OWNED:
                 gc.unfreeze()
                 _OWNED = False
+
+
+def frozen_by_block() -> bool:
+    """Whether a `frozen_heap()` block has the heap frozen now (constant time, unlike counting)."""
+    return _OWNED
