@@ -1,15 +1,16 @@
 """Who freezes the garbage collector's heap, and what a full collection costs, in this process.
 
-    python bench/gc_probe.py [--device cuda]
+    python bench/gc_probe.py [--device cuda] [--ballast N] [--json OUT]
 
 Prints `gc.get_freeze_count()` (objects in the permanent generation) and the tracked objects after
 each import of the stack (torch, transformers, tensorllm's evaluation), after CUDA starts and after
 one CUDA-graph capture (a GPU), then times one full collection outside and inside
-`tensorllm.base.heap.frozen_heap()`, with whether that block froze the heap itself. Python 3.12
-starts with objects of its own frozen (375 in 3.12.1 and 3.12.3), which `frozen_heap` takes as its
-baseline; a count above the one at tensorllm's import means someone froze the heap, and then
-`frozen_heap` (which leaves a caller's freeze alone) does nothing in this process. Last, the cost of
-the block itself (entry and exit, nothing inside) on that heap: the median of 20.
+`tensorllm.base.heap.frozen_heap()` (on the heap plus N one-item lists, default 1 M), with whether
+that block froze the heap itself. Python 3.12 starts with objects of its own frozen (375 in 3.12.1
+and 3.12.3), which `frozen_heap` takes as its baseline; a count above the one at tensorllm's import
+means someone froze the heap, and then `frozen_heap` (which leaves a caller's freeze alone) does
+nothing in this process. Last, the cost of the block itself (entry and exit, nothing inside) on that
+heap: the median of 20.
 """
 
 from __future__ import annotations

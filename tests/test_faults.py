@@ -455,16 +455,15 @@ def test_a_hub_id_without_a_network_fails_in_one_line_at_once(tmp_path, run_cli,
 
     from huggingface_hub import constants
 
-    held = socket.socket()  # a local port bound (so no other process takes it) but never listening:
-    held.bind(("127.0.0.1", 0))  # a connection is refused, the hub "is down"
-    port = held.getsockname()[1]
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
-    monkeypatch.setattr(constants, "ENDPOINT", f"http://127.0.0.1:{port}")
     monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
     for k in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy"):
         monkeypatch.delenv(k, raising=False)
-    t0 = time.perf_counter()
-    with held:
+    with socket.socket() as held:  # a local port bound (no other process takes it), never listening:
+        held.bind(("127.0.0.1", 0))  # a connection is refused, the hub "is down"
+        port = held.getsockname()[1]
+        monkeypatch.setattr(constants, "ENDPOINT", f"http://127.0.0.1:{port}")
+        t0 = time.perf_counter()
         rc, stdout, stderr = run_cli("info", "tllm-test/not-there")
     assert_refused(rc, stdout, stderr, f"needs http://127.0.0.1:{port}, which cannot be reached")
     assert "not in the hub cache" in stderr

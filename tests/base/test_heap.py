@@ -5,6 +5,8 @@ import gc
 import types
 import weakref
 
+import pytest
+
 from tensorllm.base import heap
 from tensorllm.base.heap import frozen_heap
 
@@ -19,24 +21,28 @@ def _garbage_cycle() -> weakref.ref:
     return weakref.ref(_Cycle())
 
 
-def test_old_objects_are_not_walked_inside_and_are_collectable_after():
+@pytest.fixture
+def manual_collections():
+    """No automatic collection during the test: only its own gc.collect() calls free cycles."""
     gc.collect()
     was_enabled = gc.isenabled()
     gc.disable()
-    try:
-        old = _garbage_cycle()
-        with frozen_heap():
-            assert gc.get_freeze_count() > heap._BASELINE
-            new = _garbage_cycle()
-            gc.collect()
-            assert old() is not None  # frozen: a full collection inside the block leaves it
-            assert new() is None  # made inside the block: collected there
-        assert gc.get_freeze_count() <= heap._BASELINE
+    yield
+    if was_enabled:
+        gc.enable()
+
+
+def test_old_objects_are_not_walked_inside_and_are_collectable_after(manual_collections):
+    old = _garbage_cycle()
+    with frozen_heap():
+        assert gc.get_freeze_count() > heap._BASELINE
+        new = _garbage_cycle()
         gc.collect()
-        assert old() is None  # back in the collected heap after the block: nothing leaks
-    finally:
-        if was_enabled:
-            gc.enable()
+        assert old() is not None  # frozen: a full collection inside the block leaves it
+        assert new() is None  # made inside the block: collected there
+    assert gc.get_freeze_count() <= heap._BASELINE
+    gc.collect()
+    assert old() is None  # back in the collected heap after the block: nothing leaks
 
 
 def test_nested_blocks_unfreeze_once_at_the_outermost_exit_and_after_errors():
@@ -53,29 +59,22 @@ def test_nested_blocks_unfreeze_once_at_the_outermost_exit_and_after_errors():
     assert gc.get_freeze_count() <= heap._BASELINE
 
 
-def test_a_caller_s_own_freeze_is_left_alone_while_frozen_objects_die():
+def test_a_caller_s_own_freeze_is_left_alone_while_frozen_objects_die(manual_collections):
     """The count of frozen objects drops when one of them dies, so only what stays frozen tells (CI
     of 2026-12-03 failed on a count that had dropped by 2 across the block)."""
-    gc.collect()
-    was_enabled = gc.isenabled()
-    gc.disable()
+    theirs = _garbage_cycle()
+    doomed = [[] for _ in range(100)]
+    gc.freeze()
     try:
-        theirs = _garbage_cycle()
-        doomed = [[] for _ in range(100)]
-        gc.freeze()
-        try:
-            with frozen_heap():
-                assert not heap.frozen_by_block()
-                del doomed  # 101 frozen objects die inside the block
-            gc.collect()
-            assert theirs() is not None  # still frozen after the block: the caller's freeze stands
-        finally:
-            gc.unfreeze()
+        with frozen_heap():
+            assert not heap.frozen_by_block()
+            del doomed  # 101 frozen objects die inside the block
         gc.collect()
-        assert theirs() is None
+        assert theirs() is not None  # still frozen after the block: the caller's freeze stands
     finally:
-        if was_enabled:
-            gc.enable()
+        gc.unfreeze()
+    gc.collect()
+    assert theirs() is None
 
 
 def test_the_block_counts_the_frozen_objects_once_at_entry_and_never_at_exit(monkeypatch):
@@ -98,11 +97,8 @@ def test_the_block_counts_the_frozen_objects_once_at_entry_and_never_at_exit(mon
     assert calls == ["get_freeze_count", "freeze", "unfreeze"]
 
 
-def test_a_freeze_taken_inside_the_block_is_undone_at_its_exit():
+def test_a_freeze_taken_inside_the_block_is_undone_at_its_exit(manual_collections):
     """One permanent generation: the block's unfreeze also returns objects someone froze inside it."""
-    gc.collect()
-    was_enabled = gc.isenabled()
-    gc.disable()
     try:
         with frozen_heap():
             late = _garbage_cycle()
@@ -112,18 +108,13 @@ def test_a_freeze_taken_inside_the_block_is_undone_at_its_exit():
         assert gc.get_freeze_count() <= heap._BASELINE
     finally:
         gc.unfreeze()
-        if was_enabled:
-            gc.enable()
 
 
-def test_the_interpreter_s_own_frozen_objects_are_not_a_caller_s_freeze(monkeypatch):
+def test_the_interpreter_s_own_frozen_objects_are_not_a_caller_s_freeze(monkeypatch, manual_collections):
     """Python 3.12 starts with objects of its own in the permanent generation; emulated here (3.11
     starts with none) by freezing the heap as it is and calling that the interpreter's baseline."""
-    gc.collect()
-    was_enabled = gc.isenabled()
-    gc.disable()
+    gc.freeze()
     try:
-        gc.freeze()
         monkeypatch.setattr(heap, "_BASELINE", gc.get_freeze_count())
         old = _garbage_cycle()  # made after the baseline: the block must freeze it
         with frozen_heap():
@@ -133,5 +124,3 @@ def test_the_interpreter_s_own_frozen_objects_are_not_a_caller_s_freeze(monkeypa
         assert old() is None  # and returned it at exit
     finally:
         gc.unfreeze()
-        if was_enabled:
-            gc.enable()
